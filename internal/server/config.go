@@ -1,0 +1,137 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"sigs.k8s.io/yaml"
+)
+
+// DefaultListen is where `riffle serve` listens unless told otherwise. When
+// the port is taken and no address was configured, a free port is used.
+const DefaultListen = "127.0.0.1:8080"
+
+// Config is `riffle serve`'s configuration file. Every key is optional.
+type Config struct {
+	// DataDir holds all of Riffle's state: registry storage, caches, job
+	// state and logs. Default: $XDG_STATE_HOME/riffle, or
+	// ~/.local/state/riffle.
+	DataDir string `json:"dataDir,omitempty"`
+
+	// Listen is the host:port of the HTTP API (registry, Batch API, health
+	// and metrics). Default: 127.0.0.1:8080, or a free port if that is taken.
+	Listen string `json:"listen,omitempty"`
+
+	// Location is the Batch location this server presents itself as, as in
+	// projects/P/locations/LOCATION. Default: us-central1.
+	Location string `json:"location,omitempty"`
+
+	// Log configures logging.
+	Log LogConfig `json:"log,omitempty"`
+
+	// Registry configures the embedded OCI registry.
+	Registry RegistryConfig `json:"registry,omitempty"`
+
+	// InsecureRegistries lists registry hosts (host or host:port) that are
+	// reached over plain HTTP. Loopback registries always are.
+	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
+}
+
+// LogConfig configures logging.
+type LogConfig struct {
+	// Level is one of debug, info, warn, error. Default: info.
+	Level string `json:"level,omitempty"`
+	// Format is text or json. Default: text.
+	Format string `json:"format,omitempty"`
+}
+
+// RegistryConfig configures the embedded registry.
+type RegistryConfig struct {
+	// MaxBlobBytes caps a single blob upload, in bytes. Default: 32 GiB.
+	MaxBlobBytes int64 `json:"maxBlobBytes,omitempty"`
+}
+
+// LoadConfig reads a YAML (or JSON) config file. Unknown keys are errors,
+// so a typo never silently falls back to a default.
+func LoadConfig(path string) (Config, error) {
+	var c Config
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return c, fmt.Errorf("config: %w", err)
+	}
+	j, err := yaml.YAMLToJSON(b)
+	if err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	if string(bytes.TrimSpace(j)) == "null" { // an empty file: all defaults
+		return c, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(j))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return c, fmt.Errorf("config %s: %s (see docs/config.md for the keys)", path, strings.TrimPrefix(err.Error(), "json: "))
+	}
+	return c, nil
+}
+
+// WithDefaults returns c with every unset key at its default.
+func (c Config) WithDefaults() Config {
+	if c.DataDir == "" {
+		c.DataDir = DefaultDataDir()
+	}
+	if c.Location == "" {
+		c.Location = "us-central1"
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+	if c.Log.Format == "" {
+		c.Log.Format = "text"
+	}
+	return c
+}
+
+// Validate reports the first bad key, naming it and the fix.
+func (c Config) Validate() error {
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: log.level %q: use one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "text", "json":
+	default:
+		return fmt.Errorf("config: log.format %q: use text or json", c.Log.Format)
+	}
+	if c.Registry.MaxBlobBytes < 0 {
+		return fmt.Errorf("config: registry.maxBlobBytes %d: must be positive", c.Registry.MaxBlobBytes)
+	}
+	if c.Location != "" && !validLocation(c.Location) {
+		return fmt.Errorf("config: location %q: use lowercase letters, digits and dashes, like us-central1", c.Location)
+	}
+	return nil
+}
+
+func validLocation(s string) bool {
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// DefaultDataDir is the user's state directory for Riffle.
+func DefaultDataDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "riffle")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".local", "state", "riffle")
+	}
+	return filepath.Join(os.TempDir(), "riffle")
+}

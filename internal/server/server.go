@@ -1,0 +1,210 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/riffle-dev/riffle/internal/registry"
+)
+
+// Server is a running `riffle serve`: every component and the HTTP handler
+// that routes to them.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	metrics  *prometheus.Registry
+	registry *registry.Registry
+	mux      *http.ServeMux
+	handler  http.Handler
+}
+
+// New builds every component from cfg (defaults filled in) under its data
+// directory. Close releases them.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: data dir: %w", err)
+	}
+	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux()}
+	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	reg, err := registry.New(ctx, registry.Options{
+		RootDir:      filepath.Join(cfg.DataDir, "registry"),
+		MaxBlobBytes: cfg.Registry.MaxBlobBytes,
+		Logger:       log,
+		OnPush: func(e registry.Event) {
+			log.Info("image pushed", "repository", e.Repository, "reference", e.Reference, "digest", e.Digest)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.registry = reg
+
+	s.mux.Handle("/v2/", reg)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintln(w, "ok")
+	})
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
+	s.handler = instrument(s.metrics, s.mux)
+	return s, nil
+}
+
+// Config returns the configuration the server runs with, defaults filled in.
+func (s *Server) Config() Config { return s.cfg }
+
+// Handler returns the server's HTTP handler.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Mux lets later components (Batch API, index service) add routes.
+func (s *Server) Mux() *http.ServeMux { return s.mux }
+
+// Metrics is the Prometheus registry served on /metrics.
+func (s *Server) Metrics() *prometheus.Registry { return s.metrics }
+
+// Close releases every component.
+func (s *Server) Close() error {
+	return s.registry.Close()
+}
+
+// Listen opens the configured address. With no address configured it tries
+// DefaultListen and falls back to a free loopback port.
+func (s *Server) Listen() (net.Listener, error) {
+	if s.cfg.Listen != "" {
+		ln, err := net.Listen("tcp", s.cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("server: listen %s: %w (choose another address with --listen or the listen key)", s.cfg.Listen, err)
+		}
+		return ln, nil
+	}
+	ln, err := net.Listen("tcp", DefaultListen)
+	if errors.Is(err, syscall.EADDRINUSE) {
+		ln, err = net.Listen("tcp", "127.0.0.1:0")
+	}
+	if err != nil {
+		return nil, fmt.Errorf("server: listen: %w", err)
+	}
+	return ln, nil
+}
+
+// Serve serves on ln until ctx is done, then shuts down gracefully: it stops
+// accepting, lets requests in flight finish for up to grace, and closes.
+func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	addrFile := AddrFile(s.cfg.DataDir)
+	if err := os.WriteFile(addrFile, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	defer os.Remove(addrFile)
+
+	hs := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 30 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	s.log.Info("riffle serving", "addr", ln.Addr().String(), "dataDir", s.cfg.DataDir, "location", s.cfg.Location)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("server: %w", err)
+	case <-ctx.Done():
+	}
+	s.log.Info("shutting down", "grace", grace)
+	sctx, cancel := context.WithTimeout(context.Background(), grace)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		s.log.Warn("requests still running at shutdown were cut", "err", err)
+		hs.Close()
+	}
+	return nil
+}
+
+// AddrFile is where a running server records its address in dataDir.
+func AddrFile(dataDir string) string { return filepath.Join(dataDir, "serve.addr") }
+
+// ReadAddr returns the address of the server running on dataDir, if any.
+func ReadAddr(dataDir string) (string, error) {
+	b, err := os.ReadFile(AddrFile(dataDir))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// instrument counts requests and their latency per API group.
+func instrument(reg prometheus.Registerer, next http.Handler) http.Handler {
+	reqs := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "riffle_http_requests_total",
+		Help: "HTTP requests served, by API group, method and status code.",
+	}, []string{"api", "method", "code"})
+	dur := prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "riffle_http_request_duration_seconds",
+		Help:    "HTTP request latency by API group.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 4, 9),
+	}, []string{"api"})
+	reg.MustRegister(reqs, dur)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		api := apiGroup(r.URL.Path)
+		start := time.Now()
+		rec := &codeRecorder{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		reqs.WithLabelValues(api, r.Method, fmt.Sprint(rec.code)).Inc()
+		dur.WithLabelValues(api).Observe(time.Since(start).Seconds())
+	})
+}
+
+func apiGroup(path string) string {
+	switch {
+	case strings.HasPrefix(path, "/v2/"):
+		return "registry"
+	case strings.HasPrefix(path, "/v1/"):
+		return "batch"
+	case strings.HasPrefix(path, "/index/"):
+		return "index"
+	default:
+		return "other"
+	}
+}
+
+type codeRecorder struct {
+	http.ResponseWriter
+	code        int
+	wroteHeader bool
+}
+
+func (c *codeRecorder) WriteHeader(code int) {
+	if !c.wroteHeader {
+		c.code, c.wroteHeader = code, true
+	}
+	c.ResponseWriter.WriteHeader(code)
+}
+
+func (c *codeRecorder) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// Flush keeps streaming responses (log follow, blob downloads) flowing.
+func (c *codeRecorder) Flush() {
+	if f, ok := c.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
