@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -70,12 +71,41 @@ func LoadConfig(path string) (Config, error) {
 	if string(bytes.TrimSpace(j)) == "null" { // an empty file: all defaults
 		return c, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader(j))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
+	// encoding/json matches keys case-insensitively; a config file must use
+	// the documented spelling, so check the keys first.
+	var raw map[string]any
+	if err := json.Unmarshal(j, &raw); err != nil {
+		return c, fmt.Errorf("config %s: the file must be a mapping of keys: %w", path, err)
+	}
+	if err := checkKeys(raw, reflect.TypeOf(c), ""); err != nil {
+		return c, fmt.Errorf("config %s: %w (see docs/config.md for the keys)", path, err)
+	}
+	if err := json.Unmarshal(j, &c); err != nil {
 		return c, fmt.Errorf("config %s: %s (see docs/config.md for the keys)", path, strings.TrimPrefix(err.Error(), "json: "))
 	}
 	return c, nil
+}
+
+// checkKeys reports the first key of m that is not a json tag of struct t.
+func checkKeys(m map[string]any, t reflect.Type, prefix string) error {
+	fields := map[string]reflect.Type{}
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		fields[tag] = f.Type
+	}
+	for k, v := range m {
+		ft, ok := fields[k]
+		if !ok {
+			return fmt.Errorf("unknown key %q", prefix+k)
+		}
+		if sub, isMap := v.(map[string]any); isMap && ft.Kind() == reflect.Struct {
+			if err := checkKeys(sub, ft, prefix+k+"."); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // WithDefaults returns c with every unset key at its default.
