@@ -123,6 +123,14 @@ func LayerTar(w io.Writer, l Layer) error {
 }
 
 func buildLayer(l Layer, mt types.MediaType, created time.Time, files map[string]Entry) (*blobLayer, error) {
+	return newBlobLayer(l, mt, func(w io.Writer) error {
+		return writeTar(w, l, created, files)
+	})
+}
+
+// newBlobLayer compresses what writeTar writes as l.Compression asks, and
+// hashes both streams on the way, so nothing is compressed twice.
+func newBlobLayer(l Layer, mt types.MediaType, writeTar func(io.Writer) error) (*blobLayer, error) {
 	store := &spillBuffer{}
 	digest := sha256.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(store, digest), 1<<20)
@@ -131,7 +139,7 @@ func buildLayer(l Layer, mt types.MediaType, created time.Time, files map[string
 		return nil, err
 	}
 	diffID := sha256.New()
-	if err := writeTar(io.MultiWriter(diffID, cw), l, created, files); err != nil {
+	if err := writeTar(io.MultiWriter(diffID, cw)); err != nil {
 		store.discard()
 		return nil, err
 	}
