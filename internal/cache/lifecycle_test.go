@@ -395,3 +395,22 @@ func TestVerifyOnLoad(t *testing.T) {
 		t.Fatal("not repaired")
 	}
 }
+
+func TestFileDeletedBehindOurBack(t *testing.T) {
+	dir := t.TempDir()
+	c := open(t, dir, Options{})
+	b := content(100, 1)
+	put(t, c, dkey(b), b)
+	k, _ := parseKey(dkey(b))
+	os.Remove(filepath.Join(dir, k.relPath()))
+	if _, err := c.Get(t.Context(), dkey(b)); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("got %v, want ErrNotFound", err)
+	}
+	if s := c.Stats(); s.Entries != 0 || s.Bytes != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	put(t, c, dkey(b), b) // and a Fill stores it again
+	if !has(c, dkey(b)) {
+		t.Fatal("not refilled")
+	}
+}
