@@ -113,6 +113,7 @@ type flight struct {
 
 	// Guarded by Cache.mu.
 	interested int  // callers still waiting
+	abandoned  bool // every caller gave up; the result is discarded
 	finished   bool // result is set; each waiter then owns a pin if ok
 	ent        *entry
 	err        error
@@ -139,11 +140,17 @@ func Open(dir string, opts Options) (*Cache, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("cache: %w", err)
 	}
-	if err := checkVersion(dir); err != nil {
+	// Check before creating the lock file, so a foreign directory is left
+	// untouched, and again under the lock before claiming it.
+	if err := checkVersion(dir, false); err != nil {
 		return nil, err
 	}
 	lf, err := lockFile(dir)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkVersion(dir, true); err != nil {
+		lf.Close()
 		return nil, err
 	}
 	c := &Cache{
@@ -166,7 +173,8 @@ func Open(dir string, opts Options) (*Cache, error) {
 
 // checkVersion claims an empty directory for the cache, and refuses one
 // that belongs to something else.
-func checkVersion(dir string) error {
+// With claim false it only checks.
+func checkVersion(dir string, claim bool) error {
 	p := filepath.Join(dir, "VERSION")
 	b, err := os.ReadFile(p)
 	switch {
@@ -186,6 +194,9 @@ func checkVersion(dir string) error {
 		if de.Name() != "lock" {
 			return fmt.Errorf("cache: %s is not empty and is not a riffle cache (no VERSION file); point the cache directory at an empty or new directory", dir)
 		}
+	}
+	if !claim {
+		return nil
 	}
 	if err := os.WriteFile(p, []byte(version), 0o600); err != nil {
 		return fmt.Errorf("cache: %w", err)
@@ -551,7 +562,13 @@ func (c *Cache) Fill(ctx context.Context, key string, size int64, fill func(ctx 
 			// fill if nobody else wants it.
 			f.interested--
 			if f.interested == 0 {
+				// Nobody wants the result: stop the fill, and let a later
+				// caller start afresh instead of joining a dying flight.
 				f.cancel()
+				f.abandoned = true
+				if c.flights[key] == f {
+					delete(c.flights, key)
+				}
 			}
 			c.mu.Unlock()
 			return nil, ctx.Err()
@@ -657,13 +674,19 @@ func (c *Cache) finish(k key, f *flight, tmp string, err error) {
 	c.mu.Lock()
 	defer func() {
 		f.finished = true
-		delete(c.flights, k.String())
+		if c.flights[k.String()] == f {
+			delete(c.flights, k.String())
+		}
 		c.stats.InFlight--
 		c.mu.Unlock()
 		close(f.done)
 	}()
-	if err == nil && c.closed {
+	switch {
+	case c.closed:
 		err = ErrClosed
+	case err == nil && f.abandoned:
+		// A newer flight may be filling the same key; it owns the path.
+		err = context.Canceled
 	}
 	var e *entry
 	if err == nil {

@@ -238,6 +238,9 @@ func TestRefusesForeignDir(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "precious")); err != nil {
 		t.Fatal("foreign file touched")
 	}
+	if _, err := os.Stat(filepath.Join(dir, "lock")); !os.IsNotExist(err) {
+		t.Fatal("lock file created in a foreign directory")
+	}
 	dir = t.TempDir()
 	os.WriteFile(filepath.Join(dir, "VERSION"), []byte("riffle-cache 99\n"), 0o600)
 	if _, err := Open(dir, Options{}); err == nil || !strings.Contains(err.Error(), "format") {
@@ -412,5 +415,46 @@ func TestFileDeletedBehindOurBack(t *testing.T) {
 	put(t, c, dkey(b), b) // and a Fill stores it again
 	if !has(c, dkey(b)) {
 		t.Fatal("not refilled")
+	}
+}
+
+// TestFillAfterAbandonedFill checks that a caller arriving after every
+// caller of a running fill gave up starts its own fill instead of getting
+// the abandoned one's cancellation.
+func TestFillAfterAbandonedFill(t *testing.T) {
+	c := open(t, t.TempDir(), Options{})
+	data := content(100, 7)
+	key := dkey(data)
+	ctx, cancel := context.WithCancel(t.Context())
+	oldFill := make(chan struct{})
+	go func() {
+		for c.Stats().InFlight != 1 {
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+	}()
+	_, err := c.Fill(ctx, key, -1, func(ctx context.Context, w io.Writer) error {
+		<-ctx.Done()
+		<-oldFill // still running when the next caller arrives
+		w.Write(data)
+		return nil // and even "succeeds": its result must be discarded
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v", err)
+	}
+	e, err := c.Fill(t.Context(), key, int64(len(data)), writeFill(data))
+	if err != nil {
+		t.Fatalf("new fill: %v", err)
+	}
+	e.Close()
+	close(oldFill)
+	for c.Stats().InFlight != 0 {
+		time.Sleep(time.Millisecond)
+	}
+	if s := c.Stats(); s.Fills != 1 || s.FillErrors != 1 || s.Entries != 1 {
+		t.Fatalf("stats %+v", s)
+	}
+	if !has(c, key) {
+		t.Fatal("entry lost")
 	}
 }
