@@ -16,7 +16,10 @@
 //     entry over an existing directory merges: only the metadata changes.
 //   - A hard link shares the inode of its target, which may come from this
 //     layer or a lower one; its header's owner, mode, xattrs and mtime are
-//     applied to that shared inode, as containerd does.
+//     applied to that shared inode, as containerd does. So the last header
+//     naming an inode decides its owner, mode and mtime; xattrs accumulate,
+//     except security.capability, which the kernel drops on every chown
+//     and which survives only if that last header carries it again.
 //   - Owner (numeric uid/gid), mode including setuid, setgid and sticky,
 //     PAX SCHILY.xattr.* attributes, device numbers and mtimes (also of
 //     symlinks, and of directories once the layer is done) are applied.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -412,5 +413,60 @@ func TestDebianImage(t *testing.T) {
 	}
 	if e, ok := tree.Find("tmp"); !ok || e.Mode != 0o1777 {
 		t.Errorf("tmp: %v", e)
+	}
+}
+
+// An independent check on real data: the Debian image unpacked here equals
+// GNU tar's extraction of the rootfs it was layered from, minus what the
+// layering leaves out (apt's lists and debs) and the file its last layer
+// deletes.
+func TestDebianMatchesGNUTar(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.RequiresBinary(t, "debootstrap")
+	testutil.RequiresBinary(t, "tar")
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
+	defer cancel()
+	opts := imagegen.DebianOptions{CacheDir: "/var/cache/riffle-test"}
+	img, err := imagegen.Debian(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rootfsTar, err := imagegen.DebianRootfs(ctx, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := t.TempDir(), t.TempDir()
+	if err := Image(ctx, a, img); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.CommandContext(ctx, "tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf", rootfsTar, "-C", b).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	st, err := os.Stat(filepath.Join(b, "etc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(b, "etc/issue.net")); err != nil {
+		t.Fatal(err)
+	}
+	os.Chtimes(filepath.Join(b, "etc"), st.ModTime(), st.ModTime())
+	ta, err := fstree.Scan(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := fstree.Scan(ctx, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var diffs []string
+	for _, l := range fstree.Diff(ta, tb) {
+		if strings.HasPrefix(l, "var/lib/apt/lists") || strings.HasPrefix(l, "var/cache/apt/") {
+			continue
+		}
+		diffs = append(diffs, l)
+	}
+	if diffs != nil {
+		t.Errorf("unpack and GNU tar differ:\n%s", strings.Join(diffs, "\n"))
 	}
 }
