@@ -216,6 +216,9 @@ func header(e Entry, created time.Time, files map[string]Entry) (*tar.Header, io
 			e.Mode = 0o666
 		}
 	}
+	if e.Mode == ZeroMode {
+		e.Mode = 0
+	}
 	hdr := &tar.Header{
 		Name:     e.Name,
 		Mode:     e.Mode,

@@ -55,7 +55,7 @@ var CapNetBindService = func() string {
 //     user.comment; xattr-dir (a directory with user.* xattrs) and
 //     xattr-dir/file (several user.* xattrs, one binary);
 //   - bin/suid (04755), bin/sgid (02755), bin/suid-sgid (06755), tmp
-//     (01777), shared (02775);
+//     (01777), shared (02775), etc/shadow (0000);
 //   - special/null (char 1:3), special/loop7 (block 7:7), special/fifo;
 //   - owners/big-uid (100000:100000), owners/huge-uid (3000000:4000000,
 //     beyond the octal header field), owners/nobody (65534:65534);
@@ -116,6 +116,7 @@ func AllFeatures() Spec {
 					{Type: Dir, Name: "etc"},
 					{Type: File, Name: "etc/hostname", Data: []byte("riffle-base\n")},
 					{Type: File, Name: "etc/os-release", Data: []byte("ID=riffle-test\n")},
+					{Type: File, Name: "etc/shadow", Mode: ZeroMode, GID: 42, Data: []byte("root:*:19000:0:99999:7:::\n")},
 					{Type: Hardlink, Name: "etc/multi-hl2", Linkname: "data/multi.bin"},
 					{Type: Dir, Name: "etc/becomes-file"},
 					{Type: File, Name: "etc/becomes-file/child", Data: []byte("hidden later\n")},

@@ -73,7 +73,7 @@ type Entry struct {
 	// Mode holds the permission bits and the setuid (04000), setgid
 	// (02000) and sticky (01000) bits. Zero means the default: 0644 for
 	// files, 0755 for directories, 0777 for symlinks, 0666 for devices and
-	// fifos, 0 for whiteouts.
+	// fifos, 0 for whiteouts. Use ZeroMode for a mode of 0000.
 	Mode     int64
 	UID, GID int
 	// ModTime zero means Spec.Created (or DefaultTime). Sub-second times
@@ -95,6 +95,10 @@ type Entry struct {
 	Seed uint64
 	Fill Fill
 }
+
+// ZeroMode as Entry.Mode asks for permission bits 0000 (as Fedora's
+// /etc/shadow has), which the zero value cannot say.
+const ZeroMode int64 = -1
 
 // Compression is how a layer blob is compressed.
 type Compression int

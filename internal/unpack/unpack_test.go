@@ -152,7 +152,7 @@ func TestAllFeatures(t *testing.T) {
 	if e := get("special/fifo"); e.Type != fstree.Fifo {
 		t.Errorf("special/fifo: %v", e)
 	}
-	for p, mode := range map[string]uint32{"bin/suid": 0o4755, "bin/sgid": 0o2755, "bin/suid-sgid": 0o6755, "tmp": 0o1777, "shared": 0o2775, "data/sub": 0o750} {
+	for p, mode := range map[string]uint32{"bin/suid": 0o4755, "bin/sgid": 0o2755, "bin/suid-sgid": 0o6755, "tmp": 0o1777, "shared": 0o2775, "data/sub": 0o750, "etc/shadow": 0} {
 		if e := get(p); e.Mode != mode {
 			t.Errorf("%s mode %#o, want %#o", p, e.Mode, mode)
 		}
@@ -468,5 +468,15 @@ func TestDebianMatchesGNUTar(t *testing.T) {
 	}
 	if diffs != nil {
 		t.Errorf("unpack and GNU tar differ:\n%s", strings.Join(diffs, "\n"))
+	}
+}
+
+func TestApplyStopsOnCancel(t *testing.T) {
+	var b bytes.Buffer
+	imagegen.LayerTar(&b, imagegen.Layer{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "f", Size: 1 << 20}}})
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := Apply(ctx, t.TempDir(), &b); !errors.Is(err, context.Canceled) {
+		t.Errorf("err = %v, want context.Canceled", err)
 	}
 }
