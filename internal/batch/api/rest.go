@@ -109,8 +109,27 @@ func (rr *restReq) checkParams() error {
 	return nil
 }
 
+// parseQuery splits only on '&': Go's url.ParseQuery drops pairs with a
+// raw ';', which "$alt=json;enum-encoding=int" has when not escaped.
+func parseQuery(raw string) url.Values {
+	q := url.Values{}
+	for _, kv := range strings.Split(raw, "&") {
+		if kv == "" {
+			continue
+		}
+		k, v, _ := strings.Cut(kv, "=")
+		ku, err1 := url.QueryUnescape(k)
+		vu, err2 := url.QueryUnescape(v)
+		if err1 != nil || err2 != nil {
+			ku, vu = k, v
+		}
+		q.Add(ku, vu)
+	}
+	return q
+}
+
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
-	rr := &restReq{r: r, q: r.URL.Query(), paramSeen: map[string]bool{}}
+	rr := &restReq{r: r, q: parseQuery(r.URL.RawQuery), paramSeen: map[string]bool{}}
 	resp, err := s.route(r.Context(), rr)
 	if err != nil {
 		s.writeError(w, rr, err)

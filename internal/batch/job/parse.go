@@ -138,7 +138,9 @@ func unmarshalValue(v any, m proto.Message, mode Mode) error {
 		return &FieldError{Msg: "config must be an object at the top level"}
 	}
 	md := m.ProtoReflect().Descriptor()
-	if len(obj) > 0 && !anyKnown(obj, md) {
+	// A document sharing no field with the message is likely another
+	// kind of file altogether; say so rather than list every key.
+	if len(obj) >= 3 && !anyKnown(obj, md) {
 		keys := make([]string, 0, len(obj))
 		for k := range obj {
 			keys = append(keys, k)
