@@ -1,0 +1,309 @@
+package index
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/riffle-dev/riffle/internal/index/flate"
+)
+
+// gzipStream decompresses a gzip blob, all members, checking each
+// member's CRC and size. It is the io.Reader the tar walker reads.
+type gzipStream struct {
+	in      *flate.Input
+	f       *flate.Decompressor
+	state   int
+	members int
+	crc     uint32
+	msize   uint32 // member size mod 2^32, as in the trailer
+	ubase   int64  // uncompressed offset where the current member starts
+	out     int64  // uncompressed bytes returned so far
+}
+
+const (
+	gzHeader = iota
+	gzBody
+	gzDone
+)
+
+func (g *gzipStream) Read(p []byte) (int, error) {
+	for {
+		switch g.state {
+		case gzHeader:
+			if g.members > 0 && g.in.AtEOF() {
+				g.state = gzDone
+				continue
+			}
+			if err := readGzipHeader(g.in); err != nil {
+				return 0, fmt.Errorf("index: gzip member %d at offset %d: %w", g.members, g.in.Offset(), err)
+			}
+			g.f.Reset(g.in, nil)
+			g.members++
+			g.crc, g.msize, g.ubase = 0, 0, g.out
+			g.state = gzBody
+		case gzBody:
+			n, err := g.f.Read(p)
+			g.crc = crc32.Update(g.crc, crc32.IEEETable, p[:n])
+			g.msize += uint32(n)
+			g.out += int64(n)
+			if errors.Is(err, io.EOF) {
+				var tr [8]byte
+				if _, err := io.ReadFull(g.in, tr[:]); err != nil {
+					return n, fmt.Errorf("index: gzip member %d trailer: %w", g.members-1, noEOF(err))
+				}
+				if binary.LittleEndian.Uint32(tr[:4]) != g.crc || binary.LittleEndian.Uint32(tr[4:]) != g.msize {
+					return n, fmt.Errorf("index: gzip member %d: checksum mismatch", g.members-1)
+				}
+				g.state = gzHeader
+				err = nil
+			}
+			if err != nil {
+				return n, fmt.Errorf("index: gzip member %d: %w", g.members-1, err)
+			}
+			if n > 0 {
+				return n, nil
+			}
+		case gzDone:
+			return 0, io.EOF
+		}
+	}
+}
+
+// readGzipHeader consumes one gzip member header (RFC 1952).
+func readGzipHeader(in *flate.Input) error {
+	var h [10]byte
+	if _, err := io.ReadFull(in, h[:]); err != nil {
+		return noEOF(err)
+	}
+	if h[0] != 0x1f || h[1] != 0x8b || h[2] != 8 {
+		return errors.New("not a gzip member header")
+	}
+	flg := h[3]
+	if flg&0xe0 != 0 {
+		return errors.New("reserved gzip header flags set")
+	}
+	if flg&0x04 != 0 { // FEXTRA
+		var l [2]byte
+		if _, err := io.ReadFull(in, l[:]); err != nil {
+			return noEOF(err)
+		}
+		for n := binary.LittleEndian.Uint16(l[:]); n > 0; n-- {
+			if _, err := in.ReadByte(); err != nil {
+				return noEOF(err)
+			}
+		}
+	}
+	for _, bit := range []byte{0x08, 0x10} { // FNAME, FCOMMENT: NUL-terminated
+		if flg&bit == 0 {
+			continue
+		}
+		for {
+			c, err := in.ReadByte()
+			if err != nil {
+				return noEOF(err)
+			}
+			if c == 0 {
+				break
+			}
+		}
+	}
+	if flg&0x02 != 0 { // FHCRC
+		var c [2]byte
+		if _, err := io.ReadFull(in, c[:]); err != nil {
+			return noEOF(err)
+		}
+	}
+	return nil
+}
+
+func noEOF(err error) error {
+	if err == io.EOF {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// gzipBuilder takes checkpoints while the tar walker pulls data through
+// gzipStream.
+type gzipBuilder struct {
+	x     *Index
+	g     *gzipStream
+	h     *blobHasher
+	enc   *zstd.Encoder
+	win   []byte
+	lastU int64
+}
+
+func buildGzip(x *Index, r *bufio.Reader) error {
+	in := flate.NewInput(r, 256<<10, 0)
+	h := newBlobHasher()
+	in.Hook = func(p []byte) { h.Write(p) }
+	enc, err := newWindowEncoder()
+	if err != nil {
+		return err
+	}
+	defer enc.Close()
+	b := &gzipBuilder{x: x, h: h, enc: enc, win: make([]byte, 0, WindowSize)}
+	b.g = &gzipStream{in: in, f: flate.NewReader(in)}
+	b.g.f.OnBlock = b.onBlock
+	x.Spans = []Span{{Header: true}}
+	if err := walkTar(x, b.g); err != nil {
+		return err
+	}
+	if b.g.out != x.UncompressedSize {
+		return fmt.Errorf("index: internal error: gzip output %d != tar stream %d", b.g.out, x.UncompressedSize)
+	}
+	in.FlushHook()
+	b.closeSpan(h.n, x.UncompressedSize)
+	x.BlobSize = h.n
+	x.BlobDigest = h.blobDigest()
+	return nil
+}
+
+// onBlock takes a checkpoint at a block boundary once SpanSize bytes of
+// output have passed since the last one, as zran.c does.
+func (b *gzipBuilder) onBlock(bit, out int64, final bool) {
+	u := b.g.ubase + out
+	if final || u-b.lastU < b.x.SpanSize {
+		return
+	}
+	in := b.g.in
+	in.FlushHook() // every consumed byte belongs to the closing span
+	b.closeSpan(in.Offset(), u)
+	s := Span{UOffset: u, COffset: bit / 8, Bits: uint8(bit % 8)}
+	if s.Bits != 0 {
+		// The boundary byte is shared: the new span starts with it too.
+		b.h.span.Write([]byte{in.LastByte()})
+	}
+	b.win = b.g.f.Window(b.win[:0])
+	if len(b.win) > 0 {
+		s.Window = b.enc.EncodeAll(b.win, nil)
+	}
+	b.x.Spans = append(b.x.Spans, s)
+	b.lastU = u
+}
+
+// closeSpan ends the last span at blob offset cend and uncompressed
+// offset uend.
+func (b *gzipBuilder) closeSpan(cend, uend int64) {
+	s := &b.x.Spans[len(b.x.Spans)-1]
+	s.CSize = cend - s.COffset
+	s.USize = uend - s.UOffset
+	s.Digest = b.h.cut()
+}
+
+// Windows are stored zstd-compressed. The encoder is single-threaded and
+// fixed in its settings so that the same window always yields the same
+// bytes (the index must be deterministic).
+func newWindowEncoder() (*zstd.Encoder, error) {
+	enc, err := zstd.NewWriter(nil,
+		zstd.WithEncoderConcurrency(1),
+		zstd.WithEncoderLevel(zstd.SpeedDefault),
+		zstd.WithEncoderCRC(false),
+		zstd.WithWindowSize(WindowSize),
+		zstd.WithSingleSegment(true))
+	if err != nil {
+		return nil, fmt.Errorf("index: zstd encoder: %w", err)
+	}
+	return enc, nil
+}
+
+var windowDecoder = sync.OnceValues(func() (*zstd.Decoder, error) {
+	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(64<<20))
+})
+
+// decodeWindow expands a stored window, refusing anything larger than a
+// DEFLATE window.
+func decodeWindow(w []byte) ([]byte, error) {
+	if len(w) == 0 {
+		return nil, nil
+	}
+	dec, err := windowDecoder()
+	if err != nil {
+		return nil, fmt.Errorf("index: zstd decoder: %w", err)
+	}
+	out, err := dec.DecodeAll(w, make([]byte, 0, WindowSize))
+	if err != nil {
+		return nil, fmt.Errorf("index: bad window: %w", err)
+	}
+	if len(out) > WindowSize {
+		return nil, fmt.Errorf("index: bad window: %d bytes, more than %d", len(out), WindowSize)
+	}
+	return out, nil
+}
+
+// decodeGzip inflates spans [p.First, p.End) from the fetched bytes,
+// starting at the first span's checkpoint and running across member
+// boundaries as needed.
+func (x *Index) decodeGzip(p Plan, fetched []byte) ([][]byte, error) {
+	s0 := &x.Spans[p.First]
+	var total int64
+	for i := p.First; i < p.End; i++ {
+		total += x.Spans[i].USize
+	}
+	in := flate.NewInputBytes(fetched[s0.COffset-p.Offset:], s0.COffset)
+	out := make([]byte, total)
+	header := s0.Header
+	var f *flate.Decompressor
+	if !header {
+		win, err := decodeWindow(s0.Window)
+		if err != nil {
+			return nil, fmt.Errorf("index: span %d: %w", p.First, err)
+		}
+		if f, err = flate.Resume(in, uint(s0.Bits), win); err != nil {
+			return nil, fmt.Errorf("%w: span %d: %v", ErrCorrupt, p.First, err)
+		}
+	}
+	var n int64
+	for n < total {
+		if header {
+			if err := readGzipHeader(in); err != nil {
+				return nil, fmt.Errorf("%w: gzip header at offset %d: %v", ErrCorrupt, in.Offset(), err)
+			}
+			if f == nil {
+				f = flate.NewReader(in)
+			} else {
+				f.Reset(in, nil)
+			}
+			header = false
+		}
+		m, err := f.Read(out[n:])
+		n += int64(m)
+		if errors.Is(err, io.EOF) {
+			if n < total {
+				var tr [8]byte
+				if _, err := io.ReadFull(in, tr[:]); err != nil {
+					return nil, fmt.Errorf("%w: gzip trailer at offset %d: %v", ErrCorrupt, in.Offset(), noEOF(err))
+				}
+			}
+			header = true
+			continue
+		}
+		if err != nil && n < total {
+			// Running out of input past the last wanted byte is expected:
+			// the fetch ends at the next checkpoint, and the decompressor
+			// reads ahead to fill its window.
+			return nil, fmt.Errorf("%w: inflating spans [%d, %d): %v", ErrCorrupt, p.First, p.End, err)
+		}
+	}
+	return splitSpans(x, p, out), nil
+}
+
+// splitSpans cuts the uncompressed bytes of a plan into its spans.
+func splitSpans(x *Index, p Plan, out []byte) [][]byte {
+	res := make([][]byte, 0, p.End-p.First)
+	var off int64
+	for i := p.First; i < p.End; i++ {
+		n := x.Spans[i].USize
+		res = append(res, out[off:off+n:off+n])
+		off += n
+	}
+	return res
+}
