@@ -1,0 +1,41 @@
+// Package remote is Riffle's registry client: every component that talks to
+// an OCI registry (the streaming filesystem, the index service, the executor,
+// the CLI) goes through a [Client].
+//
+// It is a thin layer over go-containerregistry (pkg/name, pkg/authn,
+// pkg/v1/remote and its transport) that adds what Riffle needs on top:
+//
+//   - [Client.Resolve] turns a reference into one platform's manifest and
+//     config, as OCI image-spec types, through image indexes and Docker
+//     manifest lists. Docker schema 1 manifests are refused with [ErrSchema1].
+//   - [Client.Blob] gives ranged reads: a [Blob] is an [io.ReaderAt] whose
+//     every ReadAt is one HTTP GET with a Range header, so a lazy filesystem
+//     can fetch exactly the bytes a process touches. A registry that ignores
+//     Range fails loudly with [ErrRangeNotSupported] instead of silently
+//     sending whole layers.
+//   - [Client.Push], [Client.Catalog] and [Client.Tags] for the CLI.
+//
+// # Transport
+//
+// All requests, including ranged reads and redirects to blob storage, go
+// through one stack per client:
+//
+//	go-containerregistry auth (anonymous, basic, bearer token with scopes)
+//	  -> user agent
+//	  -> retries (exponential backoff with jitter, Retry-After) and per-request timeouts
+//	  -> plain-HTTP policy and counters
+//	  -> net/http
+//
+// Credentials come from an [authn.Keychain], by default the docker
+// config.json (DOCKER_CONFIG) and its credential helpers. Authenticated
+// transports are cached per registry and scope, so the bearer-token
+// handshake happens once and tokens are refreshed on 401 by
+// go-containerregistry.
+//
+// # Plain HTTP
+//
+// Plain HTTP is used only for loopback hosts (127.0.0.0/8, ::1, localhost)
+// and hosts listed in [Options.Insecure]; every other request must be
+// https. The rule is enforced at the bottom of the stack, so redirects and
+// token realms obey it too.
+package remote

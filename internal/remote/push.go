@@ -1,0 +1,142 @@
+package remote
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+)
+
+// pushJobs is how many blobs a push uploads at once.
+const pushJobs = 4
+
+// writeOptions are go-containerregistry's options for a push through tr.
+// tr is an authenticated *transport.Wrapper, so go-containerregistry adds
+// neither its own auth nor its own retries; uploads as a whole are retried
+// with this client's policy.
+func (c *Client) writeOptions(ctx context.Context, tr http.RoundTripper, progress chan<- v1.Update) []remote.Option {
+	p := c.retry
+	opts := []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithJobs(pushJobs),
+		remote.WithUserAgent(c.userAgent),
+		remote.WithRetryBackoff(remote.Backoff{Duration: p.InitialDelay, Factor: 2, Jitter: 0.5, Steps: p.MaxAttempts, Cap: p.MaxDelay}),
+		remote.WithRetryPredicate(retryableUpload),
+		remote.WithTransport(tr),
+	}
+	if progress != nil {
+		opts = append(opts, remote.WithProgress(progress))
+	}
+	return opts
+}
+
+// retryableUpload decides whether a failed blob upload is tried again from
+// the start: uploads (POST, PATCH) are not retried by the transport, so a
+// 5xx or 429 lands here.
+func retryableUpload(err error) bool {
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		return retryableStatus(terr.StatusCode)
+	}
+	return retryableError(err)
+}
+
+// Push uploads img and tags it as ref (a tag or digest reference). Updates
+// go to progress if it is not nil; as in go-containerregistry, progress is
+// closed when the push ends.
+func (c *Client) Push(ctx context.Context, ref string, img v1.Image, progress chan<- v1.Update) error {
+	r, err := c.ParseReference(ref)
+	if err != nil {
+		if progress != nil {
+			close(progress)
+		}
+		return err
+	}
+	repo := r.Context()
+	tr, err := c.transportFor(ctx, repo.Registry, repo.Scope(transport.PushScope))
+	if err != nil {
+		if progress != nil {
+			close(progress)
+		}
+		return err
+	}
+	if err := remote.Write(r, img, c.writeOptions(ctx, tr, progress)...); err != nil {
+		return fmt.Errorf("remote: push %s: %w", ref, err)
+	}
+	return nil
+}
+
+// PushIndex uploads an image index, its images and their blobs, and tags it
+// as ref. progress is handled as in Push.
+func (c *Client) PushIndex(ctx context.Context, ref string, idx v1.ImageIndex, progress chan<- v1.Update) error {
+	r, err := c.ParseReference(ref)
+	if err != nil {
+		if progress != nil {
+			close(progress)
+		}
+		return err
+	}
+	repo := r.Context()
+	tr, err := c.transportFor(ctx, repo.Registry, repo.Scope(transport.PushScope))
+	if err != nil {
+		if progress != nil {
+			close(progress)
+		}
+		return err
+	}
+	if err := remote.WriteIndex(r, idx, c.writeOptions(ctx, tr, progress)...); err != nil {
+		return fmt.Errorf("remote: push %s: %w", ref, err)
+	}
+	return nil
+}
+
+// Catalog lists the repositories of registryHost ("host:port") whose name
+// is prefix or lies under it ("proj" matches "proj/repo/img", not
+// "project/x"); an empty prefix lists all. The result is sorted.
+func (c *Client) Catalog(ctx context.Context, registryHost, prefix string) ([]string, error) {
+	reg, err := c.ParseRegistry(registryHost)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := c.transportFor(ctx, reg, "registry:catalog:*")
+	if err != nil {
+		return nil, err
+	}
+	all, err := remote.Catalog(ctx, reg, remote.WithTransport(tr), remote.WithUserAgent(c.userAgent))
+	if err != nil {
+		return nil, fmt.Errorf("remote: catalog of %s: %w", registryHost, err)
+	}
+	prefix = strings.Trim(prefix, "/")
+	var out []string
+	for _, r := range all {
+		if prefix == "" || r == prefix || strings.HasPrefix(r, prefix+"/") {
+			out = append(out, r)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// Tags lists the tags of repo ("HOST/PATH"), sorted.
+func (c *Client) Tags(ctx context.Context, repo string) ([]string, error) {
+	r, err := c.ParseRepository(repo)
+	if err != nil {
+		return nil, err
+	}
+	tr, err := c.transportFor(ctx, r.Registry, r.Scope(transport.PullScope))
+	if err != nil {
+		return nil, err
+	}
+	tags, err := remote.List(r, remote.WithContext(ctx), remote.WithTransport(tr), remote.WithUserAgent(c.userAgent))
+	if err != nil {
+		return nil, fmt.Errorf("remote: tags of %s: %w", repo, err)
+	}
+	slices.Sort(tags)
+	return tags, nil
+}
