@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/riffle-dev/riffle/internal/batch/api"
+	"github.com/riffle-dev/riffle/internal/batch/job"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 )
 
@@ -390,5 +391,35 @@ func TestNoRunner(t *testing.T) {
 	}
 	if _, err := c.CancelJob(ctx, &batchpb.CancelJobRequest{Name: j.Name}); code(err) != codes.FailedPrecondition {
 		t.Errorf("second cancel: %v", err)
+	}
+}
+
+// TestAdmit: an admission hook's field error refuses the job naming the
+// field, over the official client.
+func TestAdmit(t *testing.T) {
+	st, err := store.Open(t.TempDir(), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	srv, err := api.New(st, nil, api.Options{Admit: func(ctx context.Context, j *batchpb.Job) error {
+		return &job.FieldError{Path: "taskGroups[0].taskSpec.runnables[0].container.imageUri", Msg: "manifest schema 1 is not supported; re-push the image with a current client"}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv.HTTPHandler())
+	defer hs.Close()
+	c, err := batch.NewRESTClient(context.Background(), option.WithEndpoint(hs.URL), option.WithoutAuthentication())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_, err = c.CreateJob(context.Background(), &batchpb.CreateJobRequest{Parent: parent, JobId: "old", Job: scriptJob(1)})
+	if code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "job.taskGroups[0].taskSpec.runnables[0].container.imageUri: manifest schema 1") {
+		t.Errorf("admit: %v", err)
+	}
+	if _, err := st.GetJob(context.Background(), parent+"/jobs/old"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("refused job was stored: %v", err)
 	}
 }

@@ -52,6 +52,13 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock for job creation; default time.Now.
 	Now func() time.Time
+	// Admit, when set, is called on each new job after validation and
+	// defaults and before it is stored, for checks that need I/O (e.g.
+	// that every container image exists and is not schema 1). A
+	// *job.FieldError, job.FieldErrors or *job.UnsupportedError it returns
+	// becomes INVALID_ARGUMENT naming the field under "job."; a gRPC
+	// status error is passed through; anything else is INTERNAL.
+	Admit func(ctx context.Context, j *batchpb.Job) error
 }
 
 // Server is the Batch v1 API over one store: served as REST by
@@ -278,6 +285,11 @@ func (s *Server) CreateJob(ctx context.Context, req *batchpb.CreateJobRequest) (
 		return nil, jobErr(err, "job")
 	}
 	job.Prepare(j, req.GetParent(), id, s.opts.Now(), ignored)
+	if s.opts.Admit != nil {
+		if err := s.opts.Admit(ctx, j); err != nil {
+			return nil, jobErr(err, "job")
+		}
+	}
 	stored, created, err := s.st.CreateJob(ctx, j, req.GetRequestId())
 	if err != nil {
 		return nil, s.internal(ctx, "create job", err)
