@@ -270,6 +270,7 @@ func (s *Store) ListJobs(ctx context.Context, parent string, q ListQuery) ([]*ba
 				return fmt.Errorf("store: corrupt job %q: %w", k, err)
 			}
 			if pred(j) {
+				s.liveRunDuration(tx, j)
 				all = append(all, j)
 			}
 		}

@@ -251,9 +251,31 @@ func (s *Store) GetJob(ctx context.Context, name string) (*batchpb.Job, error) {
 	var j *batchpb.Job
 	err := s.db.View(func(tx *bolt.Tx) (err error) {
 		j, err = s.getJob(tx, name)
+		if err == nil {
+			s.liveRunDuration(tx, j)
+		}
 		return err
 	})
 	return j, err
+}
+
+// liveRunDuration adds the current RUNNING spell to a running job's
+// runDuration for readers, as Batch shows it growing while a job runs.
+func (s *Store) liveRunDuration(tx *bolt.Tx, j *batchpb.Job) {
+	if j.GetStatus().GetState() != batchpb.JobStatus_RUNNING {
+		return
+	}
+	since := tx.Bucket(bRunning).Get([]byte(j.Name))
+	if since == nil {
+		return
+	}
+	t, err := time.Parse(time.RFC3339Nano, string(since))
+	if err != nil {
+		return
+	}
+	if now := s.now(); now.After(t) {
+		j.Status.RunDuration = durationpb.New(j.Status.GetRunDuration().AsDuration() + now.Sub(t))
+	}
 }
 
 // GetTask returns the task named name, or ErrNotFound.
