@@ -59,7 +59,7 @@ func Build(r io.Reader, mediaType string, opts Options) (*Index, error) {
 	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
 		x.Kind = KindGzip
 		err = buildGzip(x, br)
-	case len(magic) == 4 && bytes.Equal(magic, zstdMagic):
+	case len(magic) == 4 && (bytes.Equal(magic, zstdMagic) || isSkippableMagic(magic)):
 		x.Kind = KindZstd
 		err = buildZstd(x, br)
 	default:

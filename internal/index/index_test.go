@@ -73,6 +73,17 @@ var compressors = map[string]func(t testing.TB, tar []byte) []byte{
 		return out
 	},
 	"zstd-frames": func(t testing.TB, b []byte) []byte { return zstdFrames(t, b, 48<<10) },
+	// Skippable frames (zstd:chunked keeps its manifest in one) carry no
+	// data but belong to the blob.
+	"zstd-skippable": func(t testing.TB, b []byte) []byte {
+		skip := []byte{0x5e, 0x2a, 0x4d, 0x18, 5, 0, 0, 0, 'h', 'e', 'l', 'l', 'o'}
+		half := len(b) / 2
+		out := append([]byte{}, skip...)
+		out = append(out, zstdFrames(t, b[:half], 30<<10)...)
+		out = append(out, skip...)
+		out = append(out, zstdFrames(t, b[half:], 100<<10)...)
+		return append(out, skip...)
+	},
 	"zstd-single": func(t testing.TB, b []byte) []byte { return zstdFrames(t, b, len(b)) },
 }
 
@@ -89,7 +100,6 @@ func stdGzip(t testing.TB, b []byte, level int) []byte {
 
 // zstdFrames compresses b as independent frames of frame bytes each.
 func zstdFrames(t testing.TB, b []byte, frame int) []byte {
-	t.Skip("zstd builder not written yet")
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault))
 	if err != nil {
 		t.Fatal(err)
@@ -228,7 +238,7 @@ func TestBuildKinds(t *testing.T) {
 
 func TestCorruptSpanRejected(t *testing.T) {
 	g := makeLayer(t, 2, 300<<10)
-	for _, name := range []string{"gzip-6", "tar"} {
+	for _, name := range []string{"gzip-6", "tar", "zstd-frames"} {
 		blob := compressors[name](t, g.tar)
 		x, err := Build(bytes.NewReader(blob), "", Options{SpanSize: testSpan})
 		if err != nil {

@@ -56,3 +56,16 @@ func TestMarshalRoundTripDeterministic(t *testing.T) {
 		})
 	}
 }
+
+func TestSmallSingleFrameZstdIsStreamable(t *testing.T) {
+	g := makeLayer(t, 4, 10<<10)
+	blob := zstdFrames(t, g.tar, len(g.tar))
+	x, err := Build(bytes.NewReader(blob), "", Options{SpanSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Spans) != 1 {
+		t.Fatalf("%d spans, want 1", len(x.Spans))
+	}
+	checkIndex(t, x, g, blob)
+}
