@@ -291,7 +291,7 @@ func (p *parser[T]) restriction() (predicate[T], error) {
 			if err != nil {
 				return false
 			}
-			return compare(got.Compare(want), op, false)
+			return compare(got.Compare(want), op)
 		}, nil
 	}
 	if op == ":" {
@@ -308,10 +308,10 @@ func (p *parser[T]) restriction() (predicate[T], error) {
 		prefix := strings.TrimSuffix(val, "*")
 		return func(x T) bool { return strings.HasPrefix(get(x), prefix) == (op == "=") }, nil
 	}
-	return func(x T) bool { return compare(strings.Compare(get(x), val), op, false) }, nil
+	return func(x T) bool { return compare(strings.Compare(get(x), val), op) }, nil
 }
 
-func compare(c int, op string, _ bool) bool {
+func compare(c int, op string) bool {
 	switch op {
 	case "=":
 		return c == 0
