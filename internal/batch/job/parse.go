@@ -43,7 +43,7 @@ const MaxConfigSize = 4 << 20
 
 // ErrInvalid is matched (errors.Is) by every error Parse, Validate and
 // ValidateJobID return because of the input rather than a bug.
-var ErrInvalid = errors.New("invalid job")
+var ErrInvalid = errors.New("job: invalid job config")
 
 // FieldError is an error about one field of a job config. Path uses the
 // lowerCamel JSON names and list indexes, e.g.
