@@ -68,7 +68,7 @@ func (c *Client) RepositoryBlob(ctx context.Context, repo name.Repository, dgst 
 		}
 		resp.Body.Close()
 		if err := transport.CheckError(resp, http.StatusOK); err != nil {
-			return nil, fmt.Errorf("remote: blob %s in %s: %w", dgst, repo, err)
+			return nil, fmt.Errorf("remote: blob %s in %s: %w", dgst, repo, explain(err, repo.RegistryStr()))
 		}
 		if resp.ContentLength < 0 {
 			return nil, fmt.Errorf("remote: blob %s in %s: the registry did not report its size", dgst, repo)
@@ -160,7 +160,7 @@ func (b *Blob) readRange(ctx context.Context, p []byte, off int64) (int, error) 
 	case http.StatusRequestedRangeNotSatisfiable:
 		return 0, fmt.Errorf("remote: blob %s: range %d-%d not satisfiable (the registry says %q; is the size %d right?)", b.digest, off, last, resp.Header.Get("Content-Range"), b.size)
 	default:
-		return 0, fmt.Errorf("remote: blob %s: %w", b.digest, transport.CheckError(resp, http.StatusPartialContent))
+		return 0, fmt.Errorf("remote: blob %s: %w", b.digest, explain(transport.CheckError(resp, http.StatusPartialContent), b.repo.RegistryStr()))
 	}
 	n := int64(len(p))
 	if resp.StatusCode == http.StatusPartialContent {
@@ -266,7 +266,7 @@ func (s *blobStream) connect() error {
 		if s.off > 0 && resp.StatusCode == http.StatusOK {
 			return fmt.Errorf("remote: blob %s: resuming at byte %d: %w", s.b.digest, s.off, ErrRangeNotSupported)
 		}
-		return fmt.Errorf("remote: blob %s: %w", s.b.digest, transport.CheckError(resp, want))
+		return fmt.Errorf("remote: blob %s: %w", s.b.digest, explain(transport.CheckError(resp, want), s.b.repo.RegistryStr()))
 	}
 	if s.off > 0 {
 		start, _, _, err := parseContentRange(resp.Header.Get("Content-Range"))

@@ -178,7 +178,7 @@ func (c *Client) transportFor(ctx context.Context, reg name.Registry, scopes ...
 	}
 	rt, err = transport.NewWithContext(ctx, reg, auth, c.base, scopes)
 	if err != nil {
-		return nil, fmt.Errorf("remote: connecting to %s: %w", reg.RegistryStr(), err)
+		return nil, fmt.Errorf("remote: connecting to %s: %w", reg.RegistryStr(), explain(err, reg.RegistryStr()))
 	}
 	c.mu.Lock()
 	c.authz[key] = rt
@@ -220,4 +220,34 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	b.n.Add(int64(n))
 	return n, err
+}
+
+// Sentinels for registry answers callers act on. They are wrapped together
+// with the registry's own error, which keeps its codes and message.
+var (
+	// ErrUnauthorized means the registry wants credentials that were not
+	// found or were refused (HTTP 401).
+	ErrUnauthorized = errors.New("authentication required or refused")
+	// ErrDenied means the credentials lack permission (HTTP 403).
+	ErrDenied = errors.New("access denied")
+	// ErrNotFound means the repository, manifest or blob does not exist
+	// (HTTP 404).
+	ErrNotFound = errors.New("not found")
+)
+
+// explain adds a sentinel and the fix to a registry error on host.
+func explain(err error, host string) error {
+	var terr *transport.Error
+	if !errors.As(err, &terr) {
+		return err
+	}
+	switch terr.StatusCode {
+	case http.StatusUnauthorized:
+		return fmt.Errorf("%w: %w; log in with `docker login %s` (credentials are read from the docker config.json in DOCKER_CONFIG or ~/.docker) or check them", err, ErrUnauthorized, host)
+	case http.StatusForbidden:
+		return fmt.Errorf("%w: %w; the credentials for %s lack permission for this repository", err, ErrDenied, host)
+	case http.StatusNotFound:
+		return fmt.Errorf("%w: %w", err, ErrNotFound)
+	}
+	return err
 }

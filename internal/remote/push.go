@@ -67,7 +67,7 @@ func (c *Client) Push(ctx context.Context, ref string, img v1.Image, progress ch
 		return err
 	}
 	if err := remote.Write(r, img, c.writeOptions(ctx, tr, progress)...); err != nil {
-		return fmt.Errorf("remote: push %s: %w", ref, err)
+		return fmt.Errorf("remote: push %s: %w", ref, explain(err, repo.RegistryStr()))
 	}
 	return nil
 }
@@ -91,7 +91,7 @@ func (c *Client) PushIndex(ctx context.Context, ref string, idx v1.ImageIndex, p
 		return err
 	}
 	if err := remote.WriteIndex(r, idx, c.writeOptions(ctx, tr, progress)...); err != nil {
-		return fmt.Errorf("remote: push %s: %w", ref, err)
+		return fmt.Errorf("remote: push %s: %w", ref, explain(err, repo.RegistryStr()))
 	}
 	return nil
 }
@@ -110,7 +110,7 @@ func (c *Client) Catalog(ctx context.Context, registryHost, prefix string) ([]st
 	}
 	all, err := remote.Catalog(ctx, reg, remote.WithTransport(tr), remote.WithUserAgent(c.userAgent))
 	if err != nil {
-		return nil, fmt.Errorf("remote: catalog of %s: %w", registryHost, err)
+		return nil, fmt.Errorf("remote: catalog of %s: %w", registryHost, explain(err, registryHost))
 	}
 	prefix = strings.Trim(prefix, "/")
 	var out []string
@@ -135,7 +135,7 @@ func (c *Client) Tags(ctx context.Context, repo string) ([]string, error) {
 	}
 	tags, err := remote.List(r, remote.WithContext(ctx), remote.WithTransport(tr), remote.WithUserAgent(c.userAgent))
 	if err != nil {
-		return nil, fmt.Errorf("remote: tags of %s: %w", repo, err)
+		return nil, fmt.Errorf("remote: tags of %s: %w", repo, explain(err, r.RegistryStr()))
 	}
 	slices.Sort(tags)
 	return tags, nil

@@ -114,7 +114,7 @@ func (c *Client) ResolveReference(ctx context.Context, ref name.Reference, platf
 	for depth := 0; ; depth++ {
 		raw, mt, dgst, err := c.fetchManifest(ctx, hc, repo, id)
 		if err != nil {
-			return nil, fmt.Errorf("remote: %s: %w", ref, err)
+			return nil, fmt.Errorf("remote: %s: %w", ref, explain(err, repo.RegistryStr()))
 		}
 		if fromIndex != nil && (dgst != fromIndex.Digest || int64(len(raw)) != fromIndex.Size) {
 			return nil, fmt.Errorf("remote: %s: manifest %s: %w (the index lists size %d, got %d bytes)", ref, fromIndex.Digest, ErrDigestMismatch, fromIndex.Size, len(raw))
@@ -156,7 +156,7 @@ func (c *Client) ResolveReference(ctx context.Context, ref name.Reference, platf
 	}
 	cfg, err := c.fetchSmallBlob(ctx, hc, repo, img.Manifest.Config, maxConfigBytes)
 	if err != nil {
-		return nil, fmt.Errorf("remote: %s: config: %w", ref, err)
+		return nil, fmt.Errorf("remote: %s: config: %w", ref, explain(err, repo.RegistryStr()))
 	}
 	img.RawConfig = cfg
 	if err := json.Unmarshal(cfg, &img.Config); err != nil {
