@@ -1,0 +1,239 @@
+package streamfs
+
+import (
+	"context"
+	"sync"
+	"syscall"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/riffle-dev/riffle/internal/cache"
+)
+
+// fsNode is the FUSE side of one inode of the merged tree. Hard links are
+// one fsNode (one *fs.Inode) added under several names.
+type fsNode struct {
+	fs.Inode
+	n *node
+	m *MountPoint
+
+	// Open state of a regular file, which decides passthrough: the kernel
+	// refuses to mix passthrough and cached opens of one inode, so a file
+	// is opened by passthrough only while no cached open is live, and
+	// cached only while no passthrough open is live.
+	mu     sync.Mutex
+	whole  *cache.Entry // pinned whole-file entry while pt > 0
+	pt     int
+	cached int
+}
+
+var (
+	_ = (fs.NodeOnAdder)((*fsNode)(nil))
+	_ = (fs.NodeGetattrer)((*fsNode)(nil))
+	_ = (fs.NodeReadlinker)((*fsNode)(nil))
+	_ = (fs.NodeGetxattrer)((*fsNode)(nil))
+	_ = (fs.NodeListxattrer)((*fsNode)(nil))
+	_ = (fs.NodeOpener)((*fsNode)(nil))
+	_ = (fs.NodeStatfser)((*fsNode)(nil))
+	_ = (fs.NodeAccesser)((*fsNode)(nil))
+)
+
+// OnAdd builds the whole inode tree when the root is mounted: the tree is
+// immutable, so the kernel's lookups never reach code that could block.
+func (r *fsNode) OnAdd(ctx context.Context) {
+	if r.n.ino != 1 {
+		return
+	}
+	inodes := make([]*fs.Inode, len(r.m.nodes))
+	inodes[0] = &r.Inode
+	for i, n := range r.m.nodes[1:] {
+		inodes[i+1] = r.NewPersistentInode(ctx, &fsNode{n: n, m: r.m}, fs.StableAttr{Mode: n.typ, Ino: n.ino})
+	}
+	for _, n := range r.m.nodes {
+		if n.typ != unix.S_IFDIR {
+			continue
+		}
+		parent := inodes[n.ino-1]
+		for name, ch := range n.children {
+			parent.AddChild(name, inodes[ch.ino-1], false)
+		}
+	}
+}
+
+func (n *node) fill(a *fuse.Attr) {
+	a.Ino = n.ino
+	a.Mode = n.typ | n.perm
+	a.Nlink = n.nlink
+	a.Owner = fuse.Owner{Uid: n.uid, Gid: n.gid}
+	a.Size = uint64(n.size)
+	a.Blocks = (a.Size + 511) / 512
+	a.Blksize = 4096
+	a.Rdev = n.rdev
+	t := n.mtime
+	a.SetTimes(&t, &t, &t)
+}
+
+func (f *fsNode) Getattr(ctx context.Context, fh fs.FileHandle, out *fuse.AttrOut) syscall.Errno {
+	f.n.fill(&out.Attr)
+	return 0
+}
+
+func (f *fsNode) Readlink(ctx context.Context) ([]byte, syscall.Errno) {
+	if f.n.typ != unix.S_IFLNK {
+		return nil, syscall.EINVAL
+	}
+	return []byte(f.n.link), 0
+}
+
+func (f *fsNode) Getxattr(ctx context.Context, attr string, dest []byte) (uint32, syscall.Errno) {
+	v, ok := f.n.xattrs[attr]
+	if !ok {
+		return 0, fs.ENOATTR
+	}
+	if len(dest) < len(v) {
+		return uint32(len(v)), syscall.ERANGE
+	}
+	return uint32(copy(dest, v)), 0
+}
+
+func (f *fsNode) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errno) {
+	var size int
+	for k := range f.n.xattrs {
+		size += len(k) + 1
+	}
+	if len(dest) < size {
+		return uint32(size), syscall.ERANGE
+	}
+	var b []byte
+	for _, k := range sortedKeys(f.n.xattrs) {
+		b = append(append(b, k...), 0)
+	}
+	return uint32(copy(dest, b)), 0
+}
+
+// Access answers for W_OK with EROFS; the kernel checks the rest with
+// default_permissions.
+func (f *fsNode) Access(ctx context.Context, mask uint32) syscall.Errno {
+	if mask&unix.W_OK != 0 {
+		return syscall.EROFS
+	}
+	return 0
+}
+
+func (f *fsNode) Statfs(ctx context.Context, out *fuse.StatfsOut) syscall.Errno {
+	const bsize = 4096
+	out.Bsize = bsize
+	out.Frsize = bsize
+	out.Blocks = uint64((f.m.totalBytes + bsize - 1) / bsize)
+	out.Files = uint64(len(f.m.nodes))
+	out.NameLen = 255
+	return 0
+}
+
+func (f *fsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, syscall.Errno) {
+	if flags&(syscall.O_WRONLY|syscall.O_RDWR|syscall.O_TRUNC|syscall.O_APPEND|syscall.O_CREAT) != 0 {
+		return nil, 0, syscall.EROFS
+	}
+	if f.n.typ != unix.S_IFREG {
+		return nil, 0, syscall.EINVAL
+	}
+	h := &handle{f: f}
+	if f.n.size == 0 {
+		return h, fuse.FOPEN_KEEP_CACHE, 0
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.whole == nil && f.cached == 0 && !f.m.opts.NoPassthrough {
+		if e, err := f.m.cache.Get(ctx, f.n.digest.String()); err == nil {
+			f.whole = e
+			f.m.metrics.hits.Inc()
+		}
+	}
+	if f.whole != nil && f.cached == 0 {
+		f.pt++
+		f.m.metrics.passthrough.Inc()
+		h.whole = f.whole
+		return h, 0, 0
+	}
+	f.cached++
+	return h, fuse.FOPEN_KEEP_CACHE, 0
+}
+
+// handle is an open regular file.
+type handle struct {
+	f     *fsNode
+	whole *cache.Entry // set for a passthrough open
+
+	mu       sync.Mutex
+	contig   int64 // bytes read contiguously from the start
+	promoted bool
+}
+
+var (
+	_ = (fs.FileReader)((*handle)(nil))
+	_ = (fs.FileReleaser)((*handle)(nil))
+	_ = (fs.FilePassthroughFder)((*handle)(nil))
+)
+
+// PassthroughFd hands the kernel the cached whole file, so reads of a warm
+// file never reach this process.
+func (h *handle) PassthroughFd() (int, bool) {
+	if h.whole == nil {
+		return 0, false
+	}
+	return int(h.whole.File().Fd()), true
+}
+
+func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	if h.whole != nil {
+		// Passthrough was refused by the kernel; serve the cached file.
+		h.f.m.fallbackReads.Add(1)
+		return fuse.ReadResultFd(h.whole.File().Fd(), off, len(dest)), 0
+	}
+	n, err := h.f.m.readFile(ctx, h.f.n, dest, off)
+	if err != nil {
+		h.f.m.log.Warn("streamfs: read failed", "ino", h.f.n.ino, "offset", off, "err", err)
+		return nil, syscall.EIO
+	}
+	h.mu.Lock()
+	if off <= h.contig && off+int64(n) > h.contig {
+		h.contig = off + int64(n)
+	}
+	promote := h.contig == h.f.n.size && !h.promoted
+	if promote {
+		h.promoted = true
+	}
+	h.mu.Unlock()
+	if promote {
+		h.f.m.promote(h.f.n)
+	}
+	return fuse.ReadResultData(dest[:n]), 0
+}
+
+func (h *handle) Release(ctx context.Context) syscall.Errno {
+	f := h.f
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	switch {
+	case f.n.size == 0:
+	case h.whole != nil:
+		if f.pt--; f.pt == 0 {
+			f.whole.Close()
+			f.whole = nil
+		}
+	default:
+		f.cached--
+	}
+	return 0
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	return keys
+}

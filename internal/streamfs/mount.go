@@ -1,0 +1,224 @@
+package streamfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+	"golang.org/x/sys/unix"
+
+	"github.com/riffle-dev/riffle/internal/cache"
+)
+
+// Defaults of Options.
+const (
+	DefaultReadTimeout = 30 * time.Second
+	DefaultRetries     = 3
+	DefaultPrefetchers = 4
+)
+
+// metadataTimeout is how long the kernel may cache entries and attributes.
+// The tree never changes, so the only limit is memory the kernel manages.
+const metadataTimeout = 24 * time.Hour
+
+// Options configures a Mount. Cache is required; every other zero value is a
+// working default.
+type Options struct {
+	// Cache is the node cache spans and whole files are stored in.
+	Cache *cache.Cache
+	// ReadTimeout bounds one read(2) that must fetch data, retries
+	// included: when the registry is unreachable the read fails with EIO
+	// after this long (default DefaultReadTimeout).
+	ReadTimeout time.Duration
+	// Retries is how many times a span fetch is tried (default
+	// DefaultRetries), within ReadTimeout.
+	Retries int
+	// Prefetchers bounds background fetches of the next span of a file
+	// read sequentially (default DefaultPrefetchers).
+	Prefetchers int
+	// NoPrefetch turns read-ahead of spans off.
+	NoPrefetch bool
+	// NoPassthrough never stores whole files nor opens them by FUSE
+	// passthrough; every read is served by this process from spans.
+	NoPassthrough bool
+	// Logger receives warnings (failed fetches). Nil discards them.
+	Logger *slog.Logger
+	// Debug logs every FUSE request to Logger.
+	Debug bool
+}
+
+// MountPoint is a mounted image.
+type MountPoint struct {
+	dir    string
+	img    Image
+	opts   Options
+	cache  *cache.Cache
+	log    *slog.Logger
+	server *fuse.Server
+
+	nodes      []*node  // inode order; nodes[0] is the root
+	spans      [][]Span // per layer
+	totalBytes int64
+
+	metrics *metrics
+	// fallbackReads counts reads of whole cached files that reached this
+	// process because the kernel refused passthrough (tests check it).
+	fallbackReads atomic.Int64
+	prefetchSem   chan struct{}
+	ctx           context.Context // ends at Unmount; background work uses it
+	cancel        context.CancelFunc
+	bg            sync.WaitGroup
+	once          sync.Once
+	unmountErr    error
+}
+
+// Mount serves img read-only at dir, which must be an existing directory.
+// It builds the whole merged tree from the layers' file tables first, so
+// it fails (nothing mounted) on an unsafe or malformed table; a nil layer
+// gives a *NotEligibleError. Mounting needs root (or CAP_SYS_ADMIN) for
+// allow_other, and passthrough needs root as well.
+func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoint, error) {
+	if opts.Cache == nil {
+		return nil, errors.New("streamfs: Options.Cache is required")
+	}
+	if opts.ReadTimeout <= 0 {
+		opts.ReadTimeout = DefaultReadTimeout
+	}
+	if opts.Retries <= 0 {
+		opts.Retries = DefaultRetries
+	}
+	if opts.Prefetchers <= 0 {
+		opts.Prefetchers = DefaultPrefetchers
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	m := &MountPoint{
+		dir: dir, img: img, opts: opts, cache: opts.Cache, log: log,
+		metrics:     newMetrics(dir, img.Name),
+		prefetchSem: make(chan struct{}, opts.Prefetchers),
+	}
+	tables := make([][]Entry, len(img.Layers))
+	ends := make([]int64, len(img.Layers))
+	m.spans = make([][]Span, len(img.Layers))
+	for i, l := range img.Layers {
+		if l == nil {
+			return nil, NotEligible("", "layer %d has no index", i)
+		}
+		spans := l.Spans()
+		var end int64
+		for j, s := range spans {
+			if s.Offset != end || s.Size < 0 {
+				return nil, fmt.Errorf("streamfs: layer %s: span %d at [%d, +%d) does not follow the previous one (ends at %d)", l.Digest(), j, s.Offset, s.Size, end)
+			}
+			end += s.Size
+		}
+		m.spans[i], ends[i], tables[i] = spans, end, l.Entries()
+	}
+	root, nodes, err := buildTree(tables, ends)
+	if err != nil {
+		return nil, fmt.Errorf("streamfs: %s: %w", img.Name, err)
+	}
+	m.nodes = nodes
+	for _, n := range nodes {
+		if n.typ == unix.S_IFREG {
+			m.totalBytes += n.size
+		}
+	}
+
+	st, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("streamfs: mount point: %w", err)
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("streamfs: mount point %s is not a directory", dir)
+	}
+	timeout := metadataTimeout
+	fsopts := &fs.Options{
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		RootStableAttr:  &fs.StableAttr{Ino: 1},
+		// Mode 0 is a real mode in images (etc/shadow), not "unset".
+		NullPermissions: true,
+		MountOptions: fuse.MountOptions{
+			AllowOther: true,
+			FsName:     "riffle:" + img.Name,
+			Name:       "riffle",
+			// The kernel checks modes and owners against the image's,
+			// as on a local filesystem.
+			Options:      []string{"ro", "default_permissions"},
+			MaxReadAhead: 1 << 20,
+			Debug:        opts.Debug,
+			// The mount is a lower layer of overlayfs and may itself sit
+			// on the cache's filesystem by passthrough.
+			MaxStackDepth: 1,
+		},
+	}
+	if opts.Debug {
+		fsopts.Logger = slog.NewLogLogger(log.Handler(), slog.LevelDebug)
+		fsopts.MountOptions.Logger = fsopts.Logger
+	}
+	m.ctx, m.cancel = context.WithCancel(context.WithoutCancel(ctx))
+	rootNode := &fsNode{n: root, m: m}
+	server, err := fs.Mount(dir, rootNode, fsopts)
+	if err != nil {
+		m.cancel()
+		return nil, fmt.Errorf("streamfs: mount %s: %w", dir, err)
+	}
+	m.server = server
+	return m, nil
+}
+
+// Dir returns the mount point.
+func (m *MountPoint) Dir() string { return m.dir }
+
+// Unmount unmounts the image and waits for background fetches to stop. It
+// fails (and the mount stays) while files are in use, like umount(8).
+func (m *MountPoint) Unmount() error {
+	if err := m.server.Unmount(); err != nil {
+		return fmt.Errorf("streamfs: unmount %s: %w", m.dir, err)
+	}
+	m.shutdown()
+	return nil
+}
+
+// Wait blocks until the image is unmounted, by Unmount or from outside
+// (UnmountDir, umount(8)).
+func (m *MountPoint) Wait() {
+	m.server.Wait()
+	m.shutdown()
+}
+
+func (m *MountPoint) shutdown() {
+	m.once.Do(func() {
+		m.cancel()
+		m.bg.Wait()
+	})
+}
+
+// UnmountDir unmounts the image mounted at dir by another process (riffle
+// unmount). With lazy, the mount is detached at once and goes away when its
+// last file is closed.
+func UnmountDir(dir string, lazy bool) error {
+	flags := 0
+	if lazy {
+		flags = unix.MNT_DETACH
+	}
+	if err := unix.Unmount(dir, flags); err != nil {
+		return fmt.Errorf("streamfs: unmount %s: %w", dir, err)
+	}
+	return nil
+}
+
+func sortStrings(s []string) { sort.Strings(s) }

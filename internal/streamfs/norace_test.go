@@ -1,0 +1,5 @@
+//go:build !race
+
+package streamfs_test
+
+const raceEnabled = false

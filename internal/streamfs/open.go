@@ -1,0 +1,126 @@
+package streamfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/riffle-dev/riffle/internal/index"
+	"github.com/riffle-dev/riffle/internal/remote"
+)
+
+// ErrNoIndex is returned by an IndexSource that has no index for a layer.
+var ErrNoIndex = errors.New("streamfs: no index for layer")
+
+// IndexSource finds the index of a layer blob, for example the index
+// service of riffle serve. It returns an error wrapping ErrNoIndex when it
+// has none.
+type IndexSource interface {
+	LayerIndex(ctx context.Context, repo string, layer ocispec.Descriptor) (*index.Index, error)
+}
+
+// OpenOptions configures Open.
+type OpenOptions struct {
+	// Platform selects the image of a multi-platform index (nil: the
+	// running platform).
+	Platform *v1.Platform
+	// Indexes is asked first for each layer's index; nil asks nobody.
+	Indexes IndexSource
+	// Build indexes layers the source has none for by reading each such
+	// layer once from the registry. Without it a missing index makes the
+	// image not eligible.
+	Build bool
+	// SpanSize is passed to index.Build (0: index.DefaultSpanSize).
+	SpanSize int64
+	// Parallel bounds concurrent index fetches and builds (default 4).
+	Parallel int
+}
+
+// Open resolves ref with client and returns the Image to Mount, with an
+// index for every layer, or a *NotEligibleError saying why the image
+// cannot be streamed (the caller then pulls it in full). Errors that would
+// stop a full pull too (the reference, the registry, a corrupt layer) are
+// returned as they are.
+func Open(ctx context.Context, client *remote.Client, ref string, opts OpenOptions) (Image, *remote.Image, error) {
+	img, err := client.Resolve(ctx, ref, opts.Platform)
+	if err != nil {
+		return Image{}, nil, err
+	}
+	layers := img.Manifest.Layers
+	diffIDs := img.Config.RootFS.DiffIDs
+	if len(diffIDs) != len(layers) {
+		return Image{}, nil, fmt.Errorf("streamfs: %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", ref, len(layers), len(diffIDs))
+	}
+	for _, d := range layers {
+		if len(d.URLs) > 0 || strings.Contains(d.MediaType, "nondistributable") || strings.Contains(d.MediaType, "foreign") {
+			return Image{}, nil, NotEligible(d.Digest, "it is a foreign (non-distributable) layer, which only its own URLs serve")
+		}
+	}
+	par := opts.Parallel
+	if par <= 0 {
+		par = 4
+	}
+	out := Image{Name: ref, Layers: make([]Layer, len(layers))}
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(par)
+	repo := img.Repository.String()
+	for i, desc := range layers {
+		g.Go(func() error {
+			blob, err := client.RepositoryBlob(gctx, img.Repository, desc.Digest, desc.Size)
+			if err != nil {
+				return err
+			}
+			x, err := layerIndex(gctx, repo, desc, blob, opts)
+			if err != nil {
+				return err
+			}
+			if x.BlobDigest != desc.Digest {
+				return fmt.Errorf("streamfs: the index for layer %s describes blob %s", desc.Digest, x.BlobDigest)
+			}
+			if x.DiffID != "" && x.DiffID != digest.Digest(diffIDs[i]) {
+				return fmt.Errorf("streamfs: layer %s uncompresses to %s but the config says %s; the image is corrupt", desc.Digest, x.DiffID, diffIDs[i])
+			}
+			l, err := IndexLayer(x, blob)
+			if err != nil {
+				return err
+			}
+			out.Layers[i] = l
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return Image{}, nil, err
+	}
+	return out, img, nil
+}
+
+func layerIndex(ctx context.Context, repo string, desc ocispec.Descriptor, blob *remote.Blob, opts OpenOptions) (*index.Index, error) {
+	if opts.Indexes != nil {
+		x, err := opts.Indexes.LayerIndex(ctx, repo, desc)
+		if err == nil {
+			return x, nil
+		}
+		if !errors.Is(err, ErrNoIndex) {
+			return nil, err
+		}
+	}
+	if !opts.Build {
+		return nil, NotEligible(desc.Digest, "no index was found for it; index the image (riffle serve indexes pushed images) or allow building indexes")
+	}
+	rc, err := blob.Open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	x, err := index.Build(rc, desc.MediaType, index.Options{SpanSize: opts.SpanSize})
+	if err != nil {
+		return nil, NotEligible(desc.Digest, "indexing it failed: %v", err)
+	}
+	return x, nil
+}
