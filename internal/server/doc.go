@@ -2,6 +2,10 @@
 // one HTTP listener serving
 //
 //   - /v2/       the embedded OCI registry (package registry);
+//   - /v1/       the Google Batch v1 REST API (package batch/api), and the
+//     same API over gRPC (google.cloud.batch.v1.BatchService,
+//     google.longrunning.Operations) on the same port: gRPC clients speak
+//     HTTP/2 without TLS, which the listener accepts beside HTTP/1.1;
 //   - /healthz   liveness: 200 once every component is up;
 //   - /metrics   Prometheus metrics of every component.
 //
@@ -10,6 +14,7 @@
 // it. The data directory layout is:
 //
 //	DATA_DIR/registry/   registry storage
+//	DATA_DIR/batch.db    jobs, tasks and operations (bbolt)
 //	DATA_DIR/serve.addr  the address the running server listens on, so the
 //	                     CLI can find it without flags
 package server

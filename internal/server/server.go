@@ -16,7 +16,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
 
+	"github.com/riffle-dev/riffle/internal/batch/api"
+	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/registry"
 )
 
@@ -27,6 +30,9 @@ type Server struct {
 	log      *slog.Logger
 	metrics  *prometheus.Registry
 	registry *registry.Registry
+	store    *store.Store
+	batch    *api.Server
+	grpc     *grpc.Server
 	mux      *http.ServeMux
 	handler  http.Handler
 }
@@ -61,12 +67,28 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.registry = reg
 
 	s.mux.Handle("/v2/", reg)
+
+	st, err := store.Open(cfg.DataDir, store.Options{})
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.store = st
+	b, err := api.New(st, nil, api.Options{Locations: []string{cfg.Location}, Logger: log})
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.batch = b
+	s.mux.Handle("/v1/", b.HTTPHandler())
+	s.grpc = grpc.NewServer(b.GRPCServerOptions()...)
+	b.RegisterGRPC(s.grpc)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintln(w, "ok")
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
-	s.handler = instrument(s.metrics, s.mux)
+	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.mux))
 	return s, nil
 }
 
@@ -84,7 +106,29 @@ func (s *Server) Metrics() *prometheus.Registry { return s.metrics }
 
 // Close releases every component.
 func (s *Server) Close() error {
-	return s.registry.Close()
+	var errs []error
+	if s.grpc != nil {
+		s.grpc.Stop()
+	}
+	if s.store != nil {
+		errs = append(errs, s.store.Close())
+	}
+	if s.registry != nil {
+		errs = append(errs, s.registry.Close())
+	}
+	return errors.Join(errs...)
+}
+
+// grpcOrHTTP sends gRPC requests (HTTP/2 with a grpc content type) to g and
+// everything else to h, so the Batch API's two transports share one port.
+func grpcOrHTTP(g *grpc.Server, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+			g.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // Listen opens the configured address. With no address configured it tries
@@ -121,6 +165,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	// gRPC clients speak HTTP/2 without TLS ("prior knowledge"); REST clients
+	// speak HTTP/1.1. Serving both lets one port carry both transports.
+	hs.Protocols = new(http.Protocols)
+	hs.Protocols.SetHTTP1(true)
+	hs.Protocols.SetUnencryptedHTTP2(true)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	s.log.Info("riffle serving", "addr", ln.Addr().String(), "dataDir", s.cfg.DataDir, "location", s.cfg.Location)

@@ -1,0 +1,76 @@
+package server_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	batch "cloud.google.com/go/batch/apiv1"
+	"cloud.google.com/go/batch/apiv1/batchpb"
+	"google.golang.org/api/option"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/riffle-dev/riffle/internal/server"
+)
+
+// TestBatchAPIOnePort proves that the official Batch client reaches `riffle
+// serve` over REST and over gRPC on the same port.
+func TestBatchAPIOnePort(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := server.New(ctx, server.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ln, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ctx, ln, time.Second)
+	addr := ln.Addr().String()
+
+	rest, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), option.WithoutAuthentication())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rest.Close()
+	g, err := batch.NewClient(ctx, option.WithEndpoint(addr), option.WithoutAuthentication(),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+
+	parent := "projects/p/locations/us-central1"
+	job := &batchpb.Job{TaskGroups: []*batchpb.TaskGroup{{TaskSpec: &batchpb.TaskSpec{
+		Runnables: []*batchpb.Runnable{{Executable: &batchpb.Runnable_Script_{Script: &batchpb.Runnable_Script{
+			Command: &batchpb.Runnable_Script_Text{Text: "echo hi"}}}}},
+	}}}}
+	created, err := rest.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: parent, JobId: "over-rest", Job: job})
+	if err != nil {
+		t.Fatalf("REST create: %v", err)
+	}
+	got, err := g.GetJob(ctx, &batchpb.GetJobRequest{Name: created.GetName()})
+	if err != nil {
+		t.Fatalf("gRPC get of a job made over REST: %v", err)
+	}
+	if got.GetUid() != created.GetUid() {
+		t.Fatalf("gRPC saw uid %q, REST made %q", got.GetUid(), created.GetUid())
+	}
+	if _, err := g.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: parent, JobId: "over-grpc", Job: job}); err != nil {
+		t.Fatalf("gRPC create: %v", err)
+	}
+	it := rest.ListJobs(ctx, &batchpb.ListJobsRequest{Parent: parent})
+	n := 0
+	for {
+		if _, err := it.Next(); err != nil {
+			break
+		}
+		n++
+	}
+	if n != 2 {
+		t.Fatalf("REST list saw %d jobs, want 2", n)
+	}
+}
