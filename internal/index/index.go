@@ -95,6 +95,8 @@ type Index struct {
 
 	Spans []Span // contiguous in uncompressed space, sorted
 	Files []File // in tar order; names are unique (the last tar entry wins)
+
+	tocChunks [][]tocChunk // per span, for TOC-based kinds
 }
 
 // Span is a run of the uncompressed stream that can be fetched with one

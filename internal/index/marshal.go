@@ -42,6 +42,9 @@ func (x *Index) MarshalBinary() ([]byte, error) {
 	if err := x.Validate(); err != nil {
 		return nil, err
 	}
+	if x.Kind.fromTOC() {
+		return nil, fmt.Errorf("index: a %s index is not stored; make it from the layer's TOC with FromTOC", x.Kind)
+	}
 	e := &encoder{b: make([]byte, 0, 256+len(x.Spans)*64+len(x.Files)*96)}
 	e.b = append(e.b, Magic...)
 	e.b = binary.LittleEndian.AppendUint16(e.b, Version)
@@ -160,6 +163,9 @@ func Unmarshal(b []byte) (*Index, error) {
 	d := &decoder{b: body, pos: headerLen}
 	x := &Index{}
 	x.Kind = Kind(d.byte())
+	if x.Kind.fromTOC() {
+		return nil, fmt.Errorf("index: a %s index is never stored; make it with FromTOC", x.Kind)
+	}
 	x.MediaType = d.str()
 	x.BlobDigest = d.digest()
 	x.BlobSize = d.size("blob size")
