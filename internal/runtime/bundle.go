@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 )
 
@@ -215,13 +217,14 @@ func capSet(r *resolved) ([]string, error) {
 	return out, nil
 }
 
-// nofileLimit is Docker's usual NOFILE limit, capped by the kernel's nr_open.
+// nofileLimit is Docker's usual NOFILE limit, capped by our own hard limit:
+// raising it needs CAP_SYS_RESOURCE in the initial user namespace, which a
+// sandboxed Riffle may lack even as root.
 func nofileLimit() uint64 {
 	n := uint64(1 << 20)
-	if b, err := os.ReadFile("/proc/sys/fs/nr_open"); err == nil {
-		if v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && v < n {
-			n = v
-		}
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil && rl.Max < n {
+		n = rl.Max
 	}
 	return n
 }
