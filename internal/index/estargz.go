@@ -138,8 +138,8 @@ func fromJTOC(toc *estargz.JTOC, kind Kind, payload int64) (*Index, error) {
 	var files []File
 	byName := make(map[string]int)
 	var uname, gname = map[int]string{}, map[int]string{}
-	var cur *File     // the regular file whose chunks follow
-	var curSize int64 // its data so far
+	var cur *File               // the regular file whose chunks follow
+	var curSize int64           // its data so far
 	locs := make(map[int][]loc) // file index -> where its chunks are
 	addChunk := func(e *estargz.TOCEntry, size int64) error {
 		d, err := parseSHA256(e.ChunkDigest)
