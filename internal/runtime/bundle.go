@@ -208,13 +208,43 @@ func capSet(r *resolved) ([]string, error) {
 		set[c] = true
 	}
 	delete(set, "ALL")
+	held := heldCaps()
+	for _, c := range r.capAdd {
+		if c = norm(c); c != "ALL" && !held[c] {
+			return nil, fmt.Errorf("%w: options: --cap-add %s: Riffle itself does not hold this capability", ErrInvalidSpec, c)
+		}
+	}
 	var out []string
 	for _, c := range allCaps {
-		if set[c] {
+		// Defaults and --privileged get what Riffle holds: asking runc for
+		// more would fail the start (sandboxes drop CAP_SYS_RESOURCE, say).
+		if set[c] && held[c] {
 			out = append(out, c)
 		}
 	}
 	return out, nil
+}
+
+// heldCaps reads this process's bounding set; allCaps is in kernel order, so
+// a capability's index is its number.
+func heldCaps() map[string]bool {
+	held := map[string]bool{}
+	var mask uint64 = 1<<len(allCaps) - 1
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "CapBnd:"); ok {
+				if m, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64); err == nil {
+					mask = m
+				}
+			}
+		}
+	}
+	for i, c := range allCaps {
+		if mask&(1<<i) != 0 {
+			held[c] = true
+		}
+	}
+	return held
 }
 
 // nofileLimit is Docker's usual NOFILE limit, capped by our own hard limit:

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
@@ -30,10 +31,15 @@ func busyboxRoot(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Contains(data[:min(len(data), 1<<20)], []byte("static")) {
-		if out, _ := exec.Command("file", bb).Output(); len(out) > 0 && !bytes.Contains(out, []byte("static")) {
-			t.Fatalf("%s is not statically linked; install busybox-static", bb)
+	if ef, err := elf.Open(bb); err != nil {
+		t.Fatal(err)
+	} else {
+		for _, p := range ef.Progs {
+			if p.Type == elf.PT_INTERP {
+				t.Fatalf("%s is dynamically linked; install busybox-static", bb)
+			}
 		}
+		_ = ef.Close()
 	}
 	root := t.TempDir()
 	for _, d := range []string{"bin", "etc", "tmp", "home/alice", "data"} {
@@ -235,6 +241,38 @@ func TestRunResourceLimits(t *testing.T) {
 	s.Options = "--memory 32m --cpus 0.25"
 	if code, out := f.run(t, s); code != 0 || out != fmt.Sprintf("%d\n%d\n", 32<<20, 25000) {
 		t.Errorf("options limits: got %d %q", code, out)
+	}
+}
+
+func TestRunCapabilities(t *testing.T) {
+	f := newFixture(t)
+	s := f.spec(`grep CapEff /proc/self/status | cut -f2`)
+	held := heldCaps()
+	want := func(names ...string) string {
+		var m uint64
+		for i, c := range allCaps {
+			for _, n := range names {
+				if n == c && held[c] {
+					m |= 1 << i
+				}
+			}
+		}
+		return fmt.Sprintf("%016x\n", m)
+	}
+	if code, out := f.run(t, s); code != 0 || out != want(defaultCaps...) {
+		t.Errorf("default caps: got %d %q, want %q", code, out, want(defaultCaps...))
+	}
+	s.Options = "--cap-drop ALL --cap-add NET_ADMIN --cap-add chown"
+	if code, out := f.run(t, s); code != 0 || out != want("CAP_NET_ADMIN", "CAP_CHOWN") {
+		t.Errorf("cap-add/drop: got %d %q", code, out)
+	}
+	s.Options = "--privileged --pid=host --ipc=host"
+	if code, out := f.run(t, s); code != 0 || out != want(allCaps...) {
+		t.Errorf("privileged: got %d %q, want %q", code, out, want(allCaps...))
+	}
+	s.Options, s.Image.User = "", "alice"
+	if code, out := f.run(t, s); code != 0 || out != want() {
+		t.Errorf("non-root user: got %d %q, want no effective caps", code, out)
 	}
 }
 

@@ -269,6 +269,9 @@ func newID(name string) string {
 // The context bounds only the start itself; use Stop, or Run with a context,
 // to end the container.
 func (r *Runtime) Start(ctx context.Context, spec *Spec, stdout, stderr io.Writer) (_ *Container, retErr error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("runtime: start: %w", err)
+	}
 	id := newID(spec.Name)
 	res, err := resolve(id, spec)
 	if err != nil {
@@ -366,7 +369,7 @@ func (r *Runtime) Start(ctx context.Context, spec *Spec, stdout, stderr io.Write
 		return nil, err
 	}
 	errF := outF
-	if stderr != stdout || stdout == nil {
+	if stdout == nil || !sameWriter(stdout, stderr) {
 		if errF, err = sink(stderr); err != nil {
 			for _, p := range childEnds {
 				_ = p.Close()
@@ -467,6 +470,17 @@ func (r *Runtime) Start(ctx context.Context, spec *Spec, stdout, stderr io.Write
 		close(c.done)
 	}()
 	return c, nil
+}
+
+// sameWriter reports whether a and b are the same writer; comparing
+// interfaces panics for uncomparable dynamic types, which are never the same.
+func sameWriter(a, b io.Writer) (same bool) {
+	defer func() {
+		if recover() != nil {
+			same = false
+		}
+	}()
+	return a == b
 }
 
 // fileIO hands files to runc as its stdio, which the container inherits.
