@@ -5,6 +5,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/riffle-dev/riffle/internal/fstree"
 	"github.com/riffle-dev/riffle/internal/imagegen"
@@ -60,4 +61,25 @@ func TestEquivalenceAllFeatures(t *testing.T) {
 
 func TestEquivalenceAllFeaturesDocker(t *testing.T) {
 	checkEquivalent(t, imagegen.AllFeatures().Docker(), 0)
+}
+
+func TestEquivalenceDebian(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.RequiresBinary(t, "debootstrap")
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
+	defer cancel()
+	img, err := imagegen.DebianImage(ctx, "/var/cache/riffle-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newTestRegistry(t)
+	ref := r.pushImage(t, img, "test/debian")
+	want := unpacked(t, img)
+	m, dir := mount(t, r.open(t, ref, 0), streamfs.Options{Cache: newCache(t)})
+	start := time.Now()
+	got := scan(t, dir)
+	t.Logf("%d entries; cold scan (every file read) in %v: %+v", len(got), time.Since(start), m.Stats())
+	for _, d := range fstree.Diff(want, got) {
+		t.Error(d)
+	}
 }

@@ -1,0 +1,81 @@
+package streamfs_test
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+	"github.com/riffle-dev/riffle/internal/testutil"
+)
+
+// TestLaziness mounts imagegen.Large (1 GiB of file data; 64 MiB with
+// -short or -race) and reads 1 MiB of its big file: the registry must serve
+// at most one span's compressed bytes for it (plus one span for a small
+// file of another layer), not the layer.
+func TestLaziness(t *testing.T) {
+	testutil.RequiresRoot(t)
+	size := int64(1 << 30)
+	if testing.Short() || raceEnabled {
+		size = 64 << 20
+	}
+	r := newTestRegistry(t)
+	start := time.Now()
+	_, ref := r.push(t, imagegen.Large(size), "test/large")
+	t.Logf("built and pushed a %d MiB image in %v", size>>20, time.Since(start))
+	start = time.Now()
+	img := r.open(t, ref, 0) // default span size
+	t.Logf("indexed in %v", time.Since(start))
+	m, dir := mount(t, img, streamfs.Options{Cache: newCache(t)})
+
+	big := img.Layers[1]
+	var maxSpan int64
+	for _, s := range big.Spans() {
+		maxSpan = max(maxSpan, s.Size)
+	}
+	t.Logf("big layer: %d spans, largest %d bytes uncompressed", len(big.Spans()), maxSpan)
+
+	// 1 MiB from the middle of big/blob.bin, inside one span.
+	var dataOff int64
+	for _, e := range big.Entries() {
+		if e.Name == "big/blob.bin" {
+			dataOff = e.Offset
+		}
+	}
+	spans := big.Spans()
+	mid := spans[len(spans)/2]
+	off := mid.Offset - dataOff + 64<<10
+	t.Logf("reading [%d, +1 MiB) of the file, in span [%d, +%d) of the stream", off, mid.Offset, mid.Size)
+	f, err := os.Open(filepath.Join(dir, "big/blob.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	got := make([]byte, 1<<20)
+	if _, err := f.ReadAt(got, off); err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 1<<20)
+	c := imagegen.Content(42, size, imagegen.Mixed)
+	io.CopyN(io.Discard, c, off)
+	io.ReadFull(c, want)
+	if !bytes.Equal(got, want) {
+		t.Fatal("wrong bytes")
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "etc/hostname")); err != nil || string(b) != "riffle-large\n" {
+		t.Fatalf("etc/hostname: %q %v", b, err)
+	}
+	served := r.rangeBytes.Load()
+	st := m.Stats()
+	t.Logf("registry served %d bytes in %d range requests for %d spans (%d uncompressed bytes); stats %+v",
+		served, r.rangeRequests.Load(), st.FetchedSpans, st.FetchedBytes, st)
+	// Spans are at most ~SpanSize uncompressed; Mixed data compresses to
+	// about half, so two spans' uncompressed size bounds their bytes.
+	if st.FetchedSpans > 2 || r.rangeRequests.Load() > 2 || served > 2*maxSpan {
+		t.Errorf("not lazy: %d spans, %d requests, %d bytes served (largest span %d)", st.FetchedSpans, r.rangeRequests.Load(), served, maxSpan)
+	}
+}
