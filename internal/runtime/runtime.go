@@ -425,10 +425,17 @@ func (r *Runtime) Start(ctx context.Context, spec *Spec, stdout, stderr io.Write
 			copiers.Wait()
 			return nil, startError(logFile, res.err)
 		case <-ctx.Done():
-			// Too late to abandon runc's start; stop what it started.
-			_ = rc.Delete(context.Background(), id, &runc.DeleteOpts{Force: true})
-			res := <-exited
-			_ = res
+			// runc cannot be interrupted mid-start without orphaning what it
+			// made; kill the container as soon as it exists, until runc exits.
+			for stopped := false; !stopped; {
+				_ = r.runc.Kill(context.Background(), id, int(syscall.SIGKILL), &runc.KillOpts{All: true})
+				select {
+				case <-exited:
+					stopped = true
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
+			_ = r.runc.Delete(context.Background(), id, &runc.DeleteOpts{Force: true})
 			copiers.Wait()
 			return nil, fmt.Errorf("runtime: start %s: %w", id, ctx.Err())
 		case <-tick.C:
