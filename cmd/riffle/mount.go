@@ -1,0 +1,286 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/opencontainers/go-digest"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/remote"
+	"github.com/riffle-dev/riffle/internal/server"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+	"github.com/riffle-dev/riffle/internal/unpack"
+)
+
+func init() {
+	subcommands = append(subcommands, newMountCmd, newUnmountCmd, newPullCmd)
+}
+
+// registryFlags are the flags of commands that read from registries.
+type registryFlags struct {
+	insecure []string
+	timeout  time.Duration
+}
+
+func (f *registryFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringSliceVar(&f.insecure, "insecure-registry", nil, "registries (host[:port]) that may be reached over plain HTTP (loopback always may)")
+	cmd.Flags().DurationVar(&f.timeout, "registry-timeout", 0, "per-request stall timeout for registry requests (default: the client's)")
+}
+
+func (f *registryFlags) client() *remote.Client {
+	return remote.New(remote.Options{Insecure: f.insecure, Timeout: f.timeout})
+}
+
+func defaultCacheDir() string {
+	return filepath.Join(server.DefaultDataDir(), "mount-cache")
+}
+
+func newMountCmd() *cobra.Command {
+	var (
+		reg         registryFlags
+		cacheDir    string
+		cacheBytes  int64
+		readTimeout time.Duration
+		spanSize    int64
+		debug       bool
+	)
+	cmd := &cobra.Command{
+		Use:   "mount IMAGE DIR",
+		Short: "Mount an image lazily at DIR, read-only, streaming file data as it is read",
+		Long: `mount resolves IMAGE, indexes each of its layers (reading each layer once,
+as no index service is asked yet), and mounts the merged image read-only at DIR
+with FUSE. File data is then fetched span by span as it is read and kept in the
+node cache (--cache-dir). The command stays in the foreground serving the
+mount until it is interrupted or "riffle unmount DIR" is run.
+
+An image that cannot be streamed (a layer that cannot be indexed, such as one
+zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ref, dir := args[0], args[1]
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+			if debug {
+				log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+
+			if err := os.MkdirAll(cacheDir, 0o700); err != nil {
+				return fmt.Errorf("--cache-dir: %w", err)
+			}
+			c, err := cache.Open(cacheDir, cache.Options{MaxBytes: cacheBytes})
+			if err != nil {
+				if errors.Is(err, cache.ErrLocked) {
+					return fmt.Errorf("--cache-dir %s is in use by another riffle process; give this mount its own --cache-dir: %w", cacheDir, err)
+				}
+				return err
+			}
+			defer c.Close()
+
+			start := time.Now()
+			img, _, err := streamfs.Open(ctx, reg.client(), ref, streamfs.OpenOptions{Build: true, SpanSize: spanSize})
+			if err != nil {
+				if errors.Is(err, streamfs.ErrNotEligible) {
+					return fmt.Errorf("%w (use riffle pull to extract it in full)", err)
+				}
+				return err
+			}
+			m, err := streamfs.Mount(ctx, dir, img, streamfs.Options{
+				Cache:       c,
+				ReadTimeout: readTimeout,
+				Logger:      log,
+				Debug:       debug,
+			})
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s (%d layers, ready in %v); riffle unmount %s to stop\n",
+				ref, dir, len(img.Layers), time.Since(start).Round(time.Millisecond), dir)
+			done := make(chan struct{})
+			go func() { m.Wait(); close(done) }()
+			select {
+			case <-done:
+			case <-ctx.Done():
+				if err := m.Unmount(); err != nil {
+					// Busy: detach it so this process can exit; the kernel
+					// drops it when its last file is closed.
+					log.Warn("unmount failed; detaching", "err", err)
+					if err := streamfs.UnmountDir(dir, true); err != nil {
+						return err
+					}
+				}
+				<-done
+			}
+			st := m.Stats()
+			fmt.Fprintf(cmd.OutOrStdout(), "unmounted %s: fetched %d spans (%d bytes), cache hits %d, misses %d\n",
+				dir, st.FetchedSpans, st.FetchedBytes, st.CacheHits, st.CacheMisses)
+			return nil
+		},
+	}
+	reg.add(cmd)
+	f := cmd.Flags()
+	f.StringVar(&cacheDir, "cache-dir", defaultCacheDir(), "node cache directory (one riffle process at a time)")
+	f.Int64Var(&cacheBytes, "cache-bytes", 10<<30, "node cache size limit in bytes")
+	f.DurationVar(&readTimeout, "read-timeout", streamfs.DefaultReadTimeout, "a read that needs the registry fails with EIO after this long")
+	f.Int64Var(&spanSize, "span-size", 0, "uncompressed bytes per span when indexing layers (0: the index default)")
+	f.BoolVar(&debug, "debug", false, "log every FUSE request")
+	return cmd
+}
+
+func newUnmountCmd() *cobra.Command {
+	var lazy bool
+	cmd := &cobra.Command{
+		Use:   "unmount DIR",
+		Short: "Unmount an image mounted with riffle mount",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return streamfs.UnmountDir(args[0], lazy)
+		},
+	}
+	cmd.Flags().BoolVar(&lazy, "lazy", false, "detach now even if files are open (umount -l)")
+	return cmd
+}
+
+func newPullCmd() *cobra.Command {
+	var (
+		reg      registryFlags
+		parallel int
+	)
+	cmd := &cobra.Command{
+		Use:   "pull IMAGE DIR",
+		Short: "Extract an image in full into DIR (the non-streaming fallback)",
+		Long: `pull resolves IMAGE, downloads its layers in parallel (each checked against its
+digest) and applies them in order onto DIR with overlay semantics, checking each
+layer's uncompressed content against the config's diff_ids. DIR is created if
+missing and should be empty. Needs root for ownership, devices and xattrs.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			start := time.Now()
+			n, err := pull(ctx, reg.client(), args[0], args[1], parallel)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s into %s (%d layers) in %v\n", args[0], args[1], n, time.Since(start).Round(time.Millisecond))
+			return nil
+		},
+	}
+	reg.add(cmd)
+	cmd.Flags().IntVar(&parallel, "parallel", 4, "layers downloaded at once")
+	return cmd
+}
+
+// pull extracts ref into dir: layers are downloaded in parallel into
+// temporary files (verified against their digests by remote.Blob.Open)
+// and applied in order as soon as each one and those below it are there.
+func pull(ctx context.Context, client *remote.Client, ref, dir string, parallel int) (int, error) {
+	img, err := client.Resolve(ctx, ref, nil)
+	if err != nil {
+		return 0, err
+	}
+	layers := img.Manifest.Layers
+	diffIDs := img.Config.RootFS.DiffIDs
+	if len(diffIDs) != len(layers) {
+		return 0, fmt.Errorf("pull %s: the manifest has %d layers but the config %d diff_ids; the image is malformed", ref, len(layers), len(diffIDs))
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return 0, fmt.Errorf("pull: %w", err)
+	}
+	tmp, err := os.MkdirTemp(filepath.Dir(filepath.Clean(dir)), ".riffle-pull-")
+	if err != nil {
+		return 0, fmt.Errorf("pull: %w", err)
+	}
+	defer os.RemoveAll(tmp)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ready := make([]chan error, len(layers))
+	for i := range ready {
+		ready[i] = make(chan error, 1)
+	}
+	var g errgroup.Group
+	g.SetLimit(max(parallel, 1))
+	go func() {
+		for i, d := range layers {
+			g.Go(func() error {
+				ready[i] <- download(ctx, client, img, d.Digest, d.Size, filepath.Join(tmp, fmt.Sprint(i)))
+				return nil
+			})
+		}
+	}()
+	defer g.Wait()
+	for i, d := range layers {
+		var err error
+		select {
+		case err = <-ready[i]:
+		case <-ctx.Done():
+			err = ctx.Err()
+		}
+		if err == nil {
+			err = applyLayer(ctx, dir, filepath.Join(tmp, fmt.Sprint(i)), types.MediaType(d.MediaType), diffIDs[i].String())
+		}
+		if err != nil {
+			cancel()
+			return 0, fmt.Errorf("pull %s: layer %d (%s): %w", ref, i, d.Digest, err)
+		}
+		os.Remove(filepath.Join(tmp, fmt.Sprint(i)))
+	}
+	return len(layers), nil
+}
+
+func download(ctx context.Context, client *remote.Client, img *remote.Image, d digest.Digest, size int64, path string) error {
+	blob, err := client.RepositoryBlob(ctx, img.Repository, d, size)
+	if err != nil {
+		return err
+	}
+	rc, err := blob.Open(ctx)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, rc); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+func applyLayer(ctx context.Context, dir, path string, mt types.MediaType, diffID string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	r, err := unpack.Decompress(mt, f)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	h := sha256.New()
+	if err := unpack.Apply(ctx, dir, io.TeeReader(r, h)); err != nil {
+		return err
+	}
+	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != diffID {
+		return fmt.Errorf("%w: got %s, config says %s", unpack.ErrDiffIDMismatch, got, diffID)
+	}
+	return nil
+}

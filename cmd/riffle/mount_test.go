@@ -1,0 +1,127 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+
+	"github.com/riffle-dev/riffle/internal/fstree"
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/registry"
+	"github.com/riffle-dev/riffle/internal/testutil"
+	"github.com/riffle-dev/riffle/internal/unpack"
+)
+
+func runRiffle(ctx context.Context, args ...string) (string, error) {
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(ctx)
+	return out.String(), err
+}
+
+func TestPullMountUnmount(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ctx := context.Background()
+	reg, err := registry.New(ctx, registry.Options{RootDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	srv := httptest.NewServer(reg)
+	defer srv.Close()
+	img, err := imagegen.Build(imagegen.AllFeatures().Docker())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/test/cli:v1"
+	nref, _ := name.ParseReference(ref)
+	if err := ggcrremote.Write(nref, img); err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	want := filepath.Join(base, "want")
+	os.Mkdir(want, 0o755)
+	if err := unpack.Image(ctx, want, img); err != nil {
+		t.Fatal(err)
+	}
+	wantTree, err := fstree.Scan(ctx, want)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	pulled := filepath.Join(base, "pulled")
+	if out, err := runRiffle(ctx, "pull", ref, pulled); err != nil {
+		t.Fatalf("pull: %v\n%s", err, out)
+	}
+	got, err := fstree.Scan(ctx, pulled)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range fstree.Diff(wantTree, got) {
+		t.Error("pull:", d)
+	}
+
+	mnt := filepath.Join(base, "mnt")
+	os.Mkdir(mnt, 0o755)
+	done := make(chan error, 1)
+	var out bytes.Buffer
+	go func() {
+		cmd := newRootCmd()
+		cmd.SetOut(&out)
+		cmd.SetErr(&out)
+		cmd.SetArgs([]string{"mount", ref, mnt, "--cache-dir", filepath.Join(base, "cache"), "--read-timeout", "5s"})
+		done <- cmd.ExecuteContext(ctx)
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for !mounted(t, mnt) {
+		select {
+		case err := <-done:
+			t.Fatalf("mount exited: %v\n%s", err, out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("not mounted after 30s")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	got, err = fstree.Scan(ctx, mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range fstree.Diff(wantTree, got) {
+		t.Error("mount:", d)
+	}
+	if o, err := runRiffle(ctx, "unmount", mnt); err != nil {
+		t.Fatalf("unmount: %v\n%s", err, o)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("mount: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("riffle mount did not exit after unmount")
+	}
+	if !strings.Contains(out.String(), "unmounted") {
+		t.Errorf("output: %s", out.String())
+	}
+}
+
+func mounted(t *testing.T, dir string) bool {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Contains(string(b), " "+dir+" ")
+}
