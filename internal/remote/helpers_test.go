@@ -106,3 +106,8 @@ func sha256Hex(r io.Reader) (string, int64, error) {
 	n, err := io.Copy(h, r)
 	return hex.EncodeToString(h.Sum(nil)), n, err
 }
+
+// imagegenTiny is a one-layer image of a few bytes.
+func imagegenTiny() imagegen.Spec {
+	return imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "hello", Data: []byte("hello\n")}}}}}
+}

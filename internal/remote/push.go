@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/opencontainers/go-digest"
 )
 
 // pushJobs is how many blobs a push uploads at once.
@@ -139,4 +141,33 @@ func (c *Client) Tags(ctx context.Context, repo string) ([]string, error) {
 	}
 	slices.Sort(tags)
 	return tags, nil
+}
+
+// PutManifest uploads a manifest document as it is (its blobs must already be
+// in the repository) and returns its digest. It is for tools and tests that
+// build manifests by hand; images are pushed with Push.
+func (c *Client) PutManifest(ctx context.Context, ref string, raw []byte, mediaType string) (digest.Digest, error) {
+	r, err := c.ParseReference(ref)
+	if err != nil {
+		return "", err
+	}
+	repo := r.Context()
+	tr, err := c.transportFor(ctx, repo.Registry, repo.Scope(transport.PushScope))
+	if err != nil {
+		return "", err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPut, registryURL(repo, "manifests", r.Identifier()), bytes.NewReader(raw))
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Content-Type", mediaType)
+	resp, err := c.httpClient(tr).Do(req)
+	if err != nil {
+		return "", fmt.Errorf("remote: put manifest %s: %w", ref, err)
+	}
+	defer resp.Body.Close()
+	if err := transport.CheckError(resp, http.StatusCreated); err != nil {
+		return "", fmt.Errorf("remote: put manifest %s: %w", ref, explain(err, repo.RegistryStr()))
+	}
+	return digest.FromBytes(raw), nil
 }

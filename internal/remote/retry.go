@@ -93,6 +93,9 @@ func retryableError(err error) bool {
 	if err == nil {
 		return false
 	}
+	if errors.Is(err, ErrTimeout) {
+		return true
+	}
 	if errors.Is(err, ErrInsecureRefused) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
@@ -106,7 +109,7 @@ func retryableError(err error) bool {
 	if strings.Contains(err.Error(), "server gave HTTP response to HTTPS client") {
 		return false
 	}
-	if errors.Is(err, ErrTimeout) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE) {
 		return true
 	}
