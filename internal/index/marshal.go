@@ -45,6 +45,11 @@ func (x *Index) MarshalBinary() ([]byte, error) {
 	if x.Kind.fromTOC() {
 		return nil, fmt.Errorf("index: a %s index is not stored; make it from the layer's TOC with FromTOC", x.Kind)
 	}
+	return x.encode(), nil
+}
+
+// encode writes x without checking it (tests use it to forge indexes).
+func (x *Index) encode() []byte {
 	e := &encoder{b: make([]byte, 0, 256+len(x.Spans)*64+len(x.Files)*96)}
 	e.b = append(e.b, Magic...)
 	e.b = binary.LittleEndian.AppendUint16(e.b, Version)
@@ -115,7 +120,7 @@ func (x *Index) MarshalBinary() ([]byte, error) {
 		}
 	}
 	sum := sha256.Sum256(e.b)
-	return append(e.b, sum[:]...), nil
+	return append(e.b, sum[:]...)
 }
 
 type encoder struct{ b []byte }
@@ -407,6 +412,9 @@ func (x *Index) validateSpans() error {
 		}
 		if s.CSize <= 0 || s.COffset < 0 || s.COffset > x.BlobSize || s.CSize > x.BlobSize-s.COffset {
 			return fmt.Errorf("index: span %d [%d, +%d) lies outside the %d-byte blob", i, s.COffset, s.CSize, x.BlobSize)
+		}
+		if s.Bits > 7 {
+			return fmt.Errorf("index: span %d: bit offset %d is more than 7", i, s.Bits)
 		}
 		if !gz && (s.Bits != 0 || s.Header || len(s.Window) != 0) {
 			return fmt.Errorf("index: span %d has gzip checkpoint fields in a %s layer", i, x.Kind)
