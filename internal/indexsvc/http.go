@@ -1,0 +1,149 @@
+package indexsvc
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/riffle-dev/riffle/internal/index"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+)
+
+// MediaTypeIndex is the media type of a marshalled layer index, on the wire
+// and as a blob of a referrer artifact.
+const MediaTypeIndex = "application/vnd.riffle.layer.index.v1"
+
+// Handler serves the index API:
+//
+//	GET  /index/v1/layers/{digest}   the index of a layer (MediaTypeIndex), 404 if none
+//	POST /index/v1/images            {"image": REF, "pushReferrer": bool}: index REF now
+func (s *Service) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /index/v1/layers/{digest}", func(w http.ResponseWriter, r *http.Request) {
+		d, err := digest.Parse(r.PathValue("digest"))
+		if err != nil {
+			httpError(w, http.StatusBadRequest, "digest %q: use the layer's digest, like sha256:<64 hex digits>", r.PathValue("digest"))
+			return
+		}
+		_, raw, err := s.Get(d)
+		if errors.Is(err, streamfs.ErrNoIndex) {
+			httpError(w, http.StatusNotFound, "no index for layer %s; POST /index/v1/images with an image that has it", d)
+			return
+		}
+		if err != nil {
+			httpError(w, http.StatusInternalServerError, "%v", err)
+			return
+		}
+		w.Header().Set("Content-Type", MediaTypeIndex)
+		w.Header().Set("Docker-Content-Digest", digest.FromBytes(raw).String())
+		w.Write(raw)
+	})
+	mux.HandleFunc("POST /index/v1/images", func(w http.ResponseWriter, r *http.Request) {
+		var req struct {
+			Image        string `json:"image"`
+			PushReferrer bool   `json:"pushReferrer"`
+		}
+		dec := json.NewDecoder(io.LimitReader(r.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			httpError(w, http.StatusBadRequest, "body: %v; send {\"image\": \"HOST/REPO:TAG\"}", err)
+			return
+		}
+		if req.Image == "" {
+			httpError(w, http.StatusBadRequest, "image: give the reference of the image to index")
+			return
+		}
+		res, err := s.IndexImage(r.Context(), req.Image)
+		if err != nil {
+			httpError(w, http.StatusBadRequest, "image %s: %v", req.Image, err)
+			return
+		}
+		out := struct {
+			*ImageResult
+			Referrer digest.Digest `json:"referrer,omitempty"`
+		}{ImageResult: res}
+		if req.PushReferrer {
+			d, err := s.PushReferrer(r.Context(), req.Image)
+			if err != nil {
+				httpError(w, http.StatusBadGateway, "pushing the index artifact for %s: %v", req.Image, err)
+				return
+			}
+			out.Referrer = d
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(out)
+	})
+	return mux
+}
+
+func httpError(w http.ResponseWriter, code int, format string, args ...any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)}})
+}
+
+// HTTPSource reads layer indexes from a Riffle index service. It implements
+// streamfs.IndexSource for nodes that are not the server.
+type HTTPSource struct {
+	// BaseURL is the server's URL, like http://127.0.0.1:8080.
+	BaseURL string
+	// Client defaults to http.DefaultClient.
+	Client *http.Client
+}
+
+var _ streamfs.IndexSource = HTTPSource{}
+
+// LayerIndex fetches and validates the index of desc.
+func (h HTTPSource) LayerIndex(ctx context.Context, _ string, desc ocispec.Descriptor) (*index.Index, error) {
+	c := h.Client
+	if c == nil {
+		c = http.DefaultClient
+	}
+	u := strings.TrimSuffix(h.BaseURL, "/") + "/index/v1/layers/" + desc.Digest.String()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("indexsvc: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNotFound {
+		return nil, fmt.Errorf("indexsvc: layer %s: %w", desc.Digest, streamfs.ErrNoIndex)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("indexsvc: GET %s: %s", u, resp.Status)
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxIndexBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("indexsvc: %w", err)
+	}
+	if len(raw) > maxIndexBytes {
+		return nil, fmt.Errorf("indexsvc: index of %s is larger than %d bytes", desc.Digest, maxIndexBytes)
+	}
+	return checked(raw, desc)
+}
+
+// maxIndexBytes bounds an index read from elsewhere. A layer with a million
+// files and 4 MiB spans of a 50 GB stream stays well under it.
+const maxIndexBytes = 512 << 20
+
+// checked parses raw and makes sure it describes desc.
+func checked(raw []byte, desc ocispec.Descriptor) (*index.Index, error) {
+	x, err := index.Unmarshal(raw)
+	if err != nil {
+		return nil, fmt.Errorf("indexsvc: index of %s: %w", desc.Digest, err)
+	}
+	if x.BlobDigest != desc.Digest || (desc.Size > 0 && x.BlobSize != desc.Size) {
+		return nil, fmt.Errorf("indexsvc: index claims to describe %s (%d bytes), not layer %s (%d bytes)", x.BlobDigest, x.BlobSize, desc.Digest, desc.Size)
+	}
+	return x, nil
+}

@@ -1,0 +1,201 @@
+package indexsvc_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
+	"github.com/riffle-dev/riffle/internal/registry"
+	"github.com/riffle-dev/riffle/internal/remote"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+)
+
+type fixture struct {
+	host   string
+	client *remote.Client
+	svc    *indexsvc.Service
+	dir    string
+	ref    string
+}
+
+func setup(t *testing.T) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	reg, err := registry.New(ctx, registry.Options{RootDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(reg)
+	t.Cleanup(func() { hs.Close(); reg.Close() })
+	f := &fixture{host: strings.TrimPrefix(hs.URL, "http://"), client: remote.New(remote.Options{}), dir: t.TempDir()}
+	f.svc, err = indexsvc.New(f.dir, f.client, indexsvc.Options{SpanSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.svc.Close() })
+
+	img, err := imagegen.Build(imagegen.AllFeatures())
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.ref = f.host + "/proj/repo/features:v1"
+	if err := f.client.Push(ctx, f.ref, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func TestIndexImageDeterministicAndShared(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	res, err := f.svc.IndexImage(ctx, f.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Layers) == 0 {
+		t.Fatal("no layers indexed")
+	}
+	first := map[digest.Digest][]byte{}
+	for _, l := range res.Layers {
+		_, raw, err := f.svc.Get(l.Digest)
+		if err != nil {
+			t.Fatalf("layer %s: %v", l.Digest, err)
+		}
+		first[l.Digest] = raw
+		if l.NotStreamable != "" {
+			t.Errorf("layer %s (%s) not streamable: %s", l.Digest, l.Kind, l.NotStreamable)
+		}
+	}
+	// Indexing again from scratch yields the same bytes.
+	os.RemoveAll(filepath.Join(f.dir, "sha256"))
+	os.MkdirAll(filepath.Join(f.dir, "sha256"), 0o755)
+	if _, err := f.svc.IndexImage(ctx, f.ref); err != nil {
+		t.Fatal(err)
+	}
+	for d, raw := range first {
+		_, again, err := f.svc.Get(d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(raw, again) {
+			t.Errorf("layer %s: second index differs from the first", d)
+		}
+	}
+	// The same layers pushed under another repository share the stored indexes.
+	img, _ := imagegen.Build(imagegen.AllFeatures())
+	if err := f.client.Push(ctx, f.host+"/other/proj/copy:v2", img, nil); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadDir(filepath.Join(f.dir, "sha256"))
+	if _, err := f.svc.IndexImage(ctx, f.host+"/other/proj/copy:v2"); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := os.ReadDir(filepath.Join(f.dir, "sha256"))
+	if len(before) != len(after) {
+		t.Fatalf("indexing the same layers in another repository stored %d new files", len(after)-len(before))
+	}
+}
+
+func TestHTTPSourceAndHandler(t *testing.T) {
+	f := setup(t)
+	hs := httptest.NewServer(f.svc.Handler())
+	defer hs.Close()
+
+	resp, err := http.Post(hs.URL+"/index/v1/images", "application/json", strings.NewReader(`{"image":"`+f.ref+`"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST images: %s", resp.Status)
+	}
+	img, err := f.client.Resolve(context.Background(), f.ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := indexsvc.HTTPSource{BaseURL: hs.URL}
+	for _, l := range img.Manifest.Layers {
+		x, err := src.LayerIndex(context.Background(), "", l)
+		if err != nil {
+			t.Fatalf("layer %s: %v", l.Digest, err)
+		}
+		if x.BlobDigest != l.Digest {
+			t.Fatalf("index of %s describes %s", l.Digest, x.BlobDigest)
+		}
+	}
+	// An index served for the wrong layer is refused.
+	l0 := img.Manifest.Layers[0]
+	wrong := ocispec.Descriptor{Digest: l0.Digest, Size: l0.Size + 1}
+	if _, err := src.LayerIndex(context.Background(), "", wrong); err == nil {
+		t.Fatal("index with a different blob size accepted")
+	}
+	// Missing layers are ErrNoIndex; bad input gets 400 naming the field.
+	missing := ocispec.Descriptor{Digest: digest.FromString("nothing")}
+	if _, err := src.LayerIndex(context.Background(), "", missing); !errors.Is(err, streamfs.ErrNoIndex) {
+		t.Fatalf("missing layer: %v, want ErrNoIndex", err)
+	}
+	for body, want := range map[string]string{`{}`: "image:", `{"image":"UPPER/x"}`: "image", `{"img":"x"}`: "unknown field"} {
+		resp, err := http.Post(hs.URL+"/index/v1/images", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		b.ReadFrom(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(b.String(), want) {
+			t.Errorf("POST %s: %s %s, want 400 with %q", body, resp.Status, b.String(), want)
+		}
+	}
+}
+
+func TestReferrerArtifact(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	d, err := f.svc.PushReferrer(ctx, f.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := f.client.Resolve(ctx, f.ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A node with only the registry finds the indexes through the referrer.
+	src, err := indexsvc.LoadReferrers(ctx, f.client, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unique := map[digest.Digest]bool{}
+	for _, l := range img.Manifest.Layers {
+		unique[l.Digest] = true
+	}
+	if src.Len() != len(unique) {
+		t.Fatalf("artifact %s carries %d indexes, want %d", d, src.Len(), len(unique))
+	}
+	for _, l := range img.Manifest.Layers {
+		x, err := src.LayerIndex(ctx, "", l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, want, _ := f.svc.Get(l.Digest)
+		got, _ := x.MarshalBinary()
+		if !bytes.Equal(got, want) {
+			t.Fatalf("layer %s: referrer index differs from the service's", l.Digest)
+		}
+	}
+	// The tagged image is unchanged.
+	again, _ := f.client.Resolve(ctx, f.ref, nil)
+	if again.Digest != img.Digest {
+		t.Fatal("pushing the referrer changed the image")
+	}
+}
