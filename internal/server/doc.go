@@ -6,6 +6,8 @@
 //     same API over gRPC (google.cloud.batch.v1.BatchService,
 //     google.longrunning.Operations) on the same port: gRPC clients speak
 //     HTTP/2 without TLS, which the listener accepts beside HTTP/1.1;
+//   - /index/    the index service (package indexsvc): layer indexes for
+//     nodes; images pushed to the embedded registry are indexed at once;
 //   - /healthz   liveness: 200 once every component is up;
 //   - /metrics   Prometheus metrics of every component.
 //
@@ -15,6 +17,7 @@
 //
 //	DATA_DIR/registry/   registry storage
 //	DATA_DIR/batch.db    jobs, tasks and operations (bbolt)
+//	DATA_DIR/indexes/    layer indexes by layer digest
 //	DATA_DIR/serve.addr  the address the running server listens on, so the
 //	                     CLI can find it without flags
 package server

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,7 +21,9 @@ import (
 
 	"github.com/riffle-dev/riffle/internal/batch/api"
 	"github.com/riffle-dev/riffle/internal/batch/store"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/registry"
+	"github.com/riffle-dev/riffle/internal/remote"
 )
 
 // Server is a running `riffle serve`: every component and the HTTP handler
@@ -33,6 +36,9 @@ type Server struct {
 	store    *store.Store
 	batch    *api.Server
 	grpc     *grpc.Server
+	client   *remote.Client
+	indexes  *indexsvc.Service
+	addr     atomic.Value // string: the address Serve listens on
 	mux      *http.ServeMux
 	handler  http.Handler
 }
@@ -53,15 +59,23 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux()}
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries})
+	idx, err := indexsvc.New(filepath.Join(cfg.DataDir, "indexes"), s.client, indexsvc.Options{Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	s.indexes = idx
+	s.metrics.MustRegister(idx.Collectors()...)
+	s.mux.Handle("/index/", idx.Handler())
+
 	reg, err := registry.New(ctx, registry.Options{
 		RootDir:      filepath.Join(cfg.DataDir, "registry"),
 		MaxBlobBytes: cfg.Registry.MaxBlobBytes,
 		Logger:       log,
-		OnPush: func(e registry.Event) {
-			log.Info("image pushed", "repository", e.Repository, "reference", e.Reference, "digest", e.Digest)
-		},
+		OnPush:       s.onPush,
 	})
 	if err != nil {
+		s.Close()
 		return nil, err
 	}
 	s.registry = reg
@@ -92,6 +106,20 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	return s, nil
 }
 
+// onPush queues every image pushed to the embedded registry for indexing,
+// so it can stream by the time a job asks for it.
+func (s *Server) onPush(e registry.Event) {
+	s.log.Info("image pushed", "repository", e.Repository, "reference", e.Reference, "digest", e.Digest)
+	addr, _ := s.addr.Load().(string)
+	if addr == "" || e.Digest == "" {
+		return
+	}
+	s.indexes.Enqueue(addr + "/" + e.Repository + "@" + e.Digest.String())
+}
+
+// Indexes is the index service.
+func (s *Server) Indexes() *indexsvc.Service { return s.indexes }
+
 // Config returns the configuration the server runs with, defaults filled in.
 func (s *Server) Config() Config { return s.cfg }
 
@@ -112,6 +140,9 @@ func (s *Server) Close() error {
 	}
 	if s.store != nil {
 		errs = append(errs, s.store.Close())
+	}
+	if s.indexes != nil {
+		errs = append(errs, s.indexes.Close())
 	}
 	if s.registry != nil {
 		errs = append(errs, s.registry.Close())
@@ -154,6 +185,7 @@ func (s *Server) Listen() (net.Listener, error) {
 // Serve serves on ln until ctx is done, then shuts down gracefully: it stops
 // accepting, lets requests in flight finish for up to grace, and closes.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	s.addr.Store(ln.Addr().String())
 	addrFile := AddrFile(s.cfg.DataDir)
 	if err := os.WriteFile(addrFile, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
 		return fmt.Errorf("server: %w", err)

@@ -10,6 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/server"
 )
 
@@ -96,11 +100,51 @@ func TestServeHealthMetricsShutdown(t *testing.T) {
 
 func waitFor(t *testing.T, ok func() bool) {
 	t.Helper()
-	for i := 0; i < 100; i++ {
+	for i := 0; i < 500; i++ {
 		if ok() {
 			return
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Fatal("condition not met in 2s")
+	t.Fatal("condition not met in 10s")
+}
+
+func TestPushedImagesAreIndexed(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := server.New(ctx, server.Config{DataDir: dir, Listen: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ln, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ctx, ln, time.Second)
+
+	img, err := imagegen.Build(imagegen.AllFeatures())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := remote.New(remote.Options{})
+	ref := ln.Addr().String() + "/p/r/features:v1"
+	if err := c.Push(ctx, ref, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	for _, l := range layers {
+		h, _ := l.Digest()
+		d := digest.Digest(h.String())
+		waitFor(t, func() bool { _, _, err := srv.Indexes().Get(d); return err == nil })
+		resp, err := http.Get("http://" + ln.Addr().String() + "/index/v1/layers/" + d.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET index of %s: %s", d, resp.Status)
+		}
+	}
 }
