@@ -3,9 +3,12 @@ package remote
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 
@@ -110,7 +113,7 @@ func (c *Client) Catalog(ctx context.Context, registryHost, prefix string) ([]st
 	if err != nil {
 		return nil, err
 	}
-	all, err := remote.Catalog(ctx, reg, remote.WithTransport(tr), remote.WithUserAgent(c.userAgent))
+	all, err := c.catalog(ctx, c.httpClient(tr), reg.Scheme()+"://"+reg.RegistryStr()+"/v2/_catalog")
 	if err != nil {
 		return nil, fmt.Errorf("remote: catalog of %s: %w", registryHost, explain(err, registryHost))
 	}
@@ -123,6 +126,68 @@ func (c *Client) Catalog(ctx context.Context, registryHost, prefix string) ([]st
 	}
 	slices.Sort(out)
 	return out, nil
+}
+
+// catalog reads every page of /v2/_catalog, following Link headers. It
+// never sends n: distribution refuses an n above its catalog.maxentries,
+// which a client cannot know, while without n every server picks a page
+// size it accepts.
+func (c *Client) catalog(ctx context.Context, hc *http.Client, u string) ([]string, error) {
+	var all []string
+	for pages := 0; u != ""; pages++ {
+		if pages >= maxCatalogPages {
+			return nil, fmt.Errorf("more than %d catalog pages", maxCatalogPages)
+		}
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		var page struct {
+			Repositories []string `json:"repositories"`
+		}
+		err = transport.CheckError(resp, http.StatusOK)
+		if err == nil {
+			err = json.NewDecoder(io.LimitReader(resp.Body, maxManifestBytes)).Decode(&page)
+		}
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page.Repositories...)
+		next, err := nextLink(resp.Request.URL, resp.Header.Get("Link"))
+		if err != nil {
+			return nil, err
+		}
+		if next == u || len(page.Repositories) == 0 {
+			break
+		}
+		u = next
+	}
+	return all, nil
+}
+
+// maxCatalogPages stops a registry whose Link headers loop.
+const maxCatalogPages = 100000
+
+// nextLink resolves the rel="next" target of a Link header against base.
+func nextLink(base *url.URL, link string) (string, error) {
+	for _, part := range strings.Split(link, ",") {
+		target, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.Contains(strings.ReplaceAll(params, " ", ""), `rel="next"`) && !strings.Contains(params, "rel=next") {
+			continue
+		}
+		target = strings.TrimSuffix(strings.TrimPrefix(strings.TrimSpace(target), "<"), ">")
+		u, err := base.Parse(target)
+		if err != nil {
+			return "", fmt.Errorf("malformed Link header %q: %w", link, err)
+		}
+		return u.String(), nil
+	}
+	return "", nil
 }
 
 // Tags lists the tags of repo ("HOST/PATH"), sorted.

@@ -1,0 +1,517 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/riffle-dev/riffle/internal/remote"
+	"github.com/riffle-dev/riffle/internal/server"
+)
+
+func init() { subcommands = append(subcommands, newImageCmd) }
+
+// imageFlags are shared by the image subcommands.
+type imageFlags struct {
+	server   string
+	dataDir  string
+	insecure []string
+}
+
+func (f *imageFlags) client() *remote.Client {
+	return remote.New(remote.Options{Insecure: f.insecure, UserAgent: "riffle/" + version})
+}
+
+// localServer is the address of the `riffle serve` the CLI talks to by
+// default: --server, or the address the running server recorded in its
+// data directory.
+func (f *imageFlags) localServer() (string, error) {
+	if f.server != "" {
+		return f.server, nil
+	}
+	dir := f.dataDir
+	if dir == "" {
+		dir = server.DefaultDataDir()
+	}
+	addr, err := server.ReadAddr(dir)
+	if err != nil {
+		return "", fmt.Errorf("no --server given and no running `riffle serve` found (%s): start `riffle serve`, or pass --server HOST:PORT or --data-dir", server.AddrFile(dir))
+	}
+	// A server listening on all interfaces is reached on loopback.
+	if host, port, err := net.SplitHostPort(addr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+	}
+	return addr, nil
+}
+
+// qualify puts the local server's address in front of a reference or
+// repository that names no registry host, so "proj/repo/img:v1" means the
+// image on this machine's Riffle.
+func (f *imageFlags) qualify(ref string) (string, error) {
+	first, _, found := strings.Cut(ref, "/")
+	if found && (strings.ContainsAny(first, ".:") || first == "localhost") {
+		return ref, nil
+	}
+	host, err := f.localServer()
+	if err != nil {
+		return "", err
+	}
+	return host + "/" + ref, nil
+}
+
+func newImageCmd() *cobra.Command {
+	f := &imageFlags{}
+	cmd := &cobra.Command{
+		Use:   "image",
+		Short: "Push, list and inspect images in a registry (by default this machine's riffle serve)",
+		Long: `image works with OCI registries: the one embedded in riffle serve, or any other.
+
+References have the Artifact Registry shape HOST:PORT/PROJECT/REPOSITORY/IMAGE:TAG.
+A reference without a host (PROJECT/REPOSITORY/IMAGE:TAG) means the local
+riffle serve, found through its data directory or --server.
+
+Credentials come from the docker config.json (DOCKER_CONFIG or ~/.docker) and
+its credential helpers, as written by docker login. Plain HTTP is used only
+for loopback hosts and hosts given with --insecure.`,
+	}
+	pf := cmd.PersistentFlags()
+	pf.StringVar(&f.server, "server", "", "registry HOST:PORT for references without a host (default: the running riffle serve)")
+	pf.StringVar(&f.dataDir, "data-dir", "", "data directory of the riffle serve to use (default $XDG_STATE_HOME/riffle or ~/.local/state/riffle)")
+	pf.StringSliceVar(&f.insecure, "insecure", nil, "registry host[:port] that may be reached over plain HTTP (loopback always may); repeatable")
+	cmd.AddCommand(newImagePushCmd(f), newImageLsCmd(f), newImageInspectCmd(f))
+	return cmd
+}
+
+func newImagePushCmd(f *imageFlags) *cobra.Command {
+	var refName string
+	cmd := &cobra.Command{
+		Use:   "push SRC DEST",
+		Short: "Push an OCI layout directory or a docker save tarball to a registry",
+		Long: `push uploads an image to DEST (HOST:PORT/PROJECT/REPOSITORY/IMAGE:TAG, or
+PROJECT/REPOSITORY/IMAGE:TAG for the local riffle serve).
+
+SRC is one of:
+  DIR         an OCI image layout holding one image (or one index)
+  DIR:NAME    the image named NAME (org.opencontainers.image.ref.name) in the layout
+  FILE        a docker save tarball holding one image
+Use --ref NAME to choose an image in a layout or a tag in a tarball holding several.
+A layout entry that is an index is pushed with all its platforms.`,
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			src, err := openSource(args[0], refName)
+			if err != nil {
+				return err
+			}
+			dest, err := f.qualify(args[1])
+			if err != nil {
+				return err
+			}
+			c := f.client()
+			ctx := cmd.Context()
+			out := cmd.OutOrStdout()
+			var progress chan v1.Update
+			done := make(chan struct{})
+			if isTerminal(out) {
+				progress = make(chan v1.Update, 16)
+				go func() {
+					defer close(done)
+					showProgress(cmd.ErrOrStderr(), "pushing "+dest, progress)
+				}()
+			} else {
+				close(done)
+			}
+			if src.index != nil {
+				err = c.PushIndex(ctx, dest, src.index, progress)
+			} else {
+				err = c.Push(ctx, dest, src.image, progress)
+			}
+			<-done
+			if err != nil {
+				return err
+			}
+			d, err := src.digest()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "pushed %s@%s\n", dest, d)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&refName, "ref", "", "name of the image to push from a layout (ref.name annotation) or tag from a tarball")
+	return cmd
+}
+
+// source is what `image push` reads: one image or one index.
+type source struct {
+	image v1.Image
+	index v1.ImageIndex
+}
+
+func (s source) digest() (v1.Hash, error) {
+	if s.index != nil {
+		return s.index.Digest()
+	}
+	return s.image.Digest()
+}
+
+// openSource opens SRC as an OCI layout (DIR or DIR:NAME) or a docker save
+// tarball.
+func openSource(arg, refName string) (source, error) {
+	path := arg
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		// DIR:NAME, as skopeo's oci: transport spells it.
+		if i := strings.LastIndexByte(arg, ':'); i > 0 {
+			if st, err := os.Stat(arg[:i]); err == nil && st.IsDir() {
+				if refName != "" && refName != arg[i+1:] {
+					return source{}, fmt.Errorf("image push: SRC names %q and --ref names %q; give one", arg[i+1:], refName)
+				}
+				path, refName = arg[:i], arg[i+1:]
+			}
+		}
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return source{}, fmt.Errorf("image push: SRC %s: %w (give an OCI layout directory, DIR:NAME, or a docker save tarball)", arg, err)
+	}
+	if st.IsDir() {
+		return openLayout(path, refName)
+	}
+	var tag *name.Tag
+	if refName != "" {
+		t, err := name.NewTag(refName)
+		if err != nil {
+			return source{}, fmt.Errorf("image push: --ref %q is not a tag of the tarball: %w", refName, err)
+		}
+		tag = &t
+	}
+	img, err := tarball.ImageFromPath(path, tag)
+	if err != nil {
+		return source{}, fmt.Errorf("image push: SRC %s is neither an OCI layout directory nor a docker save tarball: %w", path, err)
+	}
+	// Reading the manifest now turns a broken tarball into an error here
+	// rather than midway through the push.
+	if _, err := img.Manifest(); err != nil {
+		return source{}, fmt.Errorf("image push: SRC %s: %w (a tarball with several images needs --ref TAG)", path, err)
+	}
+	return source{image: img}, nil
+}
+
+func openLayout(dir, refName string) (source, error) {
+	p, err := layout.FromPath(dir)
+	if err != nil {
+		return source{}, fmt.Errorf("image push: %s is not an OCI image layout (no readable index.json): %w", dir, err)
+	}
+	idx, err := p.ImageIndex()
+	if err != nil {
+		return source{}, fmt.Errorf("image push: %s: %w", dir, err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		return source{}, fmt.Errorf("image push: %s: %w", dir, err)
+	}
+	var pick []v1.Descriptor
+	var names []string
+	for _, d := range im.Manifests {
+		n := d.Annotations[ocispec.AnnotationRefName]
+		if n != "" {
+			names = append(names, n)
+		}
+		if refName == "" || n == refName {
+			pick = append(pick, d)
+		}
+	}
+	switch {
+	case len(pick) == 0 && refName != "":
+		return source{}, fmt.Errorf("image push: %s has no image named %q; names in it: %s", dir, refName, strings.Join(names, ", "))
+	case len(pick) == 0:
+		return source{}, fmt.Errorf("image push: the OCI layout %s holds no image", dir)
+	case len(pick) > 1:
+		return source{}, fmt.Errorf("image push: the OCI layout %s holds %d images; choose one with DIR:NAME or --ref NAME (names: %s)", dir, len(pick), strings.Join(names, ", "))
+	}
+	d := pick[0]
+	if d.MediaType.IsIndex() {
+		ii, err := idx.ImageIndex(d.Digest)
+		if err != nil {
+			return source{}, fmt.Errorf("image push: %s: %w", dir, err)
+		}
+		return source{index: ii}, nil
+	}
+	img, err := idx.Image(d.Digest)
+	if err != nil {
+		return source{}, fmt.Errorf("image push: %s: %w", dir, err)
+	}
+	return source{image: img}, nil
+}
+
+func newImageLsCmd(f *imageFlags) *cobra.Command {
+	var format string
+	cmd := &cobra.Command{
+		Use:   "ls [HOST[:PORT]][/PROJECT[/...]]",
+		Short: "List the images (repositories and tags) of a registry",
+		Long: `ls lists the repositories of a registry and their tags, one HOST/REPOSITORY:TAG
+per line. The argument narrows the list to a project or any path prefix; without
+a host it means the local riffle serve, and without an argument it lists the
+whole local registry.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			arg := ""
+			if len(args) == 1 {
+				arg = strings.TrimSuffix(args[0], "/")
+			}
+			host, prefix, err := splitHostPrefix(f, arg)
+			if err != nil {
+				return err
+			}
+			c := f.client()
+			ctx := cmd.Context()
+			repos, err := c.Catalog(ctx, host, prefix)
+			if err != nil {
+				return err
+			}
+			type entry struct {
+				Repository string   `json:"repository"`
+				Tags       []string `json:"tags"`
+			}
+			entries := make([]entry, 0, len(repos))
+			for _, r := range repos {
+				tags, err := c.Tags(ctx, host+"/"+r)
+				if errors.Is(err, remote.ErrNotFound) {
+					continue // deleted since the catalog was read
+				}
+				if err != nil {
+					return err
+				}
+				entries = append(entries, entry{Repository: host + "/" + r, Tags: tags})
+			}
+			out := cmd.OutOrStdout()
+			switch format {
+			case "json":
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(entries)
+			case "", "text":
+				for _, e := range entries {
+					if len(e.Tags) == 0 {
+						fmt.Fprintf(out, "%s (no tags)\n", e.Repository)
+					}
+					for _, t := range e.Tags {
+						fmt.Fprintf(out, "%s:%s\n", e.Repository, t)
+					}
+				}
+				return nil
+			}
+			return fmt.Errorf("image ls: --format %q: use text or json", format)
+		},
+	}
+	cmd.Flags().StringVar(&format, "format", "text", "output format: text or json")
+	return cmd
+}
+
+// splitHostPrefix splits ls's argument into a registry host and a
+// repository prefix, defaulting the host to the local server.
+func splitHostPrefix(f *imageFlags, arg string) (host, prefix string, err error) {
+	first, rest, _ := strings.Cut(arg, "/")
+	if strings.ContainsAny(first, ".:") || first == "localhost" {
+		return first, rest, nil
+	}
+	host, err = f.localServer()
+	return host, arg, err
+}
+
+func newImageInspectCmd(f *imageFlags) *cobra.Command {
+	var format, platform string
+	cmd := &cobra.Command{
+		Use:   "inspect REF",
+		Short: "Show an image's digest, platform, layers and config",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ref, err := f.qualify(args[0])
+			if err != nil {
+				return err
+			}
+			var plat *v1.Platform
+			if platform != "" {
+				p, err := v1.ParsePlatform(platform)
+				if err != nil {
+					return fmt.Errorf("image inspect: --platform %q: %w (use OS/ARCH[/VARIANT], e.g. linux/arm64)", platform, err)
+				}
+				plat = p
+			}
+			img, err := f.client().Resolve(cmd.Context(), ref, plat)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			switch format {
+			case "json":
+				return writeInspectJSON(out, img)
+			case "", "text":
+				writeInspectText(out, img)
+				return nil
+			}
+			return fmt.Errorf("image inspect: --format %q: use text or json", format)
+		},
+	}
+	cmd.Flags().StringVar(&format, "format", "text", "output format: text or json")
+	cmd.Flags().StringVar(&platform, "platform", "", "platform to select from a multi-platform image, OS/ARCH[/VARIANT] (default linux/"+remote.DefaultPlatform().Architecture+")")
+	return cmd
+}
+
+func writeInspectJSON(w io.Writer, img *remote.Image) error {
+	v := struct {
+		Reference   string           `json:"reference"`
+		Digest      string           `json:"digest"`
+		MediaType   string           `json:"mediaType"`
+		IndexDigest string           `json:"indexDigest,omitempty"`
+		Platform    ocispec.Platform `json:"platform"`
+		Size        int64            `json:"size"`
+		Manifest    json.RawMessage  `json:"manifest"`
+		Config      json.RawMessage  `json:"config"`
+	}{
+		Reference:   img.Reference.String(),
+		Digest:      img.Digest.String(),
+		MediaType:   img.MediaType,
+		IndexDigest: img.IndexDigest.String(),
+		Platform:    img.Platform,
+		Size:        imageSize(img),
+		Manifest:    img.RawManifest,
+		Config:      img.RawConfig,
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// imageSize is the bytes a pull transfers: manifest, config and layers.
+func imageSize(img *remote.Image) int64 {
+	n := int64(len(img.RawManifest)) + img.Manifest.Config.Size
+	for _, l := range img.Manifest.Layers {
+		n += l.Size
+	}
+	return n
+}
+
+func writeInspectText(w io.Writer, img *remote.Image) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+		}
+	}
+	row("Reference", img.Reference.String())
+	row("Digest", img.Digest.String())
+	row("Media type", img.MediaType)
+	row("Index", img.IndexDigest.String())
+	row("Platform", remote.PlatformString(img.Platform))
+	if img.Config.Created != nil {
+		row("Created", img.Config.Created.UTC().Format(time.RFC3339))
+	}
+	row("Size", humanBytes(imageSize(img)))
+	row("Config", img.Manifest.Config.Digest.String())
+	cfg := img.Config.Config
+	if len(cfg.Entrypoint) > 0 {
+		row("Entrypoint", jsonString(cfg.Entrypoint))
+	}
+	if len(cfg.Cmd) > 0 {
+		row("Cmd", jsonString(cfg.Cmd))
+	}
+	row("WorkingDir", cfg.WorkingDir)
+	row("User", cfg.User)
+	for i, e := range cfg.Env {
+		k := "Env:"
+		if i > 0 {
+			k = ""
+		}
+		fmt.Fprintf(tw, "%s\t%s\n", k, e)
+	}
+	tw.Flush()
+
+	fmt.Fprintf(w, "\nLayers (%d):\n", len(img.Manifest.Layers))
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "  #\tDIGEST\tMEDIA TYPE\tSIZE")
+	for i, l := range img.Manifest.Layers {
+		fmt.Fprintf(tw, "  %d\t%s\t%s\t%s\n", i, l.Digest, l.MediaType, humanBytes(l.Size))
+	}
+	tw.Flush()
+}
+
+func jsonString(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB (%d bytes)", float64(n)/float64(div), "KMGTPE"[exp], n)
+}
+
+// isTerminal reports whether w is a terminal; progress is drawn only then.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// showProgress draws one self-updating line from updates until the channel
+// is closed (the push closes it).
+func showProgress(w io.Writer, what string, updates <-chan v1.Update) {
+	var last time.Time
+	var u v1.Update
+	draw := func() {
+		pct := 0.0
+		if u.Total > 0 {
+			pct = 100 * float64(u.Complete) / float64(u.Total)
+		}
+		fmt.Fprintf(w, "\r\033[K%s: %s / %s (%.0f%%)", what, shortBytes(u.Complete), shortBytes(u.Total), pct)
+	}
+	for up := range updates {
+		if up.Error != nil {
+			continue
+		}
+		u = up
+		if time.Since(last) >= 100*time.Millisecond {
+			draw()
+			last = time.Now()
+		}
+	}
+	if !last.IsZero() {
+		draw()
+		fmt.Fprintln(w)
+	}
+}
+
+func shortBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
