@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -9,8 +10,12 @@ import (
 	"cloud.google.com/go/batch/apiv1/batchpb"
 	"google.golang.org/api/option"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/server"
 )
 
@@ -72,5 +77,59 @@ func TestBatchAPIOnePort(t *testing.T) {
 	}
 	if n != 2 {
 		t.Fatalf("REST list saw %d jobs, want 2", n)
+	}
+}
+
+// TestSubmitChecksImages: a bad image fails the create, naming the runnable.
+func TestSubmitChecksImages(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := server.New(ctx, server.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ln, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ctx, ln, time.Second)
+	addr := ln.Addr().String()
+	rest, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), option.WithoutAuthentication())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rest.Close()
+
+	spec, _ := imagegen.Busybox("/bin/busybox")
+	img, err := imagegen.Build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.New(remote.Options{}).Push(ctx, addr+"/p/r/busybox:v1", img, nil); err != nil {
+		t.Fatal(err)
+	}
+	mk := func(uris ...string) *batchpb.Job {
+		var rs []*batchpb.Runnable
+		for _, u := range uris {
+			rs = append(rs, &batchpb.Runnable{Executable: &batchpb.Runnable_Container_{Container: &batchpb.Runnable_Container{ImageUri: u}}})
+		}
+		return &batchpb.Job{TaskGroups: []*batchpb.TaskGroup{{TaskSpec: &batchpb.TaskSpec{Runnables: rs}}}}
+	}
+	parent := "projects/p/locations/us-central1"
+	if _, err := rest.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: parent, JobId: "good", Job: mk(addr + "/p/r/busybox:v1")}); err != nil {
+		t.Fatalf("existing image refused: %v", err)
+	}
+	for id, tc := range map[string]struct {
+		uris []string
+		want string
+	}{
+		"missing":   {[]string{addr + "/p/r/busybox:v1", addr + "/p/r/nope:v1"}, "runnables[1].container.imageUri: image " + addr + "/p/r/nope:v1 does not exist"},
+		"malformed": {[]string{addr + "/p/R/UPPER::x"}, "runnables[0].container.imageUri"},
+	} {
+		_, err := rest.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: parent, JobId: id, Job: mk(tc.uris...)})
+		if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want INVALID_ARGUMENT containing %q", id, err, tc.want)
+		}
 	}
 }

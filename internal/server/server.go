@@ -88,7 +88,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.store = st
-	b, err := api.New(st, nil, api.Options{Locations: []string{cfg.Location}, Logger: log})
+	b, err := api.New(st, nil, api.Options{Locations: []string{cfg.Location}, Logger: log, Admit: s.admitImages})
 	if err != nil {
 		s.Close()
 		return nil, err
