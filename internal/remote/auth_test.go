@@ -97,6 +97,24 @@ func TestBasicAuthFromDockerConfig(t *testing.T) {
 		t.Errorf("tags = %v, %v", tags, err)
 	}
 
+	// A credential helper (credHelpers in config.json), as cloud logins
+	// install: docker-credential-NAME get reads the host on stdin.
+	bin := t.TempDir()
+	helper := "#!/bin/sh\nread host\nprintf '{\"ServerURL\":\"%s\",\"Username\":\"" + user + "\",\"Secret\":\"" + pass + "\"}' \"$host\"\n"
+	if err := os.WriteFile(filepath.Join(bin, "docker-credential-riffle-test"), []byte(helper), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	cfgDir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(cfgDir, "config.json"), []byte(fmt.Sprintf(`{"credHelpers": {%q: "riffle-test"}}`, r.host)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", cfgDir)
+	viaHelper := newClient(remote.Options{})
+	if got, err := viaHelper.Resolve(ctx, r.host+"/p/r/img:v1", nil); err != nil || got.Digest != img.Digest {
+		t.Fatalf("resolve with a credential helper: %v", err)
+	}
+
 	// Wrong password: a clear 401, not a retry loop.
 	dockerConfig(t, r.host, user, "wrong")
 	bad := newClient(remote.Options{})

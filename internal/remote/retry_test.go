@@ -172,3 +172,29 @@ func (c *cutWriter) Write(p []byte) (int, error) {
 	c.left -= len(p)
 	return c.ResponseWriter.Write(p)
 }
+
+// TestPushRetriesUploads fails the first blob upload chunk with 503: uploads
+// are not replayable by the transport, so the push retries the blob from
+// the start.
+func TestPushRetriesUploads(t *testing.T) {
+	var failed atomic.Int64
+	r := startRegistry(t, registry.Options{}, func(next http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+			if req.Method == http.MethodPatch && failed.Add(1) == 1 {
+				io.Copy(io.Discard, req.Body)
+				http.Error(w, "overloaded", http.StatusServiceUnavailable)
+				return
+			}
+			next.ServeHTTP(w, req)
+		})
+	})
+	c := newClient(remote.Options{})
+	img := build(t, smallSpec(51))
+	if err := c.Push(context.Background(), r.host+"/p/r/img:v1", img, nil); err != nil {
+		t.Fatalf("push with one failed upload: %v", err)
+	}
+	if failed.Load() < 2 {
+		t.Fatalf("no upload was retried (%d PATCHes)", failed.Load())
+	}
+	pullAndVerify(t, c, r.host+"/p/r/img:v1")
+}
