@@ -135,7 +135,7 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 func (c *countingWriter) Unwrap() http.ResponseWriter { return c.ResponseWriter }
 
 func (r *testRegistry) client() *remote.Client {
-	return remote.New(remote.Options{Timeout: 2 * time.Second, Retry: remote.RetryPolicy{MaxAttempts: 2}})
+	return remote.New(remote.Options{Timeout: 10 * time.Second, Retry: remote.RetryPolicy{MaxAttempts: 2}})
 }
 
 // push builds spec, pushes it as repo:v1 and returns the image and its

@@ -2,6 +2,7 @@ package streamfs
 
 import (
 	"context"
+	"sort"
 	"sync"
 	"syscall"
 
@@ -167,8 +168,43 @@ type handle struct {
 	whole *cache.Entry // set for a passthrough open
 
 	mu       sync.Mutex
-	contig   int64 // bytes read contiguously from the start
+	read     intervals // byte ranges read through this handle
 	promoted bool
+}
+
+// intervals is a sorted list of disjoint [start, end) ranges. Kernel
+// readahead delivers a sequential read slightly out of order, so coverage
+// is tracked as ranges rather than a single high-water mark.
+type intervals [][2]int64
+
+func (iv *intervals) add(lo, hi int64) {
+	out := (*iv)[:0:0]
+	for _, r := range *iv {
+		switch {
+		case r[1] < lo || r[0] > hi: // disjoint, not touching
+			out = append(out, r)
+		default:
+			lo, hi = min(lo, r[0]), max(hi, r[1])
+		}
+	}
+	out = append(out, [2]int64{lo, hi})
+	sort.Slice(out, func(i, j int) bool { return out[i][0] < out[j][0] })
+	*iv = out
+}
+
+// streak returns how many bytes right before off have been read.
+func (iv intervals) streak(off int64) int64 {
+	for _, r := range iv {
+		if r[0] <= off && off <= r[1] {
+			return off - r[0]
+		}
+	}
+	return 0
+}
+
+// covers reports whether [0, size) has been read.
+func (iv intervals) covers(size int64) bool {
+	return len(iv) == 1 && iv[0][0] == 0 && iv[0][1] >= size
 }
 
 var (
@@ -192,16 +228,20 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		h.f.m.fallbackReads.Add(1)
 		return fuse.ReadResultFd(h.whole.File().Fd(), off, len(dest)), 0
 	}
-	n, err := h.f.m.readFile(ctx, h.f.n, dest, off)
+	h.mu.Lock()
+	streak := h.read.streak(off)
+	h.mu.Unlock()
+	n, err := h.f.m.readFile(ctx, h.f.n, dest, off, streak)
 	if err != nil {
 		h.f.m.log.Warn("streamfs: read failed", "ino", h.f.n.ino, "offset", off, "err", err)
 		return nil, syscall.EIO
 	}
 	h.mu.Lock()
-	if off <= h.contig && off+int64(n) > h.contig {
-		h.contig = off + int64(n)
+	promote := false
+	if !h.promoted && n > 0 {
+		h.read.add(off, off+int64(n))
+		promote = h.read.covers(h.f.n.size)
 	}
-	promote := h.contig == h.f.n.size && !h.promoted
 	if promote {
 		h.promoted = true
 	}

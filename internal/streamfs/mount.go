@@ -24,6 +24,7 @@ const (
 	DefaultReadTimeout = 30 * time.Second
 	DefaultRetries     = 3
 	DefaultPrefetchers = 4
+	DefaultReadAhead   = 2
 )
 
 // metadataTimeout is how long the kernel may cache entries and attributes.
@@ -45,6 +46,9 @@ type Options struct {
 	// Prefetchers bounds background fetches of the next span of a file
 	// read sequentially (default DefaultPrefetchers).
 	Prefetchers int
+	// ReadAhead is how many spans ahead of a reader streaming a file are
+	// fetched in the background (default DefaultReadAhead).
+	ReadAhead int
 	// NoPrefetch turns read-ahead of spans off.
 	NoPrefetch bool
 	// NoPassthrough never stores whole files nor opens them by FUSE
@@ -95,6 +99,9 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 	}
 	if opts.Retries <= 0 {
 		opts.Retries = DefaultRetries
+	}
+	if opts.ReadAhead <= 0 {
+		opts.ReadAhead = DefaultReadAhead
 	}
 	if opts.Prefetchers <= 0 {
 		opts.Prefetchers = DefaultPrefetchers

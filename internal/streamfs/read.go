@@ -14,7 +14,11 @@ import (
 // readFile reads file n's bytes at off into dest from the span cache,
 // fetching missing spans. It returns the number of bytes read (short only
 // at the end of the file).
-func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off int64) (int, error) {
+//
+// streak is how many bytes the caller has read contiguously up to off: a
+// reader streaming the file (streak of at least streamingStreak) gets the
+// next Options.ReadAhead spans of the file fetched in the background.
+func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off, streak int64) (int, error) {
 	if off >= n.size {
 		return 0, nil
 	}
@@ -40,10 +44,19 @@ func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off int
 		if err != nil {
 			return done, fmt.Errorf("streamfs: read cached span: %w", err)
 		}
-		// Sequential reads that reach the last quarter of a span start
-		// fetching the next one, if the file goes on into it.
-		if pos+k > sp.Offset+sp.Size*3/4 && sp.Offset+sp.Size < n.off+n.size && !m.opts.NoPrefetch {
-			m.prefetch(n.layer, i+1)
+		// Reads that reach the last quarter of a span start fetching the
+		// next one, if the file goes on into it; a streaming reader gets
+		// more ahead.
+		if !m.opts.NoPrefetch {
+			ahead := 0
+			if streak >= streamingStreak {
+				ahead = m.opts.ReadAhead
+			} else if pos+k > sp.Offset+sp.Size*3/4 {
+				ahead = 1
+			}
+			for j := i + 1; j <= i+ahead && j < len(spans) && spans[j].Offset < n.off+n.size; j++ {
+				m.prefetch(n.layer, j)
+			}
 		}
 		pos += k
 		done += int(k)
@@ -51,6 +64,10 @@ func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off int
 	}
 	return done, nil
 }
+
+// streamingStreak is how much a reader must have read contiguously to be
+// treated as streaming the file.
+const streamingStreak = 4 << 20
 
 // spanAt returns the index of the span holding offset pos.
 func spanAt(spans []Span, pos int64) int {
@@ -154,7 +171,7 @@ func (m *MountPoint) promote(n *node) {
 		e, err := m.cache.Fill(ctx, n.digest.String(), n.size, func(ctx context.Context, w io.Writer) error {
 			buf := make([]byte, 1<<20)
 			for off := int64(0); off < n.size; {
-				k, err := m.readFile(ctx, n, buf, off)
+				k, err := m.readFile(ctx, n, buf, off, off)
 				if err != nil {
 					return err
 				}

@@ -72,3 +72,16 @@ func TestEncodeDev(t *testing.T) {
 		}
 	}
 }
+
+func TestIntervals(t *testing.T) {
+	var iv intervals
+	for _, r := range [][2]int64{{10, 20}, {30, 40}, {0, 5}, {20, 30}, {5, 10}} {
+		if iv.covers(40) {
+			t.Fatalf("covers before %v: %v", r, iv)
+		}
+		iv.add(r[0], r[1])
+	}
+	if !iv.covers(40) || len(iv) != 1 {
+		t.Errorf("%v does not cover [0, 40)", iv)
+	}
+}
