@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/distribution/distribution/v3/configuration"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/registry"
@@ -210,5 +211,20 @@ func TestImagePushLsInspect(t *testing.T) {
 	}
 	if _, _, err := runImageCmd(t, "image", "inspect", dd2, "my-project/repo/missing:v1"); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("inspect of a missing image: %v", err)
+	}
+}
+
+func TestShowProgress(t *testing.T) {
+	updates := make(chan v1.Update, 4)
+	updates <- v1.Update{Total: 3 << 20, Complete: 1 << 20}
+	updates <- v1.Update{Total: 3 << 20, Complete: 3 << 20}
+	close(updates)
+	var out bytes.Buffer
+	showProgress(&out, "pushing x", updates)
+	if s := out.String(); !strings.Contains(s, "pushing x: ") || !strings.HasSuffix(s, "3.0 MiB / 3.0 MiB (100%)\n") {
+		t.Errorf("progress output %q", s)
+	}
+	if isTerminal(&out) {
+		t.Error("a buffer is not a terminal")
 	}
 }

@@ -13,7 +13,15 @@
 //     can fetch exactly the bytes a process touches. A registry that ignores
 //     Range fails loudly with [ErrRangeNotSupported] instead of silently
 //     sending whole layers.
-//   - [Client.Push], [Client.Catalog] and [Client.Tags] for the CLI.
+//   - [Client.Push], [Client.PushIndex], [Client.PutManifest],
+//     [Client.Catalog] and [Client.Tags] for the CLI and tests.
+//
+// Registry answers that callers act on are wrapped with sentinels
+// ([ErrUnauthorized], [ErrDenied], [ErrNotFound], [ErrSchema1],
+// [ErrNoMatchingPlatform], [ErrDigestMismatch], [ErrBadReference]) next to
+// the registry's own error codes, and say how to fix the problem where
+// there is a fix. [Client.Stats] counts requests, retries and bytes, for
+// metrics.
 //
 // # Transport
 //
@@ -31,6 +39,11 @@
 // transports are cached per registry and scope, so the bearer-token
 // handshake happens once and tokens are refreshed on 401 by
 // go-containerregistry.
+//
+// Only idempotent requests are retried by the transport; blob uploads are
+// retried whole by go-containerregistry's push with the same policy, and a
+// blob body cut midway is resumed with a Range request from where it
+// stopped.
 //
 // # Plain HTTP
 //

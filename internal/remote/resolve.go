@@ -46,7 +46,7 @@ var ErrNoMatchingPlatform = errors.New("no image for the requested platform")
 var ErrUnsupportedManifest = errors.New("unsupported manifest")
 
 // ErrDigestMismatch is returned when content does not hash to its digest.
-var ErrDigestMismatch = errors.New("remote: content does not match its digest")
+var ErrDigestMismatch = errors.New("content does not match its digest")
 
 // Image is a reference resolved to one platform's image manifest.
 type Image struct {
