@@ -1,0 +1,487 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"cloud.google.com/go/batch/apiv1/batchpb"
+
+	"github.com/riffle-dev/riffle/internal/batch/job"
+	"github.com/riffle-dev/riffle/internal/runtime"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+)
+
+// containerHostsFile is where a container runnable finds the hosts file.
+const containerHostsFile = "/etc/cloudbatch-taskgroup-hosts"
+
+var errMaxRunDuration = errors.New("scheduler: maxRunDuration exceeded")
+
+// result is how one attempt of a task ended.
+type result struct {
+	code int    // 0: success
+	note string // appended to the task's state event
+}
+
+// proc is a started runnable.
+type proc interface {
+	// wait returns the exit status once it exits.
+	wait() (int, error)
+	// done is closed when it has exited.
+	done() <-chan struct{}
+	// stop ends it: SIGTERM, then SIGKILL after the grace period.
+	stop()
+}
+
+// attempt runs the task's runnables once.
+func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int) result {
+	s := r.s
+	spec := r.group.GetTaskSpec()
+	name := taskName(r.name, idx)
+	tctx := ctx
+	if d := spec.GetMaxRunDuration(); d != nil && d.AsDuration() > 0 {
+		var cancel context.CancelFunc
+		tctx, cancel = context.WithTimeoutCause(ctx, d.AsDuration(), errMaxRunDuration)
+		defer cancel()
+	}
+	tl, err := s.logs.OpenTask(r.name, idx, r.logPath)
+	if err != nil {
+		_ = s.st.AddTaskEvent(ctx, name, "LOGS_FAILED", fmt.Sprintf("Task output cannot be kept: %v", err))
+		return result{code: 125, note: "Riffle could not open the task's log files."}
+	}
+	defer tl.Close()
+	work := filepath.Join(r.workDir, "task-"+strconv.FormatInt(idx, 10))
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return result{code: 125, note: fmt.Sprintf("Riffle could not create the task's working directory: %v.", err)}
+	}
+	binds, err := r.taskVolumes(tctx, idx)
+	if err != nil {
+		_ = s.st.AddTaskEvent(ctx, name, "VOLUME_FAILED", err.Error())
+		tl.Printf("riffle: %v", err)
+		return result{code: 125, note: "A volume could not be mounted."}
+	}
+
+	var (
+		failed bool
+		res    result
+		bgs    []proc
+		ended  = func() bool { return tctx.Err() != nil }
+	)
+	defer func() {
+		for _, p := range bgs {
+			p.stop()
+		}
+	}()
+	for ri, rn := range spec.GetRunnables() {
+		if ended() {
+			break // maxRunDuration stops even alwaysRun runnables
+		}
+		if failed && !rn.GetAlwaysRun() {
+			continue
+		}
+		if rn.GetBarrier() != nil {
+			if b := r.barriers[ri]; b != nil {
+				_ = b.wait(tctx, idx)
+			}
+			continue
+		}
+		env := r.env(idx, attempt, rn)
+		p, note, err := r.start(tctx, idx, ri, rn, env, binds, work, tl)
+		if err != nil {
+			code := 125
+			var se *runtime.StartError
+			if errors.As(err, &se) {
+				code = se.ExitCode
+			}
+			tl.Printf("riffle: runnable %d did not start: %v", ri, err)
+			_ = s.st.AddTaskEvent(ctx, name, "RUNNABLE_FAILED", fmt.Sprintf("Runnable %d did not start: %v", ri, err))
+			if !rn.GetIgnoreExitStatus() && !rn.GetBackground() {
+				failed, res = true, result{code: code, note: note}
+			}
+			continue
+		}
+		if rn.GetBackground() {
+			bgs = append(bgs, p)
+			continue
+		}
+		rctx := tctx
+		var cancel context.CancelFunc = func() {}
+		if d := rn.GetTimeout(); d != nil && d.AsDuration() > 0 {
+			rctx, cancel = context.WithTimeout(tctx, d.AsDuration())
+		}
+		timedOut := false
+		select {
+		case <-p.done():
+		case <-rctx.Done():
+			timedOut = tctx.Err() == nil
+			p.stop()
+		}
+		cancel()
+		code, werr := p.wait()
+		if werr != nil && code == 0 {
+			code = 125
+		}
+		if timedOut {
+			msg := fmt.Sprintf("Runnable %d timed out after %v and was stopped (exit code %d).", ri, rn.GetTimeout().AsDuration(), code)
+			tl.Printf("riffle: %s", msg)
+			_ = s.st.AddTaskEvent(ctx, name, "RUNNABLE_TIMEOUT", msg)
+			if code == 0 {
+				code = 124
+			}
+		}
+		if code != 0 && !rn.GetIgnoreExitStatus() {
+			failed, res = true, result{code: code}
+		}
+	}
+	if context.Cause(tctx) == errMaxRunDuration && ctx.Err() == nil {
+		msg := fmt.Sprintf("The task exceeded its maxRunDuration of %v and was stopped.", spec.GetMaxRunDuration().AsDuration())
+		tl.Printf("riffle: %s", msg)
+		return result{code: ExitMaxRunDuration, note: msg}
+	}
+	return res
+}
+
+// env is a runnable's environment, lowest precedence first: the task
+// group's (taskSpec.environments, then taskSpec.environment), the task's
+// (taskEnvironments[idx]), the runnable's, then the BATCH_* variables.
+func (r *jobRun) env(idx int64, attempt int, rn *batchpb.Runnable) []string {
+	spec := r.group.GetTaskSpec()
+	var out []string
+	add := func(m map[string]string) {
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			out = append(out, k+"="+m[k])
+		}
+	}
+	add(spec.GetEnvironments())
+	add(spec.GetEnvironment().GetVariables())
+	if envs := r.group.GetTaskEnvironments(); idx < int64(len(envs)) {
+		add(envs[idx].GetVariables())
+	}
+	add(rn.GetEnvironment().GetVariables())
+	_, _, id, _ := job.SplitName(r.name)
+	out = append(out,
+		"BATCH_TASK_INDEX="+strconv.FormatInt(idx, 10),
+		"BATCH_TASK_COUNT="+strconv.FormatInt(r.group.GetTaskCount(), 10),
+		"BATCH_JOB_ID="+id,
+		"BATCH_JOB_UID="+r.job.GetUid(),
+		"BATCH_TASK_RETRY_ATTEMPT="+strconv.Itoa(attempt),
+	)
+	if r.hosts != "" {
+		out = append(out, "BATCH_HOSTS_FILE="+r.hosts)
+	}
+	return out
+}
+
+// taskVolumes prepares TaskSpec.volumes on the host and returns them as
+// bind mounts for container runnables (Batch mounts every task volume
+// into containers at the same path).
+func (r *jobRun) taskVolumes(ctx context.Context, idx int64) ([]string, error) {
+	var binds []string
+	for i, v := range r.group.GetTaskSpec().GetVolumes() {
+		p := v.GetMountPath()
+		field := fmt.Sprintf("taskGroups[0].taskSpec.volumes[%d]", i)
+		if p == "" || !filepath.IsAbs(p) {
+			return nil, fmt.Errorf("%s.mountPath %q must be an absolute path", field, p)
+		}
+		switch v.GetSource().(type) {
+		case *batchpb.Volume_Nfs:
+			if err := r.mountNFS(ctx, v); err != nil {
+				return nil, fmt.Errorf("%s.nfs: the NFS share could not be mounted at %s: %v", field, p, err)
+			}
+		case nil:
+			if err := os.MkdirAll(p, 0o755); err != nil {
+				return nil, fmt.Errorf("%s.mountPath: %v", field, err)
+			}
+		default:
+			return nil, fmt.Errorf("%s: this volume source is not supported on one machine", field)
+		}
+		mode := ""
+		for _, o := range v.GetMountOptions() {
+			if o == "ro" {
+				mode = ":ro"
+			}
+		}
+		binds = append(binds, p+":"+p+mode)
+	}
+	return binds, nil
+}
+
+// start starts runnable ri; note is set when a failure to start should
+// be explained in the task's state event.
+func (r *jobRun) start(ctx context.Context, idx int64, ri int, rn *batchpb.Runnable, env, binds []string, work string, tl taskLog) (proc, string, error) {
+	stdout, stderr := tl.Writers()
+	switch x := rn.GetExecutable().(type) {
+	case *batchpb.Runnable_Script_:
+		p, err := r.startScript(ctx, ri, x.Script, env, work, stdout, stderr)
+		if err != nil {
+			stdout.Close()
+			stderr.Close()
+		}
+		return p, "", err
+	case *batchpb.Runnable_Container_:
+		p, note, err := r.startContainer(ctx, idx, ri, rn, x.Container, env, binds, stdout, stderr)
+		if err != nil {
+			stdout.Close()
+			stderr.Close()
+		}
+		return p, note, err
+	}
+	stdout.Close()
+	stderr.Close()
+	return nil, "", fmt.Errorf("runnables[%d]: no container, script or barrier", ri)
+}
+
+// taskLog is what a runnable needs of the task's logs.
+type taskLog interface {
+	Writers() (stdout, stderr io.WriteCloser)
+	Printf(format string, args ...any)
+}
+
+// scriptProc is a script runnable: a host process in its own process
+// group, so stopping it reaches everything it started.
+type scriptProc struct {
+	cmd   *exec.Cmd
+	grace time.Duration
+	ch    chan struct{}
+	code  int
+	err   error
+	once  sync.Once
+	outs  []io.Closer
+}
+
+func (r *jobRun) startScript(ctx context.Context, ri int, sc *batchpb.Runnable_Script, env []string, work string, stdout, stderr io.WriteCloser) (proc, error) {
+	path := sc.GetPath()
+	if t, ok := sc.GetCommand().(*batchpb.Runnable_Script_Text); ok {
+		path = filepath.Join(work, fmt.Sprintf("runnable-%d.sh", ri))
+		if err := os.WriteFile(path, []byte(t.Text), 0o755); err != nil {
+			return nil, fmt.Errorf("writing the script: %w", err)
+		}
+	}
+	if path == "" {
+		return nil, errors.New("the script has neither text nor path")
+	}
+	// As on a Batch VM: a "#!" line picks the interpreter, else /bin/sh.
+	var cmd *exec.Cmd
+	if hasShebang(path) {
+		cmd = exec.Command(path)
+	} else {
+		cmd = exec.Command("/bin/sh", path)
+	}
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Dir = work
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Output pipes held open by a leftover grandchild must not block us.
+	cmd.WaitDelay = 2 * time.Second
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &scriptProc{cmd: cmd, grace: r.s.opts.StopGrace, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
+	go func() {
+		err := cmd.Wait()
+		// What the script left behind goes with it.
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		p.code = exitCode(cmd.ProcessState, err)
+		if p.code >= 0 {
+			err = nil
+		}
+		p.err = err
+		for _, c := range p.outs {
+			_ = c.Close()
+		}
+		close(p.ch)
+	}()
+	return p, nil
+}
+
+func hasShebang(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	var b [2]byte
+	n, _ := io.ReadFull(f, b[:])
+	return n == 2 && string(b[:]) == "#!"
+}
+
+// exitCode is a process's status as a shell reports it (128+n for signal n).
+func exitCode(ps *os.ProcessState, err error) int {
+	if ps == nil {
+		return -1
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ps.ExitCode()
+}
+
+func (p *scriptProc) wait() (int, error)    { <-p.ch; return p.code, p.err }
+func (p *scriptProc) done() <-chan struct{} { return p.ch }
+func (p *scriptProc) stop() {
+	p.once.Do(func() {
+		pid := p.cmd.Process.Pid
+		_ = syscall.Kill(-pid, syscall.SIGTERM)
+		select {
+		case <-p.ch:
+			return
+		case <-time.After(p.grace):
+		}
+		_ = syscall.Kill(-pid, syscall.SIGKILL)
+	})
+	<-p.ch
+}
+
+// containerProc is a container runnable under runc.
+type containerProc struct {
+	c       *runtime.Container
+	rfs     *RootFS
+	after   func() // reports stream bytes once it ended
+	ch      chan struct{}
+	code    int
+	err     error
+	outs    []io.Closer
+	stopped sync.Once
+}
+
+func (p *containerProc) wait() (int, error)    { <-p.ch; return p.code, p.err }
+func (p *containerProc) done() <-chan struct{} { return p.ch }
+func (p *containerProc) stop() {
+	p.stopped.Do(func() { _ = p.c.Stop(context.Background()) })
+	<-p.ch
+}
+
+func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batchpb.Runnable, c *batchpb.Runnable_Container, env, binds []string, stdout, stderr io.WriteCloser) (proc, string, error) {
+	s := r.s
+	name := taskName(r.name, idx)
+	field := fmt.Sprintf("runnables[%d].container", ri)
+	if s.opts.Runtime == nil || s.opts.Images == nil {
+		return nil, "Container runnables need the container runtime (runc), which this Riffle runs without.",
+			fmt.Errorf("%s: this Riffle has no container runtime; install runc and restart riffle serve", field)
+	}
+	t0 := time.Now()
+	rfs, err := r.rootfs(ctx, name, ri, c)
+	if err != nil {
+		return nil, "The container image could not be fetched.", fmt.Errorf("%s.imageUri %s: %w", field, c.GetImageUri(), err)
+	}
+	ready := time.Since(t0)
+	var before int64
+	if rfs.FetchedTotal != nil {
+		before = rfs.FetchedTotal()
+	}
+	volumes := append(append([]string{}, c.GetVolumes()...), binds...)
+	if r.hosts != "" {
+		volumes = append(volumes, r.hosts+":"+containerHostsFile+":ro")
+		for i, e := range env {
+			if len(e) > len("BATCH_HOSTS_FILE=") && e[:len("BATCH_HOSTS_FILE=")] == "BATCH_HOSTS_FILE=" {
+				env[i] = "BATCH_HOSTS_FILE=" + containerHostsFile
+			}
+		}
+	}
+	_, _, jobID, _ := job.SplitName(r.name)
+	cr := r.group.GetTaskSpec().GetComputeResource()
+	spec := &runtime.Spec{
+		Name:                 fmt.Sprintf("%s-t%d-r%d", jobID, idx, ri),
+		Lower:                rfs.Lower,
+		Image:                rfs.Config,
+		Entrypoint:           c.GetEntrypoint(),
+		Commands:             c.GetCommands(),
+		Env:                  env,
+		Volumes:              volumes,
+		CPUMilli:             cr.GetCpuMilli(),
+		MemoryMiB:            cr.GetMemoryMib(),
+		BlockExternalNetwork: c.GetBlockExternalNetwork(),
+		Options:              c.GetOptions(),
+		Labels:               rn.GetLabels(),
+		StopGrace:            s.opts.StopGrace,
+	}
+	ctr, err := s.opts.Runtime.Start(ctx, spec, stdout, stderr)
+	if err != nil {
+		rfs.Release()
+		return nil, "", err
+	}
+	started := time.Since(t0)
+	how := "pulled"
+	if rfs.Method == "streamed" {
+		how = "streamed"
+	}
+	var detail string
+	switch {
+	case rfs.Reused && how == "streamed":
+		detail = "its lazy mount was shared with earlier tasks, nothing fetched to start"
+	case rfs.Reused:
+		detail = "already pulled, nothing fetched"
+	default:
+		detail = fmt.Sprintf("%s fetched to make it ready", byteSize(rfs.Fetched))
+	}
+	_ = s.st.AddTaskEvent(ctx, name, "IMAGE_"+map[string]string{"streamed": "STREAMED", "pulled": "PULLED"}[how], fmt.Sprintf(
+		"Image %s (%s) was %s for runnable %d: ready in %v, container started %v after the runnable began; %s.",
+		c.GetImageUri(), rfs.Digest, how, ri, ready.Round(time.Millisecond), started.Round(time.Millisecond), detail))
+	p := &containerProc{c: ctr, rfs: rfs, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
+	go func() {
+		p.code, p.err = ctr.Wait(context.Background())
+		for _, c := range p.outs {
+			_ = c.Close()
+		}
+		if rfs.FetchedTotal != nil {
+			n := rfs.FetchedTotal() - before
+			_ = s.st.AddTaskEvent(context.Background(), name, "IMAGE_STREAMED_BYTES", fmt.Sprintf(
+				"Runnable %d read its streamed image; the image's mount fetched %s from the registry while it ran.", ri, byteSize(n)))
+		}
+		rfs.Release()
+		close(p.ch)
+	}()
+	return p, "", nil
+}
+
+// rootfs gets the image of a container runnable: streamed when asked and
+// possible, else pulled, with an event saying why streaming was not used.
+func (r *jobRun) rootfs(ctx context.Context, task string, ri int, c *batchpb.Runnable_Container) (*RootFS, error) {
+	s := r.s
+	auth := Auth{Username: c.GetUsername(), Password: c.GetPassword()}
+	if c.GetEnableImageStreaming() {
+		rfs, err := s.opts.Images.Stream(ctx, c.GetImageUri(), auth)
+		if err == nil {
+			return rfs, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		why := "streaming failed"
+		if errors.Is(err, streamfs.ErrNotEligible) {
+			why = "the image cannot be streamed"
+		}
+		_ = s.st.AddTaskEvent(ctx, task, "IMAGE_STREAMING_FALLBACK", fmt.Sprintf(
+			"Runnable %d asked for image streaming, but %s (%v); pulling the image in full instead.", ri, why, err))
+	}
+	return s.opts.Images.Pull(ctx, c.GetImageUri(), auth)
+}
+
+func byteSize(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d bytes", n)
+}
