@@ -117,7 +117,12 @@ func New(opts Options) *Client {
 	}
 	base := opts.Transport
 	if base == nil {
-		base = http.DefaultTransport.(*http.Transport).Clone()
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		// A lazy filesystem issues many small ranged reads to one
+		// registry at once; net/http's default of 2 idle connections per
+		// host would reconnect for most of them.
+		t.MaxIdleConnsPerHost = 64
+		base = t
 	}
 	var rt http.RoundTripper = &policyTransport{c: c, next: base}
 	rt = &retryTransport{c: c, next: rt}

@@ -27,7 +27,7 @@ type testRegistry struct {
 	host string
 }
 
-func startRegistry(t *testing.T, opts registry.Options, wrap func(http.Handler) http.Handler) *testRegistry {
+func startRegistry(t testing.TB, opts registry.Options, wrap func(http.Handler) http.Handler) *testRegistry {
 	t.Helper()
 	if opts.RootDir == "" {
 		opts.RootDir = t.TempDir()
