@@ -154,7 +154,9 @@ func buildGzip(x *Index, r *bufio.Reader) error {
 	b.g = &gzipStream{in: in, f: flate.NewReader(in)}
 	b.g.f.OnBlock = b.onBlock
 	x.Spans = []Span{{Header: true}}
-	if err := walkTar(x, b.g); err != nil {
+	ra := newReadAhead(b.g)
+	defer ra.Close()
+	if err := walkTar(x, ra); err != nil {
 		return err
 	}
 	if b.g.out != x.UncompressedSize {

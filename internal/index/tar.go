@@ -6,7 +6,9 @@ import "io"
 // of the blob, each with its digest, so reads are verified like any other.
 func buildTar(x *Index, r io.Reader) error {
 	c := &tarSpanReader{r: r, h: newBlobHasher(), x: x}
-	if err := walkTar(x, c); err != nil {
+	ra := newReadAhead(c)
+	defer ra.Close()
+	if err := walkTar(x, ra); err != nil {
 		return err
 	}
 	if c.h.n > c.start {

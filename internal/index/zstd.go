@@ -27,7 +27,9 @@ func buildZstd(x *Index, r *bufio.Reader) error {
 	}
 	defer dec.Close()
 	s := &zstdStream{x: x, fr: fr, dec: dec, h: h}
-	if err := walkTar(x, s); err != nil {
+	ra := newReadAhead(s)
+	defer ra.Close()
+	if err := walkTar(x, ra); err != nil {
 		return err
 	}
 	if s.out != x.UncompressedSize {

@@ -704,9 +704,15 @@ func noEOF(e error) error {
 }
 
 func (f *Decompressor) moreBits() error {
-	c, err := f.r.ReadByte()
-	if err != nil {
-		return noEOF(err)
+	var c byte
+	if in := f.r; in.pos < len(in.buf) {
+		c = in.buf[in.pos]
+		in.pos++
+	} else {
+		var err error
+		if c, err = in.readByteSlow(); err != nil {
+			return noEOF(err)
+		}
 	}
 	f.roffset++
 	f.b |= uint32(c) << f.nb
@@ -727,11 +733,19 @@ func (f *Decompressor) huffSym(h *huffmanDecoder) (int, error) {
 	nb, b := f.nb, f.b
 	for {
 		for nb < n {
-			c, err := f.r.ReadByte()
-			if err != nil {
-				f.b = b
-				f.nb = nb
-				return 0, noEOF(err)
+			// ReadByte, inlined by hand: it is over the inlining budget and
+			// this is the hottest loop of the decompressor.
+			var c byte
+			if in := f.r; in.pos < len(in.buf) {
+				c = in.buf[in.pos]
+				in.pos++
+			} else {
+				var err error
+				if c, err = in.readByteSlow(); err != nil {
+					f.b = b
+					f.nb = nb
+					return 0, noEOF(err)
+				}
 			}
 			f.roffset++
 			b |= uint32(c) << (nb & 31)
