@@ -121,13 +121,13 @@ func TestRetryConnectionErrorsAndStalls(t *testing.T) {
 
 	mode.Store(2)
 	hits.Store(0)
-	c = newClient(remote.Options{Timeout: 200 * time.Millisecond})
+	c = newClient(remote.Options{Timeout: 500 * time.Millisecond})
 	start := time.Now()
 	if _, err := c.Resolve(ctx, r.host+"/p/r/img:v1", nil); err != nil {
 		t.Fatalf("after a stalled request: %v", err)
 	}
 	if d := time.Since(start); d > 3*time.Second {
-		t.Errorf("the stalled request was given up after %s, want about the 200ms timeout", d)
+		t.Errorf("the stalled request was given up after %s, want about the 500ms timeout", d)
 	}
 
 	// Bodies cut midway: ranged reads and streams resume where they stopped.
