@@ -296,6 +296,22 @@ func TestNotEligible(t *testing.T) {
 	}
 }
 
+func TestSingleZstdFrameNotEligible(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	spec := imagegen.AllFeatures()
+	spec.Layers = append(spec.Layers, imagegen.Layer{Compression: imagegen.Zstd, Entries: []imagegen.Entry{
+		{Type: imagegen.File, Name: "one-frame.bin", Size: 8 << 20, Seed: 9},
+	}})
+	_, ref := r.push(t, spec, "test/oneframe")
+	_, _, err := streamfs.Open(context.Background(), r.client(), ref, streamfs.OpenOptions{Build: true})
+	var ne *streamfs.NotEligibleError
+	if !errors.As(err, &ne) || !errors.Is(err, streamfs.ErrNotEligible) || !strings.Contains(ne.Reason, "single") {
+		t.Fatalf("Open: %v, want a NotEligibleError about the single frame", err)
+	}
+	t.Log(err)
+}
+
 func isMountPoint(t *testing.T, dir string) bool {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {

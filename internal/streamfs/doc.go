@@ -40,8 +40,9 @@
 //
 // Fetched data that does not match the index is never returned nor cached:
 // the fetch is retried (Options.Retries times in all), then the read fails
-// with EIO. Every read that needs the network is bounded by
-// Options.ReadTimeout, so a registry that hangs or dies makes reads fail
+// with EIO. Every FUSE read that needs the network is bounded by
+// Options.ReadTimeout (a read(2) by about twice that, as the kernel retries
+// a failed readahead page once), so a registry that hangs or dies makes reads fail
 // with EIO instead of hanging; data already cached keeps being served, and
 // reads work again once the registry is back (nothing is remembered about
 // the failure).

@@ -36,9 +36,11 @@ const metadataTimeout = 24 * time.Hour
 type Options struct {
 	// Cache is the node cache spans and whole files are stored in.
 	Cache *cache.Cache
-	// ReadTimeout bounds one read(2) that must fetch data, retries
+	// ReadTimeout bounds each FUSE read that must fetch data, retries
 	// included: when the registry is unreachable the read fails with EIO
-	// after this long (default DefaultReadTimeout).
+	// after this long (default DefaultReadTimeout). A read(2) may wait up
+	// to about twice as long: the kernel retries a failed readahead page
+	// once, synchronously.
 	ReadTimeout time.Duration
 	// Retries is how many times a span fetch is tried (default
 	// DefaultRetries), within ReadTimeout.
