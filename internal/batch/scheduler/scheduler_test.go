@@ -169,7 +169,9 @@ func (e *env) wait(jobName string, timeout time.Duration, cond func(*batchpb.Job
 
 func (e *env) waitState(jobName string, want batchpb.JobStatus_State, timeout time.Duration) *batchpb.Job {
 	e.t.Helper()
-	j := e.wait(jobName, timeout, func(j *batchpb.Job) bool { return store.Terminal(j.GetStatus().GetState()) || j.GetStatus().GetState() == want })
+	j := e.wait(jobName, timeout, func(j *batchpb.Job) bool {
+		return store.Terminal(j.GetStatus().GetState()) || j.GetStatus().GetState() == want
+	})
 	if got := j.GetStatus().GetState(); got != want {
 		e.t.Fatalf("job %s is %v, want %v; events:\n%s\ntasks:\n%s", jobName, got, want, events(j.GetStatus().GetStatusEvents()), e.taskDump(jobName))
 	}
