@@ -77,6 +77,7 @@ type Scheduler struct {
 	ctx     context.Context
 	cancel  context.CancelCauseFunc
 	runs    map[string]*jobRun
+	early   []string // submitted before Start finished
 	wg      sync.WaitGroup
 }
 
@@ -172,6 +173,10 @@ func (s *Scheduler) Start(ctx context.Context) error {
 	for _, j := range active {
 		s.launchLocked(j.Name)
 	}
+	for _, name := range s.early {
+		s.launchLocked(name) // a no-op for jobs already launched
+	}
+	s.early = nil
 	s.mu.Unlock()
 	return nil
 }
@@ -231,8 +236,13 @@ func (s *Scheduler) Close() error {
 func (s *Scheduler) Submit(ctx context.Context, jobName string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.started || s.closed {
-		return // Start picks QUEUED jobs up
+	if s.closed {
+		return // the next Start picks QUEUED jobs up
+	}
+	if !s.started {
+		// Start may already have listed the QUEUED jobs; remember it.
+		s.early = append(s.early, jobName)
+		return
 	}
 	s.launchLocked(jobName)
 }

@@ -285,6 +285,9 @@ func TestEndToEndStreamed(t *testing.T) {
 				t.Errorf("task %d events lack %q:\n%s", i, want, events(tevs))
 			}
 		}
+		if i == 0 {
+			t.Logf("task 0 events:\n%s", events(tevs))
+		}
 		if !hasEvent(tevs, "IMAGE_STREAMED", "was streamed for runnable 0") {
 			t.Errorf("task %d: no IMAGE_STREAMED event:\n%s", i, events(tevs))
 		}
