@@ -368,3 +368,71 @@ func TestStatfsAndReadOnly(t *testing.T) {
 		t.Errorf("writing succeeded: %s", out)
 	}
 }
+
+// A file open the cached way keeps later opens cached until it is closed
+// (the kernel refuses to mix them); then opens switch to passthrough, for
+// every name of a hard-linked inode.
+func TestPassthroughSwitchesWhenIdle(t *testing.T) {
+	c := newCache(t)
+	_, m, dir, img := featureMountImage(t, streamfs.Options{Cache: c})
+	var dgst string
+	for _, e := range img.Layers[0].Entries() {
+		if e.Name == "data/multi.bin" {
+			dgst = e.Digest.String()
+		}
+	}
+	want := contentOf(4, 5000)
+	read := func(f *os.File) {
+		t.Helper()
+		b := make([]byte, 6000)
+		n, err := f.ReadAt(b, 0)
+		if (err != nil && err != io.EOF) || !bytes.Equal(b[:n], want) {
+			t.Fatalf("read %s: %v (%d bytes)", f.Name(), err, n)
+		}
+	}
+	f1, err := os.Open(filepath.Join(dir, "data/multi.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read(f1) // promotes the file
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if e, err := c.Get(context.Background(), dgst); err == nil {
+			e.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the file was not stored whole")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	f2, err := os.Open(filepath.Join(dir, "data/multi-hl1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read(f2)
+	if n := m.Stats().PassthroughOpens; n != 0 {
+		t.Errorf("%d passthrough opens while a cached open is live", n)
+	}
+	f1.Close()
+	f2.Close()
+	time.Sleep(100 * time.Millisecond) // RELEASE is asynchronous
+	f3, err := os.Open(filepath.Join(dir, "etc/multi-hl2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f3.Close()
+	f4, err := os.Open(filepath.Join(dir, "data/multi.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f4.Close()
+	read(f3)
+	read(f4)
+	if n := m.Stats().PassthroughOpens; n != 2 {
+		t.Errorf("%d passthrough opens, want 2", n)
+	}
+	if n := m.FallbackReads(); n != 0 {
+		t.Errorf("%d reads reached the daemon instead of passthrough", n)
+	}
+}

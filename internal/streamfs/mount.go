@@ -162,8 +162,10 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 		NullPermissions: true,
 		MountOptions: fuse.MountOptions{
 			AllowOther: true,
-			FsName:     "riffle:" + img.Name,
-			Name:       "riffle",
+			// mount(2) directly when root, fusermount3 otherwise.
+			DirectMount: os.Geteuid() == 0,
+			FsName:      "riffle:" + img.Name,
+			Name:        "riffle",
 			// The kernel checks modes and owners against the image's,
 			// as on a local filesystem.
 			Options:      []string{"ro", "default_permissions"},
