@@ -24,6 +24,7 @@ import (
 	"github.com/riffle-dev/riffle/internal/batch/api"
 	"github.com/riffle-dev/riffle/internal/batch/job"
 	"github.com/riffle-dev/riffle/internal/batch/store"
+	"github.com/riffle-dev/riffle/internal/server"
 	"github.com/riffle-dev/riffle/internal/testutil"
 )
 
@@ -34,7 +35,9 @@ type batchFixture struct {
 	st   *store.Store
 }
 
-func newBatchFixture(t *testing.T) *batchFixture {
+func newBatchFixture(t *testing.T) *batchFixture { return newBatchFixtureRunner(t, nil) }
+
+func newBatchFixtureRunner(t *testing.T, runner func(*store.Store) api.Runner) *batchFixture {
 	t.Helper()
 	// The CLI reads these; the test must not depend on the caller's shell.
 	for _, v := range []string{"RIFFLE_SERVER", "RIFFLE_PROJECT", "CLOUDSDK_CORE_PROJECT", "RIFFLE_LOCATION", "CLOUDSDK_BATCH_LOCATION"} {
@@ -44,7 +47,11 @@ func newBatchFixture(t *testing.T) *batchFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := api.New(st, nil, api.Options{})
+	var r api.Runner
+	if runner != nil {
+		r = runner(st)
+	}
+	srv, err := api.New(st, r, api.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -393,6 +400,46 @@ func TestBatchCancelDelete(t *testing.T) {
 	}
 }
 
+// slowStopRunner stands in for the scheduler where only the timing of a
+// stop matters: it finishes every cancel or delete after a delay, through
+// the store, as the real scheduler must.
+type slowStopRunner struct {
+	st    *store.Store
+	delay time.Duration
+}
+
+func (r *slowStopRunner) Submit(context.Context, string) {}
+
+func (r *slowStopRunner) Cancel(ctx context.Context, jobName string) {
+	time.AfterFunc(r.delay, func() { r.st.FinishStop(context.Background(), jobName) })
+}
+
+// TestBatchWaitsForStops checks that cancel and delete wait for the
+// operation, not just for the request, and that --async does not.
+func TestBatchWaitsForStops(t *testing.T) {
+	f := newBatchFixtureRunner(t, func(st *store.Store) api.Runner { return &slowStopRunner{st: st, delay: 300 * time.Millisecond} })
+	for _, id := range []string{"slow-cancel", "slow-delete", "slow-async"} {
+		f.ok(t, "", "jobs", "submit", id, "--script-text", "true")
+	}
+	start := time.Now()
+	f.ok(t, "", "jobs", "cancel", "slow-cancel")
+	if el := time.Since(start); el < 300*time.Millisecond {
+		t.Errorf("cancel returned after %v, before the stop finished", el)
+	}
+	if st := f.describe(t, "slow-cancel").GetStatus().GetState(); st != batchpb.JobStatus_CANCELLED {
+		t.Errorf("after cancel: %v, want CANCELLED", st)
+	}
+	f.ok(t, "", "jobs", "delete", "slow-delete")
+	if msg := f.fail(t, "", "jobs", "describe", "slow-delete"); !strings.Contains(msg, "NOT_FOUND") {
+		t.Errorf("describe after delete: %q", msg)
+	}
+	f.ok(t, "", "jobs", "delete", "slow-async", "--async")
+	if st := f.describe(t, "slow-async").GetStatus().GetState(); st != batchpb.JobStatus_DELETION_IN_PROGRESS {
+		t.Errorf("right after delete --async: %v, want DELETION_IN_PROGRESS", st)
+	}
+	time.Sleep(500 * time.Millisecond) // let the stop finish before the store closes
+}
+
 // TestBatchBadConfigErrors checks that both kinds of bad config, refused
 // by the local parser or by the server, come back naming the field.
 func TestBatchBadConfigErrors(t *testing.T) {
@@ -665,5 +712,68 @@ func TestBatchLogs(t *testing.T) {
 		if msg := f.fail(t, "", tc.args...); !strings.Contains(msg, tc.want) {
 			t.Errorf("%q: error %q lacks %q", tc.args, msg, tc.want)
 		}
+	}
+}
+
+// TestBatchAgainstRiffleServe drives the CLI against the real riffle serve
+// (internal/server), found the way a user's CLI finds it: through the
+// address file in its data directory, with no --server.
+func TestBatchAgainstRiffleServe(t *testing.T) {
+	for _, v := range []string{"RIFFLE_SERVER", "RIFFLE_PROJECT", "CLOUDSDK_CORE_PROJECT", "RIFFLE_LOCATION", "CLOUDSDK_BATCH_LOCATION"} {
+		t.Setenv(v, "")
+	}
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, server.Config{DataDir: dir, Listen: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln, 5*time.Second) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		srv.Close()
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if a, err := server.ReadAddr(dir); err == nil && a == ln.Addr().String() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("serve.addr not written")
+		}
+	}
+	run := func(args ...string) (string, error) {
+		cmd := newRootCmd()
+		var out, errOut bytes.Buffer
+		cmd.SetOut(&out)
+		cmd.SetErr(&errOut)
+		cmd.SetArgs(append(append([]string{"batch"}, args...), "--data-dir", dir))
+		err := cmd.ExecuteContext(ctx)
+		if err != nil {
+			return errOut.String(), err
+		}
+		return out.String(), nil
+	}
+	if out, err := run("jobs", "submit", "e2e", "--script-text", "echo $BATCH_TASK_INDEX", "--task-count", "2", "--format", "value(name)"); err != nil || strings.TrimSpace(out) != "projects/default/locations/us-central1/jobs/e2e" {
+		t.Fatalf("submit: %v\n%s", err, out)
+	}
+	out, err := run("jobs", "list")
+	if err != nil || !strings.Contains(out, "projects/default/locations/us-central1/jobs/e2e") {
+		t.Fatalf("list: %v\n%s", err, out)
+	}
+	out, err = run("tasks", "list", "--job", "e2e", "--format", "value(name)")
+	if err != nil || len(strings.Fields(out)) != 2 {
+		t.Fatalf("tasks list: %v\n%s", err, out)
+	}
+	if out, err := run("jobs", "delete", "e2e"); err != nil {
+		t.Fatalf("delete: %v\n%s", err, out)
+	}
+	if _, err := run("jobs", "describe", "e2e"); err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
+		t.Fatalf("describe after delete: %v", err)
 	}
 }
