@@ -112,6 +112,9 @@ func TestReadSpeed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// If the test fails with the mount up, detach it (an error when
+		// it was unmounted already is expected).
+		t.Cleanup(func() { streamfs.UnmountDir(dir, true) })
 		return m, dir
 	}
 	const file = "big/blob.bin"
