@@ -37,6 +37,9 @@ type Config struct {
 	// Registry configures the embedded OCI registry.
 	Registry RegistryConfig `json:"registry,omitempty"`
 
+	// Cache configures the node cache of image data.
+	Cache CacheConfig `json:"cache,omitempty"`
+
 	// InsecureRegistries lists registry hosts (host or host:port) that are
 	// reached over plain HTTP. Loopback registries always are.
 	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
@@ -54,6 +57,13 @@ type LogConfig struct {
 type RegistryConfig struct {
 	// MaxBlobBytes caps a single blob upload, in bytes. Default: 32 GiB.
 	MaxBlobBytes int64 `json:"maxBlobBytes,omitempty"`
+}
+
+// CacheConfig configures the node cache.
+type CacheConfig struct {
+	// MaxBytes bounds the node cache of streamed image data, in bytes; the
+	// least recently used entries are evicted past it. Default: 20 GiB.
+	MaxBytes int64 `json:"maxBytes,omitempty"`
 }
 
 // LoadConfig reads a YAML (or JSON) config file. Unknown keys are errors,
@@ -122,6 +132,9 @@ func (c Config) WithDefaults() Config {
 	if c.Log.Format == "" {
 		c.Log.Format = "text"
 	}
+	if c.Cache.MaxBytes == 0 {
+		c.Cache.MaxBytes = 20 << 30
+	}
 	return c
 }
 
@@ -136,6 +149,9 @@ func (c Config) Validate() error {
 	case "", "text", "json":
 	default:
 		return fmt.Errorf("config: log.format %q: use text or json", c.Log.Format)
+	}
+	if c.Cache.MaxBytes < 0 {
+		return fmt.Errorf("config: cache.maxBytes %d: must be positive", c.Cache.MaxBytes)
 	}
 	if c.Registry.MaxBlobBytes < 0 {
 		return fmt.Errorf("config: registry.maxBlobBytes %d: must be positive", c.Registry.MaxBlobBytes)

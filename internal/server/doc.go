@@ -8,6 +8,7 @@
 //     HTTP/2 without TLS, which the listener accepts beside HTTP/1.1;
 //   - /index/    the index service (package indexsvc): layer indexes for
 //     nodes; images pushed to the embedded registry are indexed at once;
+//   - /riffle/v1/logs/{job}  a job's task logs (?task=N&follow=true);
 //   - /healthz   liveness: 200 once every component is up;
 //   - /metrics   Prometheus metrics of every component.
 //
@@ -18,6 +19,10 @@
 //	DATA_DIR/registry/   registry storage
 //	DATA_DIR/batch.db    jobs, tasks and operations (bbolt)
 //	DATA_DIR/indexes/    layer indexes by layer digest
+//	DATA_DIR/cache/      node cache of streamed image data (package cache)
+//	DATA_DIR/images/     pulled images and streamed mounts
+//	DATA_DIR/runtime/    runc state and task bundles
+//	DATA_DIR/batch/      task logs and work directories
 //	DATA_DIR/serve.addr  the address the running server listens on, so the
 //	                     CLI can find it without flags
 package server

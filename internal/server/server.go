@@ -20,7 +20,9 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/riffle-dev/riffle/internal/batch/api"
+	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
+	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/registry"
 	"github.com/riffle-dev/riffle/internal/remote"
@@ -36,6 +38,9 @@ type Server struct {
 	store    *store.Store
 	batch    *api.Server
 	grpc     *grpc.Server
+	sched    *scheduler.Scheduler
+	images   *scheduler.Images
+	cache    *cache.Cache
 	client   *remote.Client
 	indexes  *indexsvc.Service
 	addr     atomic.Value // string: the address Serve listens on
@@ -88,12 +93,23 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.store = st
-	b, err := api.New(st, nil, api.Options{Locations: []string{cfg.Location}, Logger: log, Admit: s.admitImages})
+	if err := s.startScheduler(cfg, log); err != nil {
+		s.Close()
+		return nil, err
+	}
+	b, err := api.New(st, s.sched, api.Options{Locations: []string{cfg.Location}, Logger: log, Admit: s.admitImages})
 	if err != nil {
 		s.Close()
 		return nil, err
 	}
 	s.batch = b
+	// Recovery (leftover containers, tasks left running) happens here,
+	// before any request is served.
+	if err := s.sched.Start(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	s.mux.Handle("GET /riffle/v1/logs/{job...}", http.HandlerFunc(s.serveLogs))
 	s.mux.Handle("/v1/", b.HTTPHandler())
 	s.grpc = grpc.NewServer(b.GRPCServerOptions()...)
 	b.RegisterGRPC(s.grpc)
@@ -137,6 +153,17 @@ func (s *Server) Close() error {
 	var errs []error
 	if s.grpc != nil {
 		s.grpc.Stop()
+	}
+	// The scheduler stops tasks before the images under them go away, and
+	// both before the store closes.
+	if s.sched != nil {
+		errs = append(errs, s.sched.Close())
+	}
+	if s.images != nil {
+		errs = append(errs, s.images.Close())
+	}
+	if s.cache != nil {
+		errs = append(errs, s.cache.Close())
 	}
 	if s.store != nil {
 		errs = append(errs, s.store.Close())
