@@ -1,0 +1,120 @@
+package server_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	batch "cloud.google.com/go/batch/apiv1"
+	"cloud.google.com/go/batch/apiv1/batchpb"
+	"google.golang.org/api/option"
+
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/remote"
+	"github.com/riffle-dev/riffle/internal/server"
+	"github.com/riffle-dev/riffle/internal/testutil"
+)
+
+// TestServeRunsStreamedJob is the README's main flow inside one test: push
+// an image to `riffle serve`, submit a Batch job that streams it, and read
+// the job's states, events and logs back through the API.
+func TestServeRunsStreamedJob(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.RequiresBinary(t, "runc")
+	testutil.RequiresBinary(t, "fusermount3")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	srv, err := server.New(ctx, server.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	ln, err := srv.Listen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ctx, ln, time.Second)
+	addr := ln.Addr().String()
+
+	spec, err := imagegen.Busybox("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := imagegen.Build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := addr + "/demo/images/busybox:v1"
+	if err := remote.New(remote.Options{}).Push(ctx, ref, img, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), option.WithoutAuthentication())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	job := &batchpb.Job{TaskGroups: []*batchpb.TaskGroup{{
+		TaskCount: 2, Parallelism: 2,
+		TaskSpec: &batchpb.TaskSpec{Runnables: []*batchpb.Runnable{{Executable: &batchpb.Runnable_Container_{Container: &batchpb.Runnable_Container{
+			ImageUri:             ref,
+			EnableImageStreaming: true,
+			Commands:             []string{"sh", "-c", "echo task $BATCH_TASK_INDEX; cat /data/hello.txt"},
+		}}}}},
+	}}}
+	created, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: "projects/demo/locations/us-central1", JobId: "hello", Job: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got *batchpb.Job
+	deadline := time.Now().Add(2 * time.Minute)
+	for time.Now().Before(deadline) {
+		got, err = c.GetJob(ctx, &batchpb.GetJobRequest{Name: created.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := got.GetStatus().GetState(); st == batchpb.JobStatus_SUCCEEDED || st == batchpb.JobStatus_FAILED {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if got.GetStatus().GetState() != batchpb.JobStatus_SUCCEEDED {
+		t.Fatalf("job ended %v; events: %v", got.GetStatus().GetState(), got.GetStatus().GetStatusEvents())
+	}
+	task, err := c.GetTask(ctx, &batchpb.GetTaskRequest{Name: created.GetName() + "/taskGroups/group0/tasks/1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var streamed bool
+	for _, e := range task.GetStatus().GetStatusEvents() {
+		if strings.Contains(strings.ToLower(e.GetDescription()), "stream") && !strings.Contains(e.GetDescription(), "cannot") {
+			streamed = true
+		}
+	}
+	if !streamed {
+		t.Errorf("task 1 events do not say its image was streamed: %v", task.GetStatus().GetStatusEvents())
+	}
+
+	resp, err := http.Get("http://" + addr + "/riffle/v1/logs/" + created.GetName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"task 0: task 0", "task 1: task 1", "hello from a streamed image"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("logs lack %q:\n%s", want, b)
+		}
+	}
+	resp, err = http.Get("http://" + addr + "/riffle/v1/logs/projects/demo/locations/us-central1/jobs/nope")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("logs of a missing job: %s, want 404", resp.Status)
+	}
+}

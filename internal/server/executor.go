@@ -1,0 +1,113 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path/filepath"
+	"strconv"
+
+	"github.com/riffle-dev/riffle/internal/batch/logs"
+	"github.com/riffle-dev/riffle/internal/batch/scheduler"
+	"github.com/riffle-dev/riffle/internal/batch/store"
+	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/remote"
+	"github.com/riffle-dev/riffle/internal/runtime"
+)
+
+// startScheduler builds the executor side: the node cache, the image
+// sources (streamed through the index service, or pulled), runc and the
+// scheduler. Without runc (not root, or not installed) script runnables
+// still run and container runnables fail with an event saying why.
+func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
+	c, err := cache.Open(filepath.Join(cfg.DataDir, "cache"), cache.Options{MaxBytes: cfg.Cache.MaxBytes})
+	if err != nil {
+		return err
+	}
+	s.cache = c
+	s.metrics.MustRegister(c.Collector())
+
+	imgs, err := scheduler.NewImages(scheduler.ImagesOptions{
+		Dir:      filepath.Join(cfg.DataDir, "images"),
+		Registry: remote.Options{Insecure: cfg.InsecureRegistries},
+		Cache:    c,
+		Indexes:  s.indexes,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
+	}
+	s.images = imgs
+
+	rt, err := runtime.New(runtime.Config{Root: filepath.Join(cfg.DataDir, "runtime"), Logger: log})
+	if err != nil {
+		log.Warn("container runnables cannot run on this node", "err", err)
+		rt = nil
+	}
+	sched, err := scheduler.New(s.store, scheduler.Options{DataDir: cfg.DataDir, Runtime: rt, Images: imgs, Logger: log})
+	if err != nil {
+		return err
+	}
+	s.sched = sched
+	return nil
+}
+
+// serveLogs serves a job's task logs as text:
+//
+//	GET /riffle/v1/logs/projects/P/locations/L/jobs/J[?task=N][&follow=true]
+//
+// Without task, every task's lines come prefixed "task N: ". With follow,
+// the response streams until the job ends or the client goes away.
+func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("job")
+	if _, err := s.store.GetJob(r.Context(), name); err != nil {
+		code := http.StatusInternalServerError
+		if errors.Is(err, store.ErrNotFound) {
+			code = http.StatusNotFound
+		}
+		http.Error(w, fmt.Sprintf("job %s: %v", name, err), code)
+		return
+	}
+	opts := logs.ReadOptions{Task: logs.AllTasks, Prefix: true}
+	if t := r.URL.Query().Get("task"); t != "" {
+		n, err := strconv.ParseInt(t, 10, 64)
+		if err != nil || n < 0 {
+			http.Error(w, fmt.Sprintf("task %q: give the task index, a number from 0", t), http.StatusBadRequest)
+			return
+		}
+		opts.Task, opts.Prefix = n, false
+	}
+	if f := r.URL.Query().Get("follow"); f != "" {
+		b, err := strconv.ParseBool(f)
+		if err != nil {
+			http.Error(w, fmt.Sprintf("follow %q: use true or false", f), http.StatusBadRequest)
+			return
+		}
+		opts.Follow = b
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	fw := &flushWriter{w: w, rc: http.NewResponseController(w)}
+	if err := s.sched.Logs().Read(r.Context(), name, opts, fw); err != nil && r.Context().Err() == nil {
+		if !fw.wrote {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.log.Warn("reading logs", "job", name, "err", err)
+	}
+}
+
+// flushWriter flushes after every write so followed logs arrive as lines.
+type flushWriter struct {
+	w     http.ResponseWriter
+	rc    *http.ResponseController
+	wrote bool
+}
+
+func (f *flushWriter) Write(p []byte) (int, error) {
+	f.wrote = true
+	n, err := f.w.Write(p)
+	f.rc.Flush()
+	return n, err
+}
