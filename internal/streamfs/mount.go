@@ -168,8 +168,11 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 			Name:        "riffle",
 			// The kernel checks modes and owners against the image's,
 			// as on a local filesystem.
-			Options:      []string{"ro", "default_permissions"},
+			Options: []string{"ro", "default_permissions"},
+			// Reads of up to 1 MiB per request: fewer round trips to
+			// this process for data it serves itself.
 			MaxReadAhead: 1 << 20,
+			MaxWrite:     1 << 20,
 			Debug:        opts.Debug,
 			// The mount is a lower layer of overlayfs and may itself sit
 			// on the cache's filesystem by passthrough.
