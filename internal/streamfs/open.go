@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -120,6 +121,12 @@ func layerIndex(ctx context.Context, repo string, desc ocispec.Descriptor, blob 
 	defer rc.Close()
 	x, err := index.Build(rc, desc.MediaType, index.Options{SpanSize: opts.SpanSize})
 	if err != nil {
+		// A registry that failed or sent the wrong blob would fail a
+		// full pull too: that is an error, not a reason to fall back.
+		var netErr net.Error
+		if ctx.Err() != nil || errors.As(err, &netErr) || errors.Is(err, remote.ErrTimeout) || errors.Is(err, remote.ErrDigestMismatch) {
+			return nil, fmt.Errorf("streamfs: layer %s: %w", desc.Digest, err)
+		}
 		return nil, NotEligible(desc.Digest, "indexing it failed: %v", err)
 	}
 	return x, nil
