@@ -39,12 +39,14 @@ func TestLatencyAndRate(t *testing.T) {
 	}
 	get("/small") // connect
 	rtt := get("/small")
-	if rtt < 2*delay || rtt > 2*delay+30*time.Millisecond {
-		t.Errorf("request on a warm connection took %v, want about %v", rtt, 2*delay)
+	// Lower bounds prove the emulation; the upper bounds are loose because
+	// test machines are small and busy.
+	if rtt < 2*delay || rtt > 2*delay+2*time.Second {
+		t.Errorf("request on a warm connection took %v, want at least %v", rtt, 2*delay)
 	}
 	d := get("/big")
 	// 4 MiB at 16 MiB/s is 250 ms, plus a round trip.
-	if d < 200*time.Millisecond || d > 600*time.Millisecond {
-		t.Errorf("4 MiB took %v, want about 290ms", d)
+	if d < 240*time.Millisecond || d > 10*time.Second {
+		t.Errorf("4 MiB took %v, want at least 250ms", d)
 	}
 }
