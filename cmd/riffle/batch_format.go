@@ -122,7 +122,7 @@ func batchAPIError(addr, what string, err error) error {
 	}
 	var opErr *net.OpError
 	if errors.As(err, &opErr) && !errors.As(err, new(*googleapi.Error)) {
-		return fmt.Errorf("batch: %s: cannot reach riffle serve at %s: %v\nStart `riffle serve`, or point the CLI at a server with --server HOST:PORT or RIFFLE_SERVER", what, addr, err)
+		return fmt.Errorf("batch: %s: cannot reach riffle serve at %s: %v\nStart `riffle serve`, or point the CLI at a server with --server HOST:PORT or RIFFLE_SERVER", what, addr, opErr)
 	}
 	code, msg := "", ""
 	var violations []string

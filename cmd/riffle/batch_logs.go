@@ -74,7 +74,7 @@ func streamBatchLogs(cmd *cobra.Command, addr, name, u string) error {
 	if err != nil {
 		var opErr *net.OpError
 		if errors.As(err, &opErr) {
-			return fmt.Errorf("batch: logs of %s: cannot reach riffle serve at %s: %v\nStart `riffle serve`, or point the CLI at a server with --server HOST:PORT or RIFFLE_SERVER", name, addr, err)
+			return fmt.Errorf("batch: logs of %s: cannot reach riffle serve at %s: %v\nStart `riffle serve`, or point the CLI at a server with --server HOST:PORT or RIFFLE_SERVER", name, addr, opErr)
 		}
 		return fmt.Errorf("batch: logs of %s: %w", name, err)
 	}

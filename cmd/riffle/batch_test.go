@@ -770,10 +770,41 @@ func TestBatchAgainstRiffleServe(t *testing.T) {
 	if err != nil || len(strings.Fields(out)) != 2 {
 		t.Fatalf("tasks list: %v\n%s", err, out)
 	}
+	// The job runs on this machine; its logs come back through the CLI.
+	// The executor may need root (cgroups) even for script runnables.
+	t.Run("run and logs", func(t *testing.T) {
+		testutil.RequiresRoot(t)
+		waitAndReadLogs(t, run)
+	})
 	if out, err := run("jobs", "delete", "e2e"); err != nil {
 		t.Fatalf("delete: %v\n%s", err, out)
 	}
 	if _, err := run("jobs", "describe", "e2e"); err == nil || !strings.Contains(err.Error(), "NOT_FOUND") {
 		t.Fatalf("describe after delete: %v", err)
+	}
+}
+
+func waitAndReadLogs(t *testing.T, run func(...string) (string, error)) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out, err := run("jobs", "describe", "e2e", "--format", "json")
+		if err != nil {
+			t.Fatalf("describe: %v\n%s", err, out)
+		}
+		j := new(batchpb.Job)
+		if err := protojson.Unmarshal([]byte(out), j); err != nil {
+			t.Fatal(err)
+		}
+		if st := j.GetStatus().GetState(); st == batchpb.JobStatus_SUCCEEDED {
+			break
+		} else if st == batchpb.JobStatus_FAILED || time.Now().After(deadline) {
+			t.Fatalf("job did not succeed (%v):\n%s", st, out)
+		}
+	}
+	if out, err := run("jobs", "logs", "e2e", "--task", "1"); err != nil || out != "1\n" {
+		t.Errorf("logs --task 1: %v %q, want \"1\\n\"", err, out)
+	}
+	if out, err := run("jobs", "logs", "e2e", "--follow"); err != nil || !strings.Contains(out, "0\n") || !strings.Contains(out, "1\n") {
+		t.Errorf("logs --follow of a finished job: %v %q", err, out)
 	}
 }
