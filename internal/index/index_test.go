@@ -179,7 +179,7 @@ func checkIndex(t *testing.T, x *Index, g *genLayer, blob []byte) {
 		}
 	}
 	r := rand.New(rand.NewPCG(uint64(len(blob)), 1))
-	for range 50 {
+	for range 20 {
 		off := r.Int64N(x.UncompressedSize)
 		n := 1 + r.Int64N(min(x.UncompressedSize-off, 3*x.SpanSize))
 		got := make([]byte, n)
@@ -209,7 +209,7 @@ func checkIndex(t *testing.T, x *Index, g *genLayer, blob []byte) {
 }
 
 func TestBuildKinds(t *testing.T) {
-	g := makeLayer(t, 1, 700<<10)
+	g := makeLayer(t, 1, 400<<10)
 	for name, compress := range compressors {
 		t.Run(name, func(t *testing.T) {
 			blob := compress(t, g.tar)

@@ -28,6 +28,11 @@ const (
 	minFileLen = 15
 
 	maxWindowLen = 2 * WindowSize // a stored window never compresses to more
+
+	// maxSpanUSize bounds what Decode may allocate for one span. Gzip
+	// spans exceed SpanSize by at most one DEFLATE block; a zstd frame
+	// larger than this makes the layer not streamable.
+	maxSpanUSize = 2 * MaxSpanSize
 )
 
 const (
@@ -409,6 +414,9 @@ func (x *Index) validateSpans() error {
 		}
 		if s.USize < 0 || (s.USize == 0 && i != len(x.Spans)-1) {
 			return fmt.Errorf("index: span %d is empty", i)
+		}
+		if s.USize > maxSpanUSize {
+			return fmt.Errorf("index: span %d is %d bytes, more than the %d a reader may be asked to hold", i, s.USize, int64(maxSpanUSize))
 		}
 		if s.CSize <= 0 || s.COffset < 0 || s.COffset > x.BlobSize || s.CSize > x.BlobSize-s.COffset {
 			return fmt.Errorf("index: span %d [%d, +%d) lies outside the %d-byte blob", i, s.COffset, s.CSize, x.BlobSize)

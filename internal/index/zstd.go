@@ -40,6 +40,14 @@ func buildZstd(x *Index, r *bufio.Reader) error {
 	}
 	x.BlobSize = h.n
 	x.BlobDigest = h.blobDigest()
+	for i := range x.Spans {
+		if x.Spans[i].USize > maxSpanUSize && x.NotStreamable == "" {
+			x.NotStreamable = fmt.Sprintf("zstd frame run at uncompressed offset %d is %d bytes; frames over %d bytes are too large to fetch as one span", x.Spans[i].UOffset, x.Spans[i].USize, int64(maxSpanUSize))
+		}
+	}
+	if x.NotStreamable != "" {
+		x.Spans = nil
+	}
 	if s.frames == 1 && x.UncompressedSize > x.SpanSize {
 		// Reading any byte would mean decompressing from the layer's start.
 		x.NotStreamable = fmt.Sprintf("the zstd layer is a single %d-byte frame, so any read would decompress it from the start; recompress it with many frames (for example as zstd:chunked)", x.BlobSize)
