@@ -21,7 +21,6 @@ import (
 	"golang.org/x/term"
 
 	"github.com/riffle-dev/riffle/internal/remote"
-	"github.com/riffle-dev/riffle/internal/server"
 )
 
 func init() { subcommands = append(subcommands, newImageCmd) }
@@ -31,6 +30,8 @@ type imageFlags struct {
 	server   string
 	dataDir  string
 	insecure []string
+	// local is the server address localServer chose, for error hints.
+	local string
 }
 
 func (f *imageFlags) client() *remote.Client {
@@ -38,27 +39,20 @@ func (f *imageFlags) client() *remote.Client {
 }
 
 // localServer is the address of the `riffle serve` the CLI talks to by
-// default: --server, or the address the running server recorded in its
-// data directory.
+// default, found as every client command finds it (resolveServer).
 func (f *imageFlags) localServer() (string, error) {
-	if f.server != "" {
-		return f.server, nil
+	f.local = resolveServer(f.server, f.dataDir)
+	return f.local, nil
+}
+
+// hint explains an unreachable local server: the likely cause is that
+// `riffle serve` is not running, or runs elsewhere.
+func (f *imageFlags) hint(err error) error {
+	var op *net.OpError
+	if err == nil || f.local == "" || !errors.As(err, &op) {
+		return err
 	}
-	dir := f.dataDir
-	if dir == "" {
-		dir = server.DefaultDataDir()
-	}
-	addr, err := server.ReadAddr(dir)
-	if err != nil {
-		return "", fmt.Errorf("no --server given and no running `riffle serve` found (%s): start `riffle serve`, or pass --server HOST:PORT or --data-dir", server.AddrFile(dir))
-	}
-	// A server listening on all interfaces is reached on loopback.
-	if host, port, err := net.SplitHostPort(addr); err == nil {
-		if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
-			addr = net.JoinHostPort("127.0.0.1", port)
-		}
-	}
-	return addr, nil
+	return fmt.Errorf("%w\ncannot reach riffle serve at %s: start `riffle serve`, or point the CLI at a server with --server HOST:PORT or RIFFLE_SERVER", err, f.local)
 }
 
 // qualify puts the local server's address in front of a reference or
@@ -114,7 +108,8 @@ SRC is one of:
 Use --ref NAME to choose an image in a layout or a tag in a tarball holding several.
 A layout entry that is an index is pushed with all its platforms.`,
 		Args: cobra.ExactArgs(2),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			defer func() { err = f.hint(err) }()
 			src, err := openSource(args[0], refName)
 			if err != nil {
 				return err
@@ -270,7 +265,8 @@ per line. The argument narrows the list to a project or any path prefix; without
 a host it means the local riffle serve, and without an argument it lists the
 whole local registry.`,
 		Args: cobra.MaximumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			defer func() { err = f.hint(err) }()
 			arg := ""
 			if len(args) == 1 {
 				arg = strings.TrimSuffix(args[0], "/")
@@ -341,7 +337,8 @@ func newImageInspectCmd(f *imageFlags) *cobra.Command {
 		Use:   "inspect REF",
 		Short: "Show an image's digest, platform, layers and config",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
+			defer func() { err = f.hint(err) }()
 			ref, err := f.qualify(args[0])
 			if err != nil {
 				return err

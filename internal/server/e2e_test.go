@@ -109,6 +109,15 @@ func TestServeRunsStreamedJob(t *testing.T) {
 			t.Errorf("logs lack %q:\n%s", want, b)
 		}
 	}
+	resp, err = http.Get("http://" + addr + "/riffle/v1/logs/" + created.GetName() + "?task=7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(b), "tasks 0 to 1") {
+		t.Errorf("logs of task 7 of 2: %s %s, want 404 naming the range", resp.Status, b)
+	}
 	resp, err = http.Get("http://" + addr + "/riffle/v1/logs/projects/demo/locations/us-central1/jobs/nope")
 	if err != nil {
 		t.Fatal(err)

@@ -61,7 +61,8 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 // the response streams until the job ends or the client goes away.
 func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("job")
-	if _, err := s.store.GetJob(r.Context(), name); err != nil {
+	j, err := s.store.GetJob(r.Context(), name)
+	if err != nil {
 		code := http.StatusInternalServerError
 		if errors.Is(err, store.ErrNotFound) {
 			code = http.StatusNotFound
@@ -74,6 +75,10 @@ func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request) {
 		n, err := strconv.ParseInt(t, 10, 64)
 		if err != nil || n < 0 {
 			http.Error(w, fmt.Sprintf("task %q: give the task index, a number from 0", t), http.StatusBadRequest)
+			return
+		}
+		if count := j.GetTaskGroups()[0].GetTaskCount(); n >= count {
+			http.Error(w, fmt.Sprintf("task %d: job %s has tasks 0 to %d", n, name, count-1), http.StatusNotFound)
 			return
 		}
 		opts.Task, opts.Prefix = n, false
