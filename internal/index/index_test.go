@@ -1,6 +1,7 @@
 package index
 
 import (
+	"archive/tar"
 	"bytes"
 	stdgzip "compress/gzip"
 	"crypto/sha256"
@@ -254,4 +255,42 @@ func TestCorruptSpanRejected(t *testing.T) {
 			t.Fatalf("%s: Decode of a flipped byte: %v, want ErrCorrupt", name, err)
 		}
 	}
+}
+
+// TestStraddlingFileIsOneRequest is the laziness case of the design: a
+// 1 MB file that crosses a default-size checkpoint is served by one Range
+// request covering two spans.
+func TestStraddlingFileIsOneRequest(t *testing.T) {
+	r := rand.New(rand.NewPCG(11, 12))
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	pad := genContent(r, DefaultSpanSize-300<<10)
+	one := genContent(r, 1<<20)
+	tw.WriteHeader(&tar.Header{Name: "pad", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(pad))})
+	tw.Write(pad)
+	tw.WriteHeader(&tar.Header{Name: "one", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(one))})
+	tw.Write(one)
+	tail := genContent(r, DefaultSpanSize/2)
+	tw.WriteHeader(&tar.Header{Name: "tail", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(tail))})
+	tw.Write(tail)
+	tw.Close()
+	blob := stdGzip(t, tb.Bytes(), 6)
+	x, err := Build(bytes.NewReader(blob), "", Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := x.Files[1]
+	p, err := x.PlanRange(f.Offset, f.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.End-p.First != 2 {
+		t.Fatalf("file covers spans [%d, %d), want two", p.First, p.End)
+	}
+	calls := 0
+	got := make([]byte, f.Size)
+	if err := x.ReadAt(got, f.Offset, fetcher(blob, &calls)); err != nil || calls != 1 || !bytes.Equal(got, one) {
+		t.Fatalf("read: %v, %d fetches, equal %v", err, calls, bytes.Equal(got, one))
+	}
+	t.Logf("1 MiB file: one request of %d bytes from a %d-byte layer", p.Length, len(blob))
 }
