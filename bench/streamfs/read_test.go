@@ -126,8 +126,17 @@ func TestReadSpeed(t *testing.T) {
 	}
 	var rs []result
 
-	plainCold := readFile(t, filepath.Join(plain, file), true)
-	plainHot := readFile(t, filepath.Join(plain, file), false)
+	// The machine is shared: take the best of three wherever a case can be
+	// repeated in the same state.
+	best := func(f func() float64) float64 {
+		b := 0.0
+		for range 3 {
+			b = max(b, f())
+		}
+		return b
+	}
+	plainCold := best(func() float64 { return readFile(t, filepath.Join(plain, file), true) })
+	plainHot := best(func() float64 { return readFile(t, filepath.Join(plain, file), false) })
 	rs = append(rs, result{"plain dir, page cache dropped", plainCold, "1.00 (cold ref)"}, result{"plain dir, page cache hot", plainHot, "1.00 (hot ref)"})
 
 	// Cold: from the registry (loopback, no link emulation), spans verified
@@ -161,21 +170,26 @@ func TestReadSpeed(t *testing.T) {
 
 	// Warm spans, served by the daemon (no passthrough), new mount so the
 	// FUSE page cache is empty; span files hot in the page cache.
-	m, dir = mountIt(streamfs.Options{NoPassthrough: true})
-	warmSpans := readFile(t, filepath.Join(dir, file), false)
+	warmSpans := best(func() float64 {
+		m, dir := mountIt(streamfs.Options{NoPassthrough: true})
+		defer m.Unmount()
+		return readFile(t, filepath.Join(dir, file), false)
+	})
 	rs = append(rs, result{"streamfs warm spans via daemon", warmSpans, fmt.Sprintf("%.2f of plain hot", warmSpans/plainHot)})
-	m.Unmount()
 
 	// Passthrough from the cached whole file.
 	m, dir = mountIt(streamfs.Options{})
 	defer m.Unmount()
-	ptHot := readFile(t, filepath.Join(dir, file), false)
+	ptHot := best(func() float64 { return readFile(t, filepath.Join(dir, file), false) })
 	rs = append(rs, result{"streamfs passthrough, backing file hot", ptHot, fmt.Sprintf("%.2f of plain hot", ptHot/plainHot)})
 	evictDir(filepath.Join(cacheDir, "blobs"))
-	ptCold := readFile(t, filepath.Join(dir, file), true)
+	ptCold := best(func() float64 {
+		evictDir(filepath.Join(cacheDir, "blobs"))
+		return readFile(t, filepath.Join(dir, file), true)
+	})
 	rs = append(rs, result{"streamfs passthrough, backing file evicted", ptCold, fmt.Sprintf("%.2f of plain cold", ptCold/plainCold)})
-	if m.Stats().PassthroughOpens != 2 {
-		t.Errorf("passthrough opens: %d, want 2", m.Stats().PassthroughOpens)
+	if n := m.Stats().PassthroughOpens; n != 6 {
+		t.Errorf("passthrough opens: %d, want 6", n)
 	}
 
 	var b strings.Builder
