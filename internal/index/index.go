@@ -213,6 +213,30 @@ func (x *Index) PlanRange(off, n int64) (Plan, error) {
 	return x.PlanSpans(first, last+1)
 }
 
+// SpanRange returns the spans [first, end) that hold the uncompressed
+// range [off, off+n), for a cache that checks which it already has before
+// calling PlanSpans for the rest.
+func (x *Index) SpanRange(off, n int64) (first, end int, err error) {
+	p, err := x.PlanRange(off, n)
+	if err != nil {
+		return 0, 0, err
+	}
+	return p.First, p.End, nil
+}
+
+// PlanFile is PlanRange for [off, off+n) of regular file f's content,
+// clipped to the file's end. It fails for an empty range, such as a read
+// at or past the end of the file.
+func (x *Index) PlanFile(f *File, off, n int64) (Plan, error) {
+	if !f.IsRegular() {
+		return Plan{}, fmt.Errorf("index: %s is not a regular file", f.Name)
+	}
+	if off < 0 || off >= f.Size || n <= 0 {
+		return Plan{}, fmt.Errorf("index: range [%d, +%d) is outside %s (%d bytes)", off, n, f.Name, f.Size)
+	}
+	return x.PlanRange(f.Offset+off, min(n, f.Size-off))
+}
+
 // PlanSpans returns the request that fetches spans [first, end).
 func (x *Index) PlanSpans(first, end int) (Plan, error) {
 	if !x.Streamable() {

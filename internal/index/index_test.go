@@ -287,6 +287,15 @@ func TestStraddlingFileIsOneRequest(t *testing.T) {
 	if p.End-p.First != 2 {
 		t.Fatalf("file covers spans [%d, %d), want two", p.First, p.End)
 	}
+	if q, err := x.PlanFile(&f, 0, 1<<30); err != nil || q != p {
+		t.Fatalf("PlanFile = %+v, %v; want %+v", q, err, p)
+	}
+	if first, end, err := x.SpanRange(f.Offset, f.Size); err != nil || first != p.First || end != p.End {
+		t.Fatalf("SpanRange = %d, %d, %v", first, end, err)
+	}
+	if _, err := x.PlanFile(&f, f.Size, 1); err == nil {
+		t.Fatal("PlanFile past the end succeeded")
+	}
 	calls := 0
 	got := make([]byte, f.Size)
 	if err := x.ReadAt(got, f.Offset, fetcher(blob, &calls)); err != nil || calls != 1 || !bytes.Equal(got, one) {
