@@ -4,7 +4,7 @@
 
 // This file is forked from the Go standard library's compress/flate
 // (Go 1.26, inflate.go). Changes for Riffle: the input is the concrete
-// [Input] type (so ReadByte inlines), the decompressor reports every block
+// [Input] type (whose buffer the Huffman loop reads directly), the decompressor reports every block
 // boundary with its bit position ([Decompressor.OnBlock]), and it can resume
 // in the middle of a stream from a bit offset and a window ([Resume]).
 
@@ -42,39 +42,6 @@ func (e CorruptInputError) Error() string {
 type InternalError string
 
 func (e InternalError) Error() string { return "flate: internal error: " + string(e) }
-
-// A ReadError reports an error encountered while reading input.
-//
-// Deprecated: No longer returned.
-type ReadError struct {
-	Offset int64 // byte offset where error occurred
-	Err    error // error returned by underlying Read
-}
-
-func (e *ReadError) Error() string {
-	return "flate: read error at offset " + strconv.FormatInt(e.Offset, 10) + ": " + e.Err.Error()
-}
-
-// A WriteError reports an error encountered while writing output.
-//
-// Deprecated: No longer returned.
-type WriteError struct {
-	Offset int64 // byte offset where error occurred
-	Err    error // error returned by underlying Write
-}
-
-func (e *WriteError) Error() string {
-	return "flate: write error at offset " + strconv.FormatInt(e.Offset, 10) + ": " + e.Err.Error()
-}
-
-// Resetter resets a ReadCloser returned by [NewReader] or [NewReaderDict]
-// to switch to a new underlying [Reader]. This permits reusing a ReadCloser
-// instead of allocating a new one.
-type Resetter interface {
-	// Reset discards any buffered data and resets the Resetter as if it was
-	// newly initialized with the given reader.
-	Reset(r io.Reader, dict []byte) error
-}
 
 // The data structure for decoding Huffman tables is based on that of
 // zlib. There is a lookup table of a fixed bit width (huffmanChunkBits),

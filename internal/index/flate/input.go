@@ -6,10 +6,10 @@ package flate
 import "io"
 
 // Input is the buffered byte source the Decompressor reads from. It is a
-// concrete type, rather than an interface, so that ReadByte inlines into
-// the Huffman decoding loop; that alone is worth about a third of the
-// decoding time. It knows its absolute offset in the compressed stream,
-// which the Decompressor uses to report bit positions.
+// concrete type, rather than an interface, so that the Huffman decoding
+// loop can read its buffer directly instead of calling ReadByte through
+// an interface for every byte. It knows its absolute offset in the
+// compressed stream, which the Decompressor uses to report bit positions.
 type Input struct {
 	buf  []byte
 	pos  int
