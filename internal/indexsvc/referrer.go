@@ -46,6 +46,9 @@ func (s *Service) PushReferrer(ctx context.Context, ref string) (digest.Digest, 
 		if err != nil {
 			return "", err
 		}
+		if raw == nil {
+			continue // eStargz or zstd:chunked: the layer's TOC is its index
+		}
 		l := static.NewLayer(raw, MediaTypeIndex)
 		h, _ := l.Digest()
 		art.layers[h] = l

@@ -69,6 +69,9 @@ type LayerResult struct {
 	Files      int           `json:"files"`
 	// NotStreamable says why the layer cannot be read lazily; empty when it can.
 	NotStreamable string `json:"notStreamable,omitempty"`
+	// FromTOC is set for eStargz and zstd:chunked layers, which are read
+	// through their own table of contents; no index is stored for them.
+	FromTOC bool `json:"fromTOC,omitempty"`
 }
 
 // New opens (creating) the index store in dir. Close stops its workers.
@@ -176,6 +179,7 @@ func (s *Service) IndexImage(ctx context.Context, ref string) (*ImageResult, err
 			res.Layers[i] = LayerResult{
 				Digest: desc.Digest, MediaType: desc.MediaType, Kind: x.Kind.String(),
 				IndexBytes: len(raw), Spans: len(x.Spans), Files: len(x.Files), NotStreamable: x.NotStreamable,
+				FromTOC: raw == nil,
 			}
 			return nil
 		})
@@ -186,7 +190,8 @@ func (s *Service) IndexImage(ctx context.Context, ref string) (*ImageResult, err
 	return res, nil
 }
 
-// layer returns the index of one layer of img, building it once.
+// layer returns the index of one layer of img, building it once. raw is nil
+// for layers read through their own TOC.
 func (s *Service) layer(ctx context.Context, img *remote.Image, desc ocispec.Descriptor) (*index.Index, []byte, error) {
 	if x, raw, err := s.Get(desc.Digest); err == nil {
 		return x, raw, nil
@@ -221,9 +226,9 @@ func (s *Service) build(ctx context.Context, img *remote.Image, desc ocispec.Des
 		return nil, nil, err
 	}
 	// eStargz and zstd:chunked layers carry their own TOC: read it instead
-	// of the whole blob.
-	if x, err := index.FromTOC(blob, desc.Size, desc.Digest, desc.MediaType, index.TOCOptions{}); err == nil {
-		return s.store(desc.Digest, x)
+	// of the whole blob, and store nothing, since the layer is its own index.
+	if x, err := index.FromTOC(blob, desc.Size, desc.Digest, desc.MediaType, index.TOCOptions{TOCDigest: tocDigest(desc)}); err == nil {
+		return x, nil, nil
 	} else if !errors.Is(err, index.ErrNoTOC) {
 		s.log.Debug("TOC unreadable; indexing the whole layer", "layer", desc.Digest, "err", err)
 	}
@@ -240,6 +245,17 @@ func (s *Service) build(ctx context.Context, img *remote.Image, desc ocispec.Des
 		return nil, nil, fmt.Errorf("indexsvc: layer %s: the registry served a blob with digest %s", desc.Digest, x.BlobDigest)
 	}
 	return s.store(desc.Digest, x)
+}
+
+// tocDigest is the TOC digest a manifest records for an eStargz or
+// zstd:chunked layer, so the TOC read from the blob can be checked.
+func tocDigest(desc ocispec.Descriptor) digest.Digest {
+	for _, k := range []string{"containerd.io/snapshot/stargz/toc.digest", "io.github.containers.zstd-chunked.manifest-checksum"} {
+		if d, err := digest.Parse(desc.Annotations[k]); err == nil {
+			return d
+		}
+	}
+	return ""
 }
 
 func (s *Service) store(d digest.Digest, x *index.Index) (*index.Index, []byte, error) {

@@ -109,6 +109,19 @@ func TestServeRunsStreamedJob(t *testing.T) {
 			t.Errorf("logs lack %q:\n%s", want, b)
 		}
 	}
+	// The mount's counters are on /metrics.
+	resp, err = http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"riffle_streamfs_fetched_bytes_total", "riffle_cache_", "riffle_index_layers_built_total"} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
 	resp, err = http.Get("http://" + addr + "/riffle/v1/logs/" + created.GetName() + "?task=7")
 	if err != nil {
 		t.Fatal(err)

@@ -34,6 +34,7 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 		Cache:    c,
 		Indexes:  s.indexes,
 		Logger:   log,
+		Metrics:  s.metrics,
 	})
 	if err != nil {
 		return err

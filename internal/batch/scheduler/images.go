@@ -17,6 +17,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
+	"github.com/prometheus/client_golang/prometheus"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
@@ -91,6 +92,9 @@ type ImagesOptions struct {
 	Parallel int
 	// Logger gets warnings; nil discards.
 	Logger *slog.Logger
+	// Metrics, when set, gets each mount's counters (bytes and spans
+	// fetched, cache hits and misses, fetch latency) while it is mounted.
+	Metrics prometheus.Registerer
 }
 
 // Images is the default ImageSource: full pulls extracted once per image
@@ -180,6 +184,9 @@ func (im *Images) Close() error {
 	im.mu.Unlock()
 	var errs []error
 	for _, m := range mounts {
+		if im.opts.Metrics != nil {
+			im.opts.Metrics.Unregister(m.mp.Collector())
+		}
 		if err := m.mp.Unmount(); err != nil {
 			_ = streamfs.UnmountDir(m.mp.Dir(), true)
 		}
@@ -438,6 +445,11 @@ func (im *Images) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, e
 			return nil, err
 		}
 		m = &mount{mp: mp, config: img.Config.Config}
+		if im.opts.Metrics != nil {
+			if err := im.opts.Metrics.Register(mp.Collector()); err != nil {
+				im.log.Warn("mount metrics not registered", "image", ref, "err", err)
+			}
+		}
 		im.mu.Lock()
 		im.mounts[img.Digest] = m
 		im.mu.Unlock()
