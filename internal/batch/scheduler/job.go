@@ -421,6 +421,20 @@ func (r *jobRun) leaveBarriers(idx int64) {
 	}
 }
 
+// KernelHasNFS reports whether the running kernel can mount NFS.
+func KernelHasNFS() bool {
+	b, err := os.ReadFile("/proc/filesystems")
+	if err != nil {
+		return true // unknown: let mount's own message speak
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) > 0 && (f[len(f)-1] == "nfs" || f[len(f)-1] == "nfs4") {
+			return true
+		}
+	}
+	return false
+}
+
 // nfsMount is one NFS volume mounted for the job.
 type nfsMount struct {
 	once sync.Once
@@ -454,6 +468,9 @@ func (r *jobRun) mountNFS(ctx context.Context, v *batchpb.Volume) error {
 		out, err := exec.CommandContext(ctx, "mount", args...).CombinedOutput()
 		if err != nil {
 			m.err = fmt.Errorf("mount %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+			if !KernelHasNFS() {
+				m.err = fmt.Errorf("%w (this node's kernel has no NFS client: nfs is not in /proc/filesystems; run the job on a node whose kernel has NFS, or copy the data to a host path and use mountPath with a local volume)", m.err)
+			}
 			m.path = ""
 		}
 	})
