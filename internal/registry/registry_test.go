@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/crane"
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -159,5 +160,32 @@ func TestOversizedUploadRefused(t *testing.T) {
 func TestNewErrors(t *testing.T) {
 	if _, err := registry.New(context.Background(), registry.Options{}); err == nil || !strings.Contains(err.Error(), "RootDir") {
 		t.Fatalf("New without RootDir: %v", err)
+	}
+}
+
+// TestCranePush pushes and pulls with go-containerregistry's crane, the
+// library behind the crane CLI, unchanged.
+func TestCranePush(t *testing.T) {
+	_, host := start(t, registry.Options{})
+	img, _ := random.Image(2048, 2)
+	ref := host + "/proj/repo/crane:v1"
+	if err := crane.Push(img, ref, crane.Insecure); err != nil {
+		t.Fatal(err)
+	}
+	got, err := crane.Pull(ref, crane.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := img.Digest()
+	if d, _ := got.Digest(); d != want {
+		t.Fatalf("pulled %s, pushed %s", d, want)
+	}
+	tags, err := crane.ListTags(host+"/proj/repo/crane", crane.Insecure)
+	if err != nil || len(tags) != 1 || tags[0] != "v1" {
+		t.Fatalf("tags = %v, %v", tags, err)
+	}
+	repos, err := crane.Catalog(host, crane.Insecure)
+	if err != nil || len(repos) != 1 {
+		t.Fatalf("catalog = %v, %v", repos, err)
 	}
 }
