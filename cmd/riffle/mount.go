@@ -2,11 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,16 +11,13 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/opencontainers/go-digest"
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/pull"
 	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/server"
 	"github.com/riffle-dev/riffle/internal/streamfs"
-	"github.com/riffle-dev/riffle/internal/unpack"
 )
 
 func init() {
@@ -172,7 +166,7 @@ missing and should be empty. Needs root for ownership, devices and xattrs.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			start := time.Now()
-			n, err := pull(ctx, reg.client(), args[0], args[1], parallel)
+			n, err := pullImage(ctx, reg.client(), args[0], args[1], parallel)
 			if err != nil {
 				return err
 			}
@@ -185,18 +179,11 @@ missing and should be empty. Needs root for ownership, devices and xattrs.`,
 	return cmd
 }
 
-// pull extracts ref into dir: layers are downloaded in parallel into
-// temporary files (verified against their digests by remote.Blob.Open)
-// and applied in order as soon as each one and those below it are there.
-func pull(ctx context.Context, client *remote.Client, ref, dir string, parallel int) (int, error) {
+// pullImage extracts ref into dir with a full pull (package pull).
+func pullImage(ctx context.Context, client *remote.Client, ref, dir string, parallel int) (int, error) {
 	img, err := client.Resolve(ctx, ref, nil)
 	if err != nil {
 		return 0, err
-	}
-	layers := img.Manifest.Layers
-	diffIDs := img.Config.RootFS.DiffIDs
-	if len(diffIDs) != len(layers) {
-		return 0, fmt.Errorf("pull %s: the manifest has %d layers but the config %d diff_ids; the image is malformed", ref, len(layers), len(diffIDs))
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return 0, fmt.Errorf("pull: %w", err)
@@ -206,81 +193,8 @@ func pull(ctx context.Context, client *remote.Client, ref, dir string, parallel 
 		return 0, fmt.Errorf("pull: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ready := make([]chan error, len(layers))
-	for i := range ready {
-		ready[i] = make(chan error, 1)
+	if _, err := pull.Image(ctx, client, img, dir, tmp, parallel); err != nil {
+		return 0, err
 	}
-	var g errgroup.Group
-	g.SetLimit(max(parallel, 1))
-	go func() {
-		for i, d := range layers {
-			g.Go(func() error {
-				ready[i] <- download(ctx, client, img, d.Digest, d.Size, filepath.Join(tmp, fmt.Sprint(i)))
-				return nil
-			})
-		}
-	}()
-	defer g.Wait()
-	for i, d := range layers {
-		var err error
-		select {
-		case err = <-ready[i]:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		if err == nil {
-			err = applyLayer(ctx, dir, filepath.Join(tmp, fmt.Sprint(i)), types.MediaType(d.MediaType), diffIDs[i].String())
-		}
-		if err != nil {
-			cancel()
-			return 0, fmt.Errorf("pull %s: layer %d (%s): %w", ref, i, d.Digest, err)
-		}
-		os.Remove(filepath.Join(tmp, fmt.Sprint(i)))
-	}
-	return len(layers), nil
-}
-
-func download(ctx context.Context, client *remote.Client, img *remote.Image, d digest.Digest, size int64, path string) error {
-	blob, err := client.RepositoryBlob(ctx, img.Repository, d, size)
-	if err != nil {
-		return err
-	}
-	rc, err := blob.Open(ctx)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, rc); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func applyLayer(ctx context.Context, dir, path string, mt types.MediaType, diffID string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r, err := unpack.Decompress(mt, f)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	h := sha256.New()
-	if err := unpack.Apply(ctx, dir, io.TeeReader(r, h)); err != nil {
-		return err
-	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != diffID {
-		return fmt.Errorf("%w: got %s, config says %s", unpack.ErrDiffIDMismatch, got, diffID)
-	}
-	return nil
+	return len(img.Manifest.Layers), nil
 }

@@ -3,11 +3,9 @@ package scheduler
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -15,17 +13,15 @@ import (
 	"sync"
 
 	"github.com/google/go-containerregistry/pkg/authn"
-	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/prometheus/client_golang/prometheus"
-	"golang.org/x/sync/errgroup"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/pull"
 	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/streamfs"
-	"github.com/riffle-dev/riffle/internal/unpack"
 )
 
 // ImageSource gives container runnables their root filesystem: read-only
@@ -261,11 +257,6 @@ func (im *Images) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, err
 // applies them in order into a temporary directory renamed into place
 // once complete, so a crash never leaves a half image that looks whole.
 func (im *Images) extract(ctx context.Context, c *remote.Client, img *remote.Image, final string) (int64, error) {
-	layers := img.Manifest.Layers
-	diffIDs := img.Config.RootFS.DiffIDs
-	if len(diffIDs) != len(layers) {
-		return 0, fmt.Errorf("scheduler: pull %s: the manifest has %d layers but the config %d diff_ids; the image is malformed", img.Reference, len(layers), len(diffIDs))
-	}
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
 	tmp := filepath.Join(im.opts.Dir, "pulled", ".tmp-"+img.Digest.Encoded()+"-"+hex.EncodeToString(rnd[:]))
@@ -279,40 +270,9 @@ func (im *Images) extract(ctx context.Context, c *remote.Client, img *remote.Ima
 			_ = os.RemoveAll(tmp)
 		}
 	}()
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	ready := make([]chan error, len(layers))
-	for i := range ready {
-		ready[i] = make(chan error, 1)
-	}
-	var g errgroup.Group
-	g.SetLimit(im.opts.Parallel)
-	go func() {
-		for i, d := range layers {
-			g.Go(func() error {
-				ready[i] <- download(ctx, c, img, d, filepath.Join(tmp, fmt.Sprint(i)))
-				return nil
-			})
-		}
-	}()
-	defer g.Wait()
-	var fetched int64
-	for i, d := range layers {
-		var err error
-		select {
-		case err = <-ready[i]:
-		case <-ctx.Done():
-			err = ctx.Err()
-		}
-		if err == nil {
-			err = applyLayer(ctx, rootfs, filepath.Join(tmp, fmt.Sprint(i)), types.MediaType(d.MediaType), diffIDs[i].String())
-		}
-		if err != nil {
-			cancel()
-			return 0, fmt.Errorf("scheduler: pull %s: layer %d (%s): %w", img.Reference, i, d.Digest, err)
-		}
-		fetched += d.Size
-		_ = os.Remove(filepath.Join(tmp, fmt.Sprint(i)))
+	fetched, err := pull.Image(ctx, c, img, rootfs, tmp, im.opts.Parallel)
+	if err != nil {
+		return 0, fmt.Errorf("scheduler: %w", err)
 	}
 	// The image's root is the container's "/": world-traversable.
 	_ = os.Chmod(rootfs, 0o755)
@@ -327,48 +287,6 @@ func (im *Images) extract(ctx context.Context, c *remote.Client, img *remote.Ima
 	}
 	ok = true
 	return fetched, nil
-}
-
-func download(ctx context.Context, c *remote.Client, img *remote.Image, d ocispec.Descriptor, path string) error {
-	blob, err := c.RepositoryBlob(ctx, img.Repository, d.Digest, d.Size)
-	if err != nil {
-		return err
-	}
-	rc, err := blob.Open(ctx)
-	if err != nil {
-		return err
-	}
-	defer rc.Close()
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, rc); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
-}
-
-func applyLayer(ctx context.Context, dir, path string, mt types.MediaType, diffID string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	r, err := unpack.Decompress(mt, f)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	h := sha256.New()
-	if err := unpack.Apply(ctx, dir, io.TeeReader(r, h)); err != nil {
-		return err
-	}
-	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != diffID {
-		return fmt.Errorf("%w: got %s, config says %s", unpack.ErrDiffIDMismatch, got, diffID)
-	}
-	return nil
 }
 
 func (im *Images) streamCache() (*cache.Cache, error) {
