@@ -1,10 +1,8 @@
 package server_test
 
 import (
-	"context"
 	"strings"
 	"testing"
-	"time"
 
 	batch "cloud.google.com/go/batch/apiv1"
 	"cloud.google.com/go/batch/apiv1/batchpb"
@@ -16,25 +14,12 @@ import (
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/remote"
-	"github.com/riffle-dev/riffle/internal/server"
 )
 
 // TestBatchAPIOnePort proves that the official Batch client reaches `riffle
 // serve` over REST and over gRPC on the same port.
 func TestBatchAPIOnePort(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srv, err := server.New(ctx, server.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ln, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ctx, ln, time.Second)
-	addr := ln.Addr().String()
+	ctx, _, addr := startServer(t, "")
 
 	rest, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), option.WithoutAuthentication())
 	if err != nil {
@@ -82,19 +67,7 @@ func TestBatchAPIOnePort(t *testing.T) {
 
 // TestSubmitChecksImages: a bad image fails the create, naming the runnable.
 func TestSubmitChecksImages(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srv, err := server.New(ctx, server.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ln, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ctx, ln, time.Second)
-	addr := ln.Addr().String()
+	ctx, _, addr := startServer(t, "")
 	rest, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), option.WithoutAuthentication())
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/remote"
-	"github.com/riffle-dev/riffle/internal/server"
 	"github.com/riffle-dev/riffle/internal/testutil"
 )
 
@@ -25,19 +23,7 @@ func TestServeRunsStreamedJob(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.RequiresBinary(t, "runc")
 	testutil.RequiresBinary(t, "fusermount3")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srv, err := server.New(ctx, server.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ln, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ctx, ln, time.Second)
-	addr := ln.Addr().String()
+	ctx, _, addr := startServer(t, "")
 
 	spec, err := imagegen.Busybox("/bin/busybox")
 	if err != nil {

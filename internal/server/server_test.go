@@ -111,25 +111,14 @@ func waitFor(t *testing.T, ok func() bool) {
 
 func TestPushedImagesAreIndexed(t *testing.T) {
 	dir := t.TempDir()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	srv, err := server.New(ctx, server.Config{DataDir: dir, Listen: "127.0.0.1:0"}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	ln, err := srv.Listen()
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ctx, ln, time.Second)
+	ctx, srv, addr := startServer(t, dir)
 
 	img, err := imagegen.Build(imagegen.AllFeatures())
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := remote.New(remote.Options{})
-	ref := ln.Addr().String() + "/p/r/features:v1"
+	ref := addr + "/p/r/features:v1"
 	if err := c.Push(ctx, ref, img, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -138,7 +127,7 @@ func TestPushedImagesAreIndexed(t *testing.T) {
 		h, _ := l.Digest()
 		d := digest.Digest(h.String())
 		waitFor(t, func() bool { _, _, err := srv.Indexes().Get(d); return err == nil })
-		resp, err := http.Get("http://" + ln.Addr().String() + "/index/v1/layers/" + d.String())
+		resp, err := http.Get("http://" + addr + "/index/v1/layers/" + d.String())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -147,4 +136,29 @@ func TestPushedImagesAreIndexed(t *testing.T) {
 			t.Fatalf("GET index of %s: %s", d, resp.Status)
 		}
 	}
+}
+
+// startServer runs a server on dir (a new temp dir when empty) on a free
+// loopback port until the test ends.
+func startServer(t *testing.T, dir string) (context.Context, *server.Server, string) {
+	t.Helper()
+	if dir == "" {
+		dir = t.TempDir()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	srv, err := server.New(ctx, server.Config{DataDir: dir, Listen: "127.0.0.1:0"}, nil)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	ln, err := srv.Listen()
+	if err != nil {
+		cancel()
+		srv.Close()
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { srv.Serve(ctx, ln, time.Second); close(done) }()
+	t.Cleanup(func() { cancel(); <-done; srv.Close() })
+	return ctx, srv, ln.Addr().String()
 }
