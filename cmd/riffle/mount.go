@@ -8,12 +8,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/pull"
 	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/server"
@@ -51,13 +53,15 @@ func newMountCmd() *cobra.Command {
 		readTimeout time.Duration
 		spanSize    int64
 		debug       bool
+		indexURL    string
 	)
 	cmd := &cobra.Command{
 		Use:   "mount IMAGE DIR",
 		Short: "Mount an image lazily at DIR, read-only, streaming file data as it is read",
-		Long: `mount resolves IMAGE, indexes each of its layers (reading each layer once,
-as no index service is asked yet), and mounts the merged image read-only at DIR
-with FUSE. File data is then fetched span by span as it is read and kept in the
+		Long: `mount resolves IMAGE, gets the index of each of its layers (from the index
+service of a riffle serve given by --index-service, else from index artifacts
+stored beside the image in its registry, else by reading the layer once), and
+mounts the merged image read-only at DIR with FUSE. File data is then fetched span by span as it is read and kept in the
 node cache (--cache-dir). The command stays in the foreground serving the
 mount until it is interrupted or "riffle unmount DIR" is run.
 
@@ -86,12 +90,27 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 			defer c.Close()
 
 			start := time.Now()
-			img, _, err := streamfs.Open(ctx, reg.client(), ref, streamfs.OpenOptions{Build: true, SpanSize: spanSize})
+			client := reg.client()
+			opts := streamfs.OpenOptions{Build: true, SpanSize: spanSize}
+			if indexURL != "" {
+				if !strings.Contains(indexURL, "://") {
+					indexURL = "http://" + indexURL
+				}
+				opts.Indexes = indexsvc.HTTPSource{BaseURL: indexURL}
+			} else if ri, err := client.Resolve(ctx, ref, nil); err == nil {
+				if src, err := indexsvc.LoadReferrers(ctx, client, ri); err == nil && src.Len() > 0 {
+					opts.Indexes = src
+				}
+			}
+			img, _, err := streamfs.Open(ctx, client, ref, opts)
 			if err != nil {
 				if errors.Is(err, streamfs.ErrNotEligible) {
 					return fmt.Errorf("%w (use riffle pull to extract it in full)", err)
 				}
 				return err
+			}
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return fmt.Errorf("mount point: %w", err)
 			}
 			m, err := streamfs.Mount(ctx, dir, img, streamfs.Options{
 				Cache:       c,
@@ -132,6 +151,7 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 	f.DurationVar(&readTimeout, "read-timeout", streamfs.DefaultReadTimeout, "a read that needs the registry fails with EIO after this long")
 	f.Int64Var(&spanSize, "span-size", 0, "uncompressed bytes per span when indexing layers (0: the index default)")
 	f.BoolVar(&debug, "debug", false, "log every FUSE request")
+	f.StringVar(&indexURL, "index-service", "", "URL of a riffle serve whose index service has the image's layer indexes (e.g. http://127.0.0.1:8080)")
 	return cmd
 }
 
