@@ -61,6 +61,7 @@ func main() {
 		cacheDir  = flag.String("fixtures", "/var/cache/riffle-test", "where built images are cached")
 		work      = flag.String("work", "", "scratch directory (default: a new temp dir)")
 		skipRead  = flag.Bool("skip-read-all", false, "skip the read-every-file measurements")
+		spanSize  = flag.Int64("span-size", 0, "uncompressed bytes per index span (0: the index default)")
 	)
 	flag.Parse()
 	log.SetFlags(0)
@@ -86,7 +87,7 @@ func main() {
 		bin = filepath.Join(dir, "riffle")
 		run("go", "build", "-o", bin, "./cmd/riffle")
 	}
-	regAddr, svc := startRegistry(ctx, dir)
+	regAddr, svc := startRegistry(ctx, dir, *spanSize)
 	client := remote.New(remote.Options{})
 	direct := regAddr + "/bench/images/" + *imageKind + ":v1"
 	check(client.Push(ctx, direct, img, nil))
@@ -210,10 +211,10 @@ func buildImage(ctx context.Context, kind, cacheDir string) (v1.Image, string) {
 	return nil, ""
 }
 
-func startRegistry(ctx context.Context, dir string) (string, *indexsvc.Service) {
+func startRegistry(ctx context.Context, dir string, spanSize int64) (string, *indexsvc.Service) {
 	reg, err := registry.New(ctx, registry.Options{RootDir: filepath.Join(dir, "registry")})
 	check(err)
-	svc, err := indexsvc.New(filepath.Join(dir, "indexes"), remote.New(remote.Options{}), indexsvc.Options{})
+	svc, err := indexsvc.New(filepath.Join(dir, "indexes"), remote.New(remote.Options{}), indexsvc.Options{SpanSize: spanSize})
 	check(err)
 	mux := http.NewServeMux()
 	mux.Handle("/v2/", reg)
