@@ -173,29 +173,60 @@ func newPullCmd() *cobra.Command {
 	var (
 		reg      registryFlags
 		parallel int
+		dataDir  string
 	)
 	cmd := &cobra.Command{
-		Use:   "pull IMAGE DIR",
-		Short: "Extract an image in full into DIR (the non-streaming fallback)",
+		Use:   "pull IMAGE [DIR]",
+		Short: "Pull an image in full into the node, or extract it into DIR (the non-streaming fallback)",
 		Long: `pull resolves IMAGE, downloads its layers in parallel (each checked against its
-digest) and applies them in order onto DIR with overlay semantics, checking each
-layer's uncompressed content against the config's diff_ids. DIR is created if
-missing and should be empty. Needs root for ownership, devices and xattrs.`,
-		Args: cobra.ExactArgs(2),
+digest) and applies them in order with overlay semantics, checking each layer's
+uncompressed content against the config's diff_ids.
+
+Without DIR the image goes into the node's image store
+(DATA_DIR/images/pulled), where riffle serve's tasks find it already pulled.
+With DIR it is extracted there; DIR is created if missing and should be empty.
+Needs root for ownership, devices and xattrs.`,
+		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			start := time.Now()
-			n, err := pullImage(ctx, reg.client(), args[0], args[1], parallel)
+			client := reg.client()
+			if len(args) == 2 {
+				n, err := pullImage(ctx, client, args[0], args[1], parallel)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "pulled %s into %s (%d layers) in %v\n", args[0], args[1], n, time.Since(start).Round(time.Millisecond))
+				return nil
+			}
+			if dataDir == "" {
+				dataDir = server.DefaultDataDir()
+			}
+			store := pull.Store(filepath.Join(dataDir, "images", "pulled"))
+			if err := os.MkdirAll(string(store), 0o755); err != nil {
+				return fmt.Errorf("pull: --data-dir: %w", err)
+			}
+			img, err := client.Resolve(ctx, args[0], nil)
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s into %s (%d layers) in %v\n", args[0], args[1], n, time.Since(start).Round(time.Millisecond))
+			if store.Has(img.Digest) {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s (%s) is already pulled at %s\n", args[0], img.Digest, store.RootFS(img.Digest))
+				return nil
+			}
+			n, err := store.Add(ctx, client, img, parallel)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s, %d layers, %d bytes fetched) into the node at %s in %v\n",
+				args[0], img.Digest, len(img.Manifest.Layers), n, store.RootFS(img.Digest), time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}
 	reg.add(cmd)
-	cmd.Flags().IntVar(&parallel, "parallel", 4, "layers downloaded at once")
+	cmd.Flags().IntVar(&parallel, "parallel", pull.DefaultParallel, "layers downloaded at once")
+	cmd.Flags().StringVar(&dataDir, "data-dir", "", "the node's data directory, as given to riffle serve (default $XDG_STATE_HOME/riffle or ~/.local/state/riffle)")
 	return cmd
 }
 

@@ -72,6 +72,23 @@ func TestPullMountUnmount(t *testing.T) {
 		t.Error("pull:", d)
 	}
 
+	// Without DIR the image goes into the node's store, once.
+	dataDir := filepath.Join(base, "data")
+	if got, err := runRiffle(ctx, "pull", ref, "--data-dir", dataDir); err != nil || !strings.Contains(got, "into the node") {
+		t.Fatalf("pull into the node: %v\n%s", err, got)
+	}
+	d, _ := img.Digest()
+	stored, err := fstree.Scan(ctx, filepath.Join(dataDir, "images", "pulled", d.Hex, "rootfs"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range fstree.Diff(wantTree, stored) {
+		t.Error("pull into the node:", d)
+	}
+	if got, err := runRiffle(ctx, "pull", ref, "--data-dir", dataDir); err != nil || !strings.Contains(got, "already pulled") {
+		t.Fatalf("second pull into the node: %v\n%s", err, got)
+	}
+
 	mnt := filepath.Join(base, "mnt")
 	os.Mkdir(mnt, 0o755)
 	done := make(chan error, 1)

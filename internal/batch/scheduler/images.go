@@ -2,8 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -225,21 +223,20 @@ func (im *Images) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, err
 	if err != nil {
 		return nil, err
 	}
-	final := filepath.Join(im.opts.Dir, "pulled", img.Digest.Encoded())
-	rootfs := filepath.Join(final, "rootfs")
-	out := &RootFS{Lower: []string{rootfs}, Config: img.Config.Config, Digest: img.Digest, Method: "pulled", Release: func() {}}
-	if _, err := os.Stat(filepath.Join(final, "complete")); err == nil {
+	store := pull.Store(filepath.Join(im.opts.Dir, "pulled"))
+	out := &RootFS{Lower: []string{store.RootFS(img.Digest)}, Config: img.Config.Config, Digest: img.Digest, Method: "pulled", Release: func() {}}
+	if store.Has(img.Digest) {
 		out.Reused = true
 		return out, nil
 	}
 	type result struct{ fetched int64 }
 	v, err, shared := im.sf.Do("pull "+img.Digest.String(), func() (any, error) {
-		if _, err := os.Stat(filepath.Join(final, "complete")); err == nil {
-			return result{}, nil
-		}
 		// Not ctx: the extraction is shared, one caller giving up must
 		// not fail the others; it ends when the process does.
-		n, err := im.extract(context.WithoutCancel(ctx), c, img, final)
+		n, err := store.Add(context.WithoutCancel(ctx), c, img, im.opts.Parallel)
+		if err != nil {
+			err = fmt.Errorf("scheduler: %w", err)
+		}
 		return result{n}, err
 	})
 	if err != nil {
@@ -251,42 +248,6 @@ func (im *Images) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, err
 		out.Fetched = v.(result).fetched
 	}
 	return out, nil
-}
-
-// extract downloads the layers in parallel into temporary files and
-// applies them in order into a temporary directory renamed into place
-// once complete, so a crash never leaves a half image that looks whole.
-func (im *Images) extract(ctx context.Context, c *remote.Client, img *remote.Image, final string) (int64, error) {
-	var rnd [4]byte
-	_, _ = rand.Read(rnd[:])
-	tmp := filepath.Join(im.opts.Dir, "pulled", ".tmp-"+img.Digest.Encoded()+"-"+hex.EncodeToString(rnd[:]))
-	rootfs := filepath.Join(tmp, "rootfs")
-	if err := os.MkdirAll(rootfs, 0o755); err != nil {
-		return 0, fmt.Errorf("scheduler: %w", err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			_ = os.RemoveAll(tmp)
-		}
-	}()
-	fetched, err := pull.Image(ctx, c, img, rootfs, tmp, im.opts.Parallel)
-	if err != nil {
-		return 0, fmt.Errorf("scheduler: %w", err)
-	}
-	// The image's root is the container's "/": world-traversable.
-	_ = os.Chmod(rootfs, 0o755)
-	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(img.Digest.String()+"\n"), 0o644); err != nil {
-		return 0, fmt.Errorf("scheduler: %w", err)
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		if _, serr := os.Stat(filepath.Join(final, "complete")); serr == nil {
-			return fetched, nil // another process won
-		}
-		return 0, fmt.Errorf("scheduler: %w", err)
-	}
-	ok = true
-	return fetched, nil
 }
 
 func (im *Images) streamCache() (*cache.Cache, error) {
