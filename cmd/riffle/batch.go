@@ -255,80 +255,86 @@ func gcloudSortToOrderBy(s string) (string, error) {
 }
 
 func newBatchDeleteCmd(o *batchOpts) *cobra.Command {
-	var async bool
-	cmd := &cobra.Command{
-		Use:   "delete JOB",
-		Short: "Delete a job, stopping its tasks first; waits until it is gone unless --async",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := o.jobName(args[0])
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			c, addr, err := o.client(ctx)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+	return newBatchStopCmd(o, stopVerb{
+		use: "delete JOB", short: "Delete a job, stopping its tasks first; waits until it is gone unless --async",
+		verb: "delete", noun: "deletion", waiting: "deleted", done: "Deleted",
+		start: func(ctx context.Context, c *batch.Client, name string) (stopOp, error) {
 			op, err := c.DeleteJob(ctx, &batchpb.DeleteJobRequest{Name: name, RequestId: job.NewUUID()})
 			if err != nil {
-				return batchAPIError(addr, "delete "+name, err)
+				return stopOp{}, err
 			}
-			if async {
-				fmt.Fprintf(cmd.ErrOrStderr(), "Job %s deletion is in progress (operation %s).\n", name, op.Name())
-				return nil
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "Waiting for job %s to be deleted...\n", name)
-			if err := waitOp(ctx, op.Poll, op.Done); err != nil {
-				return batchAPIError(addr, "delete "+name, err)
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "Deleted job [%s].\n", name)
-			return nil
+			return stopOp{name: op.Name(), poll: op.Poll, done: op.Done}, nil
 		},
-	}
-	cmd.Flags().BoolVar(&async, "async", false, "return once the deletion has started, without waiting for it to finish")
-	return cmd
+	})
 }
 
 func newBatchCancelCmd(o *batchOpts) *cobra.Command {
-	var async bool
-	cmd := &cobra.Command{
-		Use:   "cancel JOB",
-		Short: "Cancel a job: stop its running tasks and mark it CANCELLED; waits unless --async",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			name, err := o.jobName(args[0])
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
-			c, addr, err := o.client(ctx)
-			if err != nil {
-				return err
-			}
-			defer c.Close()
+	return newBatchStopCmd(o, stopVerb{
+		use: "cancel JOB", short: "Cancel a job: stop its running tasks and mark it CANCELLED; waits unless --async",
+		verb: "cancel", noun: "cancellation", waiting: "cancelled", done: "Cancelled",
+		start: func(ctx context.Context, c *batch.Client, name string) (stopOp, error) {
 			op, err := c.CancelJob(ctx, &batchpb.CancelJobRequest{Name: name, RequestId: job.NewUUID()})
 			if err != nil {
-				return batchAPIError(addr, "cancel "+name, err)
+				return stopOp{}, err
 			}
-			if async {
-				fmt.Fprintf(cmd.ErrOrStderr(), "Job %s cancellation is in progress (operation %s).\n", name, op.Name())
-				return nil
-			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "Waiting for job %s to be cancelled...\n", name)
 			poll := func(ctx context.Context, opts ...gax.CallOption) error {
 				_, err := op.Poll(ctx, opts...)
 				return err
 			}
-			if err := waitOp(ctx, poll, op.Done); err != nil {
-				return batchAPIError(addr, "cancel "+name, err)
+			return stopOp{name: op.Name(), poll: poll, done: op.Done}, nil
+		},
+	})
+}
+
+// stopOp is a started delete or cancel operation.
+type stopOp struct {
+	name string
+	poll func(context.Context, ...gax.CallOption) error
+	done func() bool
+}
+
+// stopVerb describes delete or cancel for newBatchStopCmd.
+type stopVerb struct {
+	use, short, verb, noun, waiting, done string
+	start                                 func(ctx context.Context, c *batch.Client, name string) (stopOp, error)
+}
+
+// newBatchStopCmd builds delete and cancel, which differ only in the call
+// that starts their long-running operation.
+func newBatchStopCmd(o *batchOpts, v stopVerb) *cobra.Command {
+	var async bool
+	cmd := &cobra.Command{
+		Use:   v.use,
+		Short: v.short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name, err := o.jobName(args[0])
+			if err != nil {
+				return err
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "Cancelled job [%s].\n", name)
+			ctx := cmd.Context()
+			c, addr, err := o.client(ctx)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			op, err := v.start(ctx, c, name)
+			if err != nil {
+				return batchAPIError(addr, v.verb+" "+name, err)
+			}
+			if async {
+				fmt.Fprintf(cmd.ErrOrStderr(), "Job %s %s is in progress (operation %s).\n", name, v.noun, op.name)
+				return nil
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "Waiting for job %s to be %s...\n", name, v.waiting)
+			if err := waitOp(ctx, op.poll, op.done); err != nil {
+				return batchAPIError(addr, v.verb+" "+name, err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "%s job [%s].\n", v.done, name)
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&async, "async", false, "return once the cancellation has started, without waiting for it to finish")
+	cmd.Flags().BoolVar(&async, "async", false, "return once the "+v.noun+" has started, without waiting for it to finish")
 	return cmd
 }
 
