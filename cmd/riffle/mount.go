@@ -14,11 +14,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/riffle-dev/riffle/internal/cache"
-	"github.com/riffle-dev/riffle/internal/indexsvc"
+	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/pull"
 	"github.com/riffle-dev/riffle/internal/remote"
-	"github.com/riffle-dev/riffle/internal/server"
 	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
@@ -37,17 +35,16 @@ func (f *registryFlags) add(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.timeout, "registry-timeout", 0, "per-request stall timeout for registry requests (default: the client's)")
 }
 
-func (f *registryFlags) client() *remote.Client {
-	return remote.New(remote.Options{Insecure: f.insecure, Timeout: f.timeout})
+func (f *registryFlags) options() remote.Options {
+	return remote.Options{Insecure: f.insecure, Timeout: f.timeout}
 }
 
-func defaultCacheDir() string {
-	return filepath.Join(server.DefaultDataDir(), "mount-cache")
-}
+func (f *registryFlags) client() *remote.Client { return remote.New(f.options()) }
 
 func newMountCmd() *cobra.Command {
 	var (
 		reg         registryFlags
+		dataDir     string
 		cacheDir    string
 		cacheBytes  int64
 		readTimeout time.Duration
@@ -77,52 +74,25 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 
-			if err := os.MkdirAll(cacheDir, 0o700); err != nil {
-				return fmt.Errorf("--cache-dir: %w", err)
-			}
-			c, err := cache.Open(cacheDir, cache.Options{MaxBytes: cacheBytes})
+			start := time.Now()
+			n, err := newNode(nodeFlags{dataDir: dataDir, cacheDir: cacheDir, cacheBytes: cacheBytes, indexURL: indexURL, reg: reg}, log, func(o *node.Options) {
+				o.SpanSize = spanSize
+				o.Mount.ReadTimeout = readTimeout
+				o.Mount.Debug = debug
+			})
 			if err != nil {
-				if errors.Is(err, cache.ErrLocked) {
-					return fmt.Errorf("--cache-dir %s is in use by another riffle process; give this mount its own --cache-dir: %w", cacheDir, err)
-				}
 				return err
 			}
-			defer c.Close()
-
-			start := time.Now()
-			client := reg.client()
-			opts := streamfs.OpenOptions{Build: true, SpanSize: spanSize}
-			if indexURL != "" {
-				if !strings.Contains(indexURL, "://") {
-					indexURL = "http://" + indexURL
-				}
-				opts.Indexes = indexsvc.HTTPSource{BaseURL: indexURL}
-			} else if ri, err := client.Resolve(ctx, ref, nil); err == nil {
-				if src, err := indexsvc.LoadReferrers(ctx, client, ri); err == nil && src.Len() > 0 {
-					opts.Indexes = src
-				}
-			}
-			img, _, err := streamfs.Open(ctx, client, ref, opts)
+			defer n.Close()
+			m, img, err := n.MountAt(ctx, ref, node.Auth{}, dir)
 			if err != nil {
 				if errors.Is(err, streamfs.ErrNotEligible) {
 					return fmt.Errorf("%w (use riffle pull to extract it in full)", err)
 				}
 				return err
 			}
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return fmt.Errorf("mount point: %w", err)
-			}
-			m, err := streamfs.Mount(ctx, dir, img, streamfs.Options{
-				Cache:       c,
-				ReadTimeout: readTimeout,
-				Logger:      log,
-				Debug:       debug,
-			})
-			if err != nil {
-				return err
-			}
 			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s (%d layers, ready in %v); riffle unmount %s to stop\n",
-				ref, dir, len(img.Layers), time.Since(start).Round(time.Millisecond), dir)
+				ref, dir, len(img.Manifest.Layers), time.Since(start).Round(time.Millisecond), dir)
 			done := make(chan struct{})
 			go func() { m.Wait(); close(done) }()
 			select {
@@ -146,8 +116,9 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 	}
 	reg.add(cmd)
 	f := cmd.Flags()
-	f.StringVar(&cacheDir, "cache-dir", defaultCacheDir(), "node cache directory (one riffle process at a time)")
-	f.Int64Var(&cacheBytes, "cache-bytes", 10<<30, "node cache size limit in bytes")
+	f.StringVar(&dataDir, "data-dir", "", "the node's data directory, as given to riffle serve (default $XDG_STATE_HOME/riffle or ~/.local/state/riffle)")
+	f.StringVar(&cacheDir, "cache-dir", "", "node cache directory (default DATA_DIR/cache; one riffle process at a time)")
+	f.Int64Var(&cacheBytes, "cache-bytes", node.DefaultCacheBytes, "node cache size limit in bytes")
 	f.DurationVar(&readTimeout, "read-timeout", streamfs.DefaultReadTimeout, "a read that needs the registry fails with EIO after this long")
 	f.Int64Var(&spanSize, "span-size", 0, "uncompressed bytes per span when indexing layers (0: the index default)")
 	f.BoolVar(&debug, "debug", false, "log every FUSE request")
@@ -200,27 +171,21 @@ Needs root for ownership, devices and xattrs.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "pulled %s into %s (%d layers) in %v\n", args[0], args[1], n, time.Since(start).Round(time.Millisecond))
 				return nil
 			}
-			if dataDir == "" {
-				dataDir = server.DefaultDataDir()
-			}
-			store := pull.Store(filepath.Join(dataDir, "images", "pulled"))
-			if err := os.MkdirAll(string(store), 0o755); err != nil {
-				return fmt.Errorf("pull: --data-dir: %w", err)
-			}
-			img, err := client.Resolve(ctx, args[0], nil)
+			n, err := newNode(nodeFlags{dataDir: dataDir, reg: reg}, nil, func(o *node.Options) { o.Parallel = parallel })
 			if err != nil {
 				return err
 			}
-			if store.Has(img.Digest) {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s (%s) is already pulled at %s\n", args[0], img.Digest, store.RootFS(img.Digest))
+			defer n.Close()
+			rfs, err := n.Pull(ctx, args[0], node.Auth{})
+			if err != nil {
+				return err
+			}
+			if rfs.Reused {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s (%s) is already pulled at %s\n", args[0], rfs.Digest, strings.Join(rfs.Lower, ":"))
 				return nil
 			}
-			n, err := store.Add(ctx, client, img, parallel)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s, %d layers, %d bytes fetched) into the node at %s in %v\n",
-				args[0], img.Digest, len(img.Manifest.Layers), n, store.RootFS(img.Digest), time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s, %d bytes fetched) into the node at %s in %v\n",
+				args[0], rfs.Digest, rfs.Fetched, strings.Join(rfs.Lower, ":"), time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}

@@ -59,9 +59,8 @@
 // event saying why. Each container runnable's start adds an IMAGE_STREAMED
 // or IMAGE_PULLED event naming the digest, the time until the image was
 // ready and until the container ran, and the bytes fetched; a streamed
-// runnable also reports the bytes its mount fetched while it ran. Images is
-// the default ImageSource: pulls extracted once per manifest digest and
-// shared, streamfs mounts made once per digest and kept until Close.
+// runnable also reports the bytes its mount fetched while it ran. The node
+// engine (package node) is the ImageSource riffle serve uses.
 //
 // # Volumes
 //
@@ -81,7 +80,7 @@
 // Cancel stops the job's running runnables and then completes the stop
 // (store.FinishStop: CANCELLED, or the job deleted with its logs). Start
 // recovers from a previous process, even one killed with SIGKILL: it
-// removes its containers and mounts (runtime.Cleanup, and NewImages
+// removes its containers and mounts (runtime.Cleanup, and node.New
 // unmounts dead stream mounts), completes stops that were in progress,
 // and puts tasks left ASSIGNED or RUNNING back to PENDING, or FAILED with
 // exit code 50003 when maxRetryCount and lifecyclePolicies allow no other
