@@ -51,6 +51,8 @@ func newMountCmd() *cobra.Command {
 		spanSize    int64
 		debug       bool
 		indexURL    string
+		background  bool
+		readyFD     int
 	)
 	cmd := &cobra.Command{
 		Use:   "mount IMAGE DIR",
@@ -60,13 +62,22 @@ service of a riffle serve given by --index-service, else from index artifacts
 stored beside the image in its registry, else by reading the layer once), and
 mounts the merged image read-only at DIR with FUSE. File data is then fetched span by span as it is read and kept in the
 node cache (--cache-dir). The command stays in the foreground serving the
-mount until it is interrupted or "riffle unmount DIR" is run.
+mount until it is interrupted or "riffle unmount DIR" is run; with
+--background it returns as soon as the mount is ready and a background
+process serves it (its log goes to DATA_DIR/mount.log).
 
 An image that cannot be streamed (a layer that cannot be indexed, such as one
 zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, dir := args[0], args[1]
+			if background {
+				return mountInBackground(cmd, args, dataDir)
+			}
+			ready := func(error) {}
+			if readyFD > 0 {
+				ready = readyNotifier(readyFD)
+			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 			if debug {
 				log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -81,16 +92,19 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 				o.Mount.Debug = debug
 			})
 			if err != nil {
+				ready(err)
 				return err
 			}
 			defer n.Close()
 			m, img, err := n.MountAt(ctx, ref, node.Auth{}, dir)
 			if err != nil {
 				if errors.Is(err, streamfs.ErrNotEligible) {
-					return fmt.Errorf("%w (use riffle pull to extract it in full)", err)
+					err = fmt.Errorf("%w (use riffle pull to extract it in full)", err)
 				}
+				ready(err)
 				return err
 			}
+			ready(nil)
 			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s (%d layers, ready in %v); riffle unmount %s to stop\n",
 				ref, dir, len(img.Manifest.Layers), time.Since(start).Round(time.Millisecond), dir)
 			done := make(chan struct{})
@@ -123,6 +137,9 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 	f.Int64Var(&spanSize, "span-size", 0, "uncompressed bytes per span when indexing layers (0: the index default)")
 	f.BoolVar(&debug, "debug", false, "log every FUSE request")
 	f.StringVar(&indexURL, "index-service", "", "URL of a riffle serve whose index service has the image's layer indexes (e.g. http://127.0.0.1:8080)")
+	f.BoolVar(&background, "background", false, "return once the mount is ready, serving it from a background process")
+	f.IntVar(&readyFD, readyFDFlag, 0, "descriptor to report readiness on (used by --background)")
+	_ = f.MarkHidden(readyFDFlag)
 	return cmd
 }
 

@@ -238,6 +238,9 @@ func (n *Node) begin() error {
 	return nil
 }
 
+// Layout returns the node's data directory layout.
+func (n *Node) Layout() Layout { return n.opts.Layout }
+
 // Client returns the registry client for auth, one per credential.
 func (n *Node) Client(a Auth) *remote.Client {
 	n.mu.Lock()
