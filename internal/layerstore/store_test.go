@@ -45,17 +45,45 @@ func StandaloneFeatures() imagegen.Spec {
 
 func slicesClone[T any](s []T) []T { return append([]T(nil), s...) }
 
-func build(t testing.TB, spec imagegen.Spec) v1.Image {
+// built caches build's images by name (string -> v1.Image): building is
+// slow under -race and -count=20.
+var built sync.Map
+
+func build(t testing.TB, name string, spec func() imagegen.Spec) v1.Image {
 	t.Helper()
-	img, err := imagegen.Build(spec)
+	if img, ok := built.Load(name); ok {
+		return img.(v1.Image)
+	}
+	img, err := imagegen.Build(spec())
 	if err != nil {
 		t.Fatal(err)
 	}
+	built.Store(name, img)
 	return img
 }
 
+func features(t testing.TB) v1.Image { return build(t, "features", StandaloneFeatures) }
+
+type tarKey struct {
+	img v1.Image
+	i   int
+}
+
+// tars caches tarOf's results (tarKey -> []byte).
+var tars sync.Map
+
 // tarOf returns layer i's uncompressed tar and diffID.
 func tarOf(t testing.TB, img v1.Image, i int) ([]byte, digest.Digest) {
+	t.Helper()
+	if b, ok := tars.Load(tarKey{img, i}); ok {
+		return b.([]byte), digest.FromBytes(b.([]byte))
+	}
+	b := readTar(t, img, i)
+	tars.Store(tarKey{img, i}, b)
+	return b, digest.FromBytes(b)
+}
+
+func readTar(t testing.TB, img v1.Image, i int) []byte {
 	t.Helper()
 	layers, err := img.Layers()
 	if err != nil {
@@ -70,7 +98,7 @@ func tarOf(t testing.TB, img v1.Image, i int) ([]byte, digest.Digest) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b, digest.FromBytes(b)
+	return b
 }
 
 func open(t testing.TB, dir string) *layerstore.Store {
@@ -114,15 +142,15 @@ func TestOverlayMatchesMergedApply(t *testing.T) {
 	testutil.RequiresRoot(t)
 	for _, tc := range []struct {
 		name string
-		spec imagegen.Spec
+		spec func() imagegen.Spec
 	}{
-		{"features", StandaloneFeatures()},
-		{"features docker", StandaloneFeatures().Docker()},
-		{"large", imagegen.Large(2 << 20)},
+		{"features", StandaloneFeatures},
+		{"features docker", func() imagegen.Spec { return StandaloneFeatures().Docker() }},
+		{"large", func() imagegen.Spec { return imagegen.Large(2 << 20) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			img := build(t, tc.spec)
+			img := build(t, tc.name, tc.spec)
 			merged := t.TempDir()
 			if err := unpack.Image(ctx, merged, img); err != nil {
 				t.Fatal(err)
@@ -167,7 +195,7 @@ func topMostOrder(s *layerstore.Store, diffIDs []v1.Hash) []string {
 // Whiteouts and opaque directories are stored as overlayfs reads them.
 func TestOverlayFormat(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	s := open(t, t.TempDir())
 	b, d := tarOf(t, img, 1)
 	if err := s.Extract(context.Background(), d, bytes.NewReader(b), nil); err != nil {
@@ -194,7 +222,7 @@ func TestOverlayFormat(t *testing.T) {
 
 func TestCrossLayerHardLinkIsRefused(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, imagegen.AllFeatures())
+	img := build(t, "all features", imagegen.AllFeatures)
 	s := open(t, t.TempDir())
 	b, d := tarOf(t, img, 1)
 	err := s.Extract(context.Background(), d, bytes.NewReader(b), nil)
@@ -208,7 +236,7 @@ func TestCrossLayerHardLinkIsRefused(t *testing.T) {
 // streaming index has for it, after its content is on disk.
 func TestOnFileMatchesIndex(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	layers, err := img.Layers()
 	if err != nil {
 		t.Fatal(err)
@@ -298,7 +326,7 @@ func (g *gatedReader) Read(p []byte) (int, error) {
 // the waiters see no onFile calls.
 func TestConcurrentExtractOfOneLayer(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	b, d := tarOf(t, img, 0)
 	s := open(t, t.TempDir())
 	ctx := context.Background()
@@ -333,7 +361,7 @@ func TestConcurrentExtractOfOneLayer(t *testing.T) {
 // success without extracting.
 func TestExtractWaitsForAnotherStore(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	b, d := tarOf(t, img, 0)
 	dir := t.TempDir()
 	s1, s2 := open(t, dir), open(t, dir)
@@ -365,7 +393,7 @@ func TestExtractWaitsForAnotherStore(t *testing.T) {
 // from its own stream.
 func TestWaiterTakesOverFromCancelledLeader(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	b, d := tarOf(t, img, 0)
 	s := open(t, t.TempDir())
 	lctx, cancel := context.WithCancel(context.Background())
@@ -415,7 +443,7 @@ func assertNothingLeft(t *testing.T, s *layerstore.Store, d digest.Digest) {
 
 func TestDiffIDMismatchLeavesNothing(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	b, _ := tarOf(t, img, 0)
 	s := open(t, t.TempDir())
 	wrong := digest.FromString("not this layer")
@@ -444,7 +472,7 @@ func (c *cancelAfter) Read(p []byte) (int, error) {
 
 func TestCancelledExtractLeavesNothing(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	b, d := tarOf(t, img, 0)
 	s := open(t, t.TempDir())
 	ctx, cancel := context.WithCancel(context.Background())
@@ -462,7 +490,7 @@ func TestCancelledExtractLeavesNothing(t *testing.T) {
 
 func TestListAndRemove(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	s := open(t, t.TempDir())
 	var ds []digest.Digest
 	for i := range 2 {
@@ -505,7 +533,7 @@ func TestOpenRemovesIncompleteLayers(t *testing.T) {
 	testutil.RequiresRoot(t)
 	dir := t.TempDir()
 	s := open(t, dir)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	b, done := tarOf(t, img, 0)
 	if err := s.Extract(context.Background(), done, bytes.NewReader(b), nil); err != nil {
 		t.Fatal(err)
@@ -555,7 +583,7 @@ func TestOpenRemovesIncompleteLayers(t *testing.T) {
 // leaves a complete layer.
 func TestCrashedProcess(t *testing.T) {
 	testutil.RequiresRoot(t)
-	img := build(t, StandaloneFeatures())
+	img := features(t)
 	b, d := tarOf(t, img, 0)
 	dir := t.TempDir()
 	p := startChild(t, dir, b, d, "hang")
