@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -170,8 +169,10 @@ func newPullCmd() *cobra.Command {
 digest) and applies them in order with overlay semantics, checking each layer's
 uncompressed content against the config's diff_ids.
 
-Without DIR the image goes into the node's image store
-(DATA_DIR/images/pulled), where riffle serve's tasks find it already pulled.
+Without DIR the image's layers go into the node's layer store
+(DATA_DIR/layers, one directory per layer, shared by every image that has
+it), where riffle serve's tasks and riffle run find them already pulled;
+layers are downloaded and extracted in parallel.
 With DIR it is extracted there; DIR is created if missing and should be empty.
 Needs root for ownership, devices and xattrs.`,
 		Args: cobra.RangeArgs(1, 2),
@@ -198,11 +199,11 @@ Needs root for ownership, devices and xattrs.`,
 				return err
 			}
 			if rfs.Reused {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s (%s) is already pulled at %s\n", args[0], rfs.Digest, strings.Join(rfs.Lower, ":"))
+				fmt.Fprintf(cmd.OutOrStdout(), "%s (%s) is already pulled: %d layers in %s\n", args[0], rfs.Digest, len(rfs.Lower), n.Layout().Layers())
 				return nil
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s, %d bytes fetched) into the node at %s in %v\n",
-				args[0], rfs.Digest, rfs.Fetched, strings.Join(rfs.Lower, ":"), time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s, %d bytes fetched) into the node: %d layers in %s, in %v\n",
+				args[0], rfs.Digest, rfs.Fetched, len(rfs.Lower), n.Layout().Layers(), time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}

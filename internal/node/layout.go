@@ -42,12 +42,13 @@ func DefaultLayout() Layout { return Layout{Root: DefaultRoot()} }
 // Cache is the node cache: spans of streamed layers and layer indexes.
 func (l Layout) Cache() string { return filepath.Join(l.Root, "cache") }
 
-// Layers is the layer store: every layer extracted once, in overlayfs
-// format, shared by pulled and settled images.
+// Layers is the layer store (package layerstore): every layer extracted
+// once, in overlayfs format, shared by pulled and settled images.
 func (l Layout) Layers() string { return filepath.Join(l.Root, "layers") }
 
-// Pulled is the store of images pulled in full, one tree per manifest.
-func (l Layout) Pulled() string { return filepath.Join(l.Root, "images", "pulled") }
+// Flat holds images pulled flat, all layers merged into one tree, when
+// their layers cannot be extracted on their own (pull.Store).
+func (l Layout) Flat() string { return filepath.Join(l.Root, "images", "flat") }
 
 // Mounts holds the mount points of streamed images.
 func (l Layout) Mounts() string { return filepath.Join(l.Root, "images", "mounts") }

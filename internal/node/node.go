@@ -17,9 +17,11 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/layerstore"
 	"github.com/riffle-dev/riffle/internal/pull"
 	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/streamfs"
+	"github.com/riffle-dev/riffle/internal/unpack"
 )
 
 // ErrClosed is returned by Pull and Stream once Close has begun.
@@ -33,8 +35,13 @@ type Auth struct {
 
 // How an image arrived, as RootFS.Method reports it.
 const (
+	// MethodStreamed: a lazy FUSE mount; file data arrives as it is read.
 	MethodStreamed = "streamed"
-	MethodPulled   = "pulled"
+	// MethodPulled: every layer was downloaded and extracted first.
+	MethodPulled = "pulled"
+	// MethodSettled: a streamed image whose layers have all been extracted
+	// on the node since, served as overlayfs over them (no FUSE).
+	MethodSettled = "settled"
 )
 
 // RootFS is an image made available on the node: read-only directories a
@@ -117,6 +124,8 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	layers *layerstore.Store
+
 	mu       sync.Mutex
 	clients  map[Auth]*remote.Client
 	mounts   map[digest.Digest]*mount
@@ -147,14 +156,18 @@ func New(opts Options) (*Node, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	for _, d := range []string{opts.Layout.Pulled(), opts.Layout.Mounts()} {
+	for _, d := range []string{opts.Layout.Mounts(), opts.Layout.Flat()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
+	layers, err := layerstore.Open(opts.Layout.Layers())
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
-		opts: opts, log: log, ctx: ctx, cancel: cancel,
+		opts: opts, log: log, ctx: ctx, cancel: cancel, layers: layers,
 		clients: map[Auth]*remote.Client{}, mounts: map[digest.Digest]*mount{}, cache: opts.Cache,
 	}
 	if err := n.cleanup(); err != nil {
@@ -167,7 +180,8 @@ func New(opts Options) (*Node, error) {
 func isAbs(p string) bool { return strings.HasPrefix(p, "/") }
 
 // cleanup removes what a previous process left: dead stream mounts and
-// half-extracted pulls.
+// half-extracted flat pulls (the layer store removes its own half-extracted
+// layers).
 func (n *Node) cleanup() error {
 	var errs []error
 	mdir := n.opts.Layout.Mounts()
@@ -179,11 +193,11 @@ func (n *Node) cleanup() error {
 			errs = append(errs, fmt.Errorf("node: leftover mount %s: %w", p, err))
 		}
 	}
-	pdir := n.opts.Layout.Pulled()
-	ents, _ = os.ReadDir(pdir)
+	fdir := n.opts.Layout.Flat()
+	ents, _ = os.ReadDir(fdir)
 	for _, e := range ents {
 		if strings.HasPrefix(e.Name(), ".tmp-") {
-			if err := os.RemoveAll(pdir + "/" + e.Name()); err != nil {
+			if err := os.RemoveAll(fdir + "/" + e.Name()); err != nil {
 				errs = append(errs, fmt.Errorf("node: %w", err))
 			}
 		}
@@ -305,22 +319,33 @@ func (n *Node) shared(ctx context.Context, key string, fn func(ctx context.Conte
 	}
 }
 
-// Pull resolves ref and extracts the image into the node's image store
-// once; concurrent and later pulls of the same manifest share it.
+// Pull resolves ref and extracts every layer it does not have yet into
+// the node's layer store, in parallel, each layer once however many
+// images share it; concurrent pulls of one manifest share the work. The
+// root filesystem is overlayfs over the layer directories.
 func (n *Node) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
 	c := n.Client(auth)
 	img, err := c.Resolve(ctx, ref, nil)
 	if err != nil {
 		return nil, err
 	}
-	store := pull.Store(n.opts.Layout.Pulled())
-	out := &RootFS{Lower: []string{store.RootFS(img.Digest)}, Config: img.Config.Config, Digest: img.Digest, Method: MethodPulled, Release: func() {}}
-	if store.Has(img.Digest) {
+	out := &RootFS{Lower: pull.LowerDirs(n.layers, img), Config: img.Config.Config, Digest: img.Digest, Method: MethodPulled, Release: func() {}}
+	if n.complete(img) {
 		out.Reused = true
 		return out, nil
 	}
+	flat := pull.Store(n.opts.Layout.Flat())
+	if flat.Has(img.Digest) {
+		out.Lower, out.Reused = []string{flat.RootFS(img.Digest)}, true
+		return out, nil
+	}
 	v, shared, err := n.shared(ctx, "pull "+img.Digest.String(), func(ctx context.Context) (any, error) {
-		fetched, err := store.Add(ctx, c, img, n.opts.Parallel)
+		fetched, err := pull.Layers(ctx, c, img, n.layers, n.opts.Parallel)
+		if errors.Is(err, unpack.ErrCrossLayerLink) {
+			n.log.Info("node: a layer links into a lower one; pulling the image flat", "image", img.Reference, "err", err)
+			more, ferr := flat.Add(ctx, c, img, n.opts.Parallel)
+			return fetched + more, ferr
+		}
 		if err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
@@ -328,6 +353,9 @@ func (n *Node) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, error)
 	})
 	if err != nil {
 		return nil, err
+	}
+	if flat.Has(img.Digest) {
+		out.Lower = []string{flat.RootFS(img.Digest)}
 	}
 	if shared {
 		out.Reused = true
@@ -337,14 +365,45 @@ func (n *Node) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, error)
 	return out, nil
 }
 
-// Stream mounts ref lazily under Layout.Mounts(), once per manifest; the
-// mount stays until Close so later tasks find its data warm. An error
-// wrapping streamfs.ErrNotEligible says why the image cannot be streamed.
+// complete reports whether every layer of img is in the layer store.
+func (n *Node) complete(img *remote.Image) bool {
+	for _, d := range img.Config.RootFS.DiffIDs {
+		if !n.layers.Has(d) {
+			return false
+		}
+	}
+	return true
+}
+
+// settled returns img as overlayfs over its extracted layers, when every
+// layer is in the store: a streamed image that has settled, or one pulled.
+func (n *Node) settled(img *remote.Image) *RootFS {
+	out := &RootFS{Config: img.Config.Config, Digest: img.Digest, Method: MethodSettled, Reused: true, Release: func() {}}
+	switch flat := pull.Store(n.opts.Layout.Flat()); {
+	case n.complete(img):
+		out.Lower = pull.LowerDirs(n.layers, img)
+	case flat.Has(img.Digest):
+		out.Lower = []string{flat.RootFS(img.Digest)}
+	default:
+		return nil
+	}
+	return out
+}
+
+// Stream gives ref's root filesystem without waiting for its data. An
+// image whose layers are all on the node already (settled, or pulled) is
+// overlayfs over them, with no FUSE on its data path. Otherwise ref is
+// mounted lazily under Layout.Mounts(), once per manifest, and the mount
+// stays until Close so later tasks find its data warm. An error wrapping
+// streamfs.ErrNotEligible says why the image cannot be streamed.
 func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
 	c := n.Client(auth)
 	img, err := c.Resolve(ctx, ref, nil)
 	if err != nil {
 		return nil, err
+	}
+	if rfs := n.settled(img); rfs != nil {
+		return rfs, nil
 	}
 	rootfs := func(m *mount, reused bool, fetched int64) *RootFS {
 		return &RootFS{

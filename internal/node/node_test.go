@@ -94,7 +94,7 @@ func TestLayoutPaths(t *testing.T) {
 	l := node.Layout{Root: "/data"}
 	seen := map[string]string{}
 	for what, p := range map[string]string{
-		"cache": l.Cache(), "layers": l.Layers(), "pulled": l.Pulled(), "mounts": l.Mounts(),
+		"cache": l.Cache(), "layers": l.Layers(), "flat": l.Flat(), "mounts": l.Mounts(),
 		"profiles": l.Profiles(), "registry": l.Registry(), "indexes": l.Indexes(), "runtime": l.Runtime(),
 	} {
 		if !strings.HasPrefix(p, "/data/") {
@@ -203,7 +203,7 @@ func TestCallerGivingUpDoesNotFailOthers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(rfs.Lower[0], "bin")); err != nil {
+	if _, err := os.Stat(filepath.Join(rfs.Lower[len(rfs.Lower)-1], "bin")); err != nil {
 		t.Errorf("pulled tree: %v", err)
 	}
 }
@@ -220,4 +220,46 @@ func smallSpec() imagegen.Spec {
 			{Type: imagegen.File, Name: "data/a.bin", Size: 2 << 20, Seed: 2},
 		}},
 	}}
+}
+
+// TestPulledImageStreamsSettled: once every layer of an image is in the
+// layer store, Stream serves it as overlayfs over the layer directories,
+// with no FUSE mount, and a second Pull fetches nothing.
+func TestPulledImageStreamsSettled(t *testing.T) {
+	testutil.RequiresRoot(t)
+	tr := newRegistry(t)
+	ref := tr.push(t, "p/r/features", smallSpec())
+	root := t.TempDir()
+	n := newNode(t, root, nil)
+	defer n.Close()
+	ctx := context.Background()
+	pulled, err := n.Pull(ctx, ref, node.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pulled.Method != node.MethodPulled || pulled.Reused || pulled.Fetched == 0 || len(pulled.Lower) != 2 {
+		t.Fatalf("pull: %+v", pulled)
+	}
+	again, err := n.Pull(ctx, ref, node.Auth{})
+	if err != nil || !again.Reused {
+		t.Fatalf("second pull: %+v, %v", again, err)
+	}
+	rfs, err := n.Stream(ctx, ref, node.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rfs.Method != node.MethodSettled || strings.Join(rfs.Lower, ":") != strings.Join(pulled.Lower, ":") {
+		t.Fatalf("stream of a pulled image: method %q lower %v, want settled on %v", rfs.Method, rfs.Lower, pulled.Lower)
+	}
+	for _, d := range rfs.Lower {
+		if !strings.HasPrefix(d, filepath.Join(root, "layers")+"/") {
+			t.Errorf("lower dir %s is not in the layer store", d)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(rfs.Lower[0], "data", "a.bin")); err != nil {
+		t.Errorf("top layer: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(root, "images", "mounts")); len(ents) != 0 {
+		t.Errorf("a settled image was mounted: %v", ents)
+	}
 }
