@@ -67,7 +67,8 @@ func Open(ctx context.Context, client *remote.Client, ref string, opts OpenOptio
 	if par <= 0 {
 		par = 4
 	}
-	out := Image{Name: ref, Layers: make([]Layer, len(layers))}
+	out := Image{Name: ref, Layers: make([]Layer, len(layers)), DiffIDs: make([]digest.Digest, len(layers))}
+	copy(out.DiffIDs, diffIDs)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(par)
 	repo := img.Repository.String()

@@ -7,6 +7,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,7 +46,11 @@ type node struct {
 	layer      int   // regular files: index into Image.Layers
 	off        int64 // regular files: data offset in the uncompressed stream
 	digest     digest.Digest
-	fuseInode  any // *fs.Inode once mounted; set by the fs code
+	name       string // regular files: the entry's cleaned name in its layer
+	fuseInode  any    // *fs.Inode once mounted; set by the fs code
+	// local is the path of the file extracted whole into the layer store
+	// (nil until the background stream has written and checked it).
+	local atomic.Pointer[string]
 	subdirs    uint32
 	visitCount uint32
 }
@@ -191,7 +196,7 @@ func (b *treeBuilder) add(e Entry, streamEnd int64) error {
 		if e.Size > 0 && e.Digest.Validate() != nil {
 			return fmt.Errorf("streamfs: %s: invalid content digest %q", name, e.Digest)
 		}
-		n = &node{typ: unix.S_IFREG, size: e.Size, layer: b.layer, off: e.Offset, digest: e.Digest}
+		n = &node{typ: unix.S_IFREG, size: e.Size, layer: b.layer, off: e.Offset, digest: e.Digest, name: name}
 	case tar.TypeSymlink:
 		n = &node{typ: unix.S_IFLNK, perm: 0o777, link: e.Linkname, size: int64(len(e.Linkname))}
 	case tar.TypeLink:
