@@ -85,6 +85,10 @@ type bgLayer struct {
 	idx    int
 	diffID digest.Digest
 	files  []*node // regular non-empty files of the tree from this layer, by offset
+	// followers are later layers with the same diffID: one stream serves
+	// them all (an image may hold one layer twice).
+	followers []*bgLayer
+	leader    bool
 
 	state atomic.Pointer[string]
 	// pos is how many uncompressed bytes the store has consumed.
@@ -99,6 +103,14 @@ type bgLayer struct {
 func (b *bgLayer) setState(s string) {
 	b.state.Store(&s)
 	b.notify()
+}
+
+// setStates sets the state of b and its followers.
+func (b *bgLayer) setStates(s string) {
+	b.setState(s)
+	for _, f := range b.followers {
+		f.setState(s)
+	}
 }
 
 func (b *bgLayer) getState() string { return *b.state.Load() }
@@ -154,8 +166,23 @@ func (m *MountPoint) setupBackground() error {
 		}
 	}
 	tooBig := m.opts.MaxBackgroundBytes > 0 && total > m.opts.MaxBackgroundBytes
+	first := map[digest.Digest]*bgLayer{}
 	for i, l := range b.layers {
 		_, streamable := m.img.Layers[i].(LayerStreamer)
+		if f := first[l.diffID]; f != nil {
+			f.followers = append(f.followers, l)
+			if f.getState() == LayerComplete {
+				m.layerComplete(l, b.store)
+			} else {
+				l.setState(f.getState())
+			}
+			if l.getState() != LayerComplete {
+				b.left.Add(1)
+			}
+			continue
+		}
+		first[l.diffID] = l
+		l.leader = true
 		switch {
 		case b.store.Has(l.diffID):
 			m.layerComplete(l, b.store)
@@ -178,7 +205,7 @@ func (m *MountPoint) startBackground() {
 	b := m.background
 	var todo []*bgLayer
 	for _, l := range b.layers {
-		if l.getState() == LayerPending {
+		if l.leader && l.getState() == LayerPending {
 			todo = append(todo, l)
 		}
 	}
@@ -195,22 +222,24 @@ func (m *MountPoint) startBackground() {
 			select {
 			case sem <- struct{}{}:
 			case <-m.ctx.Done():
-				l.setState(LayerFailed)
+				l.setStates(LayerFailed)
 				return
 			}
 			defer func() { <-sem }()
-			l.setState(LayerStreaming)
+			l.setStates(LayerStreaming)
 			if err := m.streamLayer(m.ctx, l); err != nil {
-				l.setState(LayerFailed)
+				l.setStates(LayerFailed)
 				m.metrics.bgErrors.Inc()
 				if m.ctx.Err() == nil {
 					m.log.Warn("streamfs: background stream of layer failed; its files stay on demand", "layer", m.img.Layers[l.idx].Digest(), "err", err)
 				}
 				return
 			}
-			m.layerComplete(l, b.store)
-			if b.left.Add(-1) == 0 {
-				close(b.complete)
+			for _, x := range append([]*bgLayer{l}, l.followers...) {
+				m.layerComplete(x, b.store)
+				if x.getState() == LayerComplete && b.left.Add(-1) == 0 {
+					close(b.complete)
+				}
 			}
 		}()
 	}
@@ -246,8 +275,16 @@ func (m *MountPoint) streamLayer(ctx context.Context, l *bgLayer) error {
 	return nil
 }
 
-// fileStored makes the tree's node for f local if f is exactly its content.
+// fileStored makes the tree's node for f local if f is exactly its content,
+// in layer l and the layers that follow its stream.
 func (m *MountPoint) fileStored(l *bgLayer, f StoredFile) {
+	m.fileStoredIn(l, f)
+	for _, x := range l.followers {
+		m.fileStoredIn(x, f)
+	}
+}
+
+func (m *MountPoint) fileStoredIn(l *bgLayer, f StoredFile) {
 	i := sort.Search(len(l.files), func(i int) bool { return l.files[i].off >= f.Offset })
 	if i < len(l.files) && l.files[i].off == f.Offset {
 		n := l.files[i]
@@ -405,6 +442,9 @@ type posReader struct {
 func (p *posReader) Read(b []byte) (int, error) {
 	n, err := p.r.Read(b)
 	p.l.pos.Add(int64(n))
+	for _, f := range p.l.followers {
+		f.pos.Add(int64(n))
+	}
 	p.m.metrics.bgBytes.Add(float64(n))
 	return n, err
 }

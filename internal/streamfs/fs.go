@@ -190,7 +190,7 @@ type backing interface {
 type localFile struct{ f *os.File }
 
 func (l localFile) File() *os.File { return l.f }
-func (l localFile) Close() error  { return l.f.Close() }
+func (l localFile) Close() error   { return l.f.Close() }
 
 // wholeFile returns file n whole: from the layer store (waiting a little
 // when its layer's stream is about to reach it), else from the cache.

@@ -34,9 +34,9 @@ const (
 
 // Span states in the recorder.
 const (
-	spanSeen      uint8 = 1 << iota // a reader used it (recorded if in budget)
-	spanProfiled                    // fetched because the profile lists it
-	spanHitCounted                  // its profile hit has been counted
+	spanSeen       uint8 = 1 << iota // a reader used it (recorded if in budget)
+	spanProfiled                     // fetched because the profile lists it
+	spanHitCounted                   // its profile hit has been counted
 )
 
 // recorder records which spans readers use first and counts profile hits.
@@ -184,14 +184,10 @@ func (m *MountPoint) startProfile() {
 			defer m.bg.Done()
 			for j := range jobs {
 				ctx, cancel := context.WithTimeout(m.ctx, m.opts.ReadTimeout)
-				e, missed, err := m.span(ctx, j.l, j.s, prioProfile)
-				cancel()
-				if err == nil {
+				if e, _, err := m.span(ctx, j.l, j.s, prioProfile); err == nil {
 					e.Close()
-					if missed {
-						m.profile.markProfiled(j.l, j.s)
-					}
 				}
+				cancel()
 			}
 		}()
 	}

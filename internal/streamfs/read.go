@@ -167,6 +167,7 @@ func (m *MountPoint) fetch(ctx context.Context, l, s int, prio priority) ([]byte
 			m.metrics.spans.Inc()
 			m.metrics.bytes.Add(float64(len(data)))
 			if prio == prioProfile {
+				m.profile.markProfiled(l, s)
 				m.metrics.profileSpans.Inc()
 				m.metrics.profileBytes.Add(float64(len(data)))
 			}
