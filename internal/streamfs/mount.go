@@ -115,7 +115,7 @@ type MountPoint struct {
 	// urgent counts span fetches readers are blocked on (and profile
 	// fetches): the background streams pause while there are any.
 	urgent atomic.Int64
-	// lastSpan is, per layer, the span a reader read last (-1 none), to
+	// lastSpan is, per layer, the span a reader read last (-2 none), to
 	// see readers walking a layer's files in order.
 	lastSpan []atomic.Int64
 	profile  *recorder
@@ -179,7 +179,7 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 	}
 	m.lastSpan = make([]atomic.Int64, len(img.Layers))
 	for i := range m.lastSpan {
-		m.lastSpan[i].Store(-1)
+		m.lastSpan[i].Store(-2)
 	}
 	root, nodes, err := buildTree(tables, ends)
 	if err != nil {
