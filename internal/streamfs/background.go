@@ -12,11 +12,12 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/riffle-dev/riffle/internal/layerstore"
 )
 
-// LayerStore is where whole layers are extracted (internal/layerstore, the
-// store the full pull uses). streamfs owns the interface so tests and the
-// node can plug in the store without streamfs knowing its layout.
+// LayerStore is where whole layers are extracted: *layerstore.Store, the
+// store the full pull uses. streamfs names the three methods it needs.
 type LayerStore interface {
 	// Path is the directory the layer's tree is (being) extracted into;
 	// stable during and after extraction.
@@ -25,22 +26,12 @@ type LayerStore interface {
 	Has(diffID digest.Digest) bool
 	// Extract writes the layer's uncompressed tar stream r into the store,
 	// verifying it against diffID, and calls onFile for each regular file
-	// after it is written and closed, in stream order.
-	Extract(ctx context.Context, diffID digest.Digest, r io.Reader, onFile func(StoredFile)) error
+	// after it is written and closed, in stream order. When another
+	// extraction of the layer is running it waits for that one instead.
+	Extract(ctx context.Context, diffID digest.Digest, r io.Reader, onFile func(layerstore.File)) error
 }
 
-// StoredFile is a regular file a LayerStore has extracted.
-type StoredFile struct {
-	// Name is the entry's name in the layer.
-	Name string
-	// Offset is where the file's data starts in the layer's uncompressed
-	// stream (Entry.Offset); Size its length.
-	Offset, Size int64
-	// Digest is the sha256 of the content as written.
-	Digest digest.Digest
-	// Path is the extracted file.
-	Path string
-}
+var _ LayerStore = (*layerstore.Store)(nil)
 
 // LayerStreamer is a Layer that can also be read whole, in order, with one
 // request: the background stream uses it. Layers without it (eStargz,
@@ -264,12 +255,10 @@ func (m *MountPoint) streamLayer(ctx context.Context, l *bgLayer) error {
 	}
 	defer rc.Close()
 	src := &posReader{r: rc, l: l, m: m}
-	err = m.background.store.Extract(ctx, l.diffID, src, func(f StoredFile) { m.fileStored(l, f) })
-	if err != nil {
-		return err
-	}
-	// Read what the store left (tar padding) so the blob digest is checked.
-	if _, err := io.Copy(io.Discard, src); err != nil {
+	// The store checks the stream against the diffID; if another process
+	// extracts the layer meanwhile, the store waits for that one and the
+	// rest of this stream is not read.
+	if err := m.background.store.Extract(ctx, l.diffID, src, func(f layerstore.File) { m.fileStored(l, f) }); err != nil {
 		return fmt.Errorf("streamfs: layer %s: %w", m.img.Layers[l.idx].Digest(), err)
 	}
 	return nil
@@ -277,14 +266,14 @@ func (m *MountPoint) streamLayer(ctx context.Context, l *bgLayer) error {
 
 // fileStored makes the tree's node for f local if f is exactly its content,
 // in layer l and the layers that follow its stream.
-func (m *MountPoint) fileStored(l *bgLayer, f StoredFile) {
+func (m *MountPoint) fileStored(l *bgLayer, f layerstore.File) {
 	m.fileStoredIn(l, f)
 	for _, x := range l.followers {
 		m.fileStoredIn(x, f)
 	}
 }
 
-func (m *MountPoint) fileStoredIn(l *bgLayer, f StoredFile) {
+func (m *MountPoint) fileStoredIn(l *bgLayer, f layerstore.File) {
 	i := sort.Search(len(l.files), func(i int) bool { return l.files[i].off >= f.Offset })
 	if i < len(l.files) && l.files[i].off == f.Offset {
 		n := l.files[i]
