@@ -112,6 +112,9 @@ type Stats struct {
 	// from Options.Profile; ProfileHits first reads that found their span
 	// so prefetched.
 	ProfileSpans, ProfileBytes, ProfileHits int64
+	// FallbackReads counts reads of whole files that reached this process
+	// because the kernel refused passthrough.
+	FallbackReads int64
 	// Layers is each layer's background stream (nil without a layer store).
 	Layers []LayerProgress
 }
@@ -140,6 +143,7 @@ func (m *MountPoint) Stats() Stats {
 		ProfileSpans:        v(mt.profileSpans),
 		ProfileBytes:        v(mt.profileBytes),
 		ProfileHits:         v(mt.profileHits),
+		FallbackReads:       m.fallbackReads.Load(),
 		Layers:              m.layerProgress(),
 	}
 	st.WireBytes = st.SpanWireBytes + st.BackgroundWireBytes
