@@ -79,7 +79,8 @@ func OpenImage(ctx context.Context, client *remote.Client, img *remote.Image, op
 	if par <= 0 {
 		par = 4
 	}
-	out := Image{Name: ref, Layers: make([]Layer, len(layers))}
+	out := Image{Name: ref, Layers: make([]Layer, len(layers)), DiffIDs: make([]digest.Digest, len(layers))}
+	copy(out.DiffIDs, diffIDs)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(par)
 	repo := img.Repository.String()
