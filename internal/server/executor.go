@@ -33,6 +33,7 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 		Registry: remote.Options{Insecure: cfg.InsecureRegistries},
 		Cache:    c,
 		Indexes:  s.indexes,
+		Profiles: s.indexes,
 		Logger:   log,
 		Metrics:  s.metrics,
 	})
