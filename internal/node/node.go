@@ -65,6 +65,10 @@ type RootFS struct {
 	// FetchedTotal, when set, returns the compressed bytes a streamed
 	// mount has fetched so far (it grows as the container reads).
 	FetchedTotal func() int64
+	// Stats, when set (a streamed mount), returns the mount's counters:
+	// compressed bytes over the wire, uncompressed bytes made available,
+	// profile prefetches and hits.
+	Stats func() streamfs.Stats
 	// Release says the caller no longer uses the root filesystem.
 	Release func()
 }
@@ -431,6 +435,7 @@ func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 			Lower: []string{m.mp.Dir()}, Config: m.config, Digest: img.Digest, Method: MethodStreamed,
 			Reused: reused, Fetched: fetched,
 			FetchedTotal: func() int64 { return m.mp.Stats().WireBytes },
+			Stats:        m.mp.Stats,
 			Release:      func() { once.Do(func() { n.release(m) }) },
 		}
 	}
