@@ -306,6 +306,34 @@ func (d *Dir) Remove(jobName string) error {
 	return nil
 }
 
+// Jobs lists the names of the jobs that have logs here, in no particular
+// order.
+func (d *Dir) Jobs() ([]string, error) {
+	var out []string
+	projects, err := os.ReadDir(d.root)
+	if err != nil {
+		return nil, fmt.Errorf("logs: %w", err)
+	}
+	for _, p := range projects {
+		locs, err := os.ReadDir(filepath.Join(d.root, p.Name()))
+		if err != nil {
+			continue // not a directory: not ours
+		}
+		for _, l := range locs {
+			jobs, err := os.ReadDir(filepath.Join(d.root, p.Name(), l.Name()))
+			if err != nil {
+				continue
+			}
+			for _, j := range jobs {
+				if j.IsDir() {
+					out = append(out, "projects/"+p.Name()+"/locations/"+l.Name()+"/jobs/"+j.Name())
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
 // ReadOptions select what Read writes.
 type ReadOptions struct {
 	// Task is the task index to read; AllTasks (-1) reads every task.

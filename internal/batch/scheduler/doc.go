@@ -74,15 +74,20 @@
 //
 // Every runnable's stdout and stderr go to the task's files in
 // DataDir/batch/logs (package logs); Logs returns them for the API and
-// CLI. logsPolicy PATH also appends every line to logsPath.
+// CLI. logsPolicy PATH also appends every line to logsPath. A retried
+// attempt's lines follow a "riffle: retry: attempt N of M ..." line.
 //
 // # Stops and restarts
 //
 // Cancel stops the job's running runnables and then completes the stop
-// (store.FinishStop: CANCELLED, or the job deleted with its logs). Start
+// (store.FinishStop: CANCELLED, or the job deleted). A deleted job's logs
+// and work files are removed before the store forgets it, so a new job
+// with the same ID starts with nothing of the old one; the API hands
+// deletes of jobs that had already ended to Cancel too. Start
 // recovers from a previous process, even one killed with SIGKILL: it
 // removes its containers and mounts (runtime.Cleanup, and NewImages
 // unmounts dead stream mounts), completes stops that were in progress,
+// removes the logs of jobs the store no longer has,
 // and puts tasks left ASSIGNED or RUNNING back to PENDING, or FAILED with
 // exit code 50003 when maxRetryCount and lifecyclePolicies allow no other
 // attempt, each with an event saying Riffle restarted; then it resumes

@@ -256,6 +256,17 @@ func attemptsOf(t *batchpb.Task) int {
 	return n
 }
 
+// lastExitCode is the exit code of the task's last recorded attempt.
+func lastExitCode(t *batchpb.Task) int32 {
+	evs := t.GetStatus().GetStatusEvents()
+	for i := len(evs) - 1; i >= 0; i-- {
+		if te := evs[i].GetTaskExecution(); te != nil {
+			return te.GetExitCode()
+		}
+	}
+	return 0
+}
+
 // shouldRetry applies maxRetryCount and lifecyclePolicies to a task that
 // failed with code after attempts attempts; why explains a refusal.
 //
@@ -303,6 +314,7 @@ func (r *jobRun) runTask(ctx context.Context, idx int64) bool {
 		return ctx.Err() != nil
 	}
 	attempts := attemptsOf(t)
+	prev := lastExitCode(t)
 	for {
 		if ctx.Err() != nil {
 			return r.stopped(ctx, idx)
@@ -316,8 +328,9 @@ func (r *jobRun) runTask(ctx context.Context, idx int64) bool {
 		if _, err := s.st.SetTaskState(ctx, name, batchpb.TaskStatus_RUNNING, store.TaskUpdate{}); err != nil {
 			return r.stopped(ctx, idx)
 		}
-		res := r.attempt(ctx, idx, attempts)
+		res := r.attempt(ctx, idx, attempts, prev)
 		attempts++
+		prev = int32(res.code)
 		if ctx.Err() != nil {
 			return r.stopped(ctx, idx)
 		}

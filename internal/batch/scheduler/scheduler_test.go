@@ -382,7 +382,10 @@ func TestContainerRetry(t *testing.T) {
 			t.Errorf("events lack %q:\n%s", want, events(tevs))
 		}
 	}
-	if out := e.logs(j1.Name, 0); out != "attempt=0\nattempt=1\nattempt=2\n" {
+	retryLine := func(n int, code int) string {
+		return fmt.Sprintf("riffle: retry: attempt %d of 3 of task 0 begins (BATCH_TASK_RETRY_ATTEMPT=%d); the previous attempt ended with exit code %d.\n", n+1, n, code)
+	}
+	if out := e.logs(j1.Name, 0); out != "attempt=0\n"+retryLine(1, 3)+"attempt=1\n"+retryLine(2, 3)+"attempt=2\n" {
 		t.Errorf("logs %q", out)
 	}
 
@@ -720,7 +723,7 @@ func TestRestartRecovery(t *testing.T) {
 	if !hasEvent(tevs, "STATUS_CHANGED", "from RUNNING to PENDING on testhost with exit code 50003. Riffle restarted while the task was running; retrying (attempt 2 of 2).") {
 		t.Errorf("retried task events:\n%s", events(tevs))
 	}
-	if out := e.logs(retried, 0); out != "ran-after-restart\n" {
+	if out := e.logs(retried, 0); out != "riffle: retry: attempt 2 of 2 of task 0 begins (BATCH_TASK_RETRY_ATTEMPT=1); the previous attempt ended with exit code 50003.\nran-after-restart\n" {
 		t.Errorf("retried logs %q (job %v)", out, jr.GetStatus().GetState())
 	}
 
@@ -730,4 +733,98 @@ func TestRestartRecovery(t *testing.T) {
 		t.Errorf("failed task events:\n%s", events(tevs))
 	}
 	e.waitState(queued, batchpb.JobStatus_SUCCEEDED, 30*time.Second)
+}
+
+// waitGone polls until the job is no longer in the store.
+func (e *env) waitGone(jobName string, timeout time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := e.st.GetJob(context.Background(), jobName); err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("job %s not deleted in %v", jobName, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestDeleteFinishedJobRemovesEverything: deleting a job that had already
+// ended removes its logs and work directory; a new job with the same ID
+// shows none of the old lines, and following its logs waits for it.
+func TestDeleteFinishedJobRemovesEverything(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "", false)
+	j := e.submit("same", newJob(2, 2, script("echo old-line-$BATCH_TASK_INDEX")))
+	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, 30*time.Second)
+	if out := e.logs(j.Name, 0); out != "old-line-0\n" {
+		t.Fatalf("logs before delete %q", out)
+	}
+	if _, err := e.api.DeleteJob(context.Background(), &batchpb.DeleteJobRequest{Name: j.Name}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGone(j.Name, 10*time.Second)
+	jd, _ := e.sched.Logs().JobDir(j.Name)
+	work := filepath.Join(e.dir, "batch", "work", "p", "local", "same")
+	for _, d := range []string{jd, work} {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("%s left after delete: %v", d, err)
+		}
+	}
+
+	gate := filepath.Join(t.TempDir(), "go")
+	j2 := e.submit("same", newJob(1, 1, script(fmt.Sprintf("while [ ! -e %s ]; do sleep 0.05; done; echo new-line", gate))))
+	if j2.GetUid() == j.GetUid() {
+		t.Fatal("same uid")
+	}
+	followed := make(chan string, 1)
+	go func() {
+		var out bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err := e.sched.Logs().Read(ctx, j2.Name, logs.ReadOptions{Task: logs.AllTasks, Follow: true, Prefix: true, Poll: 10 * time.Millisecond}, &out)
+		if err != nil {
+			out.WriteString("error: " + err.Error())
+		}
+		followed <- out.String()
+	}()
+	// The follower must still be waiting for the new job's output.
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(j2.Name, batchpb.JobStatus_SUCCEEDED, 30*time.Second)
+	if got := <-followed; got != "task 0: new-line\n" {
+		t.Errorf("following the new job gave %q, want only its own line", got)
+	}
+	if out := e.logs(j2.Name, 0); out != "new-line\n" {
+		t.Errorf("new job's logs %q", out)
+	}
+}
+
+// TestStartSweepsDeletedJobsLogs: logs of jobs the store no longer has
+// (a crash between forgetting a job and removing its files) are removed
+// at start; a kept job's logs stay.
+func TestStartSweepsDeletedJobsLogs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e := newEnv(t, dir, false)
+	j := e.submit("kept", newJob(1, 1, script("echo kept")))
+	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, 30*time.Second)
+	e.close()
+
+	ghost := filepath.Join(dir, "batch", "logs", "p", "local", "ghost", "task-0")
+	if err := os.MkdirAll(ghost, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ghost, "output.log"), []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e = newEnv(t, dir, false)
+	if _, err := os.Stat(filepath.Dir(ghost)); !os.IsNotExist(err) {
+		t.Errorf("logs of a job the store does not have were kept: %v", err)
+	}
+	if out := e.logs(j.Name, 0); out != "kept\n" {
+		t.Errorf("kept job's logs %q", out)
+	}
 }

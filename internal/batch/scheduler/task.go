@@ -42,8 +42,9 @@ type proc interface {
 	stop()
 }
 
-// attempt runs the task's runnables once.
-func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int) result {
+// attempt runs the task's runnables once; attempt counts from 0 and prev
+// is the exit code of the attempt before it.
+func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32) result {
 	s := r.s
 	spec := r.group.GetTaskSpec()
 	name := taskName(r.name, idx)
@@ -59,6 +60,11 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int) result {
 		return result{code: 125, note: "Riffle could not open the task's log files."}
 	}
 	defer tl.Close()
+	if attempt > 0 {
+		// The log holds every attempt; say where a new one begins.
+		tl.Printf("riffle: retry: attempt %d of %d of task %d begins (BATCH_TASK_RETRY_ATTEMPT=%d); the previous attempt ended with exit code %d.",
+			attempt+1, spec.GetMaxRetryCount()+1, idx, attempt, prev)
+	}
 	work := filepath.Join(r.workDir, "task-"+strconv.FormatInt(idx, 10))
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return result{code: 125, note: fmt.Sprintf("Riffle could not create the task's working directory: %v.", err)}
