@@ -20,16 +20,6 @@ import (
 	"github.com/riffle-dev/riffle/internal/runtime"
 )
 
-// Exit codes Batch reports for failures that are not the program's own.
-const (
-	// ExitRestarted is recorded when Riffle restarted while the task ran
-	// (Batch's 50003: the VM rebooted during execution).
-	ExitRestarted = 50003
-	// ExitMaxRunDuration is recorded when a task exceeded maxRunDuration
-	// (Batch's 50005).
-	ExitMaxRunDuration = 50005
-)
-
 // Options configure a Scheduler.
 type Options struct {
 	// DataDir is Riffle's data dir; the scheduler keeps task logs in
@@ -217,7 +207,9 @@ func (s *Scheduler) recoverTasks(ctx context.Context, j *batchpb.Job) error {
 					Note:     "Riffle restarted while the task was running; " + why,
 				})
 				if err == nil {
-					_ = s.logs.MarkTaskDone(j.Name, taskIndex(t.Name))
+					if err := s.logs.MarkTaskDone(j.Name, taskIndex(t.Name)); err != nil {
+						s.log.Warn("scheduler: marking task logs done", "task", t.Name, "err", err)
+					}
 				}
 			}
 		}
@@ -332,9 +324,7 @@ func (s *Scheduler) finishStop(ctx context.Context, name string) {
 		return
 	}
 	if st == batchpb.JobStatus_CANCELLATION_IN_PROGRESS {
-		if err := s.logs.MarkJobDone(name); err != nil {
-			s.log.Warn("scheduler: marking logs done", "job", name, "err", err)
-		}
+		s.jobDone(name)
 		if d, err := s.jobWorkDir(name); err == nil {
 			if err := os.RemoveAll(d); err != nil {
 				s.log.Warn("scheduler: removing work directory", "job", name, "err", err)

@@ -47,7 +47,6 @@ type proc interface {
 func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32) result {
 	s := r.s
 	spec := r.group.GetTaskSpec()
-	name := taskName(r.name, idx)
 	tctx := ctx
 	if d := spec.GetMaxRunDuration(); d != nil && d.AsDuration() > 0 {
 		var cancel context.CancelFunc
@@ -56,8 +55,8 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32
 	}
 	tl, err := s.logs.OpenTask(r.name, idx, r.logPath)
 	if err != nil {
-		_ = s.st.AddTaskEvent(ctx, name, "LOGS_FAILED", fmt.Sprintf("Task output cannot be kept: %v", err))
-		return result{code: 125, note: "Riffle could not open the task's log files."}
+		r.taskEvent(ctx, idx, logsFailedEvent(err))
+		return result{code: ExitNotStarted, note: "Riffle could not open the task's log files."}
 	}
 	defer tl.Close()
 	if attempt > 0 {
@@ -67,13 +66,13 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32
 	}
 	work := filepath.Join(r.workDir, "task-"+strconv.FormatInt(idx, 10))
 	if err := os.MkdirAll(work, 0o755); err != nil {
-		return result{code: 125, note: fmt.Sprintf("Riffle could not create the task's working directory: %v.", err)}
+		return result{code: ExitNotStarted, note: fmt.Sprintf("Riffle could not create the task's working directory: %v.", err)}
 	}
 	binds, err := r.taskVolumes(tctx, idx)
 	if err != nil {
-		_ = s.st.AddTaskEvent(ctx, name, "VOLUME_FAILED", err.Error())
+		r.taskEvent(ctx, idx, volumeFailedEvent(err))
 		tl.Printf("riffle: %v", err)
-		return result{code: 125, note: "A volume could not be mounted."}
+		return result{code: ExitNotStarted, note: "A volume could not be mounted."}
 	}
 
 	var (
@@ -96,20 +95,20 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32
 		}
 		if rn.GetBarrier() != nil {
 			if b := r.barriers[ri]; b != nil {
-				_ = b.wait(tctx, idx)
+				_ = b.wait(tctx, idx) // only ends early with tctx, which the loop checks
 			}
 			continue
 		}
 		env := r.env(idx, attempt, rn)
 		p, note, err := r.start(tctx, idx, ri, rn, env, binds, work, tl)
 		if err != nil {
-			code := 125
+			code := ExitNotStarted
 			var se *runtime.StartError
 			if errors.As(err, &se) {
 				code = se.ExitCode
 			}
 			tl.Printf("riffle: runnable %d did not start: %v", ri, err)
-			_ = s.st.AddTaskEvent(ctx, name, "RUNNABLE_FAILED", fmt.Sprintf("Runnable %d did not start: %v", ri, err))
+			r.taskEvent(ctx, idx, runnableFailedEvent(ri, err))
 			if !rn.GetIgnoreExitStatus() && !rn.GetBackground() {
 				failed, res = true, result{code: code, note: note}
 			}
@@ -134,14 +133,14 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32
 		cancel()
 		code, werr := p.wait()
 		if werr != nil && code == 0 {
-			code = 125
+			code = ExitNotStarted
 		}
 		if timedOut {
-			msg := fmt.Sprintf("Runnable %d timed out after %v and was stopped (exit code %d).", ri, rn.GetTimeout().AsDuration(), code)
-			tl.Printf("riffle: %s", msg)
-			_ = s.st.AddTaskEvent(ctx, name, "RUNNABLE_TIMEOUT", msg)
+			ev := runnableTimeoutEvent(ri, rn.GetTimeout().AsDuration(), code)
+			tl.Printf("riffle: %s", ev.desc)
+			r.taskEvent(ctx, idx, ev)
 			if code == 0 {
-				code = 124
+				code = ExitRunnableTimeout
 			}
 		}
 		if code != 0 && !rn.GetIgnoreExitStatus() {
@@ -310,7 +309,7 @@ func (r *jobRun) startScript(ctx context.Context, ri int, sc *batchpb.Runnable_S
 		}
 		p.err = err
 		for _, c := range p.outs {
-			_ = c.Close()
+			_ = c.Close() // a log writer's Close only flushes a partial line
 		}
 		close(p.ch)
 	}()
@@ -376,14 +375,13 @@ func (p *containerProc) stop() {
 
 func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batchpb.Runnable, c *batchpb.Runnable_Container, env, binds []string, stdout, stderr io.WriteCloser) (proc, string, error) {
 	s := r.s
-	name := taskName(r.name, idx)
 	field := fmt.Sprintf("runnables[%d].container", ri)
 	if s.opts.Runtime == nil || s.opts.Images == nil {
 		return nil, "Container runnables need the container runtime (runc), which this Riffle runs without.",
 			fmt.Errorf("%s: this Riffle has no container runtime; install runc and restart riffle serve", field)
 	}
 	t0 := time.Now()
-	rfs, err := r.rootfs(ctx, name, ri, c)
+	rfs, err := r.rootfs(ctx, idx, ri, c)
 	if err != nil {
 		return nil, "The container image could not be fetched.", fmt.Errorf("%s.imageUri %s: %w", field, c.GetImageUri(), err)
 	}
@@ -423,33 +421,15 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 		rfs.Release()
 		return nil, "", err
 	}
-	started := time.Since(t0)
-	how := "pulled"
-	if rfs.Method == "streamed" {
-		how = "streamed"
-	}
-	var detail string
-	switch {
-	case rfs.Reused && how == "streamed":
-		detail = "its lazy mount was shared with earlier tasks, nothing fetched to start"
-	case rfs.Reused:
-		detail = "already pulled, nothing fetched"
-	default:
-		detail = fmt.Sprintf("%s fetched to make it ready", byteSize(rfs.Fetched))
-	}
-	_ = s.st.AddTaskEvent(ctx, name, "IMAGE_"+map[string]string{"streamed": "STREAMED", "pulled": "PULLED"}[how], fmt.Sprintf(
-		"Image %s (%s) was %s for runnable %d: ready in %v, container started %v after the runnable began; %s.",
-		c.GetImageUri(), rfs.Digest, how, ri, ready.Round(time.Millisecond), started.Round(time.Millisecond), detail))
+	r.taskEvent(ctx, idx, imageReadyEvent(ri, c.GetImageUri(), rfs, ready, time.Since(t0)))
 	p := &containerProc{c: ctr, rfs: rfs, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
 	go func() {
 		p.code, p.err = ctr.Wait(context.Background())
 		for _, c := range p.outs {
-			_ = c.Close()
+			_ = c.Close() // a log writer's Close only flushes a partial line
 		}
 		if rfs.FetchedTotal != nil {
-			n := rfs.FetchedTotal() - before
-			_ = s.st.AddTaskEvent(context.Background(), name, "IMAGE_STREAMED_BYTES", fmt.Sprintf(
-				"Runnable %d read its streamed image; the image's mount fetched %s from the registry while it ran.", ri, byteSize(n)))
+			r.taskEvent(context.Background(), idx, imageStreamedBytesEvent(ri, rfs.FetchedTotal()-before))
 		}
 		rfs.Release()
 		close(p.ch)
@@ -459,7 +439,7 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 
 // rootfs gets the image of a container runnable: streamed when asked and
 // possible, else pulled, with an event saying why streaming was not used.
-func (r *jobRun) rootfs(ctx context.Context, task string, ri int, c *batchpb.Runnable_Container) (*RootFS, error) {
+func (r *jobRun) rootfs(ctx context.Context, idx int64, ri int, c *batchpb.Runnable_Container) (*RootFS, error) {
 	s := r.s
 	auth := Auth{Username: c.GetUsername(), Password: c.GetPassword()}
 	if c.GetEnableImageStreaming() {
@@ -474,8 +454,7 @@ func (r *jobRun) rootfs(ctx context.Context, task string, ri int, c *batchpb.Run
 		if errors.Is(err, streamfs.ErrNotEligible) {
 			why = "the image cannot be streamed"
 		}
-		_ = s.st.AddTaskEvent(ctx, task, "IMAGE_STREAMING_FALLBACK", fmt.Sprintf(
-			"Runnable %d asked for image streaming, but %s (%v); pulling the image in full instead.", ri, why, err))
+		r.taskEvent(ctx, idx, imageStreamFallbackEvent(ri, why, err))
 	}
 	return s.opts.Images.Pull(ctx, c.GetImageUri(), auth)
 }
