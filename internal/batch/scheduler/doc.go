@@ -35,7 +35,10 @@
 // Options.StopGrace) when the task's other runnables are done. A
 // runnable's timeout stops it and fails it; maxRunDuration stops the whole
 // task (exit code 50005, as Batch) and no further runnable, not even
-// alwaysRun, starts.
+// alwaysRun, starts. The stop grace is part of maxRunDuration: SIGTERM
+// comes a grace (Options.StopGrace, at most a tenth of the limit) before
+// it and SIGKILL at it, so no task outlives its maxRunDuration; the event
+// says so.
 //
 // Retries follow maxRetryCount and lifecyclePolicies: RETRY_TASK retries
 // the exit codes it lists and fails the others, FAIL_TASK fails the codes

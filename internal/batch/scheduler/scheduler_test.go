@@ -91,7 +91,7 @@ type env struct {
 
 // newEnv starts a store, runtime, image source, scheduler and API in dir
 // (a fresh temp dir when empty). withRuntime needs root and runc.
-func newEnv(t *testing.T, dir string, withRuntime bool) *env {
+func newEnv(t *testing.T, dir string, withRuntime bool, mods ...func(*scheduler.Options)) *env {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -114,6 +114,9 @@ func newEnv(t *testing.T, dir string, withRuntime bool) *env {
 			t.Fatal(err)
 		}
 		opts.Runtime, opts.Images = e.rt, e.imgs
+	}
+	for _, m := range mods {
+		m(&opts)
 	}
 	e.sched, err = scheduler.New(st, opts)
 	if err != nil {
@@ -598,7 +601,7 @@ func TestTimeouts(t *testing.T) {
 		t.Errorf("events:\n%s", events(tevs))
 	}
 	e.waitState(j2.Name, batchpb.JobStatus_FAILED, 30*time.Second)
-	if tevs := e.tasks(j2.Name)[0].GetStatus().GetStatusEvents(); !hasEvent(tevs, "STATUS_CHANGED", "with exit code 50005. The task exceeded its maxRunDuration") {
+	if tevs := e.tasks(j2.Name)[0].GetStatus().GetStatusEvents(); !hasEvent(tevs, "STATUS_CHANGED", "with exit code 50005. The task reached its maxRunDuration") {
 		t.Errorf("events:\n%s", events(tevs))
 	}
 }
@@ -826,5 +829,67 @@ func TestStartSweepsDeletedJobsLogs(t *testing.T) {
 	}
 	if out := e.logs(j.Name, 0); out != "kept\n" {
 		t.Errorf("kept job's logs %q", out)
+	}
+}
+
+// runTime is how long a task ran: from its last RUNNING event to the
+// event that ended it.
+func runTime(t *testing.T, tk *batchpb.Task) time.Duration {
+	t.Helper()
+	var start, end time.Time
+	for _, ev := range tk.GetStatus().GetStatusEvents() {
+		if ev.GetType() != "STATUS_CHANGED" {
+			continue
+		}
+		switch ev.GetTaskState() {
+		case batchpb.TaskStatus_RUNNING:
+			start = ev.GetEventTime().AsTime()
+		case batchpb.TaskStatus_FAILED, batchpb.TaskStatus_SUCCEEDED:
+			end = ev.GetEventTime().AsTime()
+		}
+	}
+	if start.IsZero() || end.IsZero() {
+		t.Fatalf("task %s has no RUNNING and end events:\n%s", tk.Name, events(tk.GetStatus().GetStatusEvents()))
+	}
+	return end.Sub(start)
+}
+
+// TestMaxRunDurationIncludesGrace: a task whose runnables ignore SIGTERM
+// ends at its maxRunDuration, not maxRunDuration plus the stop grace, and
+// its event says how it was stopped. A script and a container.
+func TestMaxRunDurationIncludesGrace(t *testing.T) {
+	t.Parallel()
+	const grace = 8 * time.Second
+	ref := busyboxRef(t)
+	e := newEnv(t, "", true, func(o *scheduler.Options) { o.StopGrace = grace })
+	// Pulled before, so the limit is not spent fetching the image.
+	if _, err := e.imgs.Pull(context.Background(), ref, scheduler.Auth{}); err != nil {
+		t.Fatal(err)
+	}
+	jobs := map[string]time.Duration{}
+	sj := newJob(1, 1, script("trap '' TERM; echo started; sleep 30 & wait; sleep 30"))
+	sj.TaskGroups[0].TaskSpec.MaxRunDuration = durationpb.New(time.Second)
+	jobs[e.submit("maxrun-script", sj).Name] = time.Second
+	cj := newJob(1, 1, container(ref, "sh", "-c", "trap '' TERM; echo started; sleep 30"))
+	cj.TaskGroups[0].TaskSpec.MaxRunDuration = durationpb.New(3 * time.Second)
+	jobs[e.submit("maxrun-container", cj).Name] = 3 * time.Second
+	for name, limit := range jobs {
+		e.waitState(name, batchpb.JobStatus_FAILED, time.Minute)
+		tk := e.tasks(name)[0]
+		tevs := tk.GetStatus().GetStatusEvents()
+		if !hasEvent(tevs, "STATUS_CHANGED", fmt.Sprintf("with exit code 50005. The task reached its maxRunDuration of %v and was stopped: SIGTERM at", limit)) ||
+			!hasEvent(tevs, "STATUS_CHANGED", "stop grace is part of maxRunDuration") {
+			t.Errorf("%s events:\n%s", name, events(tevs))
+		}
+		// Without the grace in the limit it would run limit+8s; half the
+		// grace is room for a loaded machine.
+		d := runTime(t, tk)
+		t.Logf("%s ran %v", name, d)
+		if d > limit+grace/2 {
+			t.Errorf("%s ran %v with maxRunDuration %v", name, d, limit)
+		}
+		if out := e.logs(name, 0); !strings.HasPrefix(out, "started\n") || !strings.Contains(out, "riffle: The task reached its maxRunDuration") {
+			t.Errorf("%s logs %q", name, out)
+		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +25,30 @@ import (
 // containerHostsFile is where a container runnable finds the hosts file.
 const containerHostsFile = "/etc/cloudbatch-taskgroup-hosts"
 
-var errMaxRunDuration = errors.New("scheduler: maxRunDuration exceeded")
+var errMaxRunDuration = errors.New("scheduler: maxRunDuration reached")
+
+// runLimit is how maxRunDuration is enforced. The stop grace is part of
+// the limit, as Batch users read maxRunDuration ("the amount of time that
+// a task is permitted to run"): runnables get SIGTERM at soft and
+// whatever still runs gets SIGKILL at the limit itself, so a task never
+// outlives its maxRunDuration by the grace period.
+type runLimit struct {
+	limit, grace time.Duration
+}
+
+// newRunLimit takes the grace out of the end of the limit, at most a
+// tenth of it, so a short limit is not mostly grace.
+func newRunLimit(limit, grace time.Duration) runLimit {
+	return runLimit{limit: limit, grace: min(grace, limit/10)}
+}
+
+func (l runLimit) soft() time.Duration { return l.limit - l.grace }
+
+// note explains the stop in the task's event and log.
+func (l runLimit) note() string {
+	return fmt.Sprintf("The task reached its maxRunDuration of %v and was stopped: SIGTERM at %v, SIGKILL at %v to what still ran (the %v stop grace is part of maxRunDuration).",
+		l.limit, l.soft(), l.limit, l.grace)
+}
 
 // result is how one attempt of a task ended.
 type result struct {
@@ -38,8 +62,9 @@ type proc interface {
 	wait() (int, error)
 	// done is closed when it has exited.
 	done() <-chan struct{}
-	// stop ends it: SIGTERM, then SIGKILL after the grace period.
-	stop()
+	// stop ends it: SIGTERM, then SIGKILL after the grace period or
+	// when ctx ends, whichever is first. It returns once it has exited.
+	stop(ctx context.Context)
 }
 
 // attempt runs the task's runnables once; attempt counts from 0 and prev
@@ -47,11 +72,18 @@ type proc interface {
 func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32) result {
 	s := r.s
 	spec := r.group.GetTaskSpec()
-	tctx := ctx
+	// tctx ends when runnables must stop (a stop of the job, or
+	// maxRunDuration less the grace); killCtx when whatever still runs is
+	// killed (maxRunDuration; never, without one: stops get the whole grace).
+	tctx, killCtx := ctx, context.WithoutCancel(ctx)
+	var limit runLimit
 	if d := spec.GetMaxRunDuration(); d != nil && d.AsDuration() > 0 {
-		var cancel context.CancelFunc
-		tctx, cancel = context.WithTimeoutCause(ctx, d.AsDuration(), errMaxRunDuration)
+		limit = newRunLimit(d.AsDuration(), s.opts.StopGrace)
+		var cancel, cancelKill context.CancelFunc
+		tctx, cancel = context.WithTimeoutCause(ctx, limit.soft(), errMaxRunDuration)
 		defer cancel()
+		killCtx, cancelKill = context.WithTimeout(killCtx, limit.limit)
+		defer cancelKill()
 	}
 	tl, err := s.logs.OpenTask(r.name, idx, r.logPath)
 	if err != nil {
@@ -83,7 +115,7 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32
 	)
 	defer func() {
 		for _, p := range bgs {
-			p.stop()
+			p.stop(killCtx)
 		}
 	}()
 	for ri, rn := range spec.GetRunnables() {
@@ -128,7 +160,7 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32
 		case <-p.done():
 		case <-rctx.Done():
 			timedOut = tctx.Err() == nil
-			p.stop()
+			p.stop(killCtx)
 		}
 		cancel()
 		code, werr := p.wait()
@@ -148,9 +180,11 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32
 		}
 	}
 	if context.Cause(tctx) == errMaxRunDuration && ctx.Err() == nil {
-		msg := fmt.Sprintf("The task exceeded its maxRunDuration of %v and was stopped.", spec.GetMaxRunDuration().AsDuration())
-		tl.Printf("riffle: %s", msg)
-		return result{code: ExitMaxRunDuration, note: msg}
+		for _, p := range bgs {
+			p.stop(killCtx) // before the task is reported ended
+		}
+		tl.Printf("riffle: %s", limit.note())
+		return result{code: ExitMaxRunDuration, note: limit.note()}
 	}
 	return res
 }
@@ -340,14 +374,18 @@ func exitCode(ps *os.ProcessState, err error) int {
 
 func (p *scriptProc) wait() (int, error)    { <-p.ch; return p.code, p.err }
 func (p *scriptProc) done() <-chan struct{} { return p.ch }
-func (p *scriptProc) stop() {
+func (p *scriptProc) stop(ctx context.Context) {
 	p.once.Do(func() {
 		pid := p.cmd.Process.Pid
+		// Errors only say the group is gone already.
 		_ = syscall.Kill(-pid, syscall.SIGTERM)
+		t := time.NewTimer(p.grace)
+		defer t.Stop()
 		select {
 		case <-p.ch:
 			return
-		case <-time.After(p.grace):
+		case <-t.C:
+		case <-ctx.Done():
 		}
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	})
@@ -358,7 +396,7 @@ func (p *scriptProc) stop() {
 type containerProc struct {
 	c       *runtime.Container
 	rfs     *RootFS
-	after   func() // reports stream bytes once it ended
+	log     *slog.Logger
 	ch      chan struct{}
 	code    int
 	err     error
@@ -368,8 +406,12 @@ type containerProc struct {
 
 func (p *containerProc) wait() (int, error)    { <-p.ch; return p.code, p.err }
 func (p *containerProc) done() <-chan struct{} { return p.ch }
-func (p *containerProc) stop() {
-	p.stopped.Do(func() { _ = p.c.Stop(context.Background()) })
+func (p *containerProc) stop(ctx context.Context) {
+	p.stopped.Do(func() {
+		if err := p.c.Stop(ctx); err != nil {
+			p.log.Warn("scheduler: stopping a container", "container", p.c.ID(), "err", err)
+		}
+	})
 	<-p.ch
 }
 
@@ -422,7 +464,7 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 		return nil, "", err
 	}
 	r.taskEvent(ctx, idx, imageReadyEvent(ri, c.GetImageUri(), rfs, ready, time.Since(t0)))
-	p := &containerProc{c: ctr, rfs: rfs, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
+	p := &containerProc{c: ctr, rfs: rfs, log: s.log, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
 	go func() {
 		p.code, p.err = ctr.Wait(context.Background())
 		for _, c := range p.outs {
