@@ -18,9 +18,14 @@
 //
 // Up to parallelism tasks of a job run at once (one with schedulingPolicy
 // IN_ORDER, which Batch documents as "sequentially with increased task
-// index"), and at most Options.MaxParallelTasks over all jobs. Tasks
-// start in index order. taskCountPerNode does not limit anything: there
-// is one node, and Batch uses it only to decide how many VMs to create.
+// index"), and over all jobs as many as the node's Options.Capacity holds:
+// the computeResource (cpuMilli, memoryMib) of the tasks running at once
+// fits in capacity × overcommit, as Batch fits tasks onto a VM. Tasks
+// start in index order and take capacity first come, first served; one
+// that must wait gets a WAITING_FOR_CAPACITY event saying what it needs
+// and what is taken, and one larger than the whole node runs alone.
+// taskCountPerNode does not limit anything: there is one node, and Batch
+// uses it only to decide how many VMs to create.
 //
 // # Runnables
 //

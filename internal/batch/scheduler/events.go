@@ -105,6 +105,18 @@ func imageStreamFallbackEvent(ri int, why string, err error) event {
 		"Runnable %d asked for image streaming, but %s (%v); pulling the image in full instead.", ri, why, err)}
 }
 
+// waitingForCapacityEvent says why a task has not started yet.
+func waitingForCapacityEvent(idx int64, why string) event {
+	return event{evWaitingForCapacity, fmt.Sprintf(
+		"Task %d waits for capacity on this node: %s. It starts when running tasks end; capacity is set in riffle serve's config (capacity.cpuMilli, capacity.memoryMib, capacity.overcommit).", idx, why)}
+}
+
+func taskExceedsNodeEvent(d demand, p *pool) event {
+	return event{evTaskExceedsNodeLimit, fmt.Sprintf(
+		"Each task asks for %d mCPU and %d MiB (taskSpec.computeResource), more than this node offers (%d mCPU and %d MiB after overcommit %g); each runs only when no other task runs.",
+		d.cpu, d.mem, p.cpu, p.mem, p.cfg.Overcommit)}
+}
+
 // jobEvent records ev on the job; a failure is logged, not returned: an
 // event lost is no reason to stop the job.
 func (r *jobRun) jobEvent(ctx context.Context, ev event) {

@@ -119,8 +119,15 @@ func (r *jobRun) run(ctx context.Context) {
 	if r.group.GetSchedulingPolicy() == batchpb.TaskGroup_IN_ORDER {
 		conc = 1
 	}
-	if len(r.barriers) > 0 && conc < len(tasks) {
+	d := demandOf(r.group.GetTaskSpec())
+	switch fit := int(min(s.pool.fit(d), int64(len(tasks)))); {
+	case len(r.barriers) > 0 && conc < len(tasks):
 		r.jobEvent(ctx, barrierWarningEvent(conc, len(tasks), "set parallelism to taskCount"))
+	case len(r.barriers) > 0 && fit < len(tasks):
+		r.jobEvent(ctx, barrierWarningEvent(fit, len(tasks), "that many fit this node's capacity; lower computeResource or raise capacity in riffle serve's config"))
+	}
+	if s.pool.exceeds(d) {
+		r.jobEvent(ctx, taskExceedsNodeEvent(d, s.pool))
 	}
 
 	// Tasks that ended before a restart keep their outcome.
@@ -148,15 +155,19 @@ func (r *jobRun) run(ctx context.Context) {
 			unrun = pending[n:]
 			break
 		}
-		if !acquire(tctx, s.slots) {
-			<-sem
-			unrun = pending[n:]
-			break
+		w, why := s.pool.enter(d)
+		if why != "" {
+			r.taskEvent(ctx, idx, waitingForCapacityEvent(idx, why))
+			if s.pool.wait(tctx, w) != nil {
+				<-sem
+				unrun = pending[n:]
+				break
+			}
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-s.slots; <-sem }()
+			defer func() { s.pool.release(w); <-sem }()
 			if !r.runTask(tctx, idx) {
 				cancelTasks(errJobFailed)
 			}
@@ -194,13 +205,19 @@ func (r *jobRun) run(ctx context.Context) {
 	s.log.Info("scheduler: job finished", "job", r.name, "failed", failure != "")
 }
 
+// acquire takes a slot of sem unless ctx ends first. A slot won in a tie
+// with ctx's end is given back: nothing new starts after a stop.
 func acquire(ctx context.Context, sem chan struct{}) bool {
 	select {
 	case sem <- struct{}{}:
-		return ctx.Err() == nil || func() bool { <-sem; return false }()
 	case <-ctx.Done():
 		return false
 	}
+	if ctx.Err() != nil {
+		<-sem
+		return false
+	}
+	return true
 }
 
 // fail marks a job FAILED before any task ran.

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
 	"sort"
 	"sync"
 	"time"
@@ -34,9 +33,10 @@ type Options struct {
 	Images ImageSource
 	// Logger receives the scheduler's records; nil discards them.
 	Logger *slog.Logger
-	// MaxParallelTasks bounds the tasks running at once across all jobs
-	// (default: the number of CPUs, at least 2).
-	MaxParallelTasks int
+	// Capacity is what this node offers tasks: tasks of all jobs run at
+	// once while their computeResource fits (default: the machine's CPUs
+	// and memory, no overcommit).
+	Capacity Capacity
 	// StopGrace is the wait between SIGTERM and SIGKILL when a runnable is
 	// stopped (cancel, timeout, end of a background runnable). Default 10s.
 	StopGrace time.Duration
@@ -54,12 +54,12 @@ var (
 
 // Scheduler runs Batch jobs from the store. It implements api.Runner.
 type Scheduler struct {
-	st    *store.Store
-	opts  Options
-	log   *slog.Logger
-	logs  *logs.Dir
-	work  string
-	slots chan struct{}
+	st   *store.Store
+	opts Options
+	log  *slog.Logger
+	logs *logs.Dir
+	work string
+	pool *pool
 
 	stopMu sync.Mutex // serialises finishStop
 
@@ -83,9 +83,7 @@ func New(st *store.Store, opts Options) (*Scheduler, error) {
 	if opts.DataDir == "" || !filepath.IsAbs(opts.DataDir) {
 		return nil, fmt.Errorf("scheduler: Options.DataDir %q must be an absolute directory", opts.DataDir)
 	}
-	if opts.MaxParallelTasks <= 0 {
-		opts.MaxParallelTasks = max(goruntime.NumCPU(), 2)
-	}
+	opts.Capacity = opts.Capacity.withDefaults()
 	if opts.StopGrace <= 0 {
 		opts.StopGrace = 10 * time.Second
 	}
@@ -107,8 +105,8 @@ func New(st *store.Store, opts Options) (*Scheduler, error) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	return &Scheduler{
 		st: st, opts: opts, log: log, logs: ld, work: work,
-		slots: make(chan struct{}, opts.MaxParallelTasks),
-		ctx:   ctx, cancel: cancel, runs: map[string]*jobRun{},
+		pool: newPool(opts.Capacity),
+		ctx:  ctx, cancel: cancel, runs: map[string]*jobRun{},
 	}, nil
 }
 

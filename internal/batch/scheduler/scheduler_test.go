@@ -101,7 +101,9 @@ func newEnv(t *testing.T, dir string, withRuntime bool, mods ...func(*scheduler.
 		t.Fatal(err)
 	}
 	e := &env{t: t, dir: dir, st: st}
-	opts := scheduler.Options{DataDir: dir, StopGrace: time.Second, MaxParallelTasks: 4}
+	// Room for every test job's default computeResource (2000 mCPU,
+	// 2000 MiB a task) to run at once; capacity tests set their own.
+	opts := scheduler.Options{DataDir: dir, StopGrace: time.Second, Capacity: scheduler.Capacity{CPUMilli: 64000, MemoryMiB: 64 << 10}}
 	if withRuntime {
 		testutil.RequiresRoot(t)
 		testutil.RequiresBinary(t, "runc")
@@ -890,6 +892,80 @@ func TestMaxRunDurationIncludesGrace(t *testing.T) {
 		}
 		if out := e.logs(name, 0); !strings.HasPrefix(out, "started\n") || !strings.Contains(out, "riffle: The task reached its maxRunDuration") {
 			t.Errorf("%s logs %q", name, out)
+		}
+	}
+}
+
+func withComputeResource(j *batchpb.Job, cpuMilli, memoryMib int64) *batchpb.Job {
+	j.TaskGroups[0].TaskSpec.ComputeResource = &batchpb.ComputeResource{CpuMilli: cpuMilli, MemoryMib: memoryMib}
+	return j
+}
+
+// TestParallelismFollowsCapacity: with the default capacity (this
+// machine's CPUs and memory), 50 tasks of 10 mCPU run at once, however
+// few CPUs the machine has: each task waits until all 50 have started.
+func TestParallelismFollowsCapacity(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "", false, func(o *scheduler.Options) { o.Capacity = scheduler.Capacity{} })
+	dir := t.TempDir()
+	// Shell builtins only, but for sleep: 50 waiting tasks stay cheap.
+	sc := fmt.Sprintf(`touch %[1]s/s-$BATCH_TASK_INDEX
+i=0
+while [ $i -lt 200 ]; do
+  set -- %[1]s/s-*
+  [ $# -ge 50 ] && exit 0
+  i=$((i+1)); sleep 0.3
+done
+echo "only $# tasks ran at once"; exit 1`, dir)
+	j := e.submit("wide", withComputeResource(newJob(50, 50, script(sc)), 10, 10))
+	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, 2*time.Minute)
+}
+
+// TestCapacityQueuesTasks: tasks whose computeResource does not fit wait,
+// with an event saying so, and start as running tasks end; never more run
+// at once than fit.
+func TestCapacityQueuesTasks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "", false, func(o *scheduler.Options) {
+		o.Capacity = scheduler.Capacity{CPUMilli: 1000, MemoryMiB: 1000}
+	})
+	dir := t.TempDir()
+	gate := filepath.Join(t.TempDir(), "go")
+	// Each task records how many tasks it saw running with it.
+	sc := fmt.Sprintf(`touch %[1]s/run-$BATCH_TASK_INDEX
+while [ ! -e %[2]s ]; do sleep 0.05; done
+sleep 0.3
+set -- %[1]s/run-*
+echo $# > %[1]s/seen-$BATCH_TASK_INDEX
+rm %[1]s/run-$BATCH_TASK_INDEX`, dir, gate)
+	j := e.submit("narrow", withComputeResource(newJob(4, 4, script(sc)), 400, 100))
+	// Two tasks fit; task 2 waits (and task 3 behind it, in index order).
+	e.wait(j.Name, 30*time.Second, func(*batchpb.Job) bool {
+		ts := e.tasks(j.Name)
+		return hasEvent(ts[2].GetStatus().GetStatusEvents(), "WAITING_FOR_CAPACITY", "") &&
+			ts[0].GetStatus().GetState() == batchpb.TaskStatus_RUNNING && ts[1].GetStatus().GetState() == batchpb.TaskStatus_RUNNING
+	})
+	ts := e.tasks(j.Name)
+	want := "Task 2 waits for capacity on this node: it needs 400 mCPU and 100 MiB (taskSpec.computeResource); this node offers 1000 mCPU and 1000 MiB (capacity 1000 mCPU, 1000 MiB, overcommit 1), of which 800 mCPU and 200 MiB are taken by 2 running task(s)."
+	if tevs := ts[2].GetStatus().GetStatusEvents(); !hasEvent(tevs, "WAITING_FOR_CAPACITY", want) {
+		t.Errorf("task 2 events lack %q:\n%s", want, events(tevs))
+	}
+	for i, st := range []batchpb.TaskStatus_State{ts[0].GetStatus().GetState(), ts[1].GetStatus().GetState(), ts[2].GetStatus().GetState(), ts[3].GetStatus().GetState()} {
+		if want := map[bool]batchpb.TaskStatus_State{true: batchpb.TaskStatus_RUNNING, false: batchpb.TaskStatus_PENDING}[i < 2]; st != want {
+			t.Errorf("task %d is %v before the gate opens, want %v", i, st, want)
+		}
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, time.Minute)
+	for i := 0; i < 4; i++ {
+		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("seen-%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n < 1 || n > 2 {
+			t.Errorf("task %d saw %d tasks running at once; 2 fit", i, n)
 		}
 	}
 }
