@@ -110,8 +110,11 @@ func (d *Dir) OpenTask(jobName string, index int64, extra io.Writer) (*Task, err
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("logs: %w", err)
 	}
-	// A task that runs again (a retry, a restart) is not done any more.
-	_ = os.Remove(filepath.Join(dir, doneFile))
+	// A task that runs again (a retry, a restart) is not done any more;
+	// a marker left behind would stop its followers early.
+	if err := os.Remove(filepath.Join(dir, doneFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("logs: %w", err)
+	}
 	t := &Task{extra: extra}
 	for _, f := range []struct {
 		name string
