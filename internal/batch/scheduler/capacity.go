@@ -179,7 +179,7 @@ func (p *pool) grantQueuedLocked() {
 }
 
 func (p *pool) describeLocked(d demand, ahead int) string {
-	s := fmt.Sprintf("it needs %d mCPU and %d MiB (taskSpec.computeResource); this node offers %d mCPU and %d MiB (capacity %d mCPU, %d MiB, overcommit %g), of which %d mCPU and %d MiB are taken by %d running task(s)",
+	s := fmt.Sprintf("it needs %d mCPU and %d MiB (taskSpec.computeResource, 2000 and 2000 when unset, as on Batch); this node offers %d mCPU and %d MiB (capacity %d mCPU, %d MiB, overcommit %g), of which %d mCPU and %d MiB are taken by %d running task(s)",
 		d.cpu, d.mem, p.cpu, p.mem, p.cfg.CPUMilli, p.cfg.MemoryMiB, p.cfg.Overcommit, p.used.cpu, p.used.mem, p.running)
 	if ahead > 0 {
 		s += fmt.Sprintf(", and %d task(s) wait before it", ahead)

@@ -113,7 +113,7 @@ func waitingForCapacityEvent(idx int64, why string) event {
 
 func taskExceedsNodeEvent(d demand, p *pool) event {
 	return event{evTaskExceedsNodeLimit, fmt.Sprintf(
-		"Each task asks for %d mCPU and %d MiB (taskSpec.computeResource), more than this node offers (%d mCPU and %d MiB after overcommit %g); each runs only when no other task runs.",
+		"Each task asks for %d mCPU and %d MiB (taskSpec.computeResource, 2000 and 2000 when unset, as on Batch), more than this node offers (%d mCPU and %d MiB after overcommit %g); each runs only when no other task runs.",
 		d.cpu, d.mem, p.cpu, p.mem, p.cfg.Overcommit)}
 }
 

@@ -946,7 +946,7 @@ rm %[1]s/run-$BATCH_TASK_INDEX`, dir, gate)
 			ts[0].GetStatus().GetState() == batchpb.TaskStatus_RUNNING && ts[1].GetStatus().GetState() == batchpb.TaskStatus_RUNNING
 	})
 	ts := e.tasks(j.Name)
-	want := "Task 2 waits for capacity on this node: it needs 400 mCPU and 100 MiB (taskSpec.computeResource); this node offers 1000 mCPU and 1000 MiB (capacity 1000 mCPU, 1000 MiB, overcommit 1), of which 800 mCPU and 200 MiB are taken by 2 running task(s)."
+	want := "Task 2 waits for capacity on this node: it needs 400 mCPU and 100 MiB (taskSpec.computeResource, 2000 and 2000 when unset, as on Batch); this node offers 1000 mCPU and 1000 MiB (capacity 1000 mCPU, 1000 MiB, overcommit 1), of which 800 mCPU and 200 MiB are taken by 2 running task(s)."
 	if tevs := ts[2].GetStatus().GetStatusEvents(); !hasEvent(tevs, "WAITING_FOR_CAPACITY", want) {
 		t.Errorf("task 2 events lack %q:\n%s", want, events(tevs))
 	}
