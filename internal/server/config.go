@@ -5,11 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/riffle-dev/riffle/internal/node"
 )
 
 // DefaultListen is where `riffle serve` listens unless told otherwise. When
@@ -148,7 +149,7 @@ func (c Config) WithDefaults() Config {
 		c.Log.Format = "text"
 	}
 	if c.Cache.MaxBytes == 0 {
-		c.Cache.MaxBytes = 20 << 30
+		c.Cache.MaxBytes = node.DefaultCacheBytes
 	}
 	return c
 }
@@ -189,13 +190,10 @@ func validLocation(s string) bool {
 	return s != ""
 }
 
-// DefaultDataDir is the user's state directory for Riffle.
-func DefaultDataDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "riffle")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".local", "state", "riffle")
-	}
-	return filepath.Join(os.TempDir(), "riffle")
-}
+// DefaultDataDir is the user's state directory for Riffle
+// (node.DefaultRoot).
+func DefaultDataDir() string { return node.DefaultRoot() }
+
+// Layout is the data directory's layout, shared with the node engine and
+// the CLI.
+func (c Config) Layout() node.Layout { return node.Layout{Root: c.DataDir} }

@@ -24,6 +24,7 @@ import (
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
+	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/registry"
 	"github.com/riffle-dev/riffle/internal/remote"
 )
@@ -39,7 +40,7 @@ type Server struct {
 	batch    *api.Server
 	grpc     *grpc.Server
 	sched    *scheduler.Scheduler
-	images   *scheduler.Images
+	node     *node.Node
 	cache    *cache.Cache
 	client   *remote.Client
 	indexes  *indexsvc.Service
@@ -65,7 +66,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries})
-	idx, err := indexsvc.New(filepath.Join(cfg.DataDir, "indexes"), s.client, indexsvc.Options{Logger: log})
+	idx, err := indexsvc.New(cfg.Layout().Indexes(), s.client, indexsvc.Options{Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -74,7 +75,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.mux.Handle("/index/", idx.Handler())
 
 	reg, err := registry.New(ctx, registry.Options{
-		RootDir:      filepath.Join(cfg.DataDir, "registry"),
+		RootDir:      cfg.Layout().Registry(),
 		MaxBlobBytes: cfg.Registry.MaxBlobBytes,
 		Logger:       log,
 		OnPush:       s.onPush,
@@ -159,8 +160,8 @@ func (s *Server) Close() error {
 	if s.sched != nil {
 		errs = append(errs, s.sched.Close())
 	}
-	if s.images != nil {
-		errs = append(errs, s.images.Close())
+	if s.node != nil {
+		errs = append(errs, s.node.Close())
 	}
 	if s.cache != nil {
 		errs = append(errs, s.cache.Close())

@@ -67,9 +67,8 @@
 // event saying why. Each container runnable's start adds an IMAGE_STREAMED
 // or IMAGE_PULLED event naming the digest, the time until the image was
 // ready and until the container ran, and the bytes fetched; a streamed
-// runnable also reports the bytes its mount fetched while it ran. Images is
-// the default ImageSource: pulls extracted once per manifest digest and
-// shared, streamfs mounts made once per digest and kept until Close.
+// runnable also reports the bytes its mount fetched while it ran. The node
+// engine (package node) is the ImageSource riffle serve uses.
 //
 // # Volumes
 //
@@ -93,7 +92,7 @@
 // with the same ID starts with nothing of the old one; the API hands
 // deletes of jobs that had already ended to Cancel too. Start
 // recovers from a previous process, even one killed with SIGKILL: it
-// removes its containers and mounts (runtime.Cleanup, and NewImages
+// removes its containers and mounts (runtime.Cleanup, and node.New
 // unmounts dead stream mounts), completes stops that were in progress,
 // removes the logs of jobs the store no longer has,
 // and puts tasks left ASSIGNED or RUNNING back to PENDING, or FAILED with

@@ -24,6 +24,7 @@ import (
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/registry"
 	"github.com/riffle-dev/riffle/internal/runtime"
 	"github.com/riffle-dev/riffle/internal/testutil"
@@ -86,7 +87,7 @@ type env struct {
 	sched *scheduler.Scheduler
 	api   *api.Server
 	rt    *runtime.Runtime
-	imgs  *scheduler.Images
+	imgs  *node.Node
 }
 
 // newEnv starts a store, runtime, image source, scheduler and API in dir
@@ -111,7 +112,7 @@ func newEnv(t *testing.T, dir string, withRuntime bool, mods ...func(*scheduler.
 		if err != nil {
 			t.Fatal(err)
 		}
-		e.imgs, err = scheduler.NewImages(scheduler.ImagesOptions{Dir: filepath.Join(dir, "images")})
+		e.imgs, err = node.New(node.Options{Layout: node.Layout{Root: dir}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -317,7 +318,7 @@ func TestPullFallback(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.RequiresBinary(t, "runc")
 	dir := t.TempDir()
-	imgs, err := scheduler.NewImages(scheduler.ImagesOptions{Dir: filepath.Join(dir, "images"), NoBuildIndexes: true})
+	imgs, err := node.New(node.Options{Layout: node.Layout{Root: dir}, NoBuildIndexes: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -701,7 +702,7 @@ func TestRestartRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	imgs, err := scheduler.NewImages(scheduler.ImagesOptions{Dir: filepath.Join(dir, "images")})
+	imgs, err := node.New(node.Options{Layout: node.Layout{Root: dir}})
 	if err != nil {
 		t.Fatal(err)
 	}
