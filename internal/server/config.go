@@ -51,6 +51,21 @@ type Config struct {
 	// InsecureRegistries lists registry hosts (host or host:port) that are
 	// reached over plain HTTP. Loopback registries always are.
 	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
+
+	// Capacity is what this node offers tasks.
+	Capacity CapacityConfig `json:"capacity,omitempty"`
+}
+
+// CapacityConfig is what this node offers tasks: tasks run at once while
+// the sum of their taskSpec.computeResource fits (scheduler.Capacity).
+// Zero means the default.
+type CapacityConfig struct {
+	// CPUMilli is the node's CPU in milliCPU. Default: the CPUs × 1000.
+	CPUMilli int64 `json:"cpuMilli,omitempty"`
+	// MemoryMib is the node's memory in MiB. Default: the machine's memory.
+	MemoryMib int64 `json:"memoryMib,omitempty"`
+	// Overcommit multiplies both. Default: 1.
+	Overcommit float64 `json:"overcommit,omitempty"`
 }
 
 // LogConfig configures logging.
@@ -196,6 +211,9 @@ func (c Config) Validate() error {
 	}
 	if c.Registry.MaxBlobBytes < 0 {
 		return fmt.Errorf("config: registry.maxBlobBytes %d: must be positive", c.Registry.MaxBlobBytes)
+	}
+	if c.Capacity.CPUMilli < 0 || c.Capacity.MemoryMib < 0 || c.Capacity.Overcommit < 0 {
+		return fmt.Errorf("config: capacity (cpuMilli %d, memoryMib %d, overcommit %g): must not be negative; leave a key out for the machine's own", c.Capacity.CPUMilli, c.Capacity.MemoryMib, c.Capacity.Overcommit)
 	}
 	if c.Location != "" && !validLocation(c.Location) {
 		return fmt.Errorf("config: location %q: use lowercase letters, digits and dashes, like us-central1", c.Location)

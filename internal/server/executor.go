@@ -60,7 +60,8 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 		log.Warn("container runnables cannot run on this node", "err", err)
 		rt = nil
 	}
-	sched, err := scheduler.New(s.store, scheduler.Options{DataDir: cfg.DataDir, Runtime: rt, Images: n, Logger: log})
+	sched, err := scheduler.New(s.store, scheduler.Options{DataDir: cfg.DataDir, Runtime: rt, Images: n, Logger: log,
+		Capacity: scheduler.Capacity{CPUMilli: cfg.Capacity.CPUMilli, MemoryMiB: cfg.Capacity.MemoryMib, Overcommit: cfg.Capacity.Overcommit}})
 	if err != nil {
 		return err
 	}
