@@ -56,15 +56,18 @@ docs/config.md; flags override them.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 
+			// Listen first: a server that cannot listen must not leave a
+			// data directory behind.
+			ln, err := server.Listen(cfg)
+			if err != nil {
+				return err
+			}
 			srv, err := server.New(ctx, cfg, log)
 			if err != nil {
+				ln.Close()
 				return err
 			}
 			defer srv.Close()
-			ln, err := srv.Listen()
-			if err != nil {
-				return err
-			}
 			fmt.Fprintf(cmd.OutOrStdout(), "riffle serving on http://%s (data dir %s)\n", ln.Addr(), srv.Config().DataDir)
 			return srv.Serve(ctx, ln, 30*time.Second)
 		},
@@ -72,7 +75,7 @@ docs/config.md; flags override them.`,
 	f := cmd.Flags()
 	f.StringVar(&configPath, "config", "", "config file (YAML); see docs/config.md")
 	f.StringVar(&flags.DataDir, "data-dir", "", "data directory (default $XDG_STATE_HOME/riffle or ~/.local/state/riffle)")
-	f.StringVar(&flags.Listen, "listen", "", "listen address (default 127.0.0.1:8080, or a free port if taken)")
+	f.StringVar(&flags.Listen, "listen", "", "listen address (default 127.0.0.1:8080; 127.0.0.1:0 picks a free port)")
 	f.StringVar(&flags.Location, "location", "", "Batch location this server presents (default us-central1)")
 	f.StringVar(&flags.Log.Level, "log-level", "", "debug, info, warn or error (default info)")
 	return cmd

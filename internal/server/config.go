@@ -13,7 +13,8 @@ import (
 )
 
 // DefaultListen is where `riffle serve` listens unless told otherwise. When
-// the port is taken and no address was configured, a free port is used.
+// the port is taken, serve fails rather than pick another port, since
+// clients (RIFFLE_SERVER, image names) are told this address.
 const DefaultListen = "127.0.0.1:8080"
 
 // Config is `riffle serve`'s configuration file. Every key is optional.
@@ -24,7 +25,8 @@ type Config struct {
 	DataDir string `json:"dataDir,omitempty"`
 
 	// Listen is the host:port of the HTTP API (registry, Batch API, health
-	// and metrics). Default: 127.0.0.1:8080, or a free port if that is taken.
+	// and metrics). Default: 127.0.0.1:8080; serve fails when it is taken.
+	// Port 0 picks a free port (written to DATA_DIR/serve.addr).
 	Listen string `json:"listen,omitempty"`
 
 	// Location is the Batch location this server presents itself as, as in
