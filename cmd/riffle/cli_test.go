@@ -26,3 +26,27 @@ func TestServePortTaken(t *testing.T) {
 		t.Fatalf("data dir %s created by a serve that could not listen (stat: %v)", dir, err)
 	}
 }
+
+// TestUnknownSubcommand: a mistyped command exits non-zero with "unknown
+// command" at every level, and a group given no command still shows help.
+func TestUnknownSubcommand(t *testing.T) {
+	for _, args := range [][]string{
+		{"image", "rm", "foo"},
+		{"batch", "job", "list"},
+		{"batch", "jobs", "lst"},
+		{"frobnicate"},
+	} {
+		out, err := runRiffle(context.Background(), args...)
+		if err == nil || !strings.Contains(err.Error(), "unknown command") {
+			t.Errorf("riffle %s: err = %v (output %q), want an unknown command error", strings.Join(args, " "), err, out)
+		}
+	}
+	out, err := runRiffle(context.Background(), "batch", "jobs", "lst")
+	if err == nil || !strings.Contains(err.Error(), "list") {
+		t.Errorf("riffle batch jobs lst: err = %v, want a suggestion of list", err)
+	}
+	out, err = runRiffle(context.Background(), "batch")
+	if err != nil || !strings.Contains(out, "Available Commands") {
+		t.Errorf("riffle batch: err = %v, output %q; want help", err, out)
+	}
+}
