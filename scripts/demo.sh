@@ -10,7 +10,8 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "demo: run as root: containers (runc) and streamed images (FUSE) need it" >&2
   exit 1
 fi
-bash scripts/setup.sh >/dev/null
+# setup prints one line when all is installed, and apt's errors when not.
+bash scripts/setup.sh
 export PATH=/usr/local/go/bin:$PATH
 
 demo=$PWD/.riffle-demo
