@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"cloud.google.com/go/batch/apiv1/batchpb"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -106,6 +107,11 @@ func Unmarshal(data []byte, m proto.Message, mode Mode) error {
 		return &FieldError{Msg: fmt.Sprintf("config is %d bytes; the limit is %d", len(data), MaxConfigSize)}
 	}
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	if !utf8.Valid(data) {
+		// The decoders would turn the bad bytes into U+FFFD and the job
+		// would run with labels and commands nobody wrote.
+		return &FieldError{Msg: notUTF8(data)}
+	}
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 {
 		return &FieldError{Msg: "config is empty; give a JSON or YAML object"}
@@ -166,6 +172,21 @@ func unmarshalValue(v any, m proto.Message, mode Mode) error {
 		return &FieldError{Msg: strings.TrimPrefix(err.Error(), "proto: ")}
 	}
 	return nil
+}
+
+// notUTF8 says where data stops being UTF-8.
+func notUTF8(data []byte) string {
+	off := 0
+	for off < len(data) {
+		r, n := utf8.DecodeRune(data[off:])
+		if r == utf8.RuneError && n <= 1 {
+			break
+		}
+		off += n
+	}
+	line := 1 + bytes.Count(data[:off], []byte("\n"))
+	col := off - bytes.LastIndexByte(data[:off], '\n')
+	return fmt.Sprintf("line %d, column %d: byte 0x%02x is not valid UTF-8; every string (labels, commands, environment) must be UTF-8 text", line, col, data[off])
 }
 
 // jsonErr turns encoding/json's error into one with a line and column.
