@@ -50,3 +50,17 @@ func TestUnknownSubcommand(t *testing.T) {
 		t.Errorf("riffle batch: err = %v, output %q; want help", err, out)
 	}
 }
+
+// TestBatchListLocationAll: --location all lists the jobs of every
+// location, as its help says.
+func TestBatchListLocationAll(t *testing.T) {
+	f := newBatchFixture(t)
+	f.ok(t, "", "jobs", "submit", "job-a", "--location", "us-central1", "--script-text", "true")
+	f.ok(t, "", "jobs", "submit", "job-b", "--location", "local", "--script-text", "true")
+	for _, loc := range []string{"all", "-"} {
+		out := f.ok(t, "", "jobs", "list", "--location", loc, "--format", "value(name)")
+		if got := strings.Fields(out); len(got) != 2 {
+			t.Errorf("jobs list --location %s: %q, want both jobs", loc, out)
+		}
+	}
+}

@@ -104,7 +104,9 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int) result {
 			}
 			tl.Printf("riffle: runnable %d did not start: %v", ri, err)
 			_ = s.st.AddTaskEvent(ctx, name, "RUNNABLE_FAILED", fmt.Sprintf("Runnable %d did not start: %v", ri, err))
-			if !rn.GetIgnoreExitStatus() && !rn.GetBackground() {
+			// A background runnable that cannot start fails the task too:
+			// the runnables after it may wait for what it was to do.
+			if !rn.GetIgnoreExitStatus() {
 				failed, res = true, result{code: code, note: note}
 			}
 			continue
