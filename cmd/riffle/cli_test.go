@@ -64,3 +64,24 @@ func TestBatchListLocationAll(t *testing.T) {
 		}
 	}
 }
+
+// TestReferenceWithoutHostIsDockerHub: one rule for references without a
+// registry host, in the parser behind riffle image, pull, mount and a job's
+// imageUri: Docker Hub, as docker and Google Batch read them.
+func TestReferenceWithoutHostIsDockerHub(t *testing.T) {
+	c := (&imageFlags{}).client()
+	for ref, want := range map[string]string{
+		"busybox":                   "index.docker.io/library/busybox:latest",
+		"my-project/repo/app:v1":    "index.docker.io/my-project/repo/app:v1",
+		"127.0.0.1:8080/p/r/app:v1": "127.0.0.1:8080/p/r/app:v1",
+		"localhost/p/app:v1":        "localhost/p/app:v1",
+	} {
+		r, err := c.ParseReference(ref)
+		if err != nil || r.Name() != want {
+			t.Errorf("ParseReference(%q) = %v, %v; want %s", ref, r, err, want)
+		}
+		if q, _ := (&imageFlags{}).qualify(ref); q != ref {
+			t.Errorf("riffle image reads %q as %q; want it as written (%s)", ref, q, want)
+		}
+	}
+}

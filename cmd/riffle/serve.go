@@ -49,6 +49,9 @@ docs/config.md; flags override them.`,
 			if fl.Changed("log-level") {
 				cfg.Log.Level = flags.Log.Level
 			}
+			if fl.Changed("insecure-registry") {
+				cfg.InsecureRegistries = flags.InsecureRegistries
+			}
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
@@ -78,6 +81,7 @@ docs/config.md; flags override them.`,
 	f.StringVar(&flags.Listen, "listen", "", "listen address (default 127.0.0.1:8080; 127.0.0.1:0 picks a free port)")
 	f.StringVar(&flags.Location, "location", "", "Batch location this server presents (default us-central1)")
 	f.StringVar(&flags.Log.Level, "log-level", "", "debug, info, warn or error (default info)")
+	f.StringSliceVar(&flags.InsecureRegistries, "insecure-registry", nil, "registry host[:port] reached over plain HTTP (loopback always is); repeatable; replaces the insecureRegistries key")
 	return cmd
 }
 
