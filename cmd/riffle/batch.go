@@ -137,7 +137,7 @@ JOB is a job ID or a full name, projects/PROJECT/locations/LOCATION/jobs/JOB.`,
 	pf.StringVar(&o.dataDir, "data-dir", "", "data directory of the riffle serve to use (default $XDG_STATE_HOME/riffle or ~/.local/state/riffle)")
 	pf.StringVar(&o.project, "project", "", "project ID (default $RIFFLE_PROJECT, $CLOUDSDK_CORE_PROJECT, or \"default\")")
 	pf.StringVar(&o.location, "location", "", "Batch location (default $RIFFLE_LOCATION, $CLOUDSDK_BATCH_LOCATION, or us-central1; jobs list: every location unless given, or with all)")
-	pf.StringVar(&o.format, "format", "", "output format: table, json, yaml or value(name) (default: table for lists, yaml for one resource, as gcloud)")
+	pf.StringVar(&o.format, "format", "", "output format: table, json, yaml or value(FIELD,...), e.g. value(name) or value(status.state) (default: table for lists, yaml for one resource, as gcloud)")
 
 	jobs := &cobra.Command{Use: "jobs", Short: "Submit, list, describe, cancel and delete Batch jobs and print their logs"}
 	jobs.AddCommand(newBatchSubmitCmd(o), newBatchDescribeCmd(o), newBatchListCmd(o),

@@ -85,3 +85,21 @@ func TestReferenceWithoutHostIsDockerHub(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchFormatValueFields: --format value(...) takes any field path, as
+// gcloud does, in camelCase or snake_case, several separated by commas.
+func TestBatchFormatValueFields(t *testing.T) {
+	f := newBatchFixture(t)
+	f.ok(t, "", "jobs", "submit", "job-v", "--location", "us-central1", "--script-text", "true")
+	out := f.ok(t, "", "jobs", "describe", "job-v", "--location", "us-central1", "--format", "value(status.state)")
+	if out != "QUEUED\n" {
+		t.Errorf("value(status.state) = %q, want QUEUED", out)
+	}
+	out = f.ok(t, "", "jobs", "list", "--format", "value(name, task_groups[0].taskCount, labels.missing)")
+	if out != "projects/default/locations/us-central1/jobs/job-v\t1\t\n" {
+		t.Errorf("value(name, task_groups[0].taskCount, labels.missing) = %q", out)
+	}
+	if msg := f.fail(t, "", "jobs", "list", "--format", "csv"); !strings.Contains(msg, "value(FIELD") {
+		t.Errorf("--format csv: %s, want the formats named", msg)
+	}
+}
