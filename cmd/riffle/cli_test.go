@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/riffle-dev/riffle/internal/server"
 )
 
 // TestServePortTaken: `riffle serve` on a taken address fails, names the
@@ -101,5 +104,25 @@ func TestBatchFormatValueFields(t *testing.T) {
 	}
 	if msg := f.fail(t, "", "jobs", "list", "--format", "csv"); !strings.Contains(msg, "value(FIELD") {
 		t.Errorf("--format csv: %s, want the formats named", msg)
+	}
+}
+
+// TestServeLogDurations: durations in JSON logs read as durations.
+func TestServeLogDurations(t *testing.T) {
+	var b strings.Builder
+	newLogger(server.LogConfig{Format: "json"}, &b).Info("shutting down", "grace", 30*time.Second)
+	if !strings.Contains(b.String(), `"grace":"30s"`) {
+		t.Errorf("JSON log %s, want \"grace\":\"30s\"", b.String())
+	}
+}
+
+// TestSubmitUnfilledPlaceholder: a refused config holding ${VAR}s says they
+// look like unfilled placeholders (BATCH_* ones expand at run time).
+func TestSubmitUnfilledPlaceholder(t *testing.T) {
+	f := newBatchFixture(t)
+	cfg := writeFile(t, "job.yaml", "taskGroups:\n- taskCount: ${TASK_COUNT}\n  taskSpec:\n    runnables:\n    - script:\n        text: echo $BATCH_TASK_INDEX ${BATCH_TASK_INDEX}\n")
+	msg := f.fail(t, "", "jobs", "submit", "ph", "--config", cfg)
+	if !strings.Contains(msg, "${TASK_COUNT}") || !strings.Contains(msg, "unfilled placeholder") || strings.Contains(msg, "${BATCH_TASK_INDEX}") {
+		t.Errorf("error %q, want ${TASK_COUNT} named as an unfilled placeholder (and not ${BATCH_TASK_INDEX})", msg)
 	}
 }

@@ -242,3 +242,62 @@ func startServer(t *testing.T, dir string) (context.Context, *server.Server, str
 	t.Cleanup(func() { cancel(); <-done; srv.Close() })
 	return ctx, srv, ln.Addr().String()
 }
+
+// TestConfigSizes: byte sizes may be written with units, and a bad value
+// is named with what it must look like rather than Go's type names.
+func TestConfigSizes(t *testing.T) {
+	dir := t.TempDir()
+	write := func(body string) string {
+		p := filepath.Join(dir, "c.yaml")
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	c, err := server.LoadConfig(write("cache:\n  maxBytes: 10GiB\nregistry:\n  maxBlobBytes: 1.5 GB\n"))
+	if err != nil || c.Cache.MaxBytes != 10<<30 || c.Registry.MaxBlobBytes != 1_500_000_000 {
+		t.Fatalf("sizes with units: %+v, %v", c, err)
+	}
+	if c, err := server.LoadConfig(write("cache:\n  maxBytes: 4096\n")); err != nil || c.Cache.MaxBytes != 4096 {
+		t.Fatalf("size in bytes: %+v, %v", c, err)
+	}
+	for body, want := range map[string][]string{
+		"cache:\n  maxBytes: lots\n":        {"cache.maxBytes", "10GiB"},
+		"registry:\n  maxBlobBytes: true\n": {"registry.maxBlobBytes", "whole number"},
+		"cache:\n  maxBytes: 10 parsecs\n":  {"cache.maxBytes", "512MiB"},
+		"listen: [a]\n":                     {"listen", "a string"},
+	} {
+		_, err := server.LoadConfig(write(body))
+		for _, w := range want {
+			if err == nil || !strings.Contains(err.Error(), w) {
+				t.Errorf("%q: err = %v, want it to contain %q", body, err, w)
+			}
+		}
+		if err != nil && (strings.Contains(err.Error(), "int64") || strings.Contains(err.Error(), "Go struct")) {
+			t.Errorf("%q: err = %v names Go types", body, err)
+		}
+	}
+}
+
+// TestDocsConfigLoads: the example in docs/config.md is a valid config,
+// so the documented keys and value forms cannot drift from the loader.
+func TestDocsConfigLoads(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/config.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, block, ok := strings.Cut(string(doc), "```yaml\n")
+	block, _, ok2 := strings.Cut(block, "```")
+	if !ok || !ok2 {
+		t.Fatal("docs/config.md has no ```yaml block")
+	}
+	p := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(p, []byte(block), 0o644)
+	c, err := server.LoadConfig(p)
+	if err != nil {
+		t.Fatalf("docs/config.md's example: %v", err)
+	}
+	if err := c.Validate(); err != nil || c.Cache.MaxBytes != 20<<30 {
+		t.Fatalf("docs/config.md's example: %+v, %v", c, err)
+	}
+}
