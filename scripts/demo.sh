@@ -17,7 +17,8 @@ export PATH=/usr/local/go/bin:$PATH
 demo=$PWD/.riffle-demo
 rm -rf "$demo"; mkdir -p "$demo"
 echo "== building riffle"
-go build -o bin/riffle ./cmd/riffle
+go build -ldflags "-X main.commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" -o bin/riffle ./cmd/riffle
+bin/riffle version
 riffle() { bin/riffle "$@"; }
 
 echo "== starting riffle serve (data dir $demo/data)"

@@ -126,3 +126,19 @@ func TestSubmitUnfilledPlaceholder(t *testing.T) {
 		t.Errorf("error %q, want ${TASK_COUNT} named as an unfilled placeholder (and not ${BATCH_TASK_INDEX})", msg)
 	}
 }
+
+// TestVersionShowsCommit: riffle version names the commit stamped with
+// -ldflags, and says how to stamp it when it was not.
+func TestVersionShowsCommit(t *testing.T) {
+	old := commit
+	defer func() { commit = old }()
+	commit = "1a2b3c4"
+	out, err := runRiffle(context.Background(), "version")
+	if err != nil || !strings.Contains(out, "commit 1a2b3c4") {
+		t.Errorf("version = %q, %v; want the commit", out, err)
+	}
+	commit = ""
+	if v := versionString(); !strings.Contains(v, "commit ") || (strings.Contains(v, "unknown") && !strings.Contains(v, "main.commit")) {
+		t.Errorf("version without a stamped commit = %q, want the stamp named", v)
+	}
+}

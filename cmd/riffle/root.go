@@ -8,8 +8,16 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
+// version and commit are set at build time:
+//
+//	go build -ldflags "-X main.version=v0.1.0 -X main.commit=$(git rev-parse --short HEAD)" ./cmd/riffle
+//
+// Go stamps the commit itself (vcs.revision) only when building with
+// -buildvcs, which some environments turn off (GOFLAGS=-buildvcs=false).
+var (
+	version = "dev"
+	commit  = ""
+)
 
 func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
@@ -63,18 +71,29 @@ func newVersionCmd() *cobra.Command {
 		Short: "Print Riffle's version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			v := version
-			if bi, ok := debug.ReadBuildInfo(); ok && v == "dev" {
-				for _, s := range bi.Settings {
-					if s.Key == "vcs.revision" {
-						v = "dev+" + s.Value
-					}
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "riffle %s (%s)\n", v, bi.GoVersion)
-				return nil
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "riffle %s\n", v)
+			fmt.Fprintln(cmd.OutOrStdout(), versionString())
 			return nil
 		},
 	}
+}
+
+// versionString is "riffle VERSION (commit C, GOVERSION)"; the commit is
+// main.commit, else the one Go stamped, else "unknown".
+func versionString() string {
+	c, gov := commit, "go unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		gov = bi.GoVersion
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && c == "" {
+				c = s.Value
+			}
+			if s.Key == "vcs.modified" && s.Value == "true" && c != "" && !strings.HasSuffix(c, "-dirty") {
+				c += "-dirty"
+			}
+		}
+	}
+	if c == "" {
+		c = "unknown (build with -ldflags \"-X main.commit=$(git rev-parse --short HEAD)\")"
+	}
+	return fmt.Sprintf("riffle %s (commit %s, %s)", version, c, gov)
 }
