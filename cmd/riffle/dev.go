@@ -28,7 +28,7 @@ installed by scripts/setup.sh) with sh and the usual tools; --kind features
 holds every tar feature (hard links, whiteouts, xattrs, ...) for testing.`,
 		Example: `  riffle dev image --kind busybox --out ./layout
   riffle image push ./layout 127.0.0.1:8080/my-project/my-repo/busybox:v1`,
-		Args:  cobra.NoArgs,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out, _ := cmd.Flags().GetString("out")
 			if out == "" {
