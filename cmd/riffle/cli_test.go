@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/riffle-dev/riffle/internal/server"
+	"github.com/riffle-dev/riffle/internal/testutil"
 )
 
 // TestServePortTaken: `riffle serve` on a taken address fails, names the
@@ -140,5 +142,43 @@ func TestVersionShowsCommit(t *testing.T) {
 	commit = ""
 	if v := versionString(); !strings.Contains(v, "commit ") || (strings.Contains(v, "unknown") && !strings.Contains(v, "main.commit")) {
 		t.Errorf("version without a stamped commit = %q, want the stamp named", v)
+	}
+}
+
+// TestUnmountNotRiffle: unmount of a directory that is no mount, or not a
+// Riffle one, says so instead of "invalid argument", and leaves it alone.
+func TestUnmountNotRiffle(t *testing.T) {
+	dir := t.TempDir()
+	_, err := runRiffle(context.Background(), "unmount", dir)
+	if err == nil || !strings.Contains(err.Error(), "not a mount point") {
+		t.Errorf("unmount of a plain directory: %v, want \"not a mount point\"", err)
+	}
+	testutil.RequiresRoot(t)
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(dir, 0)
+	_, err = runRiffle(context.Background(), "unmount", dir)
+	if err == nil || !strings.Contains(err.Error(), "tmpfs mount, not one made by riffle mount") {
+		t.Errorf("unmount of a tmpfs: %v, want it named", err)
+	}
+	if err := syscall.Unmount(dir, 0); err != nil {
+		t.Errorf("the tmpfs is gone after a refused unmount: %v", err)
+	}
+}
+
+// TestPullRefusesNonEmptyDir: pull IMAGE DIR into a directory holding files
+// fails and names it, before fetching anything.
+func TestPullRefusesNonEmptyDir(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "keep"), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := runRiffle(context.Background(), "pull", "127.0.0.1:1/p/r/i:v1", dir)
+	if err == nil || !strings.Contains(err.Error(), "is not empty") {
+		t.Errorf("pull into a non-empty dir: %v, want it refused", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "keep")); err != nil || string(b) != "x" {
+		t.Errorf("the directory's file was touched: %q, %v", b, err)
 	}
 }
