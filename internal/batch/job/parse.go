@@ -9,6 +9,7 @@ import (
 	"math"
 	"sort"
 	"strconv"
+	"regexp"
 	"strings"
 	"unicode/utf8"
 
@@ -169,7 +170,9 @@ func unmarshalValue(v any, m proto.Message, mode Mode) error {
 	if err := (protojson.UnmarshalOptions{}).Unmarshal(js, m); err != nil {
 		// The walk above catches everything it knows of; protojson is the
 		// last word on what it does not.
-		return &FieldError{Msg: strings.TrimPrefix(err.Error(), "proto: ")}
+		// Its "(line 1:N)" counts in the re-encoded one-line JSON, not
+		// the user's file: drop it rather than point at the wrong line.
+		return &FieldError{Msg: protoPosRE.ReplaceAllString(err.Error(), "")}
 	}
 	return nil
 }
@@ -188,6 +191,10 @@ func notUTF8(data []byte) string {
 	col := off - bytes.LastIndexByte(data[:off], '\n')
 	return fmt.Sprintf("line %d, column %d: byte 0x%02x is not valid UTF-8; every string (labels, commands, environment) must be UTF-8 text", line, col, data[off])
 }
+
+// protoPosRE matches protojson's error prefix ("proto: (line 1:15): ",
+// whose spaces protobuf-go randomizes between ASCII and U+00A0).
+var protoPosRE = regexp.MustCompile(`^proto:[\s\x{00a0}]*(\(line \d+:\d+\):[\s\x{00a0}]*)?`)
 
 // jsonErr turns encoding/json's error into one with a line and column.
 func jsonErr(data []byte, err error) string {

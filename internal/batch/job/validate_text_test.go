@@ -52,3 +52,13 @@ func TestValidateRefusesWhatCannotRun(t *testing.T) {
 		}
 	}
 }
+
+// TestYAMLErrorNoWrongLine: an error found after the YAML is re-encoded
+// does not carry a position in the re-encoded text ("line 1"), which would
+// point at the wrong line of the user's file.
+func TestYAMLErrorNoWrongLine(t *testing.T) {
+	_, err := Parse([]byte("taskGroups:\n- taskSpec:\n    runnables:\n    - script:\n        text: hi\ncreateTime: yesterday\n"), Lenient)
+	if err == nil || strings.Contains(err.Error(), "line 1") || !strings.Contains(err.Error(), `"yesterday"`) {
+		t.Errorf("err = %v, want the bad value named without a line 1", err)
+	}
+}
