@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"regexp"
 	"sort"
 	"strconv"
-	"regexp"
 	"strings"
 	"unicode/utf8"
 
