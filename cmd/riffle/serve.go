@@ -25,7 +25,12 @@ func newServeCmd() *cobra.Command {
 		Short: "Run the Riffle server: registry, Batch API, index service and executor in one process",
 		Long: `serve runs everything Riffle needs on one machine in one process, with all
 state under one data directory. Keys of the --config file are documented in
-docs/config.md; flags override them.`,
+docs/config.md; flags override them.
+
+serve listens on 127.0.0.1:8080 unless --listen says otherwise, and fails when
+the address is taken (--listen 127.0.0.1:0 picks a free port; the address is
+written to DATA_DIR/serve.addr, where the CLI finds it). One data directory
+serves one riffle serve at a time; a second one says which process holds it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var cfg server.Config
