@@ -46,12 +46,14 @@ func lockDataDir(dir string) (*dataDirLock, error) {
 	return &dataDirLock{f: f}, nil
 }
 
-// Close releases the directory.
+// Close releases the directory; closing again does nothing.
 func (l *dataDirLock) Close() error {
-	if l == nil {
+	if l == nil || l.f == nil {
 		return nil
 	}
-	return l.f.Close()
+	err := l.f.Close()
+	l.f = nil
+	return err
 }
 
 // checkDataDir returns the in-use error when another server holds dir, and

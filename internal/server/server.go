@@ -196,15 +196,15 @@ func grpcOrHTTP(g *grpc.Server, h http.Handler) http.Handler {
 	})
 }
 
-// Listen opens the configured address (DefaultListen when none is). It
-// never falls back to another port: clients are told the address, so a
-// server somewhere else would be a silent surprise. Call it before New, so
-// that a server that cannot listen leaves no data directory behind.
+// Listen opens the configured address, as the package's Listen does.
 func (s *Server) Listen() (net.Listener, error) { return listen(s.cfg, false) }
 
-// Listen opens cfg's address, as Server.Listen does, without building a
-// server. When the address is taken by another riffle serve on the same
-// data directory, the error says so.
+// Listen opens cfg's address (DefaultListen when none is) without building
+// a server: `riffle serve` calls it before New, so that a server that
+// cannot listen leaves no data directory behind. It never falls back to
+// another port: clients were told the address, and a server elsewhere
+// would be a silent surprise. When another riffle serve holds cfg's data
+// directory, the error says so.
 func Listen(cfg Config) (net.Listener, error) { return listen(cfg, true) }
 
 // listen opens cfg's address; checkDir looks for another server on the data
