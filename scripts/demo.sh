@@ -10,13 +10,15 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "demo: run as root: containers (runc) and streamed images (FUSE) need it" >&2
   exit 1
 fi
-bash scripts/setup.sh >/dev/null
+# setup prints one line when all is installed, and apt's errors when not.
+bash scripts/setup.sh
 export PATH=/usr/local/go/bin:$PATH
 
 demo=$PWD/.riffle-demo
 rm -rf "$demo"; mkdir -p "$demo"
 echo "== building riffle"
-go build -o bin/riffle ./cmd/riffle
+go build -ldflags "-X main.commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" -o bin/riffle ./cmd/riffle
+bin/riffle version
 riffle() { bin/riffle "$@"; }
 
 echo "== starting riffle serve (data dir $demo/data)"

@@ -20,7 +20,7 @@ import (
 //	GET /riffle/v1/logs/{projects/P/locations/L/jobs/J}[?task=N][&follow=true]
 //
 // The response is text/plain: the task's stdout and stderr lines, or,
-// without task=, every task's lines prefixed "[task N] ". With follow the
+// without task=, every task's lines prefixed "task N: ". With follow the
 // stream stays open until the job ends.
 const batchLogsPath = "/riffle/v1/logs/"
 
@@ -33,7 +33,7 @@ func newBatchLogsCmd(o *batchOpts) *cobra.Command {
 		Use:   "logs JOB [--task N] [--follow]",
 		Short: "Print the stdout and stderr of a job's tasks",
 		Long: `logs prints what the job's runnables wrote to stdout and stderr. Without
---task it prints every task's lines, each prefixed "[task N] "; with --task
+--task it prints every task's lines, each prefixed "task N: "; with --task
 it prints that task's lines as written. --follow keeps printing new lines
 until the job ends (or Ctrl-C).`,
 		Args: cobra.ExactArgs(1),

@@ -150,6 +150,9 @@ func newUnmountCmd() *cobra.Command {
 		Short: "Unmount an image mounted with riffle mount",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkRiffleMount(args[0]); err != nil {
+				return err
+			}
 			return streamfs.UnmountDir(args[0], lazy)
 		},
 	}
@@ -174,7 +177,7 @@ Without DIR the image's layers go into the node's layer store
 (DATA_DIR/layers, one directory per layer, shared by every image that has
 it), where riffle serve's tasks and riffle run find them already pulled;
 layers are downloaded and extracted in parallel.
-With DIR it is extracted there; DIR is created if missing and should be empty.
+With DIR it is extracted there; DIR is created if missing and must be empty.
 Needs root for ownership, devices and xattrs.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -216,6 +219,10 @@ Needs root for ownership, devices and xattrs.`,
 
 // pullImage extracts ref into dir with a full pull (package pull).
 func pullImage(ctx context.Context, client *remote.Client, ref, dir string, parallel int) (int, error) {
+	// Layers applied over files already there would mix two trees.
+	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+		return 0, fmt.Errorf("pull: %s is not empty (%d entries); pull extracts into an empty or new directory: remove its contents or give another DIR", dir, len(ents))
+	}
 	img, err := client.Resolve(ctx, ref, nil)
 	if err != nil {
 		return 0, err

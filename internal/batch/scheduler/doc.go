@@ -36,7 +36,8 @@
 // as arrived, so a failure never blocks the others). After a failure only
 // alwaysRun runnables run; ignoreExitStatus keeps a failure from counting;
 // background runnables are started and not waited for, their exit status
-// is ignored, and they are stopped (SIGTERM, then SIGKILL after
+// is ignored (but one that cannot start fails the task unless
+// ignoreExitStatus, as its followers may wait for it), and they are stopped (SIGTERM, then SIGKILL after
 // Options.StopGrace) when the task's other runnables are done. A
 // runnable's timeout stops it and fails it; maxRunDuration stops the whole
 // task (exit code 50005, as Batch) and no further runnable, not even

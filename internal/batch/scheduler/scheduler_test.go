@@ -36,6 +36,9 @@ var (
 	regOnce sync.Once
 	regRef  string
 	regErr  error
+	// regCleanup stops the shared registry and removes its directory;
+	// TestMain calls it when every test is done.
+	regCleanup = func() {}
 )
 
 // busyboxRef pushes the busybox test image to an in-process registry once
@@ -51,10 +54,12 @@ func busyboxRef(t *testing.T) string {
 		}
 		reg, err := registry.New(context.Background(), registry.Options{RootDir: dir})
 		if err != nil {
+			os.RemoveAll(dir)
 			regErr = err
 			return
 		}
 		srv := httptest.NewServer(reg) // lives as long as the test binary
+		regCleanup = func() { srv.Close(); reg.Close(); os.RemoveAll(dir) }
 		spec, err := imagegen.Busybox("/bin/busybox")
 		if err != nil {
 			regErr = err

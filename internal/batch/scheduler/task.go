@@ -141,7 +141,9 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32
 			}
 			tl.Printf("riffle: runnable %d did not start: %v", ri, err)
 			r.taskEvent(ctx, idx, runnableFailedEvent(ri, err))
-			if !rn.GetIgnoreExitStatus() && !rn.GetBackground() {
+			// A background runnable that cannot start fails the task too:
+			// the runnables after it may wait for what it was to do.
+			if !rn.GetIgnoreExitStatus() {
 				failed, res = true, result{code: code, note: note}
 			}
 			continue
