@@ -49,6 +49,7 @@ docs/config.md; flags override them.`,
 			if fl.Changed("log-level") {
 				cfg.Log.Level = flags.Log.Level
 			}
+			applySecurityFlags(fl, &cfg, flags)
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
@@ -75,6 +76,7 @@ docs/config.md; flags override them.`,
 	f.StringVar(&flags.Listen, "listen", "", "listen address (default 127.0.0.1:8080, or a free port if taken)")
 	f.StringVar(&flags.Location, "location", "", "Batch location this server presents (default us-central1)")
 	f.StringVar(&flags.Log.Level, "log-level", "", "debug, info, warn or error (default info)")
+	addSecurityFlags(f, &flags)
 	return cmd
 }
 

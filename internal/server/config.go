@@ -43,6 +43,18 @@ type Config struct {
 	// InsecureRegistries lists registry hosts (host or host:port) that are
 	// reached over plain HTTP. Loopback registries always are.
 	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
+
+	// TLS, Auth, HostPaths, Scripts and Outbound are the security keys;
+	// see config_security.go and docs/security.md.
+	TLS       TLSConfig      `json:"tls,omitempty"`
+	Auth      AuthConfig     `json:"auth,omitempty"`
+	HostPaths []string       `json:"hostPaths,omitempty"`
+	Scripts   ScriptsConfig  `json:"scripts,omitempty"`
+	Outbound  OutboundConfig `json:"outbound,omitempty"`
+
+	// InsecureListenWithoutTLS lets the server listen on a non-loopback
+	// address without TLS, so tokens cross the network in clear text.
+	InsecureListenWithoutTLS bool `json:"insecureListenWithoutTLS,omitempty"`
 }
 
 // LogConfig configures logging.
@@ -135,7 +147,7 @@ func (c Config) WithDefaults() Config {
 	if c.Cache.MaxBytes == 0 {
 		c.Cache.MaxBytes = 20 << 30
 	}
-	return c
+	return c.securityDefaults()
 }
 
 // Validate reports the first bad key, naming it and the fix.
@@ -155,6 +167,9 @@ func (c Config) Validate() error {
 	}
 	if c.Registry.MaxBlobBytes < 0 {
 		return fmt.Errorf("config: registry.maxBlobBytes %d: must be positive", c.Registry.MaxBlobBytes)
+	}
+	if err := c.validateSecurity(); err != nil {
+		return err
 	}
 	if c.Location != "" && !validLocation(c.Location) {
 		return fmt.Errorf("config: location %q: use lowercase letters, digits and dashes, like us-central1", c.Location)

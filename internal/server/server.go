@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
+	"github.com/riffle-dev/riffle/internal/auth"
 	"github.com/riffle-dev/riffle/internal/batch/api"
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
@@ -46,6 +47,11 @@ type Server struct {
 	addr     atomic.Value // string: the address Serve listens on
 	mux      *http.ServeMux
 	handler  http.Handler
+
+	tokens    *auth.Store            // access control (auth.go)
+	selfToken string                 // the server's own token for its registry; never stored
+	refusals  *prometheus.CounterVec // riffle_auth_refused_total
+	outbound  *outbound              // where job-named registries may be
 }
 
 // New builds every component from cfg (defaults filled in) under its data
@@ -64,7 +70,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux()}
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries})
+	if err := s.openAuth(); err != nil {
+		return nil, err
+	}
+	s.outbound = newOutbound(cfg.Outbound.AllowRegistries)
+	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.outbound.transport()})
 	idx, err := indexsvc.New(filepath.Join(cfg.DataDir, "indexes"), s.client, indexsvc.Options{Logger: log})
 	if err != nil {
 		return nil, err
@@ -111,14 +121,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.mux.Handle("GET /riffle/v1/logs/{job...}", http.HandlerFunc(s.serveLogs))
 	s.mux.Handle("/v1/", b.HTTPHandler())
-	s.grpc = grpc.NewServer(b.GRPCServerOptions()...)
+	s.grpc = grpc.NewServer(append(b.GRPCServerOptions(), s.grpcAuthOptions()...)...)
 	b.RegisterGRPC(s.grpc)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintln(w, "ok")
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
-	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.mux))
+	s.registerTokenAPI()
+	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.guard(s.mux)))
 	return s, nil
 }
 
@@ -174,6 +185,9 @@ func (s *Server) Close() error {
 	if s.registry != nil {
 		errs = append(errs, s.registry.Close())
 	}
+	if s.tokens != nil {
+		errs = append(errs, s.tokens.Close())
+	}
 	return errors.Join(errs...)
 }
 
@@ -193,6 +207,9 @@ func grpcOrHTTP(g *grpc.Server, h http.Handler) http.Handler {
 // DefaultListen and falls back to a free loopback port.
 func (s *Server) Listen() (net.Listener, error) {
 	if s.cfg.Listen != "" {
+		if err := s.cfg.checkListen(s.cfg.Listen); err != nil {
+			return nil, err
+		}
 		ln, err := net.Listen("tcp", s.cfg.Listen)
 		if err != nil {
 			return nil, fmt.Errorf("server: listen %s: %w (choose another address with --listen or the listen key)", s.cfg.Listen, err)
@@ -229,6 +246,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	hs.Protocols = new(http.Protocols)
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(true)
+	if s.cfg.TLS.Enabled() {
+		tl, err := s.tlsListener(ln, hs)
+		if err != nil {
+			return err
+		}
+		ln = tl
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	s.log.Info("riffle serving", "addr", ln.Addr().String(), "dataDir", s.cfg.DataDir, "location", s.cfg.Location)

@@ -13,7 +13,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
-	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/server"
 )
 
@@ -68,15 +67,14 @@ func TestServeHealthMetricsShutdown(t *testing.T) {
 		a, err := server.ReadAddr(dir)
 		return err == nil && a == ln.Addr().String()
 	})
-	for path, want := range map[string]string{
-		"/healthz": "ok",
-		"/v2/":     "{}",
-		"/metrics": "riffle_http_requests_total",
+	// In order: /metrics shows request counters only after a request.
+	for _, c := range []struct{ path, want string }{
+		{"/healthz", "ok"},
+		{"/v2/", "{}"},
+		{"/metrics", "riffle_http_requests_total"},
 	} {
-		resp, err := http.Get(base + path)
-		if err != nil {
-			t.Fatal(err)
-		}
+		path, want := c.path, c.want
+		resp := get(t, base+path, adminToken(t, srv))
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), want) {
@@ -117,7 +115,7 @@ func TestPushedImagesAreIndexed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := remote.New(remote.Options{})
+	c := registryClient(adminToken(t, srv))
 	ref := addr + "/p/r/features:v1"
 	if err := c.Push(ctx, ref, img, nil); err != nil {
 		t.Fatal(err)
@@ -127,10 +125,7 @@ func TestPushedImagesAreIndexed(t *testing.T) {
 		h, _ := l.Digest()
 		d := digest.Digest(h.String())
 		waitFor(t, func() bool { _, _, err := srv.Indexes().Get(d); return err == nil })
-		resp, err := http.Get("http://" + addr + "/index/v1/layers/" + d.String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := get(t, "http://"+addr+"/index/v1/layers/"+d.String(), adminToken(t, srv))
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET index of %s: %s", d, resp.Status)
