@@ -137,11 +137,20 @@ func TestPushedImagesAreIndexed(t *testing.T) {
 // loopback port until the test ends.
 func startServer(t *testing.T, dir string) (context.Context, *server.Server, string) {
 	t.Helper()
-	if dir == "" {
-		dir = t.TempDir()
+	return startServerWith(t, server.Config{DataDir: dir})
+}
+
+// startServerWith is startServer with more of the config.
+func startServerWith(t *testing.T, cfg server.Config) (context.Context, *server.Server, string) {
+	t.Helper()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, server.Config{DataDir: dir, Listen: "127.0.0.1:0"}, nil)
+	srv, err := server.New(ctx, cfg, nil)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
