@@ -41,7 +41,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		id, err := s.authenticate(auth.FromRequest(r))
+		id, err := s.authenticate(auth.FromRequest(r), a.project, a.need)
 		if err == nil {
 			err = authorizeAll(id, a)
 		}
@@ -69,19 +69,28 @@ func authorizeAll(id *auth.Identity, a access) error {
 	return nil
 }
 
-// authenticate looks a token up. Store errors (not refusals) become a
-// refusal too, logged, so that a broken database never turns into a 500
-// that says more than it should.
-func (s *Server) authenticate(secret string) (*auth.Identity, error) {
-	id, err := s.tokens.Lookup(secret)
-	if err != nil {
-		if _, ok := err.(*auth.Error); !ok {
-			s.log.Error("token lookup failed", "err", err)
-			return nil, &auth.Error{Reason: auth.ReasonBadToken, Msg: "the token could not be checked; see the server log"}
-		}
-		return nil, err
+// authenticate looks a token up. A refusal says what the request needed
+// (need in project). Store errors (not refusals) become a refusal too,
+// logged, so a broken database never turns into a 500 that says more than
+// it should.
+func (s *Server) authenticate(secret, project string, need auth.Role) (*auth.Identity, error) {
+	if secret == "" {
+		return nil, auth.Authorize(nil, project, need)
 	}
-	return id, nil
+	id, err := s.tokens.Lookup(secret)
+	if err == nil {
+		return id, nil
+	}
+	ae, ok := err.(*auth.Error)
+	if !ok {
+		s.log.Error("token lookup failed", "err", err)
+		ae = &auth.Error{Reason: auth.ReasonBadToken, Msg: "the token could not be checked; see the server log"}
+	}
+	where := "project " + project
+	if project == "" {
+		where = "any project"
+	}
+	return nil, &auth.Error{Reason: ae.Reason, Msg: fmt.Sprintf("%s; this needs the %s role in %s", ae.Msg, need, where)}
 }
 
 // classify says what r needs. An error refuses the request as malformed

@@ -51,7 +51,7 @@ func (s *Server) authorizeRPC(ctx context.Context, method string, req any) (cont
 		project = projectOf(resourceOf(m))
 	}
 	need := rpcRole(method)
-	id, err := s.authenticate(secret)
+	id, err := s.authenticate(secret, project, need)
 	if err == nil {
 		err = auth.Authorize(id, project, need)
 	}
