@@ -15,6 +15,7 @@ import (
 
 	"github.com/riffle-dev/riffle/internal/auth"
 	"github.com/riffle-dev/riffle/internal/batch/job"
+	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/runtime"
 )
 
@@ -82,19 +83,16 @@ func (s *Server) admitSecurity(ctx context.Context, j *batchpb.Job) error {
 	return nil
 }
 
-// HostScriptsLabel marks a job whose script runnables run directly on the
-// host: set by the server at submit, only for admin submitters when
-// scripts.unconfinedForAdmin is on; a value given by the submitter is
-// replaced.
-const HostScriptsLabel = "riffle-host-scripts"
-
+// markHostScripts lets the scripts of an admin's job run directly on the
+// host when scripts.unconfinedForAdmin is on; a label given by anyone else
+// is removed.
 func (s *Server) markHostScripts(j *batchpb.Job, admin bool) {
-	delete(j.Labels, HostScriptsLabel)
+	delete(j.Labels, scheduler.HostScriptsLabel)
 	if admin && s.cfg.Scripts.UnconfinedForAdmin {
 		if j.Labels == nil {
 			j.Labels = map[string]string{}
 		}
-		j.Labels[HostScriptsLabel] = "true"
+		j.Labels[scheduler.HostScriptsLabel] = "true"
 	}
 }
 
@@ -172,4 +170,14 @@ func (s *Server) admitImageAccess(ctx context.Context, id *auth.Identity, uri, f
 		return &job.FieldError{Path: field, Msg: fmt.Sprintf("image %s: %v", uri, err)}
 	}
 	return nil
+}
+
+// scriptPolicy: scripts run confined, hiding the data directory (tokens,
+// other jobs' files, the registry's storage).
+func (s *Server) scriptPolicy() scheduler.ScriptPolicy {
+	mask, err := filepath.Abs(s.cfg.DataDir)
+	if err != nil {
+		mask = s.cfg.DataDir
+	}
+	return scheduler.ScriptPolicy{Confine: true, HostNetwork: s.cfg.Scripts.HostNetwork, Mask: []string{mask}}
 }

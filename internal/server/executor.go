@@ -46,7 +46,7 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 		log.Warn("container runnables cannot run on this node", "err", err)
 		rt = nil
 	}
-	sched, err := scheduler.New(s.store, scheduler.Options{DataDir: cfg.DataDir, Runtime: rt, Images: imgs, Logger: log})
+	sched, err := scheduler.New(s.store, scheduler.Options{DataDir: cfg.DataDir, Runtime: rt, Images: imgs, Logger: log, Scripts: s.scriptPolicy()})
 	if err != nil {
 		return err
 	}
