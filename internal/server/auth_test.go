@@ -343,3 +343,54 @@ func TestAccessControlTable(t *testing.T) {
 		}
 	}
 }
+
+// TestDefaultOpenEndpoints: /healthz is open, /metrics is open from
+// loopback by default, and everything else asks for a token.
+func TestDefaultOpenEndpoints(t *testing.T) {
+	_, _, addr := startServer(t, "")
+	for _, c := range []struct {
+		path string
+		code int
+	}{
+		{"/healthz", http.StatusOK},
+		{"/metrics", http.StatusOK},
+		{"/v2/", http.StatusUnauthorized},
+		{"/v1/projects/p/locations/us-central1/jobs", http.StatusUnauthorized},
+		{"/index/v1/layers/sha256:" + strings.Repeat("0", 64), http.StatusUnauthorized},
+		{"/riffle/v1/auth/tokens", http.StatusUnauthorized},
+	} {
+		resp := get(t, "http://"+addr+c.path, "")
+		resp.Body.Close()
+		if resp.StatusCode != c.code {
+			t.Errorf("GET %s without a token: %s, want %d", c.path, resp.Status, c.code)
+		}
+	}
+}
+
+// TestHostScriptsLabelOnlyForAdmins: the label that lets scripts run on
+// the host is set by the server for admins when the config allows it, and
+// removed from anyone else's job.
+func TestHostScriptsLabelOnlyForAdmins(t *testing.T) {
+	ctx, srv, addr := startServerWith(t, server.Config{Scripts: server.ScriptsConfig{UnconfinedForAdmin: true}})
+	admin := adminToken(t, srv)
+	editor := createToken(t, addr, admin, "ed", auth.Binding{Project: "p", Role: auth.RoleEditor})
+	for _, tc := range []struct {
+		tok, id string
+		want    bool
+	}{{editor, "by-editor", false}, {admin, "by-admin", true}} {
+		c, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), withToken(tc.tok))
+		if err != nil {
+			t.Fatal(err)
+		}
+		j := scriptJob()
+		j.Labels = map[string]string{"riffle-host-scripts": "true"}
+		got, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: "projects/p/locations/us-central1", JobId: tc.id, Job: j})
+		c.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has := got.GetLabels()["riffle-host-scripts"] == "true"; has != tc.want {
+			t.Errorf("%s: host-scripts label %v, want %v", tc.id, has, tc.want)
+		}
+	}
+}
