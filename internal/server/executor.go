@@ -30,7 +30,7 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 
 	imgs, err := scheduler.NewImages(scheduler.ImagesOptions{
 		Dir:      filepath.Join(cfg.DataDir, "images"),
-		Registry: remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.outbound.transport()},
+		Registry: remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.registryTransport()},
 		Cache:    c,
 		Indexes:  s.indexes,
 		Logger:   log,

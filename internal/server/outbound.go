@@ -130,3 +130,9 @@ func (q quietErrors) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	return resp, nil
 }
+
+// registryTransport is the transport of every registry client of the
+// server: outbound rules, quiet errors, and TLS to itself when configured.
+func (s *Server) registryTransport() http.RoundTripper {
+	return s.selfTLSTransport(s.outbound.transport())
+}

@@ -74,7 +74,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.outbound = newOutbound(cfg.Outbound.AllowRegistries)
-	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.outbound.transport()})
+	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.registryTransport()})
 	idx, err := indexsvc.New(filepath.Join(cfg.DataDir, "indexes"), s.client, indexsvc.Options{Logger: log})
 	if err != nil {
 		return nil, err

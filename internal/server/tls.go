@@ -1,7 +1,10 @@
 package server
 
 import (
+	"bytes"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -21,4 +24,47 @@ func (s *Server) tlsListener(ln net.Listener, hs *http.Server) (net.Listener, er
 		MinVersion:   tls.VersionTLS12,
 	}
 	return tls.NewListener(ln, hs.TLSConfig), nil
+}
+
+// selfTLS sends the server's own registry requests over TLS when the port
+// serves only TLS, whichever scheme the registry client chose (it tries
+// https and falls back to http for loopback). The certificate may name a host rather than the
+// loopback address dialled, so instead of the usual name check the peer
+// must present exactly the configured certificate.
+type selfTLS struct {
+	s    *Server
+	next http.RoundTripper
+	tls  http.RoundTripper
+}
+
+func (s *Server) selfTLSTransport(next http.RoundTripper) http.RoundTripper {
+	if !s.cfg.TLS.Enabled() {
+		return next
+	}
+	cert, err := tls.LoadX509KeyPair(s.cfg.TLS.Cert, s.cfg.TLS.Key)
+	if err != nil || len(cert.Certificate) == 0 {
+		return next // Serve reports the bad certificate
+	}
+	leaf := cert.Certificate[0]
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	t.TLSClientConfig = &tls.Config{
+		InsecureSkipVerify: true, // replaced by the pin below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 || !bytes.Equal(raw[0], leaf) {
+				return errors.New("server: the TLS certificate on this port is not the configured one")
+			}
+			return nil
+		},
+	}
+	return &selfTLS{s: s, next: next, tls: t}
+}
+
+func (t *selfTLS) RoundTrip(r *http.Request) (*http.Response, error) {
+	if t.s.isSelf(r.URL.Host) {
+		r = r.Clone(r.Context())
+		r.URL.Scheme = "https"
+		return t.tls.RoundTrip(r)
+	}
+	return t.next.RoundTrip(r)
 }

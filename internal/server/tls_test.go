@@ -20,6 +20,7 @@ import (
 
 	batch "cloud.google.com/go/batch/apiv1"
 	"cloud.google.com/go/batch/apiv1/batchpb"
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/oauth2"
 	"google.golang.org/api/iterator"
 	"google.golang.org/api/option"
@@ -28,6 +29,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/server"
 )
 
@@ -171,4 +174,49 @@ func TestListenRefusesNonLoopbackWithoutTLS(t *testing.T) {
 		t.Fatalf("with insecureListenWithoutTLS: %v", err)
 	}
 	ln.Close()
+}
+
+// httpsRewrite sends a registry client's loopback requests (which it makes
+// over http) over TLS trusting pool.
+type httpsRewrite struct{ t *http.Transport }
+
+func (h httpsRewrite) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.URL.Scheme = "https"
+	return h.t.RoundTrip(r)
+}
+
+// TestTLSServerReachesItsOwnRegistry: with TLS on the one port, the
+// server's own registry requests (submit checks, indexing on push) still
+// reach its registry.
+func TestTLSServerReachesItsOwnRegistry(t *testing.T) {
+	certFile, keyFile, pool := selfSignedCert(t, t.TempDir())
+	ctx, srv, addr := startServerWith(t, server.Config{TLS: server.TLSConfig{Cert: certFile, Key: keyFile}})
+	tok := adminToken(t, srv)
+	spec, _ := imagegen.Busybox("/bin/busybox")
+	img, err := imagegen.Build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := remote.New(remote.Options{Keychain: tokenKeychain(tok), Transport: httpsRewrite{&http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}})
+	ref := addr + "/p/r/busybox:v1"
+	if err := rc.Push(ctx, ref, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	layers, _ := img.Layers()
+	h, _ := layers[0].Digest()
+	waitFor(t, func() bool { _, _, err := srv.Indexes().Get(digest.Digest(h.String())); return err == nil })
+
+	ts := oauth2.StaticTokenSource(&oauth2.Token{AccessToken: tok})
+	g, err := batch.NewClient(ctx, option.WithEndpoint(addr), option.WithTokenSource(ts),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{RootCAs: pool}))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	job := &batchpb.Job{TaskGroups: []*batchpb.TaskGroup{{TaskSpec: &batchpb.TaskSpec{Runnables: []*batchpb.Runnable{{
+		Executable: &batchpb.Runnable_Container_{Container: &batchpb.Runnable_Container{ImageUri: ref, Commands: []string{"true"}}}}}}}}}
+	if _, err := g.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: "projects/p/locations/us-central1", JobId: "tls-image", Job: job}); err != nil {
+		t.Fatalf("submit with an image of the TLS server's registry: %v", err)
+	}
 }
