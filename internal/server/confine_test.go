@@ -80,16 +80,22 @@ echo tmp > /tmp/in-tmp && echo TMP-OK
 			t.Errorf("the script escaped: %s\n%s", bad, out)
 		}
 	}
-	for _, want := range []string{"pid=1\n", "caps=CapEff:0000000000000000", "nnp=NoNewPrivs:1", "WORK-OK", "TMP-OK"} {
+	for _, want := range []string{"caps=CapEff:0000000000000000", "nnp=NoNewPrivs:1", "WORK-OK", "TMP-OK"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("logs lack %q:\n%s", want, out)
 		}
 	}
-	// The shell, the $(...) subshell, ls and grep: nothing of the host.
-	var procs int
+	// The init shell, the script's shell, the $(...) subshell, ls and
+	// grep: nothing of the host.
+	var procs, pid int
+	if i := strings.Index(out, "pid="); i < 0 {
+		t.Errorf("no pid:\n%s", out)
+	} else if fmt.Sscanf(out[i:], "pid=%d", &pid); pid < 1 || pid > 50 {
+		t.Errorf("the script's pid %d is not one of a fresh pid namespace:\n%s", pid, out)
+	}
 	if i := strings.Index(out, "procs="); i < 0 {
 		t.Errorf("no process count:\n%s", out)
-	} else if fmt.Sscanf(out[i:], "procs=%d", &procs); procs < 1 || procs > 5 {
+	} else if fmt.Sscanf(out[i:], "procs=%d", &procs); procs < 1 || procs > 6 {
 		t.Errorf("the script sees %d processes, more than its own:\n%s", procs, out)
 	}
 	// And on the host:
@@ -102,4 +108,46 @@ echo tmp > /tmp/in-tmp && echo TMP-OK
 	if _, err := os.Stat("/tmp/in-tmp"); err == nil {
 		t.Errorf("/tmp/in-tmp reached the host's /tmp")
 	}
+}
+
+// TestConfinedScriptCancel: cancelling a job stops its confined script
+// (runc forwards SIGTERM; what ignores it is removed with the container)
+// and leaves no runc container behind.
+func TestConfinedScriptCancel(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.RequiresBinary(t, "runc")
+	ctx, srv, addr := startServer(t, "")
+	c, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), withToken(adminToken(t, srv)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	job := &batchpb.Job{TaskGroups: []*batchpb.TaskGroup{{TaskSpec: &batchpb.TaskSpec{
+		Runnables: []*batchpb.Runnable{{Executable: &batchpb.Runnable_Script_{Script: &batchpb.Runnable_Script{
+			Command: &batchpb.Runnable_Script_Text{Text: "echo started; sleep 300"}}}}},
+	}}}}
+	created, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: "projects/p/locations/us-central1", JobId: "sleeper", Job: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runcRoot := filepath.Join(srv.Config().DataDir, "runtime", "runc")
+	waitFor(t, func() bool {
+		entries, _ := os.ReadDir(runcRoot)
+		return len(entries) > 0
+	})
+	start := time.Now()
+	op, err := c.DeleteJob(ctx, &batchpb.DeleteJobRequest{Name: created.GetName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := op.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 40*time.Second {
+		t.Errorf("delete took %v", d)
+	}
+	waitFor(t, func() bool {
+		entries, _ := os.ReadDir(runcRoot)
+		return len(entries) == 0
+	})
 }

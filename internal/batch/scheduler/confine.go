@@ -33,6 +33,14 @@ type ScriptPolicy struct {
 // is not passed on.
 const confinedPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+// forwardTerm runs "$@" as the child of a shell that is the container's
+// PID 1. PID 1 gets no default signal actions, so a script run as PID 1
+// would ignore the SIGTERM of a stop and always wait for the SIGKILL; this
+// shell passes SIGTERM on and exits with the script's status.
+const forwardTerm = `trap 'kill -TERM $c 2>/dev/null' TERM
+"$@" & c=$!
+while :; do wait $c; s=$?; kill -0 $c 2>/dev/null || exit $s; done`
+
 // scriptCommand returns the command for a script runnable and a cleanup
 // to call after it exits.
 func (r *jobRun) scriptCommand(ri int, args, env []string, work string) (*exec.Cmd, func(), error) {
@@ -49,7 +57,7 @@ func (r *jobRun) scriptCommand(ri int, args, env []string, work string) (*exec.C
 	name := r.name[strings.LastIndex(r.name, "/")+1:]
 	cmd, cleanup, err := r.s.opts.Runtime.ConfinedCommand(runtime.ConfineSpec{
 		Name:        fmt.Sprintf("%s-script%d", name, ri),
-		Args:        args,
+		Args:        append([]string{"/bin/sh", "-c", forwardTerm, "sh"}, args...),
 		Env:         append([]string{confinedPath, "HOME=/tmp"}, env...),
 		Workdir:     work,
 		Mask:        pol.Mask,
