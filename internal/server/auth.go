@@ -34,7 +34,7 @@ func (s *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, err := s.classify(r)
 		if err != nil {
-			writeRefusal(w, apiGroupOf(r), &auth.Error{Denied: true, Reason: auth.ReasonPolicy, Msg: err.Error()})
+			writeRefusal(w, apiGroup(r.URL.Path), &auth.Error{Denied: true, Reason: auth.ReasonPolicy, Msg: err.Error()})
 			return
 		}
 		if a.open {
@@ -206,13 +206,6 @@ func (s *Server) metricsAccess(r *http.Request) access {
 func fromLoopback(r *http.Request) bool {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	return err == nil && ap.Addr().Unmap().IsLoopback()
-}
-
-func apiGroupOf(r *http.Request) string {
-	if g := apiGroup(r.URL.Path); g != "other" {
-		return g
-	}
-	return "other"
 }
 
 // writeRefusal answers 401 or 403 in the shape the API's clients parse:

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 
 	batch "cloud.google.com/go/batch/apiv1"
@@ -391,6 +393,74 @@ func TestHostScriptsLabelOnlyForAdmins(t *testing.T) {
 		}
 		if has := got.GetLabels()["riffle-host-scripts"] == "true"; has != tc.want {
 			t.Errorf("%s: host-scripts label %v, want %v", tc.id, has, tc.want)
+		}
+	}
+}
+
+// lockedBuffer is a log sink safe for the server's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) lines() []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == "audit" {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// TestAuditLog: allowed mutating calls and refused calls are logged with
+// identity, project, method and resource; reads that are allowed are not.
+func TestAuditLog(t *testing.T) {
+	var buf lockedBuffer
+	ctx, srv, addr := startServerLog(t, server.Config{}, slog.New(slog.NewJSONHandler(&buf, nil)))
+	editor := createToken(t, addr, adminToken(t, srv), "auditee", auth.Binding{Project: "p", Role: auth.RoleEditor})
+	c, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), withToken(editor))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: "projects/p/locations/us-central1", JobId: "audited", Job: scriptJob()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.GetJob(ctx, &batchpb.GetJobRequest{Name: "projects/p/locations/us-central1/jobs/audited"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.DeleteJob(ctx, &batchpb.DeleteJobRequest{Name: "projects/q/locations/us-central1/jobs/x"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("delete in q: %v", err)
+	}
+	resp := get(t, "http://"+addr+"/v2/p/r/img/manifests/v1", "")
+	resp.Body.Close()
+
+	want := []map[string]any{
+		{"outcome": "allowed", "identity": "local admin", "project": "*", "method": "POST", "resource": "/riffle/v1/auth/tokens"},
+		{"outcome": "token created", "identity": "local admin", "name": "auditee"},
+		{"outcome": "allowed", "identity": "auditee", "project": "p", "method": "POST", "resource": "/v1/projects/p/locations/us-central1/jobs"},
+		{"outcome": "refused", "identity": "auditee", "project": "q", "method": "DELETE", "resource": "/v1/projects/q/locations/us-central1/jobs/x"},
+		{"outcome": "refused", "identity": "anonymous", "project": "p", "method": "GET", "resource": "/v2/p/r/img/manifests/v1"},
+	}
+	got := buf.lines()
+	if len(got) != len(want) {
+		t.Fatalf("%d audit records, want %d (the GET is not audited): %v", len(got), len(want), got)
+	}
+	for i, w := range want {
+		for k, v := range w {
+			if s, _ := got[i][k].(string); !strings.HasPrefix(s, v.(string)) {
+				t.Errorf("record %d: %s = %q, want %q...; %v", i, k, s, v, got[i])
+			}
 		}
 	}
 }

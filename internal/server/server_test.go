@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -143,6 +144,12 @@ func startServer(t *testing.T, dir string) (context.Context, *server.Server, str
 // startServerWith is startServer with more of the config.
 func startServerWith(t *testing.T, cfg server.Config) (context.Context, *server.Server, string) {
 	t.Helper()
+	return startServerLog(t, cfg, nil)
+}
+
+// startServerLog is startServerWith logging to log.
+func startServerLog(t *testing.T, cfg server.Config, log *slog.Logger) (context.Context, *server.Server, string) {
+	t.Helper()
 	if cfg.DataDir == "" {
 		cfg.DataDir = t.TempDir()
 	}
@@ -150,7 +157,7 @@ func startServerWith(t *testing.T, cfg server.Config) (context.Context, *server.
 		cfg.Listen = "127.0.0.1:0"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, cfg, nil)
+	srv, err := server.New(ctx, cfg, log)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
