@@ -34,7 +34,9 @@ func (s *Server) guard(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a, err := s.classify(r)
 		if err != nil {
-			writeRefusal(w, apiGroup(r.URL.Path), &auth.Error{Denied: true, Reason: auth.ReasonPolicy, Msg: err.Error()})
+			aerr := &auth.Error{Denied: true, Reason: auth.ReasonPolicy, Msg: err.Error()}
+			s.refused(r.Context(), apiGroup(r.URL.Path), nil, "", r.Method, r.URL.EscapedPath(), aerr)
+			writeRefusal(w, apiGroup(r.URL.Path), aerr)
 			return
 		}
 		if a.open {

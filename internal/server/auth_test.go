@@ -360,6 +360,10 @@ func TestDefaultOpenEndpoints(t *testing.T) {
 		{"/v1/projects/p/locations/us-central1/jobs", http.StatusUnauthorized},
 		{"/index/v1/layers/sha256:" + strings.Repeat("0", 64), http.StatusUnauthorized},
 		{"/riffle/v1/auth/tokens", http.StatusUnauthorized},
+		// A path that would be classified under one project and routed
+		// to another is refused before any token is looked at.
+		{"/v2/p/../q/r/img/manifests/v1", http.StatusForbidden},
+		{"/v2/p%2Fr/img/manifests/v1", http.StatusForbidden},
 	} {
 		resp := get(t, "http://"+addr+c.path, "")
 		resp.Body.Close()
