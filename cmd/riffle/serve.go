@@ -66,7 +66,11 @@ docs/config.md; flags override them.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "riffle serving on http://%s (data dir %s)\n", ln.Addr(), srv.Config().DataDir)
+			scheme := "http"
+			if srv.Config().TLS.Enabled() {
+				scheme = "https"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "riffle serving on %s://%s (data dir %s)\n", scheme, ln.Addr(), srv.Config().DataDir)
 			return srv.Serve(ctx, ln, 30*time.Second)
 		},
 	}
