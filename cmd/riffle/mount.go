@@ -35,7 +35,8 @@ func (f *registryFlags) add(cmd *cobra.Command) {
 }
 
 func (f *registryFlags) options() remote.Options {
-	return remote.Options{Insecure: f.insecure, Timeout: f.timeout}
+	kc := serverKeychain{addr: resolveServer("", ""), token: clientToken("")}
+	return remote.Options{Insecure: f.insecure, Timeout: f.timeout, Keychain: kc}
 }
 
 func (f *registryFlags) client() *remote.Client { return remote.New(f.options()) }

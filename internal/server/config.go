@@ -59,6 +59,18 @@ type Config struct {
 	// reached over plain HTTP. Loopback registries always are.
 	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
 
+	// TLS, Auth, HostPaths, Scripts and Outbound are the security keys;
+	// see config_security.go and docs/security.md.
+	TLS       TLSConfig      `json:"tls,omitempty"`
+	Auth      AuthConfig     `json:"auth,omitempty"`
+	HostPaths []string       `json:"hostPaths,omitempty"`
+	Scripts   ScriptsConfig  `json:"scripts,omitempty"`
+	Outbound  OutboundConfig `json:"outbound,omitempty"`
+
+	// InsecureListenWithoutTLS lets the server listen on a non-loopback
+	// address without TLS, so tokens cross the network in clear text.
+	InsecureListenWithoutTLS bool `json:"insecureListenWithoutTLS,omitempty"`
+
 	// Capacity is what this node offers tasks.
 	Capacity CapacityConfig `json:"capacity,omitempty"`
 }
@@ -271,7 +283,7 @@ func (c Config) WithDefaults() Config {
 	if c.Cache.MaxBytes == 0 {
 		c.Cache.MaxBytes = node.DefaultCacheBytes
 	}
-	return c
+	return c.securityDefaults()
 }
 
 // Validate reports the first bad key, naming it and the fix.
@@ -300,6 +312,9 @@ func (c Config) Validate() error {
 	}
 	if c.Capacity.CPUMilli < 0 || c.Capacity.MemoryMib < 0 || c.Capacity.Overcommit < 0 {
 		return fmt.Errorf("config: capacity (cpuMilli %d, memoryMib %d, overcommit %g): must not be negative; leave a key out for the machine's own", c.Capacity.CPUMilli, c.Capacity.MemoryMib, c.Capacity.Overcommit)
+	}
+	if err := c.validateSecurity(); err != nil {
+		return err
 	}
 	if c.Location != "" && !validLocation(c.Location) {
 		return fmt.Errorf("config: location %q: use lowercase letters, digits and dashes, like us-central1", c.Location)

@@ -316,22 +316,24 @@ func (r *jobRun) startScript(ctx context.Context, ri int, sc *batchpb.Runnable_S
 		return nil, errors.New("the script has neither text nor path")
 	}
 	// As on a Batch VM: a "#!" line picks the interpreter, else /bin/sh.
-	var cmd *exec.Cmd
+	args := []string{"/bin/sh", path}
 	if hasShebang(path) {
-		cmd = exec.Command(path)
-	} else {
-		cmd = exec.Command("/bin/sh", path)
+		args = []string{path}
 	}
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Dir = work
+	cmd, cleanup, err := r.scriptCommand(ri, args, env, work)
+	if err != nil {
+		return nil, err
+	}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// Output pipes held open by a leftover grandchild must not block us.
 	cmd.WaitDelay = 2 * time.Second
 	if err := ctx.Err(); err != nil {
+		cleanup()
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
+		cleanup()
 		return nil, err
 	}
 	p := &scriptProc{cmd: cmd, grace: r.s.opts.StopGrace, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
@@ -339,6 +341,7 @@ func (r *jobRun) startScript(ctx context.Context, ri int, sc *batchpb.Runnable_S
 		err := cmd.Wait()
 		// What the script left behind goes with it.
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cleanup()
 		p.code = exitCode(cmd.ProcessState, err)
 		if p.code >= 0 {
 			err = nil
