@@ -69,6 +69,9 @@ type RootFS struct {
 	// compressed bytes over the wire, uncompressed bytes made available,
 	// profile prefetches and hits.
 	Stats func() streamfs.Stats
+	// Problems, when set (a streamed mount), returns the mount's last
+	// failed span fetches (corrupt data, registry unreachable).
+	Problems func() []streamfs.Problem
 	// Release says the caller no longer uses the root filesystem.
 	Release func()
 }
@@ -218,7 +221,7 @@ func (n *Node) cleanup() error {
 	ents, _ := os.ReadDir(mdir)
 	for _, e := range ents {
 		p := mdir + "/" + e.Name()
-		_ = streamfs.UnmountDir(p, true)
+		_ = streamfs.CleanupDir(p) // aborts a connection a leaked /dev/fuse keeps open
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("node: leftover mount %s: %w", p, err))
 		}
@@ -277,10 +280,9 @@ func (n *Node) unmount(m *mount) {
 		n.opts.Metrics.Unregister(m.mp.Collector())
 	}
 
-	if err := m.mp.Unmount(); err != nil {
-		_ = streamfs.UnmountDir(m.mp.Dir(), true)
+	if err := m.mp.UnmountWithin(0); err != nil {
+		n.log.Warn("node: unmount", "image", m.img.Reference, "err", err)
 	}
-	m.mp.Wait()
 	_ = os.Remove(m.mp.Dir())
 }
 
@@ -472,6 +474,7 @@ func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 			Reused: reused, Fetched: fetched,
 			FetchedTotal: func() int64 { return m.mp.Stats().WireBytes },
 			Stats:        m.mp.Stats,
+			Problems:     m.mp.Problems,
 			Release:      func() { once.Do(func() { n.release(m) }) },
 		}
 	}

@@ -25,6 +25,8 @@ const (
 	DefaultRetries     = 3
 	DefaultPrefetchers = 4
 	DefaultReadAhead   = 2
+	// DefaultUnmountGrace bounds MountPoint.UnmountWithin.
+	DefaultUnmountGrace = 10 * time.Second
 )
 
 // metadataTimeout is how long the kernel may cache entries and attributes.
@@ -94,6 +96,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Debug logs every FUSE request to Logger.
 	Debug bool
+	// UnmountGrace is how long UnmountWithin(0) lets files in use keep a
+	// detached mount working before its connection is aborted (default
+	// DefaultUnmountGrace).
+	UnmountGrace time.Duration
 }
 
 // MountPoint is a mounted image.
@@ -128,6 +134,10 @@ type MountPoint struct {
 	bg            sync.WaitGroup
 	once          sync.Once
 	unmountErr    error
+	// conn is the FUSE connection number (fusectl), -1 if unknown.
+	conn int
+	// problems keeps the last fetch failures (Problems).
+	problems problemLog
 }
 
 // Mount serves img read-only at dir, which must be an existing directory.
@@ -238,13 +248,14 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 	}
 	m.ctx, m.cancel = context.WithCancel(context.WithoutCancel(ctx))
 	rootNode := &fsNode{n: root, m: m}
-	server, err := fs.Mount(dir, rootNode, fsopts)
+	server, err := mountCloexec(dir, rootNode, fsopts)
 	if err != nil {
 		m.cancel()
 		m.closeBackground()
 		return nil, fmt.Errorf("streamfs: mount %s: %w", dir, err)
 	}
 	m.server = server
+	m.conn = connOf(dir)
 	m.startProfile()
 	if m.background != nil {
 		m.startBackground()

@@ -174,6 +174,7 @@ func (m *MountPoint) fetch(ctx context.Context, l, s int, prio priority) ([]byte
 			return data, nil
 		}
 		m.metrics.errors.Inc()
+		m.recordProblem(l, s, err)
 		if errors.Is(err, ErrCorrupt) {
 			m.metrics.corrupt.Inc()
 		}
