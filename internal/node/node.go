@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 
@@ -248,17 +250,20 @@ func (n *Node) Close() error {
 	n.cancel()
 	n.wg.Wait()
 	n.mu.Lock()
-	mounts := n.mounts
+	mounts := slices.Collect(maps.Values(n.mounts)) // a copy: forgetLocked deletes from n.mounts
 	for _, m := range mounts {
 		n.forgetLocked(m)
 	}
 	c, own := n.cache, n.ownCache
 	n.mu.Unlock()
 	var errs []error
+	// At once, so that shutdown waits one unmount grace, not one per mount.
+	var wg sync.WaitGroup
 	for _, m := range mounts {
 		n.reportProfile(m)
-		n.unmount(m)
+		wg.Go(func() { n.unmount(m) })
 	}
+	wg.Wait()
 	if own && c != nil {
 		errs = append(errs, c.Close())
 	}
