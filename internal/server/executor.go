@@ -110,7 +110,11 @@ func (s *Server) serveLogs(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	fw := &flushWriter{w: w, rc: http.NewResponseController(w)}
-	if err := s.sched.Logs().Read(r.Context(), name, opts, fw); err != nil && r.Context().Err() == nil {
+	ctx, cancel := s.untilShutdown(r)
+	defer cancel()
+	err = s.sched.Logs().Read(ctx, name, opts, fw)
+	s.cutAtShutdown(r)
+	if err != nil && r.Context().Err() == nil {
 		if !fw.wrote {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return

@@ -54,6 +54,7 @@ type Server struct {
 	selfToken string                 // the server's own token for its registry; never stored
 	refusals  *prometheus.CounterVec // riffle_auth_refused_total
 	outbound  *outbound              // where job-named registries may be
+	stopping  stopping               // ends long requests at shutdown (shutdown.go)
 }
 
 // New builds every component from cfg (defaults filled in) under its data
@@ -73,7 +74,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux(), lock: lock}
+	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux(), lock: lock, stopping: newStopping()}
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if err := s.openAuth(); err != nil {
@@ -167,6 +168,7 @@ func (s *Server) Metrics() *prometheus.Registry { return s.metrics }
 
 // Close releases every component.
 func (s *Server) Close() error {
+	s.stopping.stop()
 	var errs []error
 	if s.grpc != nil {
 		s.grpc.Stop()
@@ -263,6 +265,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 		ReadHeaderTimeout: 30 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	hs.RegisterOnShutdown(s.stopping.stop)
 	// gRPC clients speak HTTP/2 without TLS ("prior knowledge"); REST clients
 	// speak HTTP/1.1. Serving both lets one port carry both transports.
 	hs.Protocols = new(http.Protocols)
