@@ -1,6 +1,7 @@
 package remote
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -59,6 +60,14 @@ type Options struct {
 	// Transport is the base transport (default: a clone of
 	// http.DefaultTransport). Tests use it to interpose on the wire.
 	Transport http.RoundTripper
+
+	// UnreachableAfter is how long every request to a registry host must
+	// have failed (no answer, network errors, timeouts, 502-504) before
+	// requests to it fail at once with ErrUnreachable, until a probe sent
+	// every ProbeInterval gets an answer (defaults
+	// DefaultUnreachableAfter and DefaultProbeInterval; negative: never).
+	UnreachableAfter time.Duration
+	ProbeInterval    time.Duration
 }
 
 // Stats counts a Client's traffic since it was created.
@@ -126,6 +135,9 @@ func New(opts Options) *Client {
 	}
 	var rt http.RoundTripper = &policyTransport{c: c, next: base}
 	rt = &retryTransport{c: c, next: rt}
+	if opts.UnreachableAfter >= 0 {
+		rt = newBreaker(cmp.Or(opts.UnreachableAfter, DefaultUnreachableAfter), cmp.Or(opts.ProbeInterval, DefaultProbeInterval), rt)
+	}
 	// A userAgent transport at the bottom keeps go-containerregistry from
 	// adding its own (it checks for one before wrapping).
 	c.base = transport.NewUserAgent(rt, c.userAgent)

@@ -30,6 +30,7 @@
 //
 //	go-containerregistry auth (anonymous, basic, bearer token with scopes)
 //	  -> user agent
+//	  -> unreachable-registry breaker (ErrUnreachable at once, probes)
 //	  -> retries (exponential backoff with jitter, Retry-After) and per-request timeouts
 //	  -> plain-HTTP policy and counters
 //	  -> net/http
@@ -39,6 +40,12 @@
 // transports are cached per registry and scope, so the bearer-token
 // handshake happens once and tokens are refreshed on 401 by
 // go-containerregistry.
+//
+// A registry host that has not answered for [Options.UnreachableAfter]
+// (default 30 s of failures only) is unreachable: requests to it fail at
+// once with [ErrUnreachable] until a probe (GET /v2/, every
+// [Options.ProbeInterval]) gets an answer, so a lazy filesystem's reads
+// fail fast instead of each waiting out its own timeout.
 //
 // Only idempotent requests are retried by the transport; blob uploads are
 // retried whole by go-containerregistry's push with the same policy, and a
