@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"sigs.k8s.io/yaml"
 
@@ -120,6 +121,17 @@ type StreamConfig struct {
 	// NoProfiles turns off startup profiles: mounts neither prefetch nor
 	// report them. Default: false.
 	NoProfiles bool `json:"noProfiles,omitempty"`
+	// UnreachableAfterSeconds: once a registry has answered no request
+	// for this long, reads of image data not yet on the node fail at once
+	// (the task fails, and its events say the registry is unreachable)
+	// until the registry answers again. Default: 30. -1: never.
+	UnreachableAfterSeconds int `json:"unreachableAfterSeconds,omitempty"`
+}
+
+// unreachableAfter is UnreachableAfterSeconds for remote.Options (0: its
+// default, negative: never).
+func (c StreamConfig) unreachableAfter() time.Duration {
+	return time.Duration(c.UnreachableAfterSeconds) * time.Second
 }
 
 // IndexConfig configures the node's index sources. The node cache is
@@ -297,6 +309,9 @@ func (c Config) Validate() error {
 	case "", "text", "json":
 	default:
 		return fmt.Errorf("config: log.format %q: use text or json", c.Log.Format)
+	}
+	if c.Stream.UnreachableAfterSeconds < -1 {
+		return fmt.Errorf("config: stream.unreachableAfterSeconds %d: give seconds, or -1 for never", c.Stream.UnreachableAfterSeconds)
 	}
 	if c.Stream.MaxBackgroundBytes < 0 {
 		return fmt.Errorf("config: stream.maxBackgroundBytes %d: must be positive (0: no limit)", c.Stream.MaxBackgroundBytes)

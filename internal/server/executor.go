@@ -30,8 +30,9 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 	s.metrics.MustRegister(c.Collector())
 
 	nopts := node.Options{
-		Layout:    cfg.Layout(),
-		Registry:  remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.registryTransport()},
+		Layout: cfg.Layout(),
+		Registry: remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.registryTransport(),
+			UnreachableAfter: cfg.Stream.unreachableAfter()},
 		Cache:     c,
 		Indexes:   s.indexes,
 		Profiles:  s.indexes,
