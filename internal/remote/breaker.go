@@ -27,8 +27,9 @@ var ErrUnreachable = errors.New("remote: registry unreachable")
 // other, and a task would hang for hours instead of failing.
 //
 // A host is unreachable once every request to it has failed (no
-// response, a network error, a timeout, 502, 503 or 504) for `after`,
-// counted from the first failing request sent since its last answer. An
+// response, a network error, a timeout, 502, 503 or 504, a caller giving
+// up) for `after`, counted from the first failing request sent since its
+// last answer, with no pause longer than `after` between failures. An
 // answer of any other status, even an error, means it is reachable.
 // While it is unreachable, a probe (GET /v2/) is sent at most every
 // `every`; the first answer closes the breaker.
@@ -43,6 +44,7 @@ type breaker struct {
 type hostHealth struct {
 	answered time.Time // last answer
 	failing  time.Time // when the current run of failures started; zero: none
+	lastFail time.Time // when the last failure ended
 	down     bool      // requests fail at once
 	probing  bool
 	probed   time.Time
@@ -68,7 +70,7 @@ func (b *breaker) RoundTrip(req *http.Request) (*http.Response, error) {
 		b.answered(host)
 	case err == nil:
 		b.failed(host, start, fmt.Errorf("%s %s: %s", req.Method, req.URL.Redacted(), resp.Status))
-	case hostFailure(req, err):
+	case hostFailure(err):
 		b.failed(host, start, err)
 	}
 	return resp, err
@@ -80,15 +82,14 @@ func unavailable(code int) bool {
 	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
 }
 
-// hostFailure reports whether err says the host did not answer: not a
-// caller giving up, nor a refusal of ours (plain HTTP, certificates).
-func hostFailure(req *http.Request, err error) bool {
-	if errors.Is(req.Context().Err(), context.Canceled) {
-		return false
-	}
-	// A caller's deadline passing with no answer is one: the registry did
-	// not answer in the time the caller could give it.
-	return errors.Is(err, context.DeadlineExceeded) || retryableError(err)
+// hostFailure reports whether err says the host did not answer, not a
+// refusal of ours (plain HTTP, certificates). A caller giving up counts:
+// the host did not answer in the time the caller could give it (a shared
+// cache fill is cancelled, not timed out, when its readers' deadlines
+// pass). A request given up quickly cannot open the breaker alone: only
+// a run of failures lasting UnreachableAfter does.
+func hostFailure(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || retryableError(err)
 }
 
 // check returns ErrUnreachable for a host that is down, starting a probe
@@ -127,14 +128,21 @@ func (b *breaker) failed(host string, start time.Time, err error) {
 		h = &hostHealth{}
 		b.hosts[host] = h
 	}
+	if errors.Is(err, context.Canceled) {
+		err = fmt.Errorf("no answer in %s", time.Since(start).Round(time.Millisecond))
+	}
 	h.lastErr = err
-	if h.failing.IsZero() {
+	// A run of failures is unbroken while each request was sent before,
+	// or within UnreachableAfter of, the end of the previous failure: a
+	// failure long after an old one starts a new run.
+	if h.failing.IsZero() || start.Sub(h.lastFail) > b.after {
 		// From the request's start, but not before the last answer.
 		h.failing = start
 		if h.answered.After(start) {
 			h.failing = h.answered
 		}
 	}
+	h.lastFail = time.Now()
 	if !h.down && time.Since(h.failing) >= b.after {
 		h.down, h.probed = true, time.Now()
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/node"
+	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
@@ -50,6 +51,9 @@ const (
 	evImageStreamFallback  = "IMAGE_STREAMING_FALLBACK"
 	evWaitingForCapacity   = "WAITING_FOR_CAPACITY"
 	evTaskExceedsNodeLimit = "TASK_EXCEEDS_NODE_CAPACITY"
+	evImageDataCorrupt     = "IMAGE_DATA_CORRUPT"
+	evRegistryUnreachable  = "IMAGE_REGISTRY_UNREACHABLE"
+	evImageFetchFailed     = "IMAGE_FETCH_FAILED"
 )
 
 // event is a status event to record on a job or task.
@@ -113,6 +117,61 @@ func imageStreamedBytesEvent(ri int, d streamfs.Stats) event {
 		msg += fmt.Sprintf("; its startup profile prefetched %d spans (%s uncompressed) and %d first reads found theirs prefetched", d.ProfileSpans, byteSize(d.ProfileBytes), d.ProfileHits)
 	}
 	return event{evImageStreamedBytes, msg + "."}
+}
+
+// imageDataCorruptEvent names the layer and span of a streamed image
+// whose fetched data did not match its digest while a runnable ran.
+func imageDataCorruptEvent(ri int, imageURI string, p streamfs.Problem) event {
+	return event{evImageDataCorrupt, fmt.Sprintf(
+		"Image %s: layer %s span %d (bytes %d to %d of the layer's uncompressed tar) does not match its digest; reads of it by runnable %d failed with an I/O error. The registry serves data other than what the image was indexed from: re-push the image or check the registry's storage.",
+		imageURI, p.Layer, p.Span, p.Offset, p.Offset+p.Size, ri)}
+}
+
+// registryUnreachableEvent says that a streamed image's registry stopped
+// answering while a runnable ran, so reads of data not yet on the node
+// failed.
+func registryUnreachableEvent(ri int, imageURI string, p streamfs.Problem) event {
+	return event{evRegistryUnreachable, fmt.Sprintf(
+		"Image %s: its registry is unreachable, so reads by runnable %d of image data not yet on this node failed with an I/O error (layer %s span %d: %v). Such reads fail at once until the registry answers again.",
+		imageURI, ri, p.Layer, p.Span, p.Err)}
+}
+
+// imageFetchFailedEvent says that a read of a streamed image's data
+// failed for another reason (a timeout, an error answer).
+func imageFetchFailedEvent(ri int, imageURI string, p streamfs.Problem) event {
+	return event{evImageFetchFailed, fmt.Sprintf(
+		"Image %s: reads by runnable %d of image data not yet on this node failed with an I/O error: layer %s span %d could not be fetched: %v.",
+		imageURI, ri, p.Layer, p.Span, p.Err)}
+}
+
+// imageProblemEvents are the events for a mount's failed fetches since
+// since: the latest problem of each kind (corrupt data, registry
+// unreachable, other failures), corrupt first.
+func imageProblemEvents(ri int, imageURI string, problems []streamfs.Problem, since time.Time) []event {
+	var corrupt, unreachable, other *streamfs.Problem
+	for i := range problems {
+		p := &problems[i]
+		switch {
+		case p.Time.Before(since):
+		case p.Corrupt:
+			corrupt = p
+		case errors.Is(p.Err, remote.ErrUnreachable):
+			unreachable = p
+		default:
+			other = p
+		}
+	}
+	var out []event
+	if corrupt != nil {
+		out = append(out, imageDataCorruptEvent(ri, imageURI, *corrupt))
+	}
+	if unreachable != nil {
+		out = append(out, registryUnreachableEvent(ri, imageURI, *unreachable))
+	}
+	if other != nil && unreachable == nil {
+		out = append(out, imageFetchFailedEvent(ri, imageURI, *other))
+	}
+	return out
 }
 
 // statsDelta is what a mount's counters grew by between a and b.

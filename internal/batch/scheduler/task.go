@@ -465,6 +465,7 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 	}
 	ctr, err := s.opts.Runtime.Start(ctx, spec, stdout, stderr)
 	if err != nil {
+		r.imageProblems(idx, ri, c.GetImageUri(), rfs, t0)
 		rfs.Release()
 		return nil, "", err
 	}
@@ -478,10 +479,23 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 		if rfs.Stats != nil {
 			r.taskEvent(context.Background(), idx, imageStreamedBytesEvent(ri, statsDelta(before, rfs.Stats())))
 		}
+		r.imageProblems(idx, ri, c.GetImageUri(), rfs, t0)
 		rfs.Release()
 		close(p.ch)
 	}()
 	return p, "", nil
+}
+
+// imageProblems records events for the streamed image's failed fetches
+// since the runnable began (corrupt data, registry unreachable): the I/O
+// errors the container saw do not say why.
+func (r *jobRun) imageProblems(idx int64, ri int, imageURI string, rfs *RootFS, since time.Time) {
+	if rfs.Problems == nil {
+		return
+	}
+	for _, ev := range imageProblemEvents(ri, imageURI, rfs.Problems(), since) {
+		r.taskEvent(context.Background(), idx, ev)
+	}
 }
 
 // rootfs gets the image of a container runnable: streamed when asked and
