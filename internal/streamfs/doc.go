@@ -47,6 +47,25 @@
 // reads work again once the registry is back (nothing is remembered about
 // the failure).
 //
+// The last few failed fetches, with their layer and span and whether the
+// data did not match its digest, are kept for callers to report
+// (MountPoint.Problems): the EIO a reader sees says none of that. A
+// registry that stops answering is recognised by internal/remote, whose
+// requests (and so reads of data not yet local) then fail at once with
+// remote.ErrUnreachable until the registry answers again.
+//
+// # Crashes and shutdown
+//
+// The /dev/fuse descriptor is close-on-exec, so that the processes a
+// server starts (runc and containers) cannot keep a mount's connection
+// open after the server dies: its readers then get ENOTCONN at once. A
+// connection kept open anyway (an older binary, a descriptor passed on
+// purpose) is ended by CleanupDir, which a restarted node runs on its
+// leftover mounts: it aborts the connection through fusectl
+// (/sys/fs/fuse/connections/N/abort, mounting fusectl when needed) before
+// detaching the mount. UnmountWithin bounds an unmount: a busy mount is
+// detached, and its connection aborted once the grace has passed.
+//
 // # Safety
 //
 // Entry names and hard-link targets that are absolute or contain ".." are
