@@ -245,7 +245,10 @@ func (n *Node) Close() error {
 	n.cancel()
 	n.wg.Wait()
 	n.mu.Lock()
-	mounts := n.mounts
+	mounts := make([]*mount, 0, len(n.mounts))
+	for _, m := range n.mounts {
+		mounts = append(mounts, m)
+	}
 	for _, m := range mounts {
 		n.forgetLocked(m)
 	}
