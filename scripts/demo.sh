@@ -30,6 +30,8 @@ addr=$(cat "$demo/data/serve.addr")
 curl -fsS "http://$addr/healthz" >/dev/null
 echo "   serving on http://$addr (registry /v2/, Batch API /v1/, /metrics)"
 export RIFFLE_SERVER=$addr
+# The CLI sends the admin token riffle serve wrote at first start.
+export RIFFLE_TOKEN=$(cat "$demo/data/admin.token")
 
 img=$addr/demo-project/demo-repo/busybox:v1
 echo "== generating an image and pushing it to $img"

@@ -38,7 +38,8 @@ type imageFlags struct {
 }
 
 func (f *imageFlags) client() *remote.Client {
-	return remote.New(remote.Options{Insecure: f.insecure, UserAgent: "riffle/" + version})
+	kc := serverKeychain{addr: resolveServer(f.server, f.dataDir), token: clientToken(f.dataDir)}
+	return remote.New(remote.Options{Insecure: f.insecure, UserAgent: "riffle/" + version, Keychain: kc})
 }
 
 // localServer is the address of the `riffle serve` the CLI talks to by

@@ -2,11 +2,17 @@
 package main
 
 import (
+	"errors"
 	"os"
 )
 
 func main() {
 	if err := newRootCmd().Execute(); err != nil {
+		// riffle run exits with its container's code.
+		var ec exitCodeError
+		if errors.As(err, &ec) {
+			os.Exit(ec.code)
+		}
 		os.Exit(1)
 	}
 }

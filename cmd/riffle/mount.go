@@ -8,17 +8,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/riffle-dev/riffle/internal/cache"
-	"github.com/riffle-dev/riffle/internal/indexsvc"
+	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/pull"
 	"github.com/riffle-dev/riffle/internal/remote"
-	"github.com/riffle-dev/riffle/internal/server"
 	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
@@ -37,23 +34,25 @@ func (f *registryFlags) add(cmd *cobra.Command) {
 	cmd.Flags().DurationVar(&f.timeout, "registry-timeout", 0, "per-request stall timeout for registry requests (default: the client's)")
 }
 
-func (f *registryFlags) client() *remote.Client {
-	return remote.New(remote.Options{Insecure: f.insecure, Timeout: f.timeout})
+func (f *registryFlags) options() remote.Options {
+	kc := serverKeychain{addr: resolveServer("", ""), token: clientToken("")}
+	return remote.Options{Insecure: f.insecure, Timeout: f.timeout, Keychain: kc}
 }
 
-func defaultCacheDir() string {
-	return filepath.Join(server.DefaultDataDir(), "mount-cache")
-}
+func (f *registryFlags) client() *remote.Client { return remote.New(f.options()) }
 
 func newMountCmd() *cobra.Command {
 	var (
 		reg         registryFlags
+		dataDir     string
 		cacheDir    string
 		cacheBytes  int64
 		readTimeout time.Duration
 		spanSize    int64
 		debug       bool
 		indexURL    string
+		background  bool
+		readyFD     int
 	)
 	cmd := &cobra.Command{
 		Use:   "mount IMAGE DIR",
@@ -63,13 +62,22 @@ service of a riffle serve given by --index-service, else from index artifacts
 stored beside the image in its registry, else by reading the layer once), and
 mounts the merged image read-only at DIR with FUSE. File data is then fetched span by span as it is read and kept in the
 node cache (--cache-dir). The command stays in the foreground serving the
-mount until it is interrupted or "riffle unmount DIR" is run.
+mount until it is interrupted or "riffle unmount DIR" is run; with
+--background it returns as soon as the mount is ready and a background
+process serves it (its log goes to DATA_DIR/mount.log).
 
 An image that cannot be streamed (a layer that cannot be indexed, such as one
 zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, dir := args[0], args[1]
+			if background {
+				return mountInBackground(cmd, args, dataDir)
+			}
+			ready := func(error) {}
+			if readyFD > 0 {
+				ready = readyNotifier(readyFD)
+			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
 			if debug {
 				log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -77,52 +85,28 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 
-			if err := os.MkdirAll(cacheDir, 0o700); err != nil {
-				return fmt.Errorf("--cache-dir: %w", err)
-			}
-			c, err := cache.Open(cacheDir, cache.Options{MaxBytes: cacheBytes})
-			if err != nil {
-				if errors.Is(err, cache.ErrLocked) {
-					return fmt.Errorf("--cache-dir %s is in use by another riffle process; give this mount its own --cache-dir: %w", cacheDir, err)
-				}
-				return err
-			}
-			defer c.Close()
-
 			start := time.Now()
-			client := reg.client()
-			opts := streamfs.OpenOptions{Build: true, SpanSize: spanSize}
-			if indexURL != "" {
-				if !strings.Contains(indexURL, "://") {
-					indexURL = "http://" + indexURL
-				}
-				opts.Indexes = indexsvc.HTTPSource{BaseURL: indexURL}
-			} else if ri, err := client.Resolve(ctx, ref, nil); err == nil {
-				if src, err := indexsvc.LoadReferrers(ctx, client, ri); err == nil && src.Len() > 0 {
-					opts.Indexes = src
-				}
-			}
-			img, _, err := streamfs.Open(ctx, client, ref, opts)
-			if err != nil {
-				if errors.Is(err, streamfs.ErrNotEligible) {
-					return fmt.Errorf("%w (use riffle pull to extract it in full)", err)
-				}
-				return err
-			}
-			if err := os.MkdirAll(dir, 0o755); err != nil {
-				return fmt.Errorf("mount point: %w", err)
-			}
-			m, err := streamfs.Mount(ctx, dir, img, streamfs.Options{
-				Cache:       c,
-				ReadTimeout: readTimeout,
-				Logger:      log,
-				Debug:       debug,
+			n, err := newNode(nodeFlags{dataDir: dataDir, cacheDir: cacheDir, cacheBytes: cacheBytes, indexURL: indexURL, reg: reg}, log, func(o *node.Options) {
+				o.SpanSize = spanSize
+				o.Mount.ReadTimeout = readTimeout
+				o.Mount.Debug = debug
 			})
 			if err != nil {
+				ready(err)
 				return err
 			}
+			defer n.Close()
+			m, img, err := n.MountAt(ctx, ref, node.Auth{}, dir)
+			if err != nil {
+				if errors.Is(err, streamfs.ErrNotEligible) {
+					err = fmt.Errorf("%w (use riffle pull to extract it in full)", err)
+				}
+				ready(err)
+				return err
+			}
+			ready(nil)
 			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s (%d layers, ready in %v); riffle unmount %s to stop\n",
-				ref, dir, len(img.Layers), time.Since(start).Round(time.Millisecond), dir)
+				ref, dir, len(img.Manifest.Layers), time.Since(start).Round(time.Millisecond), dir)
 			done := make(chan struct{})
 			go func() { m.Wait(); close(done) }()
 			select {
@@ -138,20 +122,25 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 				}
 				<-done
 			}
+			n.ReportProfile(m)
 			st := m.Stats()
-			fmt.Fprintf(cmd.OutOrStdout(), "unmounted %s: fetched %d spans (%d bytes), cache hits %d, misses %d\n",
-				dir, st.FetchedSpans, st.FetchedBytes, st.CacheHits, st.CacheMisses)
+			fmt.Fprintf(cmd.OutOrStdout(), "unmounted %s: %d compressed bytes over the wire (%d by span, %d by layer stream), %d uncompressed bytes made available; cache hits %d, misses %d\n",
+				dir, st.WireBytes, st.SpanWireBytes, st.BackgroundWireBytes, st.UncompressedBytes, st.CacheHits, st.CacheMisses)
 			return nil
 		},
 	}
 	reg.add(cmd)
 	f := cmd.Flags()
-	f.StringVar(&cacheDir, "cache-dir", defaultCacheDir(), "node cache directory (one riffle process at a time)")
-	f.Int64Var(&cacheBytes, "cache-bytes", 10<<30, "node cache size limit in bytes")
+	f.StringVar(&dataDir, "data-dir", "", "the node's data directory, as given to riffle serve (default $XDG_STATE_HOME/riffle or ~/.local/state/riffle)")
+	f.StringVar(&cacheDir, "cache-dir", "", "node cache directory (default DATA_DIR/cache; one riffle process at a time)")
+	f.Int64Var(&cacheBytes, "cache-bytes", node.DefaultCacheBytes, "node cache size limit in bytes")
 	f.DurationVar(&readTimeout, "read-timeout", streamfs.DefaultReadTimeout, "a read that needs the registry fails with EIO after this long")
 	f.Int64Var(&spanSize, "span-size", 0, "uncompressed bytes per span when indexing layers (0: the index default)")
 	f.BoolVar(&debug, "debug", false, "log every FUSE request")
 	f.StringVar(&indexURL, "index-service", "", "URL of a riffle serve whose index service has the image's layer indexes (e.g. http://127.0.0.1:8080)")
+	f.BoolVar(&background, "background", false, "return once the mount is ready, serving it from a background process")
+	f.IntVar(&readyFD, readyFDFlag, 0, "descriptor to report readiness on (used by --background)")
+	_ = f.MarkHidden(readyFDFlag)
 	return cmd
 }
 
@@ -185,8 +174,10 @@ func newPullCmd() *cobra.Command {
 digest) and applies them in order with overlay semantics, checking each layer's
 uncompressed content against the config's diff_ids.
 
-Without DIR the image goes into the node's image store
-(DATA_DIR/images/pulled), where riffle serve's tasks find it already pulled.
+Without DIR the image's layers go into the node's layer store
+(DATA_DIR/layers, one directory per layer, shared by every image that has
+it), where riffle serve's tasks and riffle run find them already pulled;
+layers are downloaded and extracted in parallel.
 With DIR it is extracted there; DIR is created if missing and must be empty.
 Needs root for ownership, devices and xattrs.`,
 		Args: cobra.RangeArgs(1, 2),
@@ -204,27 +195,21 @@ Needs root for ownership, devices and xattrs.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "pulled %s into %s (%d layers) in %v\n", args[0], args[1], n, time.Since(start).Round(time.Millisecond))
 				return nil
 			}
-			if dataDir == "" {
-				dataDir = server.DefaultDataDir()
-			}
-			store := pull.Store(filepath.Join(dataDir, "images", "pulled"))
-			if err := os.MkdirAll(string(store), 0o755); err != nil {
-				return fmt.Errorf("pull: --data-dir: %w", err)
-			}
-			img, err := client.Resolve(ctx, args[0], nil)
+			n, err := newNode(nodeFlags{dataDir: dataDir, reg: reg}, nil, func(o *node.Options) { o.Parallel = parallel })
 			if err != nil {
 				return err
 			}
-			if store.Has(img.Digest) {
-				fmt.Fprintf(cmd.OutOrStdout(), "%s (%s) is already pulled at %s\n", args[0], img.Digest, store.RootFS(img.Digest))
+			defer n.Close()
+			rfs, err := n.Pull(ctx, args[0], node.Auth{})
+			if err != nil {
+				return err
+			}
+			if rfs.Reused {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s (%s) is already pulled: %d layers in %s\n", args[0], rfs.Digest, len(rfs.Lower), n.Layout().Layers())
 				return nil
 			}
-			n, err := store.Add(ctx, client, img, parallel)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s, %d layers, %d bytes fetched) into the node at %s in %v\n",
-				args[0], img.Digest, len(img.Manifest.Layers), n, store.RootFS(img.Digest), time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s, %d bytes fetched) into the node: %d layers in %s, in %v\n",
+				args[0], rfs.Digest, rfs.Fetched, len(rfs.Lower), n.Layout().Layers(), time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}

@@ -12,9 +12,11 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"golang.org/x/sys/unix"
 
 	"github.com/riffle-dev/riffle/internal/fstree"
 	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/registry"
 	"github.com/riffle-dev/riffle/internal/testutil"
 	"github.com/riffle-dev/riffle/internal/unpack"
@@ -77,11 +79,7 @@ func TestPullMountUnmount(t *testing.T) {
 	if got, err := runRiffle(ctx, "pull", ref, "--data-dir", dataDir); err != nil || !strings.Contains(got, "into the node") {
 		t.Fatalf("pull into the node: %v\n%s", err, got)
 	}
-	d, _ := img.Digest()
-	stored, err := fstree.Scan(ctx, filepath.Join(dataDir, "images", "pulled", d.Hex, "rootfs"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	stored := overlayTree(t, ref, dataDir)
 	for _, d := range fstree.Diff(wantTree, stored) {
 		t.Error("pull into the node:", d)
 	}
@@ -141,4 +139,37 @@ func mounted(t *testing.T, dir string) bool {
 		t.Fatal(err)
 	}
 	return strings.Contains(string(b), " "+dir+" ")
+}
+
+// overlayTree scans the image ref as the node on dataDir holds it after a
+// pull: overlayfs over its layers in the layer store (mounted read-only
+// here), or its flat tree when its layers cannot stand alone.
+func overlayTree(t *testing.T, ref, dataDir string) fstree.Tree {
+	t.Helper()
+	ctx := context.Background()
+	n, err := node.New(node.Options{Layout: node.Layout{Root: dataDir}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	rfs, err := n.Stream(ctx, ref, node.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rfs.Method != node.MethodSettled {
+		t.Fatalf("a pulled image streams as %q, want settled", rfs.Method)
+	}
+	dir := rfs.Lower[0]
+	if len(rfs.Lower) > 1 {
+		dir = t.TempDir()
+		if err := unix.Mount("overlay", dir, "overlay", unix.MS_RDONLY, "lowerdir="+strings.Join(rfs.Lower, ":")); err != nil {
+			t.Fatalf("mount the pulled layers: %v", err)
+		}
+		defer unix.Unmount(dir, unix.MNT_DETACH)
+	}
+	tree, err := fstree.Scan(ctx, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tree
 }

@@ -57,6 +57,7 @@ serves one riffle serve at a time; a second one says which process holds it.`,
 			if fl.Changed("insecure-registry") {
 				cfg.InsecureRegistries = flags.InsecureRegistries
 			}
+			applySecurityFlags(fl, &cfg, flags)
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
@@ -76,7 +77,11 @@ serves one riffle serve at a time; a second one says which process holds it.`,
 				return err
 			}
 			defer srv.Close()
-			fmt.Fprintf(cmd.OutOrStdout(), "riffle serving on http://%s (data dir %s)\n", ln.Addr(), srv.Config().DataDir)
+			scheme := "http"
+			if srv.Config().TLS.Enabled() {
+				scheme = "https"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "riffle serving on %s://%s (data dir %s)\n", scheme, ln.Addr(), srv.Config().DataDir)
 			return srv.Serve(ctx, ln, 30*time.Second)
 		},
 	}
@@ -87,6 +92,7 @@ serves one riffle serve at a time; a second one says which process holds it.`,
 	f.StringVar(&flags.Location, "location", "", "Batch location this server presents (default us-central1)")
 	f.StringVar(&flags.Log.Level, "log-level", "", "debug, info, warn or error (default info)")
 	f.StringSliceVar(&flags.InsecureRegistries, "insecure-registry", nil, "registry host[:port] reached over plain HTTP (loopback always is); repeatable; replaces the insecureRegistries key")
+	addSecurityFlags(f, &flags)
 	return cmd
 }
 

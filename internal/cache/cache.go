@@ -220,7 +220,7 @@ func (c *Cache) load() error {
 		mtime time.Time
 	}
 	var all []found
-	for _, top := range []string{blobsDir, spansDir} {
+	for _, top := range []string{blobsDir, spansDir, indexesDir} {
 		root := filepath.Join(c.dir, top)
 		err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 			if err != nil {

@@ -330,3 +330,40 @@ func TestEvictionOrder(t *testing.T) {
 		t.Fatalf("%d files on disk, want 2", n)
 	}
 }
+
+func TestDelete(t *testing.T) {
+	c, err := Open(t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	layer := digest.FromString("layer")
+	for i := range 3 {
+		e, err := c.Fill(ctx, SpanKey(layer, i), 4, func(_ context.Context, w io.Writer) error {
+			_, err := w.Write([]byte("span"))
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i != 1 {
+			e.Close()
+		} else {
+			defer e.Close() // open: Delete must leave it
+		}
+	}
+	freed := c.Delete(SpanKey(layer, 0), SpanKey(layer, 1), SpanKey(layer, 2), SpanKey(layer, 3), "not a key")
+	if freed != 8 {
+		t.Errorf("freed %d bytes, want 8 (two closed spans of 4)", freed)
+	}
+	for i, want := range []bool{false, true, false} {
+		e, err := c.Get(ctx, SpanKey(layer, i))
+		if got := err == nil; got != want {
+			t.Errorf("span %d present = %v, want %v (err %v)", i, got, want, err)
+		}
+		if e != nil {
+			e.Close()
+		}
+	}
+}

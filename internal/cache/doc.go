@@ -79,6 +79,7 @@
 //	DIR/tmp/fill-*                       fills in progress
 //	DIR/blobs/<alg>/<hex[:2]>/<hex>      digest-keyed entries
 //	DIR/spans/<alg>/<hex[:2]>/<hex>.<n>  span n of layer <alg>:<hex>
+//	DIR/indexes/<alg>/<hex[:2]>/<hex>    index of layer <alg>:<hex>
 //
 // # Metrics
 //

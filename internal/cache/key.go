@@ -16,6 +16,17 @@ import (
 // is unambiguously either a digest or a span key.
 const spanPrefix = "span:"
 
+// indexPrefix starts every index key.
+const indexPrefix = "index:"
+
+// IndexKey returns the key under which the index of the layer with the
+// given blob digest is kept: "index:<layer digest>". Like span data, the
+// cache cannot check an index; the caller verifies it (parses it and
+// checks it describes the layer) before storing it and after reading it.
+func IndexKey(layer digest.Digest) string {
+	return indexPrefix + layer.String()
+}
+
 // MaxSpan is the largest span index SpanKey accepts (a 1 TiB layer in 4 MiB
 // spans needs 262144).
 const MaxSpan = math.MaxInt32
@@ -38,6 +49,8 @@ const (
 	kindBlob kind = iota
 	// kindSpan entries are verified by the caller.
 	kindSpan
+	// kindIndex entries (layer indexes) are verified by the caller.
+	kindIndex
 )
 
 // key is a parsed, validated cache key. Its canonical string is the map key;
@@ -80,9 +93,16 @@ func parseKey(s string) (key, error) {
 		}
 		return key{kind: kindSpan, dig: d, span: n}, nil
 	}
+	if rest, ok := strings.CutPrefix(s, indexPrefix); ok {
+		d, err := parseDigest(rest)
+		if err != nil {
+			return key{}, fmt.Errorf("%w %q: %v", ErrInvalidKey, s, err)
+		}
+		return key{kind: kindIndex, dig: d}, nil
+	}
 	d, err := parseDigest(s)
 	if err != nil {
-		return key{}, fmt.Errorf("%w %q: %v; want <algorithm>:<hex> or a SpanKey", ErrInvalidKey, s, err)
+		return key{}, fmt.Errorf("%w %q: %v; want <algorithm>:<hex>, a SpanKey or an IndexKey", ErrInvalidKey, s, err)
 	}
 	return key{kind: kindBlob, dig: d}, nil
 }
@@ -112,17 +132,21 @@ func parseSpan(s string) (int, error) {
 
 // String returns the canonical key.
 func (k key) String() string {
-	if k.kind == kindSpan {
+	switch k.kind {
+	case kindSpan:
 		return SpanKey(k.dig, k.span)
+	case kindIndex:
+		return IndexKey(k.dig)
 	}
 	return k.dig.String()
 }
 
 // Top-level directories of the layout (see doc.go).
 const (
-	blobsDir = "blobs"
-	spansDir = "spans"
-	tmpDir   = "tmp"
+	blobsDir   = "blobs"
+	spansDir   = "spans"
+	indexesDir = "indexes"
+	tmpDir     = "tmp"
 )
 
 // relPath is the entry's path relative to the cache directory, sharded by
@@ -130,8 +154,11 @@ const (
 func (k key) relPath() string {
 	hex := k.dig.Encoded()
 	alg := k.dig.Algorithm().String()
-	if k.kind == kindSpan {
+	switch k.kind {
+	case kindSpan:
 		return filepath.Join(spansDir, alg, hex[:2], hex+"."+strconv.Itoa(k.span))
+	case kindIndex:
+		return filepath.Join(indexesDir, alg, hex[:2], hex)
 	}
 	return filepath.Join(blobsDir, alg, hex[:2], hex)
 }
@@ -147,6 +174,8 @@ func keyFromPath(rel string) (key, error) {
 	switch parts[0] {
 	case blobsDir:
 		s = parts[1] + ":" + parts[3]
+	case indexesDir:
+		s = indexPrefix + parts[1] + ":" + parts[3]
 	case spansDir:
 		hex, n, ok := strings.Cut(parts[3], ".")
 		if !ok {

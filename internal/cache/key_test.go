@@ -51,6 +51,7 @@ func TestKeyPaths(t *testing.T) {
 		{d.String(), "blobs/sha256/ab/" + validHex},
 		{SpanKey(d, 0), "spans/sha256/ab/" + validHex + ".0"},
 		{SpanKey(d, 12345), "spans/sha256/ab/" + validHex + ".12345"},
+		{IndexKey(d), "indexes/sha256/ab/" + validHex},
 		{"sha512:" + strings.Repeat("0f", 64), "blobs/sha512/0f/" + strings.Repeat("0f", 64)},
 	} {
 		k, err := parseKey(tc.key)
@@ -76,7 +77,7 @@ func TestKeyPaths(t *testing.T) {
 func FuzzKey(f *testing.F) {
 	d := digest.Digest("sha256:" + validHex)
 	for _, s := range []string{
-		d.String(), SpanKey(d, 0), SpanKey(d, 99), "../x", "", "/etc",
+		d.String(), SpanKey(d, 0), SpanKey(d, 99), IndexKey(d), "index:", "../x", "", "/etc",
 		"span:sha256:" + validHex + ":01", "sha512:" + strings.Repeat("0f", 64),
 		"span:span:sha256:" + validHex + ":1:2",
 	} {
@@ -98,7 +99,7 @@ func FuzzKey(f *testing.F) {
 			t.Fatalf("%q: unsafe path %q", s, p)
 		}
 		top := strings.SplitN(p, string(filepath.Separator), 2)[0]
-		if top != blobsDir && top != spansDir {
+		if top != blobsDir && top != spansDir && top != indexesDir {
 			t.Fatalf("%q: path %q outside entry directories", s, p)
 		}
 		back, err := keyFromPath(p)

@@ -24,8 +24,11 @@ const MediaTypeIndex = "application/vnd.riffle.layer.index.v1"
 //
 //	GET  /index/v1/layers/{digest}   the index of a layer (MediaTypeIndex), 404 if none
 //	POST /index/v1/images            {"image": REF, "pushReferrer": bool}: index REF now
+//	GET  /index/v1/profiles/{digest} a layer's startup profile, 404 if none
+//	POST /index/v1/profiles/{digest} {"spans": [...]}: merge one run's profile
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
+	s.profileHandlers(mux)
 	mux.HandleFunc("GET /index/v1/layers/{digest}", func(w http.ResponseWriter, r *http.Request) {
 		d, err := digest.Parse(r.PathValue("digest"))
 		if err != nil {

@@ -46,10 +46,13 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	built    prometheus.Counter
-	failed   prometheus.Counter
-	buildDur prometheus.Histogram
-	bytesIn  prometheus.Counter
+	prof profiles
+
+	built         prometheus.Counter
+	failed        prometheus.Counter
+	profilesAdded prometheus.Counter
+	buildDur      prometheus.Histogram
+	bytesIn       prometheus.Counter
 }
 
 // ImageResult reports the indexes of one image.
@@ -93,8 +96,9 @@ func New(dir string, client *remote.Client, opts Options) (*Service, error) {
 	s := &Service{
 		dir: dir, client: client, opts: opts, log: log.With("component", "indexsvc"),
 		queue: make(chan string, 256), ctx: ctx, cancel: cancel,
-		built:  prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_layers_built_total", Help: "Layer indexes built."}),
-		failed: prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_build_failures_total", Help: "Layer index builds that failed."}),
+		built:         prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_layers_built_total", Help: "Layer indexes built."}),
+		failed:        prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_build_failures_total", Help: "Layer index builds that failed."}),
+		profilesAdded: prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_profiles_reported_total", Help: "Startup profiles of layers reported by nodes and merged."}),
 		buildDur: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "riffle_index_build_seconds", Help: "Time to build one layer index.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 3, 10),
@@ -110,7 +114,7 @@ func New(dir string, client *remote.Client, opts Options) (*Service, error) {
 
 // Collectors are the service's metrics, for registration on /metrics.
 func (s *Service) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.built, s.failed, s.buildDur, s.bytesIn}
+	return []prometheus.Collector{s.built, s.failed, s.buildDur, s.bytesIn, s.profilesAdded}
 }
 
 // Close stops the workers; queued images are dropped (they are indexed on

@@ -1,8 +1,18 @@
 // Package pull is the normal full pull of an image, the path every image
-// can take and the baseline streaming is measured against: layers are
-// downloaded in parallel, each checked against its digest, and applied in
-// order (package unpack) as soon as each one and those below it are there,
-// each checked against the config's diff_id.
+// can take and the baseline streaming is measured against. It comes in two
+// shapes:
+//
+//   - [Layers] fills a node's layer store (package layerstore): each layer
+//     is streamed from the registry, decompressed and extracted into its
+//     own directory, all layers in parallel, with no temporary file; the
+//     image is then an overlay mount over [LowerDirs].
+//   - [Image] (and [Store] on top of it) builds one merged directory per
+//     image: layers are downloaded in parallel into temporary files and
+//     applied in order (package unpack) as soon as each one and those
+//     below it are there.
+//
+// Either way each blob is checked against its digest and each layer's
+// uncompressed stream against the config's diff_id.
 package pull
 
 import (

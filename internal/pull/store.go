@@ -13,8 +13,11 @@ import (
 	"github.com/riffle-dev/riffle/internal/remote"
 )
 
-// Store is a node's store of fully pulled images: DIR/HEX/rootfs holds the
-// image whose manifest digest is sha256:HEX, and DIR/HEX/complete marks it
+// Store is a node's store of images pulled flat, all layers merged into
+// one tree: the fallback for images whose layers cannot be extracted on
+// their own (a hard link into a lower layer; see unpack.ErrCrossLayerLink),
+// which the layer store cannot hold. DIR/HEX/rootfs holds the image whose
+// manifest digest is sha256:HEX, and DIR/HEX/complete marks it
 // whole. Images are extracted into a temporary directory and renamed into
 // place, so a crash never leaves a half image that looks whole, and any
 // process (riffle serve, riffle pull) may add to it.

@@ -1,6 +1,8 @@
 package runtime
 
 import (
+	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -427,6 +429,76 @@ func writeEtc(dir string, r *resolved) error {
 		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil {
 			return fmt.Errorf("runtime: %w", err)
 		}
+	}
+	return nil
+}
+
+// bundle is one container's directory under Config.Root/tasks: the
+// overlay root filesystem and its upper and work directories, the
+// generated /etc files and config.json. Close is the one place that undoes
+// newBundle.
+type bundle struct {
+	dir, rootfs, upper, work, etc string
+}
+
+// newBundle makes the bundle of res in dir: the overlay of lower, the /etc
+// files and config.json. On an error nothing of it is left.
+func newBundle(dir string, lower []string, res *resolved, cgroupsPath string) (_ *bundle, retErr error) {
+	b := &bundle{dir: dir, rootfs: filepath.Join(dir, "rootfs"), upper: filepath.Join(dir, "upper"),
+		work: filepath.Join(dir, "work"), etc: filepath.Join(dir, "etc")}
+	defer func() {
+		if retErr != nil {
+			if err := b.Close(); err != nil {
+				retErr = errors.Join(retErr, err)
+			}
+		}
+	}()
+	for _, d := range []string{b.rootfs, b.upper, b.work, b.etc} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("runtime: %w", err)
+		}
+	}
+	// The upper directory's root becomes the container's "/": it must be
+	// world-traversable like any root directory.
+	if err := os.Chmod(b.upper, 0o755); err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	if err := os.Chmod(dir, 0o711); err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	if err := mountOverlay(lower, b.upper, b.work, b.rootfs); err != nil {
+		return nil, err
+	}
+	u, err := resolveUser(b.rootfs, res.user)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := ociConfig(res, u, b.rootfs, b.etc, cgroupsPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := writeEtc(b.etc, res); err != nil {
+		return nil, err
+	}
+	data, err := json.MarshalIndent(cfg, "", "\t")
+	if err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	return b, nil
+}
+
+// Close unmounts the overlay and removes the directory. It removes
+// nothing while the overlay is still mounted: that would delete through
+// it into the image.
+func (b *bundle) Close() error {
+	if err := unmount(b.rootfs); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(b.dir); err != nil {
+		return fmt.Errorf("runtime: %w", err)
 	}
 	return nil
 }

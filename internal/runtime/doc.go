@@ -28,6 +28,10 @@
 //
 // Start runs `runc run` in the foreground: runc stays the parent of the
 // container, so its exit status is the container's and no subreaper is needed.
+// It is three steps, each with one owner of its cleanup: the bundle (directory
+// and overlay; bundle.Close), the output pipes, and launch (runc run until the
+// container's process runs). monitor undoes them in reverse order once runc
+// exits, before Done closes.
 // Stop sends SIGTERM, waits a grace period and then SIGKILLs; Run does the
 // same when its context ends. runc keeps its state under Config.Root/runc, so
 // Riffle never sees or touches other runc users' containers, and every

@@ -469,3 +469,24 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestFailedStartLeavesNothing: a start that fails after the bundle was
+// made (the overlay mounted) or after runc ran leaves no task directory,
+// mount or container (the fixture checks the last two).
+func TestFailedStartLeavesNothing(t *testing.T) {
+	f := newFixture(t)
+	s := f.spec("true")
+	s.Image.User = "nobody-here" // resolved inside the mounted overlay
+	if _, err := f.rt.Start(context.Background(), s, nil, nil); err == nil || !strings.Contains(err.Error(), "nobody-here") {
+		t.Errorf("unknown user: %v", err)
+	}
+	s = f.spec("")
+	s.Entrypoint, s.Commands = "/no/such/program", nil
+	var out bytes.Buffer
+	if _, err := f.rt.Start(context.Background(), s, &out, &out); !errors.Is(err, ErrStart) {
+		t.Errorf("missing executable: %v", err)
+	}
+	if ents, err := os.ReadDir(filepath.Join(f.root, "tasks")); err != nil || len(ents) != 0 {
+		t.Errorf("task directories left: %v %v", ents, err)
+	}
+}

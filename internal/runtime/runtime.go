@@ -268,7 +268,13 @@ func newID(name string) string {
 // output is interleaved through one pipe, so the writer needs no locking.
 // The context bounds only the start itself; use Stop, or Run with a context,
 // to end the container.
-func (r *Runtime) Start(ctx context.Context, spec *Spec, stdout, stderr io.Writer) (_ *Container, retErr error) {
+//
+// Three steps, each undone by the one owner of what it made: the bundle
+// (directory, overlay, config.json; bundle.Close), the output pipes
+// (output), and `runc run` (launch). After a failed start they are undone
+// in reverse order here; after a start, monitor undoes them once runc
+// exits.
+func (r *Runtime) Start(ctx context.Context, spec *Spec, stdout, stderr io.Writer) (*Container, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("runtime: start: %w", err)
 	}
@@ -277,206 +283,233 @@ func (r *Runtime) Start(ctx context.Context, spec *Spec, stdout, stderr io.Write
 	if err != nil {
 		return nil, err
 	}
-	o, _ := ParseOptions(spec.Options) // already validated by resolve
+	b, err := newBundle(filepath.Join(r.tasks, id), spec.Lower, res, r.cfg.CgroupParent+"/"+id)
+	if err != nil {
+		return nil, err
+	}
+	out, err := newOutput(stdout, stderr)
+	if err != nil {
+		r.closeBundle(id, b)
+		return nil, err
+	}
+	l, err := r.launch(ctx, id, b, out)
+	if err != nil {
+		out.close() // runc has exited: the pipes reach EOF
+		r.closeBundle(id, b)
+		return nil, err
+	}
+	c := &Container{id: id, dir: b.dir, rt: r, pid: l.pid, grace: r.stopGrace(spec), done: make(chan struct{})}
+	go r.monitor(c, l, out, b)
+	return c, nil
+}
+
+// stopGrace is the container's SIGTERM-to-SIGKILL wait: --stop-timeout,
+// else Spec.StopGrace, else Config.StopGrace.
+func (r *Runtime) stopGrace(spec *Spec) time.Duration {
 	grace := r.cfg.StopGrace
 	if spec.StopGrace > 0 {
 		grace = spec.StopGrace
 	}
-	if o.StopGrace > 0 {
+	if o, err := ParseOptions(spec.Options); err == nil && o.StopGrace > 0 { // validated by resolve
 		grace = o.StopGrace
 	}
+	return grace
+}
 
-	dir := filepath.Join(r.tasks, id)
-	rootfs, upper, work, etc := filepath.Join(dir, "rootfs"), filepath.Join(dir, "upper"), filepath.Join(dir, "work"), filepath.Join(dir, "etc")
-	for _, d := range []string{rootfs, upper, work, etc} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			_ = os.RemoveAll(dir)
-			return nil, fmt.Errorf("runtime: %w", err)
-		}
+func (r *Runtime) closeBundle(id string, b *bundle) {
+	if err := b.Close(); err != nil {
+		r.log.Warn("runtime: cleanup after failed start", "container", id, "err", err)
 	}
-	// The upper directory's root becomes the container's "/": it must be
-	// world-traversable like any root directory.
-	_ = os.Chmod(upper, 0o755)
-	_ = os.Chmod(dir, 0o711)
-	release := func() error {
-		err := unmount(rootfs)
-		if err == nil {
-			err = os.RemoveAll(dir)
-		}
-		return err
-	}
-	if err := mountOverlay(spec.Lower, upper, work, rootfs); err != nil {
-		_ = os.RemoveAll(dir)
-		return nil, err
-	}
-	var pipes []*os.File // our ends, closed on failure
-	defer func() {
-		if retErr != nil {
-			for _, p := range pipes {
-				_ = p.Close()
-			}
-			if err := release(); err != nil {
-				r.log.Warn("runtime: cleanup after failed start", "container", id, "err", err)
-			}
-		}
-	}()
+}
 
-	u, err := resolveUser(rootfs, res.user)
-	if err != nil {
-		return nil, err
-	}
-	cfg, err := ociConfig(res, u, rootfs, etc, r.cfg.CgroupParent+"/"+id)
-	if err != nil {
-		return nil, err
-	}
-	if err := writeEtc(etc, res); err != nil {
-		return nil, err
-	}
-	data, err := json.MarshalIndent(cfg, "", "\t")
-	if err != nil {
-		return nil, fmt.Errorf("runtime: %w", err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "config.json"), data, 0o600); err != nil {
-		return nil, fmt.Errorf("runtime: %w", err)
-	}
+// output feeds a container's stdout and stderr to the caller's writers:
+// an *os.File is handed to the container as is, any other writer gets a
+// pipe whose read end a copier goroutine drains.
+type output struct {
+	stdout, stderr *os.File // what the container gets
+	childEnds      []*os.File
+	readEnds       []*os.File
+	copiers        sync.WaitGroup
+}
 
-	// Output: files go straight to the container; other writers through
-	// pipes that copier goroutines drain.
-	var copiers sync.WaitGroup
-	var childEnds []*os.File
-	sink := func(w io.Writer) (*os.File, error) {
-		if w == nil {
-			w = io.Discard
-		}
-		if f, ok := w.(*os.File); ok {
-			return f, nil
-		}
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			return nil, fmt.Errorf("runtime: %w", err)
-		}
-		pipes = append(pipes, pr)
-		childEnds = append(childEnds, pw)
-		copiers.Add(1)
-		go func() {
-			defer copiers.Done()
-			_, _ = io.Copy(w, pr)
-		}()
-		return pw, nil
-	}
-	outF, err := sink(stdout)
-	if err != nil {
+func newOutput(stdout, stderr io.Writer) (*output, error) {
+	o := &output{}
+	var err error
+	if o.stdout, err = o.sink(stdout); err != nil {
 		return nil, err
 	}
-	errF := outF
+	o.stderr = o.stdout
 	if stdout == nil || !sameWriter(stdout, stderr) {
-		if errF, err = sink(stderr); err != nil {
-			for _, p := range childEnds {
-				_ = p.Close()
-			}
+		if o.stderr, err = o.sink(stderr); err != nil {
+			o.closeChildEnds()
+			o.close()
 			return nil, err
 		}
 	}
+	return o, nil
+}
 
-	pidFile := filepath.Join(dir, "pid")
-	logFile := filepath.Join(dir, "runc.log")
+func (o *output) sink(w io.Writer) (*os.File, error) {
+	if w == nil {
+		w = io.Discard
+	}
+	if f, ok := w.(*os.File); ok {
+		return f, nil
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("runtime: %w", err)
+	}
+	o.readEnds = append(o.readEnds, pr)
+	o.childEnds = append(o.childEnds, pw)
+	o.copiers.Add(1)
+	go func() {
+		defer o.copiers.Done()
+		_, _ = io.Copy(w, pr) // ends at EOF, or when close cuts it off
+	}()
+	return pw, nil
+}
+
+// closeChildEnds closes our copies of the container's ends, once runc has
+// forked: then EOF comes when the container's last process exits.
+func (o *output) closeChildEnds() {
+	for _, p := range o.childEnds {
+		_ = p.Close()
+	}
+	o.childEnds = nil
+}
+
+// close waits for the copiers to drain and closes the read ends.
+func (o *output) close() {
+	o.copiers.Wait()
+	o.closeReadEnds()
+}
+
+// drain is close with a bound: with --pid=host a daemon the container
+// started may hold the pipes open forever, so after wait the read ends
+// are closed under the copiers.
+func (o *output) drain(wait time.Duration) {
+	drained := make(chan struct{})
+	go func() { o.copiers.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(wait):
+		o.closeReadEnds()
+		<-drained
+	}
+	o.closeReadEnds()
+}
+
+func (o *output) closeReadEnds() {
+	for _, p := range o.readEnds {
+		_ = p.Close() // a second close only reports os.ErrClosed
+	}
+}
+
+// runResult is how `runc run` ended.
+type runResult struct {
+	status int
+	err    error
+}
+
+// launched is a `runc run` whose container process runs.
+type launched struct {
+	pid    int
+	exited chan runResult // receives runc's result once
+}
+
+// launch runs `runc run` in the background and returns once the
+// container's process runs. On an error runc has exited and nothing of
+// the container is left in runc's state.
+func (r *Runtime) launch(ctx context.Context, id string, b *bundle, out *output) (*launched, error) {
+	pidFile := filepath.Join(b.dir, "pid")
+	logFile := filepath.Join(b.dir, "runc.log")
 	rc := r.newRunc(logFile)
 	started := make(chan int, 1)
-	type result struct {
-		status int
-		err    error
-	}
-	exited := make(chan result, 1)
+	l := &launched{exited: make(chan runResult, 1)}
 	go func() {
 		// Not ctx: runc must outlive the call that started it, and killing
 		// runc would orphan the container rather than stop it.
-		status, err := rc.Run(context.Background(), id, dir, &runc.CreateOpts{
-			IO:      &fileIO{stdout: outF, stderr: errF},
+		status, err := rc.Run(context.Background(), id, b.dir, &runc.CreateOpts{
+			IO:      &fileIO{stdout: out.stdout, stderr: out.stderr},
 			PidFile: pidFile,
 			Started: started,
 		})
-		exited <- result{status, err}
+		l.exited <- runResult{status, err}
 	}()
 	<-started // runc has forked (or failed to); the child holds its own copies
-	for _, p := range childEnds {
-		_ = p.Close()
-	}
+	out.closeChildEnds()
 
 	// runc writes the pid file only once the container's process runs, and
 	// exits without it when the start fails.
-	var pid int
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
-	for pid == 0 {
-		if b, err := os.ReadFile(pidFile); err == nil {
-			if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && n > 0 {
-				pid = n
-				break
-			}
+	for {
+		if l.pid = readPid(pidFile); l.pid > 0 {
+			return l, nil
 		}
 		select {
-		case res := <-exited:
-			if b, err := os.ReadFile(pidFile); err == nil && len(strings.TrimSpace(string(b))) > 0 {
-				// Ran and exited before we looked: hand the result on.
-				pid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
-				exited <- res
-				break
+		case res := <-l.exited:
+			if l.pid = readPid(pidFile); l.pid > 0 {
+				l.exited <- res // ran and exited before we looked: monitor gets it
+				return l, nil
 			}
-			copiers.Wait()
 			return nil, startError(logFile, res.err)
 		case <-ctx.Done():
-			// runc cannot be interrupted mid-start without orphaning what it
-			// made; kill the container as soon as it exists, until runc exits.
-			for stopped := false; !stopped; {
-				_ = r.runc.Kill(context.Background(), id, int(syscall.SIGKILL), &runc.KillOpts{All: true})
-				select {
-				case <-exited:
-					stopped = true
-				case <-time.After(20 * time.Millisecond):
-				}
-			}
-			_ = r.runc.Delete(context.Background(), id, &runc.DeleteOpts{Force: true})
-			copiers.Wait()
+			r.killStarting(id, l.exited)
 			return nil, fmt.Errorf("runtime: start %s: %w", id, ctx.Err())
 		case <-tick.C:
 		}
 	}
+}
 
-	c := &Container{id: id, dir: dir, rt: r, pid: pid, grace: grace, done: make(chan struct{})}
-	readEnds := pipes
-	pipes = nil // owned by the monitor now
-	go func() {
-		res := <-exited
-		// The pipes reach EOF when the last process holding them exits: with
-		// a private PID namespace that is when init exits. With --pid=host
-		// a daemon may keep them open; do not wait for it forever.
-		drained := make(chan struct{})
-		go func() { copiers.Wait(); close(drained) }()
+func readPid(pidFile string) int {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return 0
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// killStarting ends a start given up on. runc cannot be interrupted
+// mid-start without orphaning what it made, so the container is killed as
+// soon as it exists, until runc exits; then its state is deleted.
+func (r *Runtime) killStarting(id string, exited <-chan runResult) {
+	for {
+		_ = r.runc.Kill(context.Background(), id, int(syscall.SIGKILL), &runc.KillOpts{All: true}) // fails until it exists
 		select {
-		case <-drained:
-		case <-time.After(5 * time.Second):
-			for _, p := range readEnds {
-				_ = p.Close()
-			}
-			<-drained
+		case <-exited:
+			_ = r.runc.Delete(context.Background(), id, &runc.DeleteOpts{Force: true}) // runc run usually deleted it
+			return
+		case <-time.After(20 * time.Millisecond):
 		}
-		for _, p := range readEnds {
-			_ = p.Close()
-		}
-		c.exitCode = res.status
-		if res.status < 0 {
-			c.err = fmt.Errorf("runtime: runc for %s died: %w", id, res.err)
-		}
-		// runc run deletes the container itself; force it in case runc was
-		// killed, so neither state nor cgroups stay behind.
-		_ = r.runc.Delete(context.Background(), id, &runc.DeleteOpts{Force: true})
-		if err := release(); err != nil {
-			c.err = errors.Join(c.err, err)
-			r.log.Warn("runtime: cleanup", "container", id, "err", err)
-		}
-		close(c.done)
-	}()
-	return c, nil
+	}
+}
+
+// monitor waits for runc to exit, then releases what Start acquired in
+// reverse order: the output (once drained), runc's state, the bundle; and
+// only then reports the container done.
+func (r *Runtime) monitor(c *Container, l *launched, out *output, b *bundle) {
+	res := <-l.exited
+	// The pipes reach EOF when the last process holding them exits: with
+	// a private PID namespace that is when init exits.
+	out.drain(5 * time.Second)
+	c.exitCode = res.status
+	if res.status < 0 {
+		c.err = fmt.Errorf("runtime: runc for %s died: %w", c.id, res.err)
+	}
+	// runc run deletes the container itself; force it in case runc was
+	// killed, so neither state nor cgroups stay behind.
+	_ = r.runc.Delete(context.Background(), c.id, &runc.DeleteOpts{Force: true})
+	if err := b.Close(); err != nil {
+		c.err = errors.Join(c.err, err)
+		r.log.Warn("runtime: cleanup", "container", c.id, "err", err)
+	}
+	close(c.done)
 }
 
 // sameWriter reports whether a and b are the same writer; comparing

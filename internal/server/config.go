@@ -8,13 +8,14 @@ import (
 	"maps"
 	"math"
 	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/riffle-dev/riffle/internal/node"
 )
 
 // DefaultListen is where `riffle serve` listens unless told otherwise. When
@@ -47,9 +48,43 @@ type Config struct {
 	// Cache configures the node cache of image data.
 	Cache CacheConfig `json:"cache,omitempty"`
 
+	// Stream configures image streaming on this node.
+	Stream StreamConfig `json:"stream,omitempty"`
+
+	// Index configures where this node finds layer indexes besides the
+	// server's own index service.
+	Index IndexConfig `json:"index,omitempty"`
+
 	// InsecureRegistries lists registry hosts (host or host:port) that are
 	// reached over plain HTTP. Loopback registries always are.
 	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
+
+	// TLS, Auth, HostPaths, Scripts and Outbound are the security keys;
+	// see config_security.go and docs/security.md.
+	TLS       TLSConfig      `json:"tls,omitempty"`
+	Auth      AuthConfig     `json:"auth,omitempty"`
+	HostPaths []string       `json:"hostPaths,omitempty"`
+	Scripts   ScriptsConfig  `json:"scripts,omitempty"`
+	Outbound  OutboundConfig `json:"outbound,omitempty"`
+
+	// InsecureListenWithoutTLS lets the server listen on a non-loopback
+	// address without TLS, so tokens cross the network in clear text.
+	InsecureListenWithoutTLS bool `json:"insecureListenWithoutTLS,omitempty"`
+
+	// Capacity is what this node offers tasks.
+	Capacity CapacityConfig `json:"capacity,omitempty"`
+}
+
+// CapacityConfig is what this node offers tasks: tasks run at once while
+// the sum of their taskSpec.computeResource fits (scheduler.Capacity).
+// Zero means the default.
+type CapacityConfig struct {
+	// CPUMilli is the node's CPU in milliCPU. Default: the CPUs × 1000.
+	CPUMilli int64 `json:"cpuMilli,omitempty"`
+	// MemoryMib is the node's memory in MiB. Default: the machine's memory.
+	MemoryMib int64 `json:"memoryMib,omitempty"`
+	// Overcommit multiplies both. Default: 1.
+	Overcommit float64 `json:"overcommit,omitempty"`
 }
 
 // LogConfig configures logging.
@@ -71,6 +106,33 @@ type CacheConfig struct {
 	// MaxBytes bounds the node cache of streamed image data, in bytes; the
 	// least recently used entries are evicted past it. Default: 20 GiB.
 	MaxBytes int64 `json:"maxBytes,omitempty"`
+}
+
+// StreamConfig configures how streamed images arrive.
+type StreamConfig struct {
+	// NoBackground turns off the background stream of whole layers into
+	// the layer store: images then arrive only as they are read, and never
+	// settle. Default: false (layers stream in the background).
+	NoBackground bool `json:"noBackground,omitempty"`
+	// MaxBackgroundBytes turns the background stream off for images larger
+	// than this, uncompressed, in bytes. Default: 0, no limit.
+	MaxBackgroundBytes int64 `json:"maxBackgroundBytes,omitempty"`
+	// NoProfiles turns off startup profiles: mounts neither prefetch nor
+	// report them. Default: false.
+	NoProfiles bool `json:"noProfiles,omitempty"`
+}
+
+// IndexConfig configures the node's index sources. The node cache is
+// always asked first and the server's own index service (which builds
+// missing indexes) last.
+type IndexConfig struct {
+	// Service is the URL of another riffle serve whose index service this
+	// node asks first (and reports startup profiles to), e.g.
+	// http://10.0.0.2:8080. Default: none.
+	Service string `json:"service,omitempty"`
+	// Referrers makes the node look for index artifacts stored beside an
+	// image in its registry before building indexes. Default: false.
+	Referrers bool `json:"referrers,omitempty"`
 }
 
 // LoadConfig reads a YAML (or JSON) config file. Unknown keys are errors,
@@ -219,9 +281,9 @@ func (c Config) WithDefaults() Config {
 		c.Log.Format = "text"
 	}
 	if c.Cache.MaxBytes == 0 {
-		c.Cache.MaxBytes = 20 << 30
+		c.Cache.MaxBytes = node.DefaultCacheBytes
 	}
-	return c
+	return c.securityDefaults()
 }
 
 // Validate reports the first bad key, naming it and the fix.
@@ -236,11 +298,23 @@ func (c Config) Validate() error {
 	default:
 		return fmt.Errorf("config: log.format %q: use text or json", c.Log.Format)
 	}
+	if c.Stream.MaxBackgroundBytes < 0 {
+		return fmt.Errorf("config: stream.maxBackgroundBytes %d: must be positive (0: no limit)", c.Stream.MaxBackgroundBytes)
+	}
+	if u := c.Index.Service; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		return fmt.Errorf("config: index.service %q: give a URL, like http://HOST:PORT", u)
+	}
 	if c.Cache.MaxBytes < 0 {
 		return fmt.Errorf("config: cache.maxBytes %d: must be positive", c.Cache.MaxBytes)
 	}
 	if c.Registry.MaxBlobBytes < 0 {
 		return fmt.Errorf("config: registry.maxBlobBytes %d: must be positive", c.Registry.MaxBlobBytes)
+	}
+	if c.Capacity.CPUMilli < 0 || c.Capacity.MemoryMib < 0 || c.Capacity.Overcommit < 0 {
+		return fmt.Errorf("config: capacity (cpuMilli %d, memoryMib %d, overcommit %g): must not be negative; leave a key out for the machine's own", c.Capacity.CPUMilli, c.Capacity.MemoryMib, c.Capacity.Overcommit)
+	}
+	if err := c.validateSecurity(); err != nil {
+		return err
 	}
 	if c.Location != "" && !validLocation(c.Location) {
 		return fmt.Errorf("config: location %q: use lowercase letters, digits and dashes, like us-central1", c.Location)
@@ -257,13 +331,10 @@ func validLocation(s string) bool {
 	return s != ""
 }
 
-// DefaultDataDir is the user's state directory for Riffle.
-func DefaultDataDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
-		return filepath.Join(d, "riffle")
-	}
-	if h, err := os.UserHomeDir(); err == nil {
-		return filepath.Join(h, ".local", "state", "riffle")
-	}
-	return filepath.Join(os.TempDir(), "riffle")
-}
+// DefaultDataDir is the user's state directory for Riffle
+// (node.DefaultRoot).
+func DefaultDataDir() string { return node.DefaultRoot() }
+
+// Layout is the data directory's layout, shared with the node engine and
+// the CLI.
+func (c Config) Layout() node.Layout { return node.Layout{Root: c.DataDir} }

@@ -5,13 +5,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"path/filepath"
 	"strconv"
 
 	"github.com/riffle-dev/riffle/internal/batch/logs"
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
+	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/runtime"
 )
@@ -21,32 +22,46 @@ import (
 // scheduler. Without runc (not root, or not installed) script runnables
 // still run and container runnables fail with an event saying why.
 func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
-	c, err := cache.Open(filepath.Join(cfg.DataDir, "cache"), cache.Options{MaxBytes: cfg.Cache.MaxBytes})
+	c, err := cache.Open(cfg.Layout().Cache(), cache.Options{MaxBytes: cfg.Cache.MaxBytes})
 	if err != nil {
 		return err
 	}
 	s.cache = c
 	s.metrics.MustRegister(c.Collector())
 
-	imgs, err := scheduler.NewImages(scheduler.ImagesOptions{
-		Dir:      filepath.Join(cfg.DataDir, "images"),
-		Registry: remote.Options{Insecure: cfg.InsecureRegistries},
-		Cache:    c,
-		Indexes:  s.indexes,
-		Logger:   log,
-		Metrics:  s.metrics,
-	})
+	nopts := node.Options{
+		Layout:    cfg.Layout(),
+		Registry:  remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.registryTransport()},
+		Cache:     c,
+		Indexes:   s.indexes,
+		Profiles:  s.indexes,
+		Referrers: cfg.Index.Referrers,
+		Logger:    log,
+		Metrics:   s.metrics,
+	}
+	if u := cfg.Index.Service; u != "" {
+		other := indexsvc.HTTPSource{BaseURL: u}
+		nopts.Indexes = node.IndexSources{other, s.indexes}
+		nopts.Profiles = other
+	}
+	if cfg.Stream.NoProfiles {
+		nopts.Profiles = nil
+	}
+	nopts.Mount.NoBackground = cfg.Stream.NoBackground
+	nopts.Mount.MaxBackgroundBytes = cfg.Stream.MaxBackgroundBytes
+	n, err := node.New(nopts)
 	if err != nil {
 		return err
 	}
-	s.images = imgs
+	s.node = n
 
-	rt, err := runtime.New(runtime.Config{Root: filepath.Join(cfg.DataDir, "runtime"), Logger: log})
+	rt, err := runtime.New(runtime.Config{Root: cfg.Layout().Runtime(), Logger: log})
 	if err != nil {
 		log.Warn("container runnables cannot run on this node", "err", err)
 		rt = nil
 	}
-	sched, err := scheduler.New(s.store, scheduler.Options{DataDir: cfg.DataDir, Runtime: rt, Images: imgs, Logger: log})
+	sched, err := scheduler.New(s.store, scheduler.Options{DataDir: cfg.DataDir, Runtime: rt, Images: n, Logger: log, Scripts: s.scriptPolicy(),
+		Capacity: scheduler.Capacity{CPUMilli: cfg.Capacity.CPUMilli, MemoryMiB: cfg.Capacity.MemoryMib, Overcommit: cfg.Capacity.Overcommit}})
 	if err != nil {
 		return err
 	}

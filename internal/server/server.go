@@ -19,11 +19,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
+	"github.com/riffle-dev/riffle/internal/auth"
 	"github.com/riffle-dev/riffle/internal/batch/api"
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
+	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/registry"
 	"github.com/riffle-dev/riffle/internal/remote"
 )
@@ -39,7 +41,7 @@ type Server struct {
 	batch    *api.Server
 	grpc     *grpc.Server
 	sched    *scheduler.Scheduler
-	images   *scheduler.Images
+	node     *node.Node
 	cache    *cache.Cache
 	client   *remote.Client
 	indexes  *indexsvc.Service
@@ -47,6 +49,11 @@ type Server struct {
 	mux      *http.ServeMux
 	handler  http.Handler
 	lock     *dataDirLock
+
+	tokens    *auth.Store            // access control (auth.go)
+	selfToken string                 // the server's own token for its registry; never stored
+	refusals  *prometheus.CounterVec // riffle_auth_refused_total
+	outbound  *outbound              // where job-named registries may be
 }
 
 // New builds every component from cfg (defaults filled in) under its data
@@ -69,8 +76,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux(), lock: lock}
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries})
-	idx, err := indexsvc.New(filepath.Join(cfg.DataDir, "indexes"), s.client, indexsvc.Options{Logger: log})
+	if err := s.openAuth(); err != nil {
+		return nil, err
+	}
+	s.outbound = newOutbound(cfg.Outbound.AllowRegistries)
+	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.registryTransport()})
+	idx, err := indexsvc.New(cfg.Layout().Indexes(), s.client, indexsvc.Options{Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +90,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.mux.Handle("/index/", idx.Handler())
 
 	reg, err := registry.New(ctx, registry.Options{
-		RootDir:      filepath.Join(cfg.DataDir, "registry"),
+		RootDir:      cfg.Layout().Registry(),
 		MaxBlobBytes: cfg.Registry.MaxBlobBytes,
 		Logger:       log,
 		OnPush:       s.onPush,
@@ -116,14 +127,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.mux.Handle("GET /riffle/v1/logs/{job...}", http.HandlerFunc(s.serveLogs))
 	s.mux.Handle("/v1/", b.HTTPHandler())
-	s.grpc = grpc.NewServer(b.GRPCServerOptions()...)
+	s.grpc = grpc.NewServer(append(b.GRPCServerOptions(), s.grpcAuthOptions()...)...)
 	b.RegisterGRPC(s.grpc)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintln(w, "ok")
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
-	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.mux))
+	s.registerTokenAPI()
+	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.guard(s.mux)))
 	return s, nil
 }
 
@@ -164,8 +176,8 @@ func (s *Server) Close() error {
 	if s.sched != nil {
 		errs = append(errs, s.sched.Close())
 	}
-	if s.images != nil {
-		errs = append(errs, s.images.Close())
+	if s.node != nil {
+		errs = append(errs, s.node.Close())
 	}
 	if s.cache != nil {
 		errs = append(errs, s.cache.Close())
@@ -178,6 +190,9 @@ func (s *Server) Close() error {
 	}
 	if s.registry != nil {
 		errs = append(errs, s.registry.Close())
+	}
+	if s.tokens != nil {
+		errs = append(errs, s.tokens.Close())
 	}
 	// Last: another server may take the directory once this returns.
 	errs = append(errs, s.lock.Close())
@@ -215,6 +230,9 @@ func listen(cfg Config, checkDir bool) (net.Listener, error) {
 	if addr == "" {
 		addr = DefaultListen
 	}
+	if err := cfg.checkListen(addr); err != nil {
+		return nil, err
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err == nil {
 		return ln, nil
@@ -250,6 +268,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	hs.Protocols = new(http.Protocols)
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(true)
+	if s.cfg.TLS.Enabled() {
+		tl, err := s.tlsListener(ln, hs)
+		if err != nil {
+			return err
+		}
+		ln = tl
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	s.log.Info("riffle serving", "addr", ln.Addr().String(), "dataDir", s.cfg.DataDir, "location", s.cfg.Location)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -16,7 +17,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
-	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/server"
 )
 
@@ -67,6 +67,7 @@ func TestServeHealthMetricsShutdown(t *testing.T) {
 	go func() { done <- srv.Serve(ctx, ln, 5*time.Second) }()
 
 	base := "http://" + ln.Addr().String()
+	tok := adminToken(t, srv)
 	waitFor(t, func() bool {
 		a, err := server.ReadAddr(dir)
 		return err == nil && a == ln.Addr().String()
@@ -78,13 +79,13 @@ func TestServeHealthMetricsShutdown(t *testing.T) {
 		{"/healthz", "ok"},
 		{"/v2/", "{}"},
 	} {
-		if b, err := get(base + c.path); err != nil || !strings.Contains(b, c.want) {
+		if b, err := getBody(base+c.path, tok); err != nil || !strings.Contains(b, c.want) {
 			t.Fatalf("GET %s: %q, %v; want 200 containing %q", c.path, b, err, c.want)
 		}
 	}
 	want := `riffle_http_requests_total{api="registry",code="200",method="GET"} 1`
 	waitFor(t, func() bool {
-		b, err := get(base + "/metrics")
+		b, err := getBody(base+"/metrics", tok)
 		return err == nil && strings.Contains(b, want)
 	})
 
@@ -102,9 +103,15 @@ func TestServeHealthMetricsShutdown(t *testing.T) {
 	}
 }
 
-// get returns the body of a 200 response to GET url.
-func get(url string) (string, error) {
-	resp, err := http.Get(url)
+// getBody returns the body of a 200 response to GET url with tok as
+// bearer token.
+func getBody(url, tok string) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return "", err
 	}
@@ -197,7 +204,7 @@ func TestPushedImagesAreIndexed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := remote.New(remote.Options{})
+	c := registryClient(adminToken(t, srv))
 	ref := addr + "/p/r/features:v1"
 	if err := c.Push(ctx, ref, img, nil); err != nil {
 		t.Fatal(err)
@@ -207,10 +214,7 @@ func TestPushedImagesAreIndexed(t *testing.T) {
 		h, _ := l.Digest()
 		d := digest.Digest(h.String())
 		waitFor(t, func() bool { _, _, err := srv.Indexes().Get(d); return err == nil })
-		resp, err := http.Get("http://" + addr + "/index/v1/layers/" + d.String())
-		if err != nil {
-			t.Fatal(err)
-		}
+		resp := get(t, "http://"+addr+"/index/v1/layers/"+d.String(), adminToken(t, srv))
 		resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("GET index of %s: %s", d, resp.Status)
@@ -222,11 +226,26 @@ func TestPushedImagesAreIndexed(t *testing.T) {
 // loopback port until the test ends.
 func startServer(t *testing.T, dir string) (context.Context, *server.Server, string) {
 	t.Helper()
-	if dir == "" {
-		dir = t.TempDir()
+	return startServerWith(t, server.Config{DataDir: dir})
+}
+
+// startServerWith is startServer with more of the config.
+func startServerWith(t *testing.T, cfg server.Config) (context.Context, *server.Server, string) {
+	t.Helper()
+	return startServerLog(t, cfg, nil)
+}
+
+// startServerLog is startServerWith logging to log.
+func startServerLog(t *testing.T, cfg server.Config, log *slog.Logger) (context.Context, *server.Server, string) {
+	t.Helper()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	srv, err := server.New(ctx, server.Config{DataDir: dir, Listen: "127.0.0.1:0"}, nil)
+	srv, err := server.New(ctx, cfg, log)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

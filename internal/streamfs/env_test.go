@@ -41,6 +41,11 @@ type testRegistry struct {
 	rangeRequests atomic.Int64
 	corrupt       atomic.Int64 // ranged blob responses still to corrupt
 	stall         atomic.Bool  // hold ranged blob GETs until the client gives up
+
+	streamBytes   atomic.Int64           // body bytes of whole-blob GETs
+	corruptStream atomic.Bool            // flip a byte near the start of whole-blob GETs
+	onStream      atomic.Pointer[func()] // runs before a whole-blob GET is served
+	onRange       atomic.Pointer[func()] // runs before a ranged blob GET is served
 }
 
 func newTestRegistry(t testing.TB) *testRegistry {
@@ -98,7 +103,16 @@ func (r *testRegistry) revive() {
 }
 
 func (r *testRegistry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
+	if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Header.Get("Range") == "" {
+		if f := r.onStream.Load(); f != nil {
+			(*f)()
+		}
+		w = &countingWriter{ResponseWriter: w, n: &r.streamBytes, flip: r.corruptStream.Load(), at: 12}
+	}
 	if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Header.Get("Range") != "" {
+		if f := r.onRange.Load(); f != nil {
+			(*f)()
+		}
 		r.rangeRequests.Add(1)
 		if r.stall.Load() {
 			<-req.Context().Done()
@@ -118,12 +132,17 @@ type countingWriter struct {
 	n       *atomic.Int64
 	flip    bool
 	flipped bool
+	at      int // byte of the first write to flip; 0: its middle
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
-	if c.flip && !c.flipped && len(p) > 0 {
+	if c.flip && !c.flipped && len(p) > c.at {
 		q := append([]byte(nil), p...)
-		q[len(q)/2] ^= 0x40
+		at := c.at
+		if at == 0 {
+			at = len(q) / 2
+		}
+		q[at] ^= 0x40
 		p = q
 		c.flipped = true
 	}

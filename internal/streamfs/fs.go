@@ -2,6 +2,7 @@ package streamfs
 
 import (
 	"context"
+	"os"
 	"sort"
 	"sync"
 	"syscall"
@@ -9,8 +10,6 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
-
-	"github.com/riffle-dev/riffle/internal/cache"
 )
 
 // fsNode is the FUSE side of one inode of the merged tree. Hard links are
@@ -25,7 +24,7 @@ type fsNode struct {
 	// is opened by passthrough only while no cached open is live, and
 	// cached only while no passthrough open is live.
 	mu     sync.Mutex
-	whole  *cache.Entry // pinned whole-file entry while pt > 0
+	back   backing // the whole file while pt > 0
 	pt     int
 	cached int
 }
@@ -140,36 +139,88 @@ func (f *fsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 	if f.n.typ != unix.S_IFREG {
 		return nil, 0, syscall.EINVAL
 	}
+	// The mount is read-only: flush has nothing to do, so the kernel need
+	// not send one at every close.
+	const cachedFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
 	h := &handle{f: f}
 	if f.n.size == 0 {
-		return h, fuse.FOPEN_KEEP_CACHE, 0
+		return h, cachedFlags, 0
+	}
+	if f.m.opts.NoPassthrough {
+		return h, cachedFlags, 0
+	}
+	// Find the whole file outside f.mu: finding it may wait for the
+	// background stream to reach it.
+	f.mu.Lock()
+	want := f.back == nil && f.cached == 0
+	f.mu.Unlock()
+	var found backing
+	if want {
+		found = f.m.wholeFile(ctx, f.n)
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.whole == nil && f.cached == 0 && !f.m.opts.NoPassthrough {
-		if e, err := f.m.cache.Get(ctx, f.n.digest.String()); err == nil {
-			f.whole = e
-			f.m.metrics.hits.Inc()
+	if found != nil {
+		if f.back == nil && f.cached == 0 {
+			f.back = found
+		} else {
+			found.Close()
 		}
 	}
-	if f.whole != nil && f.cached == 0 {
+	if f.back != nil && f.cached == 0 {
 		f.pt++
 		f.m.metrics.passthrough.Inc()
-		h.whole = f.whole
-		return h, 0, 0
+		// Its reads will not reach this process: record its start.
+		f.m.profile.recordRead(f.n, 0, 1)
+		h.back = f.back
+		return h, fuse.FOPEN_NOFLUSH, 0
 	}
 	f.cached++
-	return h, fuse.FOPEN_KEEP_CACHE, 0
+	return h, cachedFlags, 0
+}
+
+// backing is a whole file passthrough reads from: a file extracted into
+// the layer store, or a whole-file cache entry (*cache.Entry).
+type backing interface {
+	File() *os.File
+	Close() error
+}
+
+// localFile is a file of the layer store, opened for passthrough.
+type localFile struct{ f *os.File }
+
+func (l localFile) File() *os.File { return l.f }
+func (l localFile) Close() error   { return l.f.Close() }
+
+// wholeFile returns file n whole: from the layer store (waiting a little
+// when its layer's stream is about to reach it), else from the cache.
+func (m *MountPoint) wholeFile(ctx context.Context, n *node) backing {
+	if lf := m.openLocal(n); lf != nil {
+		m.metrics.localOpens.Inc()
+		return localFile{lf}
+	}
+	if m.waitLocal(ctx, n) {
+		if lf := m.openLocal(n); lf != nil {
+			m.metrics.localOpens.Inc()
+			return localFile{lf}
+		}
+	}
+	if e, err := m.cache.Get(ctx, n.digest.String()); err == nil {
+		m.metrics.hits.Inc()
+		return e
+	}
+	return nil
 }
 
 // handle is an open regular file.
 type handle struct {
-	f     *fsNode
-	whole *cache.Entry // set for a passthrough open
+	f    *fsNode
+	back backing // set for a passthrough open
 
 	mu       sync.Mutex
 	read     intervals // byte ranges read through this handle
 	promoted bool
+	local    *os.File // the file in the layer store, once it is there
 }
 
 // intervals is a sorted list of disjoint [start, end) ranges. Kernel
@@ -216,30 +267,71 @@ var (
 // PassthroughFd hands the kernel the cached whole file, so reads of a warm
 // file never reach this process.
 func (h *handle) PassthroughFd() (int, bool) {
-	if h.whole == nil {
+	if h.back == nil {
 		return 0, false
 	}
-	return int(h.whole.File().Fd()), true
+	return int(h.back.File().Fd()), true
 }
 
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
-	if h.whole != nil {
-		// Passthrough was refused by the kernel; serve the cached file.
+	if h.back != nil {
+		// Passthrough was refused by the kernel; serve the whole file.
 		h.f.m.fallbackReads.Add(1)
-		return fuse.ReadResultFd(h.whole.File().Fd(), off, len(dest)), 0
+		return fuse.ReadResultFd(h.back.File().Fd(), off, len(dest)), 0
+	}
+	m, n := h.f.m, h.f.n
+	if lf := h.localFile(ctx); lf != nil {
+		m.metrics.localReads.Inc()
+		m.profile.recordRead(n, off, int64(len(dest)))
+		return fuse.ReadResultFd(lf.Fd(), off, len(dest)), 0
 	}
 	h.mu.Lock()
 	streak := h.read.streak(off)
 	h.mu.Unlock()
-	n, err := h.f.m.readFile(ctx, h.f.n, dest, off, streak)
+	got, err := m.readFile(ctx, n, dest, off, streak, true)
 	if err != nil {
-		h.f.m.log.Warn("streamfs: read failed", "ino", h.f.n.ino, "offset", off, "err", err)
+		m.log.Warn("streamfs: read failed", "ino", n.ino, "offset", off, "err", err)
 		return nil, syscall.EIO
 	}
+	if m.opts.Layers == nil && !m.opts.NoPassthrough {
+		h.notePromote(off, got)
+	}
+	return fuse.ReadResultData(dest[:got]), 0
+}
+
+// localFile returns the file from the layer store when the background
+// stream has stored it (or is about to), opened once per handle.
+func (h *handle) localFile(ctx context.Context) *os.File {
+	h.mu.Lock()
+	lf := h.local
+	h.mu.Unlock()
+	if lf != nil || h.f.m.background == nil {
+		return lf
+	}
+	lf = h.f.m.openLocal(h.f.n)
+	if lf == nil && h.f.m.waitLocal(ctx, h.f.n) {
+		lf = h.f.m.openLocal(h.f.n)
+	}
+	if lf == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.local != nil {
+		lf.Close()
+		return h.local
+	}
+	h.local = lf
+	return lf
+}
+
+// notePromote records that [off, off+got) was read, and promotes the file
+// into the cache once all of it has been.
+func (h *handle) notePromote(off int64, got int) {
 	h.mu.Lock()
 	promote := false
-	if !h.promoted && n > 0 {
-		h.read.add(off, off+int64(n))
+	if !h.promoted && got > 0 {
+		h.read.add(off, off+int64(got))
 		promote = h.read.covers(h.f.n.size)
 	}
 	if promote {
@@ -249,19 +341,24 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	if promote {
 		h.f.m.promote(h.f.n)
 	}
-	return fuse.ReadResultData(dest[:n]), 0
 }
 
 func (h *handle) Release(ctx context.Context) syscall.Errno {
 	f := h.f
+	h.mu.Lock()
+	if h.local != nil {
+		h.local.Close()
+		h.local = nil
+	}
+	h.mu.Unlock()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	switch {
 	case f.n.size == 0:
-	case h.whole != nil:
+	case h.back != nil:
 		if f.pt--; f.pt == 0 {
-			f.whole.Close()
-			f.whole = nil
+			f.back.Close()
+			f.back = nil
 		}
 	default:
 		f.cached--

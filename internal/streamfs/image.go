@@ -19,6 +19,11 @@ type Image struct {
 	Name string
 	// Layers are applied in order, as a full pull applies them.
 	Layers []Layer
+	// DiffIDs are the layers' uncompressed digests, from the image
+	// config's rootfs.diff_ids (Open sets them). The background stream
+	// needs them (Options.Layers): the layer store is keyed by them, and
+	// the index of a TOC layer does not know its own.
+	DiffIDs []digest.Digest
 }
 
 // Layer is one layer as streamfs needs it. The index package and tests

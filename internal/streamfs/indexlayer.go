@@ -1,11 +1,15 @@
 package streamfs
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/index"
@@ -75,12 +79,36 @@ func (l *indexLayer) Spans() []Span {
 	return out
 }
 
+// SpanWireSize is how many blob bytes fetching span n takes.
+func (l *indexLayer) SpanWireSize(n int) int64 {
+	plan, err := l.x.PlanSpans(n, n+1)
+	if err != nil {
+		return 0
+	}
+	return plan.Length
+}
+
+// wireBufs recycles the buffers compressed spans are fetched into (the
+// decoded span is a new slice, except for uncompressed layers, whose
+// spans alias the fetched bytes and so never come back here).
+var wireBufs sync.Pool
+
+func getWireBuf(n int64) []byte {
+	if bp, ok := wireBufs.Get().(*[]byte); ok && int64(cap(*bp)) >= n {
+		return (*bp)[:n]
+	}
+	return make([]byte, n)
+}
+
 func (l *indexLayer) FetchSpan(ctx context.Context, n int) ([]byte, error) {
 	plan, err := l.x.PlanSpans(n, n+1)
 	if err != nil {
 		return nil, err
 	}
-	buf := make([]byte, plan.Length)
+	buf := getWireBuf(plan.Length)
+	if l.x.Kind != index.KindTar {
+		defer wireBufs.Put(&buf)
+	}
 	got, err := l.blob.ReadAtContext(ctx, buf, plan.Offset)
 	if err != nil && !(errors.Is(err, io.EOF) && int64(got) == plan.Length) {
 		return nil, fmt.Errorf("streamfs: fetch [%d, +%d) of %s: %w", plan.Offset, plan.Length, l.x.BlobDigest, err)
@@ -93,4 +121,85 @@ func (l *indexLayer) FetchSpan(ctx context.Context, n int) ([]byte, error) {
 		return nil, err
 	}
 	return spans[0], nil
+}
+
+// blobOpener is a BlobReader that can also stream the whole blob
+// (*remote.Blob), checking its digest at the end.
+type blobOpener interface {
+	Open(ctx context.Context) (io.ReadCloser, error)
+}
+
+var _ LayerStreamer = (*indexLayer)(nil)
+
+// OpenStream streams the blob with one request and decompresses it with
+// klauspost/compress, several times faster than the span path's
+// resumable inflate. Layers indexed from a TOC (eStargz, zstd:chunked)
+// address a virtual stream and cannot be streamed this way.
+func (l *indexLayer) OpenStream(ctx context.Context, wire func(io.Reader) io.Reader) (io.ReadCloser, error) {
+	bo, ok := l.blob.(blobOpener)
+	if !ok {
+		return nil, fmt.Errorf("streamfs: layer %s: the blob reader cannot stream", l.x.BlobDigest)
+	}
+	switch l.x.Kind {
+	case index.KindTar, index.KindGzip, index.KindZstd:
+	default:
+		return nil, fmt.Errorf("streamfs: layer %s: %s layers are read through their table of contents", l.x.BlobDigest, l.x.Kind)
+	}
+	rc, err := bo.Open(ctx)
+	if err != nil {
+		return nil, err
+	}
+	body := bufio.NewReaderSize(wire(rc), 128<<10)
+	switch l.x.Kind {
+	case index.KindGzip:
+		zr, err := gzip.NewReader(body)
+		if err != nil {
+			rc.Close()
+			return nil, fmt.Errorf("streamfs: layer %s: %w", l.x.BlobDigest, err)
+		}
+		return &stream{Reader: zr, body: body, closers: []func() error{zr.Close, rc.Close}}, nil
+	case index.KindZstd:
+		zr, err := zstd.NewReader(body, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(streamMaxWindow), zstd.WithDecoderLowmem(true))
+		if err != nil {
+			rc.Close()
+			return nil, fmt.Errorf("streamfs: layer %s: %w", l.x.BlobDigest, err)
+		}
+		return &stream{Reader: zr, body: body, closers: []func() error{func() error { zr.Close(); return nil }, rc.Close}}, nil
+	}
+	return &stream{Reader: body, body: body, closers: []func() error{rc.Close}}, nil
+}
+
+// streamMaxWindow bounds a zstd decoder's window in a layer stream (the
+// format allows up to 3.75 TB); such layers fail to stream and stay on
+// demand.
+const streamMaxWindow = 128 << 20
+
+// stream is a decompressed layer stream. At the end of the decompressed
+// data it reads the body to its end, so the blob's digest is checked.
+type stream struct {
+	io.Reader
+	body    io.Reader
+	closers []func() error
+	drained bool
+}
+
+func (s *stream) Read(p []byte) (int, error) {
+	n, err := s.Reader.Read(p)
+	if err == io.EOF && !s.drained {
+		s.drained = true
+		if _, derr := io.Copy(io.Discard, s.body); derr != nil {
+			return n, fmt.Errorf("streamfs: layer stream: %w", derr)
+		}
+	}
+	return n, err
+}
+
+func (s *stream) Close() error {
+	var first error
+	for _, c := range s.closers {
+		if err := c(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }

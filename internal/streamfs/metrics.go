@@ -7,6 +7,9 @@ import (
 
 type metrics struct {
 	bytes, spans, hits, misses, errors, corrupt, passthrough prometheus.Counter
+	spanWire, bgWire, bgBytes, bgFiles, bgErrors             prometheus.Counter
+	pauses, streamWaits, localOpens, localReads              prometheus.Counter
+	profileSpans, profileBytes, profileHits                  prometheus.Counter
 	latency                                                  prometheus.Histogram
 	all                                                      []prometheus.Collector
 }
@@ -19,13 +22,25 @@ func newMetrics(dir, image string) *metrics {
 		})
 	}
 	m := &metrics{
-		bytes:       counter("fetched_bytes_total", "Uncompressed bytes of spans fetched from the registry."),
-		spans:       counter("fetched_spans_total", "Spans fetched from the registry (and verified)."),
-		hits:        counter("cache_hits_total", "Spans and whole files found in the node cache."),
-		misses:      counter("cache_misses_total", "Spans not in the node cache when read."),
-		errors:      counter("fetch_errors_total", "Failed span fetches, retried ones included."),
-		corrupt:     counter("fetch_corrupt_total", "Span fetches whose data failed verification."),
-		passthrough: counter("passthrough_opens_total", "Opens served by FUSE passthrough from a whole file in the cache."),
+		bytes:        counter("fetched_bytes_total", "Uncompressed bytes of spans fetched from the registry."),
+		spanWire:     counter("span_wire_bytes_total", "Compressed bytes fetched from the registry by range requests for spans."),
+		bgWire:       counter("background_wire_bytes_total", "Compressed bytes fetched from the registry by the background layer streams."),
+		bgBytes:      counter("background_bytes_total", "Uncompressed bytes of layer streams extracted into the layer store."),
+		bgFiles:      counter("background_files_total", "Files the background streams made local (extracted and checked)."),
+		bgErrors:     counter("background_errors_total", "Layer streams that failed (their files stay on demand)."),
+		pauses:       counter("background_pauses_total", "Times a background stream stopped reading to leave the link to blocked reads."),
+		streamWaits:  counter("stream_waits_total", "Reads that waited for a background stream about to reach their file."),
+		localOpens:   counter("local_opens_total", "Opens of files served from the layer store."),
+		localReads:   counter("local_reads_total", "Reads this process served from the layer store (files not opened by passthrough)."),
+		profileSpans: counter("profile_spans_total", "Spans prefetched because the startup profile lists them."),
+		profileBytes: counter("profile_bytes_total", "Uncompressed bytes prefetched because the startup profile lists them."),
+		profileHits:  counter("profile_hits_total", "First reads of a span that found it prefetched by the profile."),
+		spans:        counter("fetched_spans_total", "Spans fetched from the registry (and verified)."),
+		hits:         counter("cache_hits_total", "Spans and whole files found in the node cache."),
+		misses:       counter("cache_misses_total", "Spans not in the node cache when read."),
+		errors:       counter("fetch_errors_total", "Failed span fetches, retried ones included."),
+		corrupt:      counter("fetch_corrupt_total", "Span fetches whose data failed verification."),
+		passthrough:  counter("passthrough_opens_total", "Opens served by FUSE passthrough from a whole file in the cache."),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: "riffle", Subsystem: "streamfs", Name: "fetch_seconds",
 			Help:        "Latency of successful span fetches (request, decompression, verification).",
@@ -33,7 +48,12 @@ func newMetrics(dir, image string) *metrics {
 			Buckets:     prometheus.ExponentialBuckets(0.001, 2, 15),
 		}),
 	}
-	m.all = []prometheus.Collector{m.bytes, m.spans, m.hits, m.misses, m.errors, m.corrupt, m.passthrough, m.latency}
+	m.all = []prometheus.Collector{
+		m.bytes, m.spans, m.hits, m.misses, m.errors, m.corrupt, m.passthrough,
+		m.spanWire, m.bgWire, m.bgBytes, m.bgFiles, m.bgErrors,
+		m.pauses, m.streamWaits, m.localOpens, m.localReads,
+		m.profileSpans, m.profileBytes, m.profileHits, m.latency,
+	}
 	return m
 }
 
@@ -67,22 +87,68 @@ type Stats struct {
 	// FetchErrors counts failed fetches (each retry counts); Corrupt those
 	// whose data failed verification.
 	FetchErrors, Corrupt int64
-	// PassthroughOpens counts opens of files found whole in the cache,
-	// whose reads the kernel serves from the cache file directly.
+	// PassthroughOpens counts opens of whole files (in the layer store or
+	// the cache) whose reads the kernel serves from that file directly.
 	PassthroughOpens int64
+
+	// WireBytes is every compressed byte this mount fetched from the
+	// registry: SpanWireBytes by range requests for spans plus
+	// BackgroundWireBytes by the layer streams.
+	WireBytes, SpanWireBytes, BackgroundWireBytes int64
+	// UncompressedBytes is every uncompressed byte made available:
+	// FetchedBytes of spans plus BackgroundBytes of layer streams.
+	UncompressedBytes, BackgroundBytes int64
+	// BackgroundFiles counts files the layer streams made local;
+	// BackgroundErrors layer streams that failed.
+	BackgroundFiles, BackgroundErrors int64
+	// BackgroundPauses counts times a stream stopped reading for blocked
+	// reads; StreamWaits reads that waited for a stream instead of
+	// fetching spans.
+	BackgroundPauses, StreamWaits int64
+	// LocalOpens counts opens of files in the layer store; LocalReads
+	// reads of such files served by this process (not by passthrough).
+	LocalOpens, LocalReads int64
+	// ProfileSpans and ProfileBytes (uncompressed) count spans prefetched
+	// from Options.Profile; ProfileHits first reads that found their span
+	// so prefetched.
+	ProfileSpans, ProfileBytes, ProfileHits int64
+	// FallbackReads counts reads of whole files that reached this process
+	// because the kernel refused passthrough.
+	FallbackReads int64
+	// Layers is each layer's background stream (nil without a layer store).
+	Layers []LayerProgress
 }
 
 // Stats returns the mount's counters.
 func (m *MountPoint) Stats() Stats {
-	return Stats{
-		FetchedBytes:     int64(value(m.metrics.bytes)),
-		FetchedSpans:     int64(value(m.metrics.spans)),
-		CacheHits:        int64(value(m.metrics.hits)),
-		CacheMisses:      int64(value(m.metrics.misses)),
-		FetchErrors:      int64(value(m.metrics.errors)),
-		Corrupt:          int64(value(m.metrics.corrupt)),
-		PassthroughOpens: int64(value(m.metrics.passthrough)),
+	v := func(c prometheus.Counter) int64 { return int64(value(c)) }
+	mt := m.metrics
+	st := Stats{
+		FetchedBytes:        v(mt.bytes),
+		FetchedSpans:        v(mt.spans),
+		CacheHits:           v(mt.hits),
+		CacheMisses:         v(mt.misses),
+		FetchErrors:         v(mt.errors),
+		Corrupt:             v(mt.corrupt),
+		PassthroughOpens:    v(mt.passthrough),
+		SpanWireBytes:       v(mt.spanWire),
+		BackgroundWireBytes: v(mt.bgWire),
+		BackgroundBytes:     v(mt.bgBytes),
+		BackgroundFiles:     v(mt.bgFiles),
+		BackgroundErrors:    v(mt.bgErrors),
+		BackgroundPauses:    v(mt.pauses),
+		StreamWaits:         v(mt.streamWaits),
+		LocalOpens:          v(mt.localOpens),
+		LocalReads:          v(mt.localReads),
+		ProfileSpans:        v(mt.profileSpans),
+		ProfileBytes:        v(mt.profileBytes),
+		ProfileHits:         v(mt.profileHits),
+		FallbackReads:       m.fallbackReads.Load(),
+		Layers:              m.layerProgress(),
 	}
+	st.WireBytes = st.SpanWireBytes + st.BackgroundWireBytes
+	st.UncompressedBytes = st.FetchedBytes + st.BackgroundBytes
+	return st
 }
 
 func value(c prometheus.Counter) float64 {

@@ -56,6 +56,40 @@ type Options struct {
 	// NoPassthrough never stores whole files nor opens them by FUSE
 	// passthrough; every read is served by this process from spans.
 	NoPassthrough bool
+	// Layers is the node's layer store. With it, a mount streams every
+	// layer whole in the background (one request per layer,
+	// BackgroundLayers at a time) and extracts it there; each file becomes
+	// local as soon as it is extracted and checked, and is then opened by
+	// passthrough on the extracted file. Layers already complete in the
+	// store are not fetched at all. Image.DiffIDs must be set. Without it,
+	// files read whole are copied into Cache for passthrough instead.
+	Layers LayerStore
+	// NoBackground turns the background stream off; with Layers set,
+	// layers already in the store are still used.
+	NoBackground bool
+	// MaxBackgroundBytes turns the background stream off for images whose
+	// layers are larger than this, uncompressed (0: no limit).
+	MaxBackgroundBytes int64
+	// BackgroundLayers bounds how many layers stream at once (default
+	// DefaultBackgroundLayers).
+	BackgroundLayers int
+	// StreamWait is how close a layer's stream must be to a file for a
+	// read to wait for the stream instead of fetching spans (default
+	// DefaultStreamWait).
+	StreamWait int64
+	// Profile is a startup profile recorded by earlier mounts
+	// (MountPoint.Profile). Its spans are fetched first, in order,
+	// ProfileParallel at a time, ahead of the background stream.
+	Profile *Profile
+	// ProfileParallel bounds concurrent profile fetches (default
+	// DefaultProfileParallel).
+	ProfileParallel int
+	// ProfileTime and ProfileBytes bound the recording of this mount's
+	// profile: spans first read later than ProfileTime after mounting, or
+	// past ProfileBytes of span data, are not recorded (defaults
+	// DefaultProfileTime and DefaultProfileBytes).
+	ProfileTime  time.Duration
+	ProfileBytes int64
 	// Logger receives warnings (failed fetches). Nil discards them.
 	Logger *slog.Logger
 	// Debug logs every FUSE request to Logger.
@@ -76,6 +110,15 @@ type MountPoint struct {
 	totalBytes int64
 
 	metrics *metrics
+	// background is the layer streams; nil without Options.Layers.
+	background *background
+	// urgent counts span fetches readers are blocked on (and profile
+	// fetches): the background streams pause while there are any.
+	urgent atomic.Int64
+	// lastSpan is, per layer, the span a reader read last (-2 none), to
+	// see readers walking a layer's files in order.
+	lastSpan []atomic.Int64
+	profile  *recorder
 	// fallbackReads counts reads of whole cached files that reached this
 	// process because the kernel refused passthrough (tests check it).
 	fallbackReads atomic.Int64
@@ -134,6 +177,10 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 		}
 		m.spans[i], ends[i], tables[i] = spans, end, l.Entries()
 	}
+	m.lastSpan = make([]atomic.Int64, len(img.Layers))
+	for i := range m.lastSpan {
+		m.lastSpan[i].Store(-2)
+	}
 	root, nodes, err := buildTree(tables, ends)
 	if err != nil {
 		return nil, fmt.Errorf("streamfs: %s: %w", img.Name, err)
@@ -142,6 +189,12 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 	for _, n := range nodes {
 		if n.typ == unix.S_IFREG {
 			m.totalBytes += n.size
+		}
+	}
+	m.profile = newRecorder(m, opts)
+	if opts.Layers != nil {
+		if err := m.setupBackground(); err != nil {
+			return nil, err
 		}
 	}
 
@@ -188,9 +241,14 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 	server, err := fs.Mount(dir, rootNode, fsopts)
 	if err != nil {
 		m.cancel()
+		m.closeBackground()
 		return nil, fmt.Errorf("streamfs: mount %s: %w", dir, err)
 	}
 	m.server = server
+	m.startProfile()
+	if m.background != nil {
+		m.startBackground()
+	}
 	return m, nil
 }
 
@@ -218,6 +276,7 @@ func (m *MountPoint) shutdown() {
 	m.once.Do(func() {
 		m.cancel()
 		m.bg.Wait()
+		m.closeBackground()
 	})
 }
 
@@ -236,3 +295,13 @@ func UnmountDir(dir string, lazy bool) error {
 }
 
 func sortStrings(s []string) { sort.Strings(s) }
+
+// SpanCounts returns how many spans each layer has, bottom layer first:
+// the span keys of layer i in the cache are SpanKey(digest, 0..n-1).
+func (m *MountPoint) SpanCounts() []int {
+	out := make([]int, len(m.spans))
+	for i, s := range m.spans {
+		out[i] = len(s)
+	}
+	return out
+}

@@ -53,21 +53,34 @@ func Open(ctx context.Context, client *remote.Client, ref string, opts OpenOptio
 	if err != nil {
 		return Image{}, nil, err
 	}
+	out, err := OpenImage(ctx, client, img, opts)
+	if err != nil {
+		return Image{}, nil, err
+	}
+	return out, img, nil
+}
+
+// OpenImage is Open for an image already resolved (opts.Platform is not
+// used): it saves the caller a second round trip for the manifest and
+// config. The Image is named by img.Reference.
+func OpenImage(ctx context.Context, client *remote.Client, img *remote.Image, opts OpenOptions) (Image, error) {
+	ref := img.Reference.String()
 	layers := img.Manifest.Layers
 	diffIDs := img.Config.RootFS.DiffIDs
 	if len(diffIDs) != len(layers) {
-		return Image{}, nil, fmt.Errorf("streamfs: %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", ref, len(layers), len(diffIDs))
+		return Image{}, fmt.Errorf("streamfs: %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", ref, len(layers), len(diffIDs))
 	}
 	for _, d := range layers {
 		if len(d.URLs) > 0 || strings.Contains(d.MediaType, "nondistributable") || strings.Contains(d.MediaType, "foreign") {
-			return Image{}, nil, NotEligible(d.Digest, "it is a foreign (non-distributable) layer, which only its own URLs serve")
+			return Image{}, NotEligible(d.Digest, "it is a foreign (non-distributable) layer, which only its own URLs serve")
 		}
 	}
 	par := opts.Parallel
 	if par <= 0 {
 		par = 4
 	}
-	out := Image{Name: ref, Layers: make([]Layer, len(layers))}
+	out := Image{Name: ref, Layers: make([]Layer, len(layers)), DiffIDs: make([]digest.Digest, len(layers))}
+	copy(out.DiffIDs, diffIDs)
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(par)
 	repo := img.Repository.String()
@@ -96,9 +109,9 @@ func Open(ctx context.Context, client *remote.Client, ref string, opts OpenOptio
 		})
 	}
 	if err := g.Wait(); err != nil {
-		return Image{}, nil, err
+		return Image{}, err
 	}
-	return out, img, nil
+	return out, nil
 }
 
 func layerIndex(ctx context.Context, repo string, desc ocispec.Descriptor, blob *remote.Blob, opts OpenOptions) (*index.Index, error) {
@@ -114,12 +127,19 @@ func layerIndex(ctx context.Context, repo string, desc ocispec.Descriptor, blob 
 	if !opts.Build {
 		return nil, NotEligible(desc.Digest, "no index was found for it; index the image (riffle serve indexes pushed images) or allow building indexes")
 	}
+	return BuildIndex(ctx, blob, desc, opts.SpanSize)
+}
+
+// BuildIndex indexes layer desc by reading its blob once. A layer that
+// cannot be indexed gives a *NotEligibleError; a registry or transfer
+// failure (which would stop a full pull too) is returned as it is.
+func BuildIndex(ctx context.Context, blob *remote.Blob, desc ocispec.Descriptor, spanSize int64) (*index.Index, error) {
 	rc, err := blob.Open(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer rc.Close()
-	x, err := index.Build(rc, desc.MediaType, index.Options{SpanSize: opts.SpanSize})
+	x, err := index.Build(rc, desc.MediaType, index.Options{SpanSize: spanSize})
 	if err != nil {
 		// A registry that failed or sent the wrong blob would fail a
 		// full pull too: that is an error, not a reason to fall back.

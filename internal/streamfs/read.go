@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"sync"
 	"time"
 
 	"github.com/riffle-dev/riffle/internal/cache"
@@ -18,7 +19,10 @@ import (
 // streak is how many bytes the caller has read contiguously up to off: a
 // reader streaming the file (streak of at least streamingStreak) gets the
 // next Options.ReadAhead spans of the file fetched in the background.
-func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off, streak int64) (int, error) {
+// reader is true for reads a process is blocked on (not promotion): their
+// fetches pause the background streams, they are recorded in the profile,
+// and they drive read-ahead along the layer.
+func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off, streak int64, reader bool) (int, error) {
 	if off >= n.size {
 		return 0, nil
 	}
@@ -29,12 +33,19 @@ func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off, st
 	pos, stop := n.off+off, n.off+end
 	i := spanAt(spans, pos)
 	done := 0
+	prio := prioPrefetch
+	if reader {
+		prio = prioBlocked
+	}
 	for pos < stop {
 		if i >= len(spans) {
 			return done, fmt.Errorf("streamfs: offset %d is past the layer's spans", pos)
 		}
 		sp := spans[i]
-		e, err := m.span(ctx, n.layer, i)
+		if reader {
+			m.profile.recordSpan(n.layer, i)
+		}
+		e, missed, err := m.span(ctx, n.layer, i, prio)
 		if err != nil {
 			return done, err
 		}
@@ -44,25 +55,40 @@ func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off, st
 		if err != nil {
 			return done, fmt.Errorf("streamfs: read cached span: %w", err)
 		}
-		// Reads that reach the last quarter of a span start fetching the
-		// next one, if the file goes on into it; a streaming reader gets
-		// more ahead.
 		if !m.opts.NoPrefetch {
-			ahead := 0
-			if streak >= streamingStreak {
-				ahead = m.opts.ReadAhead
-			} else if pos+k > sp.Offset+sp.Size*3/4 {
-				ahead = 1
-			}
-			for j := i + 1; j <= i+ahead && j < len(spans) && spans[j].Offset < n.off+n.size; j++ {
-				m.prefetch(n.layer, j)
-			}
+			m.readAhead(n, i, pos+k, streak, reader && missed)
 		}
 		pos += k
 		done += int(k)
 		i++
 	}
 	return done, nil
+}
+
+// readAhead starts fetching spans a reader is likely to want next, after
+// it read span i of n's layer up to pos. Reads that reach the last quarter
+// of a span start fetching the next one, if the file goes on into it; a
+// reader streaming the file gets more ahead; a reader that missed span i
+// right after reading span i-1 of the same layer is walking the layer's
+// files in order (many small files) and gets the next spans of the layer.
+func (m *MountPoint) readAhead(n *node, i int, pos, streak int64, missed bool) {
+	spans := m.spans[n.layer]
+	sp := spans[i]
+	ahead, last := 0, n.off+n.size
+	if streak >= streamingStreak {
+		ahead = m.opts.ReadAhead
+	} else if pos > sp.Offset+sp.Size*3/4 {
+		ahead = 1
+	}
+	prev := m.lastSpan[n.layer].Swap(int64(i))
+	if missed && prev == int64(i-1) {
+		ahead, last = m.opts.ReadAhead, m.layerSize(n.layer)
+	}
+	for j := i + 1; j <= i+ahead && j < len(spans) && spans[j].Offset < last; j++ {
+		if !m.streamCovers(n.layer, spans[j].Offset) {
+			m.prefetch(n.layer, j)
+		}
+	}
 }
 
 // streamingStreak is how much a reader must have read contiguously to be
@@ -74,17 +100,32 @@ func spanAt(spans []Span, pos int64) int {
 	return sort.Search(len(spans), func(i int) bool { return spans[i].Offset+spans[i].Size > pos })
 }
 
+// Fetch priorities. Blocked reads come first and pause the background
+// streams; the profile comes next and pauses them too; read-ahead uses
+// spare prefetchers and does not.
+type priority uint8
+
+const (
+	prioBlocked priority = iota
+	prioProfile
+	prioPrefetch
+)
+
 // span returns span s of layer l from the cache, fetching it once however
-// many readers want it (cache.Fill shares one fill among its callers).
-func (m *MountPoint) span(ctx context.Context, l, s int) (*cache.Entry, error) {
+// many readers want it (cache.Fill shares one fill among its callers). It
+// reports whether the span was missing.
+func (m *MountPoint) span(ctx context.Context, l, s int, prio priority) (*cache.Entry, bool, error) {
 	key := cache.SpanKey(m.img.Layers[l].Digest(), s)
 	if e, err := m.cache.Get(ctx, key); err == nil {
 		m.metrics.hits.Inc()
-		return e, nil
+		if prio == prioBlocked {
+			m.profile.hit(l, s)
+		}
+		return e, false, nil
 	}
 	m.metrics.misses.Inc()
 	e, err := m.cache.Fill(ctx, key, m.spans[l][s].Size, func(ctx context.Context, w io.Writer) error {
-		data, err := m.fetch(ctx, l, s)
+		data, err := m.fetch(ctx, l, s, prio)
 		if err != nil {
 			return err
 		}
@@ -92,15 +133,25 @@ func (m *MountPoint) span(ctx context.Context, l, s int) (*cache.Entry, error) {
 		return err
 	})
 	if err != nil {
-		return nil, fmt.Errorf("streamfs: layer %s span %d: %w", m.img.Layers[l].Digest(), s, err)
+		return nil, true, fmt.Errorf("streamfs: layer %s span %d: %w", m.img.Layers[l].Digest(), s, err)
 	}
-	return e, nil
+	return e, true, nil
+}
+
+// wireSizer is a Layer that knows how many compressed bytes fetching a
+// span costs (indexLayer does), for honest byte counts.
+type wireSizer interface {
+	SpanWireSize(n int) int64
 }
 
 // fetch gets span s of layer l from the registry, retrying failures
 // (corrupt data included) up to Options.Retries times while ctx lasts.
-func (m *MountPoint) fetch(ctx context.Context, l, s int) ([]byte, error) {
+func (m *MountPoint) fetch(ctx context.Context, l, s int, prio priority) ([]byte, error) {
 	layer, want := m.img.Layers[l], m.spans[l][s].Size
+	if prio != prioPrefetch {
+		m.urgent.Add(1)
+		defer m.urgent.Add(-1)
+	}
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		start := time.Now()
@@ -108,10 +159,18 @@ func (m *MountPoint) fetch(ctx context.Context, l, s int) ([]byte, error) {
 		if err == nil && int64(len(data)) != want {
 			err = fmt.Errorf("%w: got %d bytes, want %d", ErrCorrupt, len(data), want)
 		}
+		if ws, ok := layer.(wireSizer); ok && (err == nil || errors.Is(err, ErrCorrupt)) {
+			m.metrics.spanWire.Add(float64(ws.SpanWireSize(s)))
+		}
 		if err == nil {
 			m.metrics.latency.Observe(time.Since(start).Seconds())
 			m.metrics.spans.Inc()
 			m.metrics.bytes.Add(float64(len(data)))
+			if prio == prioProfile {
+				m.profile.markProfiled(l, s)
+				m.metrics.profileSpans.Inc()
+				m.metrics.profileBytes.Add(float64(len(data)))
+			}
 			return data, nil
 		}
 		m.metrics.errors.Inc()
@@ -150,17 +209,22 @@ func (m *MountPoint) prefetch(l, s int) {
 		defer func() { <-m.prefetchSem }()
 		ctx, cancel := context.WithTimeout(m.ctx, m.opts.ReadTimeout)
 		defer cancel()
-		if e, err := m.span(ctx, l, s); err == nil {
+		if e, _, err := m.span(ctx, l, s, prioPrefetch); err == nil {
 			e.Close()
 		}
 	}()
 }
 
+// copyBufs holds the buffers promotion copies through: one per running
+// promotion, not one per file.
+var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b }}
+
 // promote stores file n's whole content in the cache under its digest, in
 // the background, from the (now cached) spans, so that later opens use
-// passthrough. The cache checks the digest.
+// passthrough. The cache checks the digest. Mounts with a layer store never
+// promote: the store holds whole files already.
 func (m *MountPoint) promote(n *node) {
-	if m.opts.NoPassthrough || n.size == 0 {
+	if m.opts.NoPassthrough || m.opts.Layers != nil || n.size == 0 {
 		return
 	}
 	m.bg.Add(1)
@@ -169,18 +233,7 @@ func (m *MountPoint) promote(n *node) {
 		ctx, cancel := context.WithTimeout(m.ctx, m.opts.ReadTimeout+time.Duration(n.size/(1<<20))*time.Second)
 		defer cancel()
 		e, err := m.cache.Fill(ctx, n.digest.String(), n.size, func(ctx context.Context, w io.Writer) error {
-			buf := make([]byte, 1<<20)
-			for off := int64(0); off < n.size; {
-				k, err := m.readFile(ctx, n, buf, off, off)
-				if err != nil {
-					return err
-				}
-				if _, err := w.Write(buf[:k]); err != nil {
-					return err
-				}
-				off += int64(k)
-			}
-			return nil
+			return m.copyFile(ctx, n, w)
 		})
 		if err != nil {
 			m.log.Warn("streamfs: caching whole file failed", "digest", n.digest, "err", err)
@@ -188,4 +241,30 @@ func (m *MountPoint) promote(n *node) {
 		}
 		e.Close()
 	}()
+}
+
+// copyFile writes file n's content to w straight from its cached spans.
+func (m *MountPoint) copyFile(ctx context.Context, n *node, w io.Writer) error {
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	spans := m.spans[n.layer]
+	for pos, stop := n.off, n.off+n.size; pos < stop; {
+		i := spanAt(spans, pos)
+		if i >= len(spans) {
+			return fmt.Errorf("streamfs: offset %d is past the layer's spans", pos)
+		}
+		sp := spans[i]
+		e, _, err := m.span(ctx, n.layer, i, prioPrefetch)
+		if err != nil {
+			return err
+		}
+		k := min(stop, sp.Offset+sp.Size) - pos
+		_, err = io.CopyBuffer(w, io.NewSectionReader(e, pos-sp.Offset, k), *bp)
+		e.Close()
+		if err != nil {
+			return err
+		}
+		pos += k
+	}
+	return nil
 }

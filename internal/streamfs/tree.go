@@ -7,6 +7,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,21 +32,25 @@ var epoch = time.Unix(0, 0).UTC()
 // node is one inode of the merged tree. Hard links are one node under
 // several names.
 type node struct {
-	typ        uint32 // S_IFMT bits
-	perm       uint32 // mode & 07777
-	uid, gid   uint32
-	mtime      time.Time
-	size       int64
-	link       string
-	rdev       uint32 // the kernel's new_encode_dev form, as FUSE carries it
-	xattrs     map[string]string
-	children   map[string]*node // directories only
-	nlink      uint32
-	ino        uint64
-	layer      int   // regular files: index into Image.Layers
-	off        int64 // regular files: data offset in the uncompressed stream
-	digest     digest.Digest
-	fuseInode  any // *fs.Inode once mounted; set by the fs code
+	typ       uint32 // S_IFMT bits
+	perm      uint32 // mode & 07777
+	uid, gid  uint32
+	mtime     time.Time
+	size      int64
+	link      string
+	rdev      uint32 // the kernel's new_encode_dev form, as FUSE carries it
+	xattrs    map[string]string
+	children  map[string]*node // directories only
+	nlink     uint32
+	ino       uint64
+	layer     int   // regular files: index into Image.Layers
+	off       int64 // regular files: data offset in the uncompressed stream
+	digest    digest.Digest
+	name      string // regular files: the entry's cleaned name in its layer
+	fuseInode any    // *fs.Inode once mounted; set by the fs code
+	// local is the path of the file extracted whole into the layer store
+	// (nil until the background stream has written and checked it).
+	local      atomic.Pointer[string]
 	subdirs    uint32
 	visitCount uint32
 }
@@ -191,7 +196,7 @@ func (b *treeBuilder) add(e Entry, streamEnd int64) error {
 		if e.Size > 0 && e.Digest.Validate() != nil {
 			return fmt.Errorf("streamfs: %s: invalid content digest %q", name, e.Digest)
 		}
-		n = &node{typ: unix.S_IFREG, size: e.Size, layer: b.layer, off: e.Offset, digest: e.Digest}
+		n = &node{typ: unix.S_IFREG, size: e.Size, layer: b.layer, off: e.Offset, digest: e.Digest, name: name}
 	case tar.TypeSymlink:
 		n = &node{typ: unix.S_IFLNK, perm: 0o777, link: e.Linkname, size: int64(len(e.Linkname))}
 	case tar.TypeLink:

@@ -3,15 +3,19 @@ package unpack
 import (
 	"archive/tar"
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 )
 
@@ -19,7 +23,18 @@ import (
 // is absolute or contains "..".
 var ErrUnsafePath = errors.New("unpack: unsafe path in layer")
 
+// ErrCrossLayerLink is returned in overlay mode for a hard link whose
+// target is not in the layer itself. overlayfs cannot link across its
+// layers, and what such a link shares depends on the layers below, so the
+// layer cannot be extracted on its own.
+var ErrCrossLayerLink = errors.New("unpack: hard link to a file of a lower layer; the layer cannot be extracted on its own")
+
 const (
+	// overlayXattrPrefix names the xattrs overlayfs reads from its layers.
+	overlayXattrPrefix = "trusted.overlay."
+	// opaqueXattr marks a directory that hides the lower layers' content.
+	opaqueXattr = overlayXattrPrefix + "opaque"
+
 	whiteoutPrefix = ".wh."
 	whiteoutMeta   = ".wh..wh."
 	opaqueMarker   = ".wh..wh..opq"
@@ -30,6 +45,39 @@ const (
 // which must exist and hold the layers below it. The stream is read to its
 // end, so a caller hashing it sees every byte.
 func Apply(ctx context.Context, dir string, layer io.Reader) error {
+	return ApplyWith(ctx, dir, layer, ApplyOptions{})
+}
+
+// ApplyOptions change how [ApplyWith] applies a layer. The zero value is
+// [Apply]'s merged behaviour.
+type ApplyOptions struct {
+	// Overlay extracts the layer on its own into dir (normally empty) in
+	// overlayfs format, as a lower directory of an overlay mount: see
+	// "Overlay format" in the package doc.
+	Overlay bool
+	// OnFile, when set, is called synchronously, in stream order, after
+	// each regular file's content has been written and its descriptor
+	// closed. Files are hashed only when it is set.
+	OnFile func(File)
+}
+
+// File describes a regular file ApplyWith wrote, for ApplyOptions.OnFile.
+type File struct {
+	// Name is the entry's name cleaned ("usr/bin/ls"), as index.File.Name.
+	Name string
+	// Offset is where the file's data starts in the uncompressed stream
+	// (the byte count read before it), as index.File.Offset.
+	Offset int64
+	Size   int64
+	// Digest is the sha256 of the bytes written.
+	Digest digest.Digest
+	// Path is the absolute path of the written file. It differs from
+	// dir/Name only when a parent is a symlink of this layer.
+	Path string
+}
+
+// ApplyWith is Apply with options.
+func ApplyWith(ctx context.Context, dir string, layer io.Reader, opts ApplyOptions) error {
 	rootfd, err := unix.Open(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("unpack: open %s: %w", dir, err)
@@ -37,13 +85,21 @@ func Apply(ctx context.Context, dir string, layer io.Reader) error {
 	a := &applier{
 		ctx:      ctx,
 		root:     rootfd,
+		overlay:  opts.Overlay,
+		onFile:   opts.OnFile,
 		unpacked: map[string]bool{},
 		touched:  map[inode]touchedDir{},
 		cacheFd:  -1,
-		buf:      make([]byte, 1<<20),
+		buf:      bufPool.Get().(*[]byte),
+	}
+	if a.onFile != nil {
+		a.hash = sha256.New()
 	}
 	defer a.close()
-	tr := tar.NewReader(layer)
+	// archive/tar reads headers block by block and never reads ahead, so
+	// the count read so far is the offset of an entry's data.
+	cr := &countingReader{r: layer}
+	tr := tar.NewReader(cr)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -55,7 +111,7 @@ func Apply(ctx context.Context, dir string, layer io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("unpack: read tar: %w", err)
 		}
-		if err := a.entry(hdr, tr); err != nil {
+		if err := a.entry(hdr, tr, cr.n); err != nil {
 			return err
 		}
 	}
@@ -64,10 +120,25 @@ func Apply(ctx context.Context, dir string, layer io.Reader) error {
 	}
 	// Drain what follows the end-of-archive marker (tar padding), so the
 	// caller's digest covers the whole blob.
-	if _, err := io.CopyBuffer(io.Discard, layer, a.buf); err != nil {
+	if _, err := io.CopyBuffer(io.Discard, cr, *a.buf); err != nil {
 		return fmt.Errorf("unpack: read tar: %w", err)
 	}
 	return nil
+}
+
+// bufPool holds the copy buffers of appliers, so that layers extracted in
+// parallel or one after another do not each allocate one.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 1<<20); return &b }}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 type inode struct{ dev, ino uint64 }
@@ -78,8 +149,11 @@ type touchedDir struct {
 }
 
 type applier struct {
-	ctx  context.Context
-	root int
+	ctx     context.Context
+	root    int
+	overlay bool
+	onFile  func(File)
+	hash    hash.Hash // of one file's content; nil without onFile
 	// unpacked holds the cleaned names this layer has created, which an
 	// opaque marker must not remove.
 	unpacked map[string]bool
@@ -91,19 +165,34 @@ type applier struct {
 	// and every removal happens below the cached directory itself.
 	cacheName string
 	cacheFd   int
-	buf       []byte
+	cachePath string // the cached directory's absolute path, once asked for
+	buf       *[]byte
 }
 
 func (a *applier) close() {
 	a.dropCache()
 	unix.Close(a.root)
+	bufPool.Put(a.buf)
 }
 
 func (a *applier) dropCache() {
 	if a.cacheFd >= 0 {
 		unix.Close(a.cacheFd)
 	}
-	a.cacheFd, a.cacheName = -1, ""
+	a.cacheFd, a.cacheName, a.cachePath = -1, "", ""
+}
+
+// parentPath returns the absolute path of the directory parent last
+// returned, as the kernel resolved it.
+func (a *applier) parentPath() (string, error) {
+	if a.cachePath == "" {
+		p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(a.cacheFd))
+		if err != nil {
+			return "", err
+		}
+		a.cachePath = p
+	}
+	return a.cachePath, nil
 }
 
 // cleanName checks a tar name or hard-link target and returns it cleaned
@@ -123,7 +212,7 @@ func cleanName(name string) (string, error) {
 	return path.Clean(name), nil
 }
 
-func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
+func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 	if hdr.Typeflag == tar.TypeXGlobalHeader {
 		return nil
 	}
@@ -141,6 +230,9 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 	dirName = path.Clean(dirName)
 
 	if strings.HasPrefix(base, whiteoutPrefix) {
+		if a.overlay {
+			return a.overlayWhiteout(name, dirName, base)
+		}
 		return a.whiteout(name, dirName, base)
 	}
 
@@ -154,8 +246,10 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 
 	// Replace what is there, unless a directory meets a directory.
 	var st unix.Stat_t
+	replacedWhiteout := false
 	if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
 		if !(st.Mode&unix.S_IFMT == unix.S_IFDIR && hdr.Typeflag == tar.TypeDir) {
+			replacedWhiteout = a.overlay && isWhiteout(&st)
 			if err := removeAllAt(pfd, base); err != nil {
 				return fmt.Errorf("unpack: replace %s: %w", name, err)
 			}
@@ -171,10 +265,17 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 		if err := unix.Mkdirat(pfd, base, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("unpack: mkdir %s: %w", name, err)
 		}
+		if replacedWhiteout {
+			// The layer deleted the lower NAME, then made a directory
+			// there: nothing below may show through it.
+			if err := setOpaque(pfd, base); err != nil {
+				return fmt.Errorf("unpack: %s: %w", name, err)
+			}
+		}
 		a.dirs = append(a.dirs, hdr)
 	case tar.TypeReg:
-		if err := a.writeFile(pfd, base, r); err != nil {
-			return fmt.Errorf("unpack: write %s: %w", name, err)
+		if err := a.regular(pfd, base, name, offset, r); err != nil {
+			return err
 		}
 	case tar.TypeSymlink:
 		if err := unix.Symlinkat(hdr.Linkname, pfd, base); err != nil {
@@ -188,14 +289,16 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 		}
 		tdir, tbase := path.Split(target)
 		tfd, err := a.openDir(path.Clean(tdir))
-		if err != nil {
-			return fmt.Errorf("unpack: hard link %s -> %s: %w", name, target, err)
-		}
-		err = unix.Linkat(tfd, tbase, pfd, base, 0)
 		if err == nil {
-			err = unix.Fstatat(tfd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW)
+			err = unix.Linkat(tfd, tbase, pfd, base, 0)
+			if err == nil {
+				err = unix.Fstatat(tfd, tbase, &st, unix.AT_SYMLINK_NOFOLLOW)
+			}
+			unix.Close(tfd)
 		}
-		unix.Close(tfd)
+		if err != nil && a.overlay && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)) {
+			return fmt.Errorf("unpack: hard link %s -> %s: %w", name, target, ErrCrossLayerLink)
+		}
 		if err != nil {
 			return fmt.Errorf("unpack: hard link %s -> %s: %w", name, target, err)
 		}
@@ -215,7 +318,9 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 	default:
 		return fmt.Errorf("unpack: %s: unsupported tar entry type %q", name, hdr.Typeflag)
 	}
-	a.unpacked[name] = true
+	if !a.overlay {
+		a.unpacked[name] = true
+	}
 
 	if err := unix.Fchownat(pfd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("unpack: chown %s: %w", name, err)
@@ -226,6 +331,9 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 		attr, ok := strings.CutPrefix(k, xattrPrefix)
 		if !ok {
 			continue
+		}
+		if a.overlay && strings.HasPrefix(attr, overlayXattrPrefix) {
+			continue // overlayfs would read it as its own (redirects, opaque)
 		}
 		if err := unix.Lsetxattr(procPath(pfd, base), attr, []byte(v), 0); err != nil {
 			if errors.Is(err, unix.ENOTSUP) {
@@ -271,30 +379,89 @@ func utimes(dirfd int, base string, hdr *tar.Header) error {
 	return unix.UtimesNanoAt(dirfd, base, ts, unix.AT_SYMLINK_NOFOLLOW)
 }
 
-func (a *applier) writeFile(dirfd int, base string, r io.Reader) error {
+// regular writes a regular file's content and reports it to onFile.
+func (a *applier) regular(pfd int, base, name string, offset int64, r io.Reader) error {
+	n, err := a.writeFile(pfd, base, r)
+	if err != nil {
+		return fmt.Errorf("unpack: write %s: %w", name, err)
+	}
+	if a.onFile == nil {
+		return nil
+	}
+	dir, err := a.parentPath()
+	if err != nil {
+		return fmt.Errorf("unpack: %s: %w", name, err)
+	}
+	a.onFile(File{
+		Name:   name,
+		Offset: offset,
+		Size:   n,
+		Digest: digest.NewDigest(digest.SHA256, a.hash),
+		Path:   dir + "/" + base,
+	})
+	return nil
+}
+
+// writeFile creates base in dirfd with the content r, hashing it when
+// onFile wants digests, and returns its size. It copies through the
+// applier's one buffer, in large writes, and does not fsync.
+func (a *applier) writeFile(dirfd int, base string, r io.Reader) (int64, error) {
 	fd, err := unix.Openat(dirfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	f := os.NewFile(uintptr(fd), base)
-	_, err = io.CopyBuffer(f, ctxReader{a.ctx, r}, a.buf)
+	if a.hash != nil {
+		a.hash.Reset()
+	}
+	n, err := a.copyData(f, r)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	return err
+	return n, err
 }
 
-// ctxReader stops a long copy when ctx ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
+func (a *applier) copyData(f *os.File, r io.Reader) (int64, error) {
+	buf := *a.buf
+	var n int64
+	for {
+		// A long copy stops when ctx ends.
+		if err := a.ctx.Err(); err != nil {
+			return n, err
+		}
+		m, rerr := fill(r, buf)
+		if m > 0 {
+			if _, err := f.Write(buf[:m]); err != nil {
+				return n, err
+			}
+			if a.hash != nil {
+				a.hash.Write(buf[:m])
+			}
+			n += int64(m)
+		}
+		if rerr == io.EOF {
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
 	}
-	return c.r.Read(p)
+}
+
+// fill reads into buf until it is full or r fails; unlike io.ReadFull it
+// passes every error through unchanged, so a truncated stream
+// (io.ErrUnexpectedEOF from archive/tar) is never taken for the end of an
+// entry (io.EOF).
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func (a *applier) whiteout(name, dirName, base string) error {
@@ -331,6 +498,50 @@ func (a *applier) whiteout(name, dirName, base string) error {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
 	return nil
+}
+
+// overlayWhiteout writes a whiteout in overlayfs format: .wh.NAME becomes
+// the 0:0 character device NAME and .wh..wh..opq the opaque xattr on its
+// directory. The layers below are other directories, so nothing is
+// removed but what this layer itself put at NAME.
+func (a *applier) overlayWhiteout(name, dirName, base string) error {
+	if strings.HasPrefix(base, whiteoutMeta) && base != opaqueMarker {
+		return nil
+	}
+	pfd, err := a.parent(dirName, true)
+	if err != nil {
+		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
+	}
+	if err := a.touch(pfd, dirName); err != nil {
+		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
+	}
+	if base == opaqueMarker {
+		if err := setOpaque(pfd, "."); err != nil {
+			return fmt.Errorf("unpack: opaque %s: %w", dirName, err)
+		}
+		return nil
+	}
+	victim := strings.TrimPrefix(base, whiteoutPrefix)
+	if victim == "" || victim == "." || victim == ".." {
+		return fmt.Errorf("%w: whiteout %q", ErrUnsafePath, name)
+	}
+	if err := removeAllAt(pfd, victim); err != nil {
+		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
+	}
+	if err := unix.Mknodat(pfd, victim, unix.S_IFCHR, 0); err != nil {
+		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
+	}
+	return nil
+}
+
+// isWhiteout reports whether st is an overlayfs whiteout.
+func isWhiteout(st *unix.Stat_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev == 0
+}
+
+// setOpaque marks the directory base in dirfd opaque for overlayfs.
+func setOpaque(dirfd int, base string) error {
+	return unix.Lsetxattr(procPath(dirfd, base), opaqueXattr, []byte("y"), 0)
 }
 
 // clearOpaque removes what the lower layers put below the directory open

@@ -35,6 +35,33 @@
 //     removes a child) without restating it keeps its previous mtime, as a
 //     merged view of the layers shows it.
 //
+// # Overlay format
+//
+// With [ApplyOptions].Overlay, [ApplyWith] extracts a layer on its own into
+// an empty directory that overlayfs then uses as a lower layer (package
+// layerstore keeps such directories), as containerd's overlay snapshotter
+// does:
+//
+//   - .wh.NAME becomes NAME as a 0:0 character device, and .wh..wh..opq
+//     the xattr trusted.overlay.opaque=y on its directory. Nothing else is
+//     removed: the lower layers are other directories.
+//   - A directory that replaces a whiteout of its own layer is made opaque,
+//     as applying would have removed the lower directory first.
+//   - trusted.overlay.* xattrs in the layer are dropped: overlayfs would
+//     read them as its own (redirects, opaque marks).
+//   - A hard link whose target is not in the layer fails with
+//     [ErrCrossLayerLink]; overlayfs cannot link across layers.
+//   - Paths resolve within the layer alone, so a missing parent is created
+//     (0755, root, epoch) even where a lower layer has a symlink there.
+//     Image builders list every directory a layer touches and never write
+//     through a symlink, so images from them are not affected.
+//
+// [ApplyOptions].OnFile reports each regular file once its content is
+// written and closed, with its data offset in the uncompressed stream (the
+// same as the streaming index's) and its sha256. Content is copied through
+// one pooled buffer per applier, in writes of up to 1 MiB, with no fsync:
+// callers that need durability sync the filesystem once at the end.
+//
 // # Safety
 //
 // Entry names and hard-link targets that are absolute or contain a ".."

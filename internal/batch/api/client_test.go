@@ -324,7 +324,8 @@ func TestOfficialClient(t *testing.T) {
 			if got.Status.RunDuration == nil {
 				t.Errorf("no runDuration")
 			}
-			// Delete a finished job: the API finishes it without the runner.
+			// Delete a finished job: the runner is told, to remove what it
+			// keeps of the job, and finishes it (its gate is open already).
 			dop, err := c.DeleteJob(ctx, &batchpb.DeleteJobRequest{Name: name, Reason: "test"})
 			if err != nil {
 				t.Fatalf("DeleteJob: %v", err)

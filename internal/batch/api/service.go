@@ -32,8 +32,10 @@ import (
 // Cancel is called when a job is being cancelled or deleted (its state is
 // CANCELLATION_IN_PROGRESS or DELETION_IN_PROGRESS). The runner stops the
 // job's tasks, if it runs any, and then must call store.FinishStop, which
-// completes the pending operation, also for jobs it never started. Jobs
-// that were already final are finished by the API without calling Cancel.
+// completes the pending operation, also for jobs it never started. A
+// delete of a job that had already ended goes to the runner too, so it can
+// remove what it keeps of the job (logs, work files) before the ID can be
+// reused; a cancel of one is refused by the store.
 type Runner interface {
 	Submit(ctx context.Context, jobName string)
 	Cancel(ctx context.Context, jobName string)
@@ -393,7 +395,7 @@ func (s *Server) stop(ctx context.Context, name, verb, requestID string) (*longr
 	if err != nil {
 		return nil, s.internal(ctx, verb+" job", err)
 	}
-	if s.runner != nil && !store.Terminal(before.GetStatus().GetState()) {
+	if s.runner != nil && (verb == store.VerbDelete || !store.Terminal(before.GetStatus().GetState())) {
 		s.runner.Cancel(s.bg, name)
 		return op, nil
 	}

@@ -110,8 +110,11 @@ func (d *Dir) OpenTask(jobName string, index int64, extra io.Writer) (*Task, err
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("logs: %w", err)
 	}
-	// A task that runs again (a retry, a restart) is not done any more.
-	_ = os.Remove(filepath.Join(dir, doneFile))
+	// A task that runs again (a retry, a restart) is not done any more;
+	// a marker left behind would stop its followers early.
+	if err := os.Remove(filepath.Join(dir, doneFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("logs: %w", err)
+	}
 	t := &Task{extra: extra}
 	for _, f := range []struct {
 		name string
@@ -304,6 +307,34 @@ func (d *Dir) Remove(jobName string) error {
 	_ = os.Remove(filepath.Dir(dir))
 	_ = os.Remove(filepath.Dir(filepath.Dir(dir)))
 	return nil
+}
+
+// Jobs lists the names of the jobs that have logs here, in no particular
+// order.
+func (d *Dir) Jobs() ([]string, error) {
+	var out []string
+	projects, err := os.ReadDir(d.root)
+	if err != nil {
+		return nil, fmt.Errorf("logs: %w", err)
+	}
+	for _, p := range projects {
+		locs, err := os.ReadDir(filepath.Join(d.root, p.Name()))
+		if err != nil {
+			continue // not a directory: not ours
+		}
+		for _, l := range locs {
+			jobs, err := os.ReadDir(filepath.Join(d.root, p.Name(), l.Name()))
+			if err != nil {
+				continue
+			}
+			for _, j := range jobs {
+				if j.IsDir() {
+					out = append(out, "projects/"+p.Name()+"/locations/"+l.Name()+"/jobs/"+j.Name())
+				}
+			}
+		}
+	}
+	return out, nil
 }
 
 // ReadOptions select what Read writes.

@@ -5,6 +5,8 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -109,5 +111,47 @@ func TestFollow(t *testing.T) {
 	}
 	if err := d.Remove(jobName); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestJobsAndRemove: Jobs lists the jobs with logs; Remove takes one's
+// logs and done markers away, so a new job of that name starts empty.
+func TestJobsAndRemove(t *testing.T) {
+	d, err := New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := "projects/p/locations/l/jobs/k"
+	for _, j := range []string{jobName, other} {
+		tk, err := d.OpenTask(j, 0, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tk.Printf("line of %s", j)
+		tk.Close()
+		if err := d.MarkJobDone(j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := d.Jobs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sort.Strings(got)
+	if want := []string{jobName, other}; !slices.Equal(got, want) {
+		t.Errorf("Jobs = %q, want %q", got, want)
+	}
+	if err := d.Remove(jobName); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := d.Jobs(); !slices.Equal(got, []string{other}) {
+		t.Errorf("Jobs after Remove = %q", got)
+	}
+	// Following the removed name waits for a new job's output.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	var out bytes.Buffer
+	if err := d.Read(ctx, jobName, ReadOptions{Task: AllTasks, Follow: true, Poll: 10 * time.Millisecond}, &out); err != context.DeadlineExceeded || out.Len() != 0 {
+		t.Errorf("follow after Remove: %v, %q; want it to wait, empty", err, out.String())
 	}
 }

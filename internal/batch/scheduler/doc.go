@@ -18,9 +18,14 @@
 //
 // Up to parallelism tasks of a job run at once (one with schedulingPolicy
 // IN_ORDER, which Batch documents as "sequentially with increased task
-// index"), and at most Options.MaxParallelTasks over all jobs. Tasks
-// start in index order. taskCountPerNode does not limit anything: there
-// is one node, and Batch uses it only to decide how many VMs to create.
+// index"), and over all jobs as many as the node's Options.Capacity holds:
+// the computeResource (cpuMilli, memoryMib) of the tasks running at once
+// fits in capacity × overcommit, as Batch fits tasks onto a VM. Tasks
+// start in index order and take capacity first come, first served; one
+// that must wait gets a WAITING_FOR_CAPACITY event saying what it needs
+// and what is taken, and one larger than the whole node runs alone.
+// taskCountPerNode does not limit anything: there is one node, and Batch
+// uses it only to decide how many VMs to create.
 //
 // # Runnables
 //
@@ -36,7 +41,10 @@
 // Options.StopGrace) when the task's other runnables are done. A
 // runnable's timeout stops it and fails it; maxRunDuration stops the whole
 // task (exit code 50005, as Batch) and no further runnable, not even
-// alwaysRun, starts.
+// alwaysRun, starts. The stop grace is part of maxRunDuration: SIGTERM
+// comes a grace (Options.StopGrace, at most a tenth of the limit) before
+// it and SIGKILL at it, so no task outlives its maxRunDuration; the event
+// says so.
 //
 // Retries follow maxRetryCount and lifecyclePolicies: RETRY_TASK retries
 // the exit codes it lists and fails the others, FAIL_TASK fails the codes
@@ -57,12 +65,12 @@
 //
 // With enableImageStreaming the scheduler asks ImageSource.Stream first and
 // falls back to Pull when it fails, with an IMAGE_STREAMING_FALLBACK task
-// event saying why. Each container runnable's start adds an IMAGE_STREAMED
-// or IMAGE_PULLED event naming the digest, the time until the image was
+// event saying why. Each container runnable's start adds an IMAGE_STREAMED,
+// IMAGE_SETTLED (a streamed image whose layers have all been extracted on
+// the node since: overlayfs, no FUSE) or IMAGE_PULLED event naming the digest, the time until the image was
 // ready and until the container ran, and the bytes fetched; a streamed
-// runnable also reports the bytes its mount fetched while it ran. Images is
-// the default ImageSource: pulls extracted once per manifest digest and
-// shared, streamfs mounts made once per digest and kept until Close.
+// runnable also reports the bytes its mount fetched while it ran. The node
+// engine (package node) is the ImageSource riffle serve uses.
 //
 // # Volumes
 //
@@ -75,15 +83,20 @@
 //
 // Every runnable's stdout and stderr go to the task's files in
 // DataDir/batch/logs (package logs); Logs returns them for the API and
-// CLI. logsPolicy PATH also appends every line to logsPath.
+// CLI. logsPolicy PATH also appends every line to logsPath. A retried
+// attempt's lines follow a "riffle: retry: attempt N of M ..." line.
 //
 // # Stops and restarts
 //
 // Cancel stops the job's running runnables and then completes the stop
-// (store.FinishStop: CANCELLED, or the job deleted with its logs). Start
+// (store.FinishStop: CANCELLED, or the job deleted). A deleted job's logs
+// and work files are removed before the store forgets it, so a new job
+// with the same ID starts with nothing of the old one; the API hands
+// deletes of jobs that had already ended to Cancel too. Start
 // recovers from a previous process, even one killed with SIGKILL: it
-// removes its containers and mounts (runtime.Cleanup, and NewImages
+// removes its containers and mounts (runtime.Cleanup, and node.New
 // unmounts dead stream mounts), completes stops that were in progress,
+// removes the logs of jobs the store no longer has,
 // and puts tasks left ASSIGNED or RUNNING back to PENDING, or FAILED with
 // exit code 50003 when maxRetryCount and lifecyclePolicies allow no other
 // attempt, each with an event saying Riffle restarted; then it resumes

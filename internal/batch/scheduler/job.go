@@ -93,7 +93,7 @@ func (r *jobRun) run(ctx context.Context) {
 	if lp := j.GetLogsPolicy(); lp.GetDestination() == batchpb.LogsPolicy_PATH && lp.GetLogsPath() != "" {
 		w, err := logs.PathWriter(lp.GetLogsPath())
 		if err != nil {
-			_ = s.st.AddJobEvent(ctx, r.name, "LOGS_PATH_FAILED", fmt.Sprintf("logsPolicy.logsPath: %v; logs are kept by Riffle only.", err))
+			r.jobEvent(ctx, logsPathFailedEvent(err))
 		} else {
 			r.logPath = w
 			defer w.Close()
@@ -119,9 +119,15 @@ func (r *jobRun) run(ctx context.Context) {
 	if r.group.GetSchedulingPolicy() == batchpb.TaskGroup_IN_ORDER {
 		conc = 1
 	}
-	if len(r.barriers) > 0 && conc < len(tasks) {
-		_ = s.st.AddJobEvent(ctx, r.name, "BARRIER_WARNING", fmt.Sprintf(
-			"The task group has barriers but runs %d of its %d tasks at a time; a barrier waits for every task, so tasks may wait until maxRunDuration. Set parallelism to taskCount.", conc, len(tasks)))
+	d := demandOf(r.group.GetTaskSpec())
+	switch fit := int(min(s.pool.fit(d), int64(len(tasks)))); {
+	case len(r.barriers) > 0 && conc < len(tasks):
+		r.jobEvent(ctx, barrierWarningEvent(conc, len(tasks), "set parallelism to taskCount"))
+	case len(r.barriers) > 0 && fit < len(tasks):
+		r.jobEvent(ctx, barrierWarningEvent(fit, len(tasks), "that many fit this node's capacity; lower computeResource or raise capacity in riffle serve's config"))
+	}
+	if s.pool.exceeds(d) {
+		r.jobEvent(ctx, taskExceedsNodeEvent(d, s.pool))
 	}
 
 	// Tasks that ended before a restart keep their outcome.
@@ -149,15 +155,19 @@ func (r *jobRun) run(ctx context.Context) {
 			unrun = pending[n:]
 			break
 		}
-		if !acquire(tctx, s.slots) {
-			<-sem
-			unrun = pending[n:]
-			break
+		w, why := s.pool.enter(d)
+		if why != "" {
+			r.taskEvent(ctx, idx, waitingForCapacityEvent(idx, why))
+			if s.pool.wait(tctx, w) != nil {
+				<-sem
+				unrun = pending[n:]
+				break
+			}
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			defer func() { <-s.slots; <-sem }()
+			defer func() { s.pool.release(w); <-sem }()
 			if !r.runTask(tctx, idx) {
 				cancelTasks(errJobFailed)
 			}
@@ -173,10 +183,9 @@ func (r *jobRun) run(ctx context.Context) {
 	}
 	for _, idx := range unrun {
 		r.leaveBarriers(idx)
-		_, _ = s.st.SetTaskState(ctx, taskName(r.name, idx), batchpb.TaskStatus_UNEXECUTED, store.TaskUpdate{
-			Note: "The job failed before the task ran.",
-		})
-		_ = s.logs.MarkTaskDone(r.name, idx)
+		if r.setTask(ctx, idx, batchpb.TaskStatus_UNEXECUTED, store.TaskUpdate{Note: "The job failed before the task ran."}) == nil {
+			r.taskDone(idx)
+		}
 	}
 	r.mu.Lock()
 	failure := r.failure
@@ -188,32 +197,43 @@ func (r *jobRun) run(ctx context.Context) {
 			err = r.setJobState(ctx, batchpb.JobStatus_SUCCEEDED, "")
 		}
 	}
-	if err == nil {
-		_ = s.logs.MarkJobDone(r.name)
-		s.log.Info("scheduler: job finished", "job", r.name, "failed", failure != "")
+	if err != nil {
+		s.logStore(ctx, "setting the job's final state", err, "job", r.name)
+		return
 	}
+	s.jobDone(r.name)
+	s.log.Info("scheduler: job finished", "job", r.name, "failed", failure != "")
 }
 
+// acquire takes a slot of sem unless ctx ends first. A slot won in a tie
+// with ctx's end is given back: nothing new starts after a stop.
 func acquire(ctx context.Context, sem chan struct{}) bool {
 	select {
 	case sem <- struct{}{}:
-		return ctx.Err() == nil || func() bool { <-sem; return false }()
 	case <-ctx.Done():
 		return false
 	}
+	if ctx.Err() != nil {
+		<-sem
+		return false
+	}
+	return true
 }
 
 // fail marks a job FAILED before any task ran.
 func (r *jobRun) fail(ctx context.Context, why string) {
-	tasks, _ := r.s.st.Tasks(ctx, r.name)
+	tasks, err := r.s.st.Tasks(ctx, r.name)
+	r.s.logStore(ctx, "listing tasks", err, "job", r.name)
 	for _, t := range tasks {
 		if t.GetStatus().GetState() == batchpb.TaskStatus_PENDING {
-			_, _ = r.s.st.SetTaskState(ctx, t.Name, batchpb.TaskStatus_UNEXECUTED, store.TaskUpdate{Note: "The job failed before the task ran."})
+			r.setTask(ctx, taskIndex(t.Name), batchpb.TaskStatus_UNEXECUTED, store.TaskUpdate{Note: "The job failed before the task ran."}) //nolint:errcheck // logged by setTask
 		}
 	}
-	if err := r.setJobState(ctx, batchpb.JobStatus_FAILED, "Riffle could not run the job: "+why); err == nil {
-		_ = r.s.logs.MarkJobDone(r.name)
+	if err := r.setJobState(ctx, batchpb.JobStatus_FAILED, "Riffle could not run the job: "+why); err != nil {
+		r.s.logStore(ctx, "failing the job", err, "job", r.name)
+		return
 	}
+	r.s.jobDone(r.name)
 }
 
 func (r *jobRun) noteFailure(s string) {
@@ -254,6 +274,17 @@ func attemptsOf(t *batchpb.Task) int {
 		}
 	}
 	return n
+}
+
+// lastExitCode is the exit code of the task's last recorded attempt.
+func lastExitCode(t *batchpb.Task) int32 {
+	evs := t.GetStatus().GetStatusEvents()
+	for i := len(evs) - 1; i >= 0; i-- {
+		if te := evs[i].GetTaskExecution(); te != nil {
+			return te.GetExitCode()
+		}
+	}
+	return 0
 }
 
 // shouldRetry applies maxRetryCount and lifecyclePolicies to a task that
@@ -300,32 +331,37 @@ func (r *jobRun) runTask(ctx context.Context, idx int64) bool {
 	spec := r.group.GetTaskSpec()
 	t, err := s.st.GetTask(ctx, name)
 	if err != nil {
+		s.logStore(ctx, "reading a task", err, "task", name)
 		return ctx.Err() != nil
 	}
 	attempts := attemptsOf(t)
+	prev := lastExitCode(t)
 	for {
 		if ctx.Err() != nil {
 			return r.stopped(ctx, idx)
 		}
-		if _, err := s.st.SetTaskState(ctx, name, batchpb.TaskStatus_ASSIGNED, store.TaskUpdate{}); err != nil {
+		if err := r.setTask(ctx, idx, batchpb.TaskStatus_ASSIGNED, store.TaskUpdate{}); err != nil {
 			return r.stopped(ctx, idx)
 		}
 		if err := r.ensureRunning(ctx); err != nil {
+			s.logStore(ctx, "setting the job RUNNING", err, "job", r.name)
 			return r.stopped(ctx, idx)
 		}
-		if _, err := s.st.SetTaskState(ctx, name, batchpb.TaskStatus_RUNNING, store.TaskUpdate{}); err != nil {
+		if err := r.setTask(ctx, idx, batchpb.TaskStatus_RUNNING, store.TaskUpdate{}); err != nil {
 			return r.stopped(ctx, idx)
 		}
-		res := r.attempt(ctx, idx, attempts)
+		res := r.attempt(ctx, idx, attempts, prev)
 		attempts++
+		prev = int32(res.code)
 		if ctx.Err() != nil {
 			return r.stopped(ctx, idx)
 		}
 		code := int32(res.code)
 		if res.code == 0 {
 			r.leaveBarriers(idx)
-			_, _ = s.st.SetTaskState(ctx, name, batchpb.TaskStatus_SUCCEEDED, store.TaskUpdate{ExitCode: &code})
-			_ = s.logs.MarkTaskDone(r.name, idx)
+			if r.setTask(ctx, idx, batchpb.TaskStatus_SUCCEEDED, store.TaskUpdate{ExitCode: &code}) == nil {
+				r.taskDone(idx)
+			}
 			return true
 		}
 		retry, why := shouldRetry(spec, res.code, attempts)
@@ -334,7 +370,9 @@ func (r *jobRun) runTask(ctx context.Context, idx int64) bool {
 			if res.note != "" {
 				note = res.note + " " + note
 			}
-			_, _ = s.st.SetTaskState(ctx, name, batchpb.TaskStatus_PENDING, store.TaskUpdate{ExitCode: &code, Note: note})
+			if err := r.setTask(ctx, idx, batchpb.TaskStatus_PENDING, store.TaskUpdate{ExitCode: &code, Note: note}); err != nil {
+				return r.stopped(ctx, idx)
+			}
 			continue
 		}
 		r.leaveBarriers(idx)
@@ -343,8 +381,9 @@ func (r *jobRun) runTask(ctx context.Context, idx int64) bool {
 			note = res.note + " " + note
 		}
 		r.noteFailure(fmt.Sprintf("Task %d failed with exit code %d.", idx, code))
-		_, _ = s.st.SetTaskState(ctx, name, batchpb.TaskStatus_FAILED, store.TaskUpdate{ExitCode: &code, Note: note})
-		_ = s.logs.MarkTaskDone(r.name, idx)
+		if r.setTask(ctx, idx, batchpb.TaskStatus_FAILED, store.TaskUpdate{ExitCode: &code, Note: note}) == nil {
+			r.taskDone(idx)
+		}
 		return false
 	}
 }
@@ -360,17 +399,20 @@ func (r *jobRun) stopped(ctx context.Context, idx int64) bool {
 	bg := context.WithoutCancel(ctx)
 	t, err := r.s.st.GetTask(bg, taskName(r.name, idx))
 	if err != nil {
+		r.s.logStore(bg, "reading a stopped task", err, "job", r.name, "task", idx)
 		return true
 	}
 	switch t.GetStatus().GetState() {
 	case batchpb.TaskStatus_ASSIGNED, batchpb.TaskStatus_RUNNING:
-		_, _ = r.s.st.SetTaskState(bg, t.Name, batchpb.TaskStatus_FAILED, store.TaskUpdate{Note: "Stopped because another task of the job failed."})
+		err = r.setTask(bg, idx, batchpb.TaskStatus_FAILED, store.TaskUpdate{Note: "Stopped because another task of the job failed."})
 	case batchpb.TaskStatus_PENDING:
-		_, _ = r.s.st.SetTaskState(bg, t.Name, batchpb.TaskStatus_UNEXECUTED, store.TaskUpdate{Note: "The job failed before the task ran."})
+		err = r.setTask(bg, idx, batchpb.TaskStatus_UNEXECUTED, store.TaskUpdate{Note: "The job failed before the task ran."})
 	default:
 		return true
 	}
-	_ = r.s.logs.MarkTaskDone(r.name, idx)
+	if err == nil {
+		r.taskDone(idx)
+	}
 	return true
 }
 

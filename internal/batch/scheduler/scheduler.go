@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	goruntime "runtime"
 	"sort"
 	"sync"
 	"time"
@@ -18,16 +17,6 @@ import (
 	"github.com/riffle-dev/riffle/internal/batch/logs"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/runtime"
-)
-
-// Exit codes Batch reports for failures that are not the program's own.
-const (
-	// ExitRestarted is recorded when Riffle restarted while the task ran
-	// (Batch's 50003: the VM rebooted during execution).
-	ExitRestarted = 50003
-	// ExitMaxRunDuration is recorded when a task exceeded maxRunDuration
-	// (Batch's 50005).
-	ExitMaxRunDuration = 50005
 )
 
 // Options configure a Scheduler.
@@ -44,15 +33,19 @@ type Options struct {
 	Images ImageSource
 	// Logger receives the scheduler's records; nil discards them.
 	Logger *slog.Logger
-	// MaxParallelTasks bounds the tasks running at once across all jobs
-	// (default: the number of CPUs, at least 2).
-	MaxParallelTasks int
+	// Capacity is what this node offers tasks: tasks of all jobs run at
+	// once while their computeResource fits (default: the machine's CPUs
+	// and memory, no overcommit).
+	Capacity Capacity
 	// StopGrace is the wait between SIGTERM and SIGKILL when a runnable is
 	// stopped (cancel, timeout, end of a background runnable). Default 10s.
 	StopGrace time.Duration
 	// Host is written into the hosts file of requireHostsFile jobs
 	// (default 127.0.0.1: tasks share the host's network).
 	Host string
+	// Scripts says how script runnables run (confine.go). The zero value
+	// runs them directly on the host; riffle serve confines them.
+	Scripts ScriptPolicy
 }
 
 // errStopped is the cause of a job context ended by a cancel or delete;
@@ -64,12 +57,14 @@ var (
 
 // Scheduler runs Batch jobs from the store. It implements api.Runner.
 type Scheduler struct {
-	st    *store.Store
-	opts  Options
-	log   *slog.Logger
-	logs  *logs.Dir
-	work  string
-	slots chan struct{}
+	st   *store.Store
+	opts Options
+	log  *slog.Logger
+	logs *logs.Dir
+	work string
+	pool *pool
+
+	stopMu sync.Mutex // serialises finishStop
 
 	mu      sync.Mutex
 	started bool
@@ -91,9 +86,7 @@ func New(st *store.Store, opts Options) (*Scheduler, error) {
 	if opts.DataDir == "" || !filepath.IsAbs(opts.DataDir) {
 		return nil, fmt.Errorf("scheduler: Options.DataDir %q must be an absolute directory", opts.DataDir)
 	}
-	if opts.MaxParallelTasks <= 0 {
-		opts.MaxParallelTasks = max(goruntime.NumCPU(), 2)
-	}
+	opts.Capacity = opts.Capacity.withDefaults()
 	if opts.StopGrace <= 0 {
 		opts.StopGrace = 10 * time.Second
 	}
@@ -115,8 +108,8 @@ func New(st *store.Store, opts Options) (*Scheduler, error) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	return &Scheduler{
 		st: st, opts: opts, log: log, logs: ld, work: work,
-		slots: make(chan struct{}, opts.MaxParallelTasks),
-		ctx:   ctx, cancel: cancel, runs: map[string]*jobRun{},
+		pool: newPool(opts.Capacity),
+		ctx:  ctx, cancel: cancel, runs: map[string]*jobRun{},
 	}, nil
 }
 
@@ -143,9 +136,15 @@ func (s *Scheduler) Start(ctx context.Context) error {
 			s.log.Warn("scheduler: cleaning up after the previous process", "err", err)
 		}
 	}
-	_ = os.RemoveAll(s.work) // scripts' scratch space of interrupted tasks
+	// Scripts' scratch space of interrupted tasks: nothing in it survives.
+	if err := os.RemoveAll(s.work); err != nil {
+		s.log.Warn("scheduler: removing the previous process's work directories", "err", err)
+	}
 	if err := os.MkdirAll(s.work, 0o755); err != nil {
 		return fmt.Errorf("scheduler: %w", err)
+	}
+	if err := s.sweepOrphans(ctx); err != nil {
+		s.log.Warn("scheduler: removing leftovers of deleted jobs", "err", err)
 	}
 	stopping, err := s.st.JobsInState(ctx, batchpb.JobStatus_CANCELLATION_IN_PROGRESS, batchpb.JobStatus_DELETION_IN_PROGRESS)
 	if err != nil {
@@ -209,7 +208,9 @@ func (s *Scheduler) recoverTasks(ctx context.Context, j *batchpb.Job) error {
 					Note:     "Riffle restarted while the task was running; " + why,
 				})
 				if err == nil {
-					_ = s.logs.MarkTaskDone(j.Name, taskIndex(t.Name))
+					if err := s.logs.MarkTaskDone(j.Name, taskIndex(t.Name)); err != nil {
+						s.log.Warn("scheduler: marking task logs done", "task", t.Name, "err", err)
+					}
 				}
 			}
 		}
@@ -294,31 +295,87 @@ func (s *Scheduler) launchLocked(name string) {
 }
 
 // finishStop completes a cancel or delete of a job whose tasks no longer
-// run, removing a deleted job's logs and scratch files.
+// run. A deleted job's logs and work files go before the store forgets
+// the job: while it is DELETION_IN_PROGRESS no new job can take its ID,
+// so what is removed is never a new job's. stopMu keeps two callers from
+// both seeing the old job and one removing a successor's logs.
 func (s *Scheduler) finishStop(ctx context.Context, name string) {
+	s.stopMu.Lock()
+	defer s.stopMu.Unlock()
 	j, err := s.st.GetJob(ctx, name)
 	if err != nil {
+		if !errors.Is(err, store.ErrNotFound) {
+			s.log.Error("scheduler: finishing stop", "job", name, "err", err)
+		}
 		return // gone already
 	}
 	st := j.GetStatus().GetState()
 	if st != batchpb.JobStatus_CANCELLATION_IN_PROGRESS && st != batchpb.JobStatus_DELETION_IN_PROGRESS {
 		return
 	}
+	if st == batchpb.JobStatus_DELETION_IN_PROGRESS {
+		// A failure here does not hold the delete: Start sweeps what is
+		// left of jobs the store no longer knows.
+		if err := s.removeJobFiles(name); err != nil {
+			s.log.Warn("scheduler: removing a deleted job's files", "job", name, "err", err)
+		}
+	}
 	if err := s.st.FinishStop(ctx, name); err != nil {
 		s.log.Error("scheduler: finishing stop", "job", name, "err", err)
 		return
 	}
-	if st == batchpb.JobStatus_DELETION_IN_PROGRESS {
-		if err := s.logs.Remove(name); err != nil {
-			s.log.Warn("scheduler: removing logs", "job", name, "err", err)
+	if st == batchpb.JobStatus_CANCELLATION_IN_PROGRESS {
+		s.jobDone(name)
+		if d, err := s.jobWorkDir(name); err == nil {
+			if err := os.RemoveAll(d); err != nil {
+				s.log.Warn("scheduler: removing work directory", "job", name, "err", err)
+			}
 		}
-	} else {
-		_ = s.logs.MarkJobDone(name)
-	}
-	if d, err := s.jobWorkDir(name); err == nil {
-		_ = os.RemoveAll(d)
 	}
 	s.log.Info("scheduler: job stopped", "job", name, "was", st)
+}
+
+// removeJobFiles removes everything the scheduler keeps of a job: its
+// logs (done markers included) and its work directory.
+func (s *Scheduler) removeJobFiles(name string) error {
+	var errs []error
+	if err := s.logs.Remove(name); err != nil {
+		errs = append(errs, err)
+	}
+	d, err := s.jobWorkDir(name)
+	if err == nil {
+		err = os.RemoveAll(d)
+		// Drop the now empty location and project directories, best effort.
+		_ = os.Remove(filepath.Dir(d))
+		_ = os.Remove(filepath.Dir(filepath.Dir(d)))
+	}
+	if err != nil {
+		errs = append(errs, fmt.Errorf("scheduler: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// sweepOrphans removes the logs of jobs the store no longer has: left by
+// a delete whose file removal failed, or by a Riffle that removed them
+// only after forgetting the job and died in between.
+func (s *Scheduler) sweepOrphans(ctx context.Context) error {
+	names, err := s.logs.Jobs()
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		s.stopMu.Lock()
+		_, err := s.st.GetJob(ctx, name)
+		if errors.Is(err, store.ErrNotFound) {
+			s.log.Info("scheduler: removing the logs of a job that no longer exists", "job", name)
+			err = s.removeJobFiles(name)
+		}
+		s.stopMu.Unlock()
+		if err != nil {
+			return fmt.Errorf("scheduler: sweeping logs of deleted jobs: %w", err)
+		}
+	}
+	return nil
 }
 
 func (s *Scheduler) jobWorkDir(name string) (string, error) {

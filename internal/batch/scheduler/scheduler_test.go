@@ -24,6 +24,7 @@ import (
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/registry"
 	"github.com/riffle-dev/riffle/internal/runtime"
 	"github.com/riffle-dev/riffle/internal/testutil"
@@ -91,12 +92,12 @@ type env struct {
 	sched *scheduler.Scheduler
 	api   *api.Server
 	rt    *runtime.Runtime
-	imgs  *scheduler.Images
+	imgs  *node.Node
 }
 
 // newEnv starts a store, runtime, image source, scheduler and API in dir
 // (a fresh temp dir when empty). withRuntime needs root and runc.
-func newEnv(t *testing.T, dir string, withRuntime bool) *env {
+func newEnv(t *testing.T, dir string, withRuntime bool, mods ...func(*scheduler.Options)) *env {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -106,7 +107,9 @@ func newEnv(t *testing.T, dir string, withRuntime bool) *env {
 		t.Fatal(err)
 	}
 	e := &env{t: t, dir: dir, st: st}
-	opts := scheduler.Options{DataDir: dir, StopGrace: time.Second, MaxParallelTasks: 4}
+	// Room for every test job's default computeResource (2000 mCPU,
+	// 2000 MiB a task) to run at once; capacity tests set their own.
+	opts := scheduler.Options{DataDir: dir, StopGrace: time.Second, Capacity: scheduler.Capacity{CPUMilli: 64000, MemoryMiB: 64 << 10}}
 	if withRuntime {
 		testutil.RequiresRoot(t)
 		testutil.RequiresBinary(t, "runc")
@@ -114,11 +117,14 @@ func newEnv(t *testing.T, dir string, withRuntime bool) *env {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e.imgs, err = scheduler.NewImages(scheduler.ImagesOptions{Dir: filepath.Join(dir, "images")})
+		e.imgs, err = node.New(node.Options{Layout: node.Layout{Root: dir}})
 		if err != nil {
 			t.Fatal(err)
 		}
 		opts.Runtime, opts.Images = e.rt, e.imgs
+	}
+	for _, m := range mods {
+		m(&opts)
 	}
 	e.sched, err = scheduler.New(st, opts)
 	if err != nil {
@@ -317,7 +323,7 @@ func TestPullFallback(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.RequiresBinary(t, "runc")
 	dir := t.TempDir()
-	imgs, err := scheduler.NewImages(scheduler.ImagesOptions{Dir: filepath.Join(dir, "images"), NoBuildIndexes: true})
+	imgs, err := node.New(node.Options{Layout: node.Layout{Root: dir}, NoBuildIndexes: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,7 +393,10 @@ func TestContainerRetry(t *testing.T) {
 			t.Errorf("events lack %q:\n%s", want, events(tevs))
 		}
 	}
-	if out := e.logs(j1.Name, 0); out != "attempt=0\nattempt=1\nattempt=2\n" {
+	retryLine := func(n int, code int) string {
+		return fmt.Sprintf("riffle: retry: attempt %d of 3 of task 0 begins (BATCH_TASK_RETRY_ATTEMPT=%d); the previous attempt ended with exit code %d.\n", n+1, n, code)
+	}
+	if out := e.logs(j1.Name, 0); out != "attempt=0\n"+retryLine(1, 3)+"attempt=1\n"+retryLine(2, 3)+"attempt=2\n" {
 		t.Errorf("logs %q", out)
 	}
 
@@ -600,7 +609,7 @@ func TestTimeouts(t *testing.T) {
 		t.Errorf("events:\n%s", events(tevs))
 	}
 	e.waitState(j2.Name, batchpb.JobStatus_FAILED, 30*time.Second)
-	if tevs := e.tasks(j2.Name)[0].GetStatus().GetStatusEvents(); !hasEvent(tevs, "STATUS_CHANGED", "with exit code 50005. The task exceeded its maxRunDuration") {
+	if tevs := e.tasks(j2.Name)[0].GetStatus().GetStatusEvents(); !hasEvent(tevs, "STATUS_CHANGED", "with exit code 50005. The task reached its maxRunDuration") {
 		t.Errorf("events:\n%s", events(tevs))
 	}
 }
@@ -698,7 +707,7 @@ func TestRestartRecovery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	imgs, err := scheduler.NewImages(scheduler.ImagesOptions{Dir: filepath.Join(dir, "images")})
+	imgs, err := node.New(node.Options{Layout: node.Layout{Root: dir}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -725,7 +734,7 @@ func TestRestartRecovery(t *testing.T) {
 	if !hasEvent(tevs, "STATUS_CHANGED", "from RUNNING to PENDING on testhost with exit code 50003. Riffle restarted while the task was running; retrying (attempt 2 of 2).") {
 		t.Errorf("retried task events:\n%s", events(tevs))
 	}
-	if out := e.logs(retried, 0); out != "ran-after-restart\n" {
+	if out := e.logs(retried, 0); out != "riffle: retry: attempt 2 of 2 of task 0 begins (BATCH_TASK_RETRY_ATTEMPT=1); the previous attempt ended with exit code 50003.\nran-after-restart\n" {
 		t.Errorf("retried logs %q (job %v)", out, jr.GetStatus().GetState())
 	}
 
@@ -735,4 +744,234 @@ func TestRestartRecovery(t *testing.T) {
 		t.Errorf("failed task events:\n%s", events(tevs))
 	}
 	e.waitState(queued, batchpb.JobStatus_SUCCEEDED, 30*time.Second)
+}
+
+// waitGone polls until the job is no longer in the store.
+func (e *env) waitGone(jobName string, timeout time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if _, err := e.st.GetJob(context.Background(), jobName); err != nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("job %s not deleted in %v", jobName, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestDeleteFinishedJobRemovesEverything: deleting a job that had already
+// ended removes its logs and work directory; a new job with the same ID
+// shows none of the old lines, and following its logs waits for it.
+func TestDeleteFinishedJobRemovesEverything(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "", false)
+	j := e.submit("same", newJob(2, 2, script("echo old-line-$BATCH_TASK_INDEX")))
+	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, 30*time.Second)
+	if out := e.logs(j.Name, 0); out != "old-line-0\n" {
+		t.Fatalf("logs before delete %q", out)
+	}
+	if _, err := e.api.DeleteJob(context.Background(), &batchpb.DeleteJobRequest{Name: j.Name}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitGone(j.Name, 10*time.Second)
+	jd, _ := e.sched.Logs().JobDir(j.Name)
+	work := filepath.Join(e.dir, "batch", "work", "p", "local", "same")
+	for _, d := range []string{jd, work} {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Errorf("%s left after delete: %v", d, err)
+		}
+	}
+
+	gate := filepath.Join(t.TempDir(), "go")
+	j2 := e.submit("same", newJob(1, 1, script(fmt.Sprintf("while [ ! -e %s ]; do sleep 0.05; done; echo new-line", gate))))
+	if j2.GetUid() == j.GetUid() {
+		t.Fatal("same uid")
+	}
+	followed := make(chan string, 1)
+	go func() {
+		var out bytes.Buffer
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err := e.sched.Logs().Read(ctx, j2.Name, logs.ReadOptions{Task: logs.AllTasks, Follow: true, Prefix: true, Poll: 10 * time.Millisecond}, &out)
+		if err != nil {
+			out.WriteString("error: " + err.Error())
+		}
+		followed <- out.String()
+	}()
+	// The follower must still be waiting for the new job's output.
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(j2.Name, batchpb.JobStatus_SUCCEEDED, 30*time.Second)
+	if got := <-followed; got != "task 0: new-line\n" {
+		t.Errorf("following the new job gave %q, want only its own line", got)
+	}
+	if out := e.logs(j2.Name, 0); out != "new-line\n" {
+		t.Errorf("new job's logs %q", out)
+	}
+}
+
+// TestStartSweepsDeletedJobsLogs: logs of jobs the store no longer has
+// (a crash between forgetting a job and removing its files) are removed
+// at start; a kept job's logs stay.
+func TestStartSweepsDeletedJobsLogs(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	e := newEnv(t, dir, false)
+	j := e.submit("kept", newJob(1, 1, script("echo kept")))
+	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, 30*time.Second)
+	e.close()
+
+	ghost := filepath.Join(dir, "batch", "logs", "p", "local", "ghost", "task-0")
+	if err := os.MkdirAll(ghost, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(ghost, "output.log"), []byte("old\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e = newEnv(t, dir, false)
+	if _, err := os.Stat(filepath.Dir(ghost)); !os.IsNotExist(err) {
+		t.Errorf("logs of a job the store does not have were kept: %v", err)
+	}
+	if out := e.logs(j.Name, 0); out != "kept\n" {
+		t.Errorf("kept job's logs %q", out)
+	}
+}
+
+// runTime is how long a task ran: from its last RUNNING event to the
+// event that ended it.
+func runTime(t *testing.T, tk *batchpb.Task) time.Duration {
+	t.Helper()
+	var start, end time.Time
+	for _, ev := range tk.GetStatus().GetStatusEvents() {
+		if ev.GetType() != "STATUS_CHANGED" {
+			continue
+		}
+		switch ev.GetTaskState() {
+		case batchpb.TaskStatus_RUNNING:
+			start = ev.GetEventTime().AsTime()
+		case batchpb.TaskStatus_FAILED, batchpb.TaskStatus_SUCCEEDED:
+			end = ev.GetEventTime().AsTime()
+		}
+	}
+	if start.IsZero() || end.IsZero() {
+		t.Fatalf("task %s has no RUNNING and end events:\n%s", tk.Name, events(tk.GetStatus().GetStatusEvents()))
+	}
+	return end.Sub(start)
+}
+
+// TestMaxRunDurationIncludesGrace: a task whose runnables ignore SIGTERM
+// ends at its maxRunDuration, not maxRunDuration plus the stop grace, and
+// its event says how it was stopped. A script and a container.
+func TestMaxRunDurationIncludesGrace(t *testing.T) {
+	t.Parallel()
+	const grace = 8 * time.Second
+	ref := busyboxRef(t)
+	e := newEnv(t, "", true, func(o *scheduler.Options) { o.StopGrace = grace })
+	// Pulled before, so the limit is not spent fetching the image.
+	if _, err := e.imgs.Pull(context.Background(), ref, scheduler.Auth{}); err != nil {
+		t.Fatal(err)
+	}
+	jobs := map[string]time.Duration{}
+	sj := newJob(1, 1, script("trap '' TERM; echo started; sleep 30 & wait; sleep 30"))
+	sj.TaskGroups[0].TaskSpec.MaxRunDuration = durationpb.New(time.Second)
+	jobs[e.submit("maxrun-script", sj).Name] = time.Second
+	cj := newJob(1, 1, container(ref, "sh", "-c", "trap '' TERM; echo started; sleep 30"))
+	cj.TaskGroups[0].TaskSpec.MaxRunDuration = durationpb.New(3 * time.Second)
+	jobs[e.submit("maxrun-container", cj).Name] = 3 * time.Second
+	for name, limit := range jobs {
+		e.waitState(name, batchpb.JobStatus_FAILED, time.Minute)
+		tk := e.tasks(name)[0]
+		tevs := tk.GetStatus().GetStatusEvents()
+		if !hasEvent(tevs, "STATUS_CHANGED", fmt.Sprintf("with exit code 50005. The task reached its maxRunDuration of %v and was stopped: SIGTERM at", limit)) ||
+			!hasEvent(tevs, "STATUS_CHANGED", "stop grace is part of maxRunDuration") {
+			t.Errorf("%s events:\n%s", name, events(tevs))
+		}
+		// Without the grace in the limit it would run limit+8s; half the
+		// grace is room for a loaded machine.
+		d := runTime(t, tk)
+		t.Logf("%s ran %v", name, d)
+		if d > limit+grace/2 {
+			t.Errorf("%s ran %v with maxRunDuration %v", name, d, limit)
+		}
+		if out := e.logs(name, 0); !strings.HasPrefix(out, "started\n") || !strings.Contains(out, "riffle: The task reached its maxRunDuration") {
+			t.Errorf("%s logs %q", name, out)
+		}
+	}
+}
+
+func withComputeResource(j *batchpb.Job, cpuMilli, memoryMib int64) *batchpb.Job {
+	j.TaskGroups[0].TaskSpec.ComputeResource = &batchpb.ComputeResource{CpuMilli: cpuMilli, MemoryMib: memoryMib}
+	return j
+}
+
+// TestParallelismFollowsCapacity: with the default capacity (this
+// machine's CPUs and memory), 50 tasks of 10 mCPU run at once, however
+// few CPUs the machine has: each task waits until all 50 have started.
+func TestParallelismFollowsCapacity(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "", false, func(o *scheduler.Options) { o.Capacity = scheduler.Capacity{} })
+	dir := t.TempDir()
+	// Shell builtins only, but for sleep: 50 waiting tasks stay cheap.
+	sc := fmt.Sprintf(`touch %[1]s/s-$BATCH_TASK_INDEX
+i=0
+while [ $i -lt 200 ]; do
+  set -- %[1]s/s-*
+  [ $# -ge 50 ] && exit 0
+  i=$((i+1)); sleep 0.3
+done
+echo "only $# tasks ran at once"; exit 1`, dir)
+	j := e.submit("wide", withComputeResource(newJob(50, 50, script(sc)), 10, 10))
+	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, 2*time.Minute)
+}
+
+// TestCapacityQueuesTasks: tasks whose computeResource does not fit wait,
+// with an event saying so, and start as running tasks end; never more run
+// at once than fit.
+func TestCapacityQueuesTasks(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, "", false, func(o *scheduler.Options) {
+		o.Capacity = scheduler.Capacity{CPUMilli: 1000, MemoryMiB: 1000}
+	})
+	dir := t.TempDir()
+	gate := filepath.Join(t.TempDir(), "go")
+	// Each task records how many tasks it saw running with it.
+	sc := fmt.Sprintf(`touch %[1]s/run-$BATCH_TASK_INDEX
+while [ ! -e %[2]s ]; do sleep 0.05; done
+sleep 0.3
+set -- %[1]s/run-*
+echo $# > %[1]s/seen-$BATCH_TASK_INDEX
+rm %[1]s/run-$BATCH_TASK_INDEX`, dir, gate)
+	j := e.submit("narrow", withComputeResource(newJob(4, 4, script(sc)), 400, 100))
+	// Two tasks fit; task 2 waits (and task 3 behind it, in index order).
+	e.wait(j.Name, 30*time.Second, func(*batchpb.Job) bool {
+		ts := e.tasks(j.Name)
+		return hasEvent(ts[2].GetStatus().GetStatusEvents(), "WAITING_FOR_CAPACITY", "") &&
+			ts[0].GetStatus().GetState() == batchpb.TaskStatus_RUNNING && ts[1].GetStatus().GetState() == batchpb.TaskStatus_RUNNING
+	})
+	ts := e.tasks(j.Name)
+	want := "Task 2 waits for capacity on this node: it needs 400 mCPU and 100 MiB (taskSpec.computeResource, 2000 and 2000 when unset, as on Batch); this node offers 1000 mCPU and 1000 MiB (capacity 1000 mCPU, 1000 MiB, overcommit 1), of which 800 mCPU and 200 MiB are taken by 2 running task(s)."
+	if tevs := ts[2].GetStatus().GetStatusEvents(); !hasEvent(tevs, "WAITING_FOR_CAPACITY", want) {
+		t.Errorf("task 2 events lack %q:\n%s", want, events(tevs))
+	}
+	for i, st := range []batchpb.TaskStatus_State{ts[0].GetStatus().GetState(), ts[1].GetStatus().GetState(), ts[2].GetStatus().GetState(), ts[3].GetStatus().GetState()} {
+		if want := map[bool]batchpb.TaskStatus_State{true: batchpb.TaskStatus_RUNNING, false: batchpb.TaskStatus_PENDING}[i < 2]; st != want {
+			t.Errorf("task %d is %v before the gate opens, want %v", i, st, want)
+		}
+	}
+	if err := os.WriteFile(gate, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, time.Minute)
+	for i := 0; i < 4; i++ {
+		b, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("seen-%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, _ := strconv.Atoi(strings.TrimSpace(string(b))); n < 1 || n > 2 {
+			t.Errorf("task %d saw %d tasks running at once; 2 fit", i, n)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -24,7 +25,30 @@ import (
 // containerHostsFile is where a container runnable finds the hosts file.
 const containerHostsFile = "/etc/cloudbatch-taskgroup-hosts"
 
-var errMaxRunDuration = errors.New("scheduler: maxRunDuration exceeded")
+var errMaxRunDuration = errors.New("scheduler: maxRunDuration reached")
+
+// runLimit is how maxRunDuration is enforced. The stop grace is part of
+// the limit, as Batch users read maxRunDuration ("the amount of time that
+// a task is permitted to run"): runnables get SIGTERM at soft and
+// whatever still runs gets SIGKILL at the limit itself, so a task never
+// outlives its maxRunDuration by the grace period.
+type runLimit struct {
+	limit, grace time.Duration
+}
+
+// newRunLimit takes the grace out of the end of the limit, at most a
+// tenth of it, so a short limit is not mostly grace.
+func newRunLimit(limit, grace time.Duration) runLimit {
+	return runLimit{limit: limit, grace: min(grace, limit/10)}
+}
+
+func (l runLimit) soft() time.Duration { return l.limit - l.grace }
+
+// note explains the stop in the task's event and log.
+func (l runLimit) note() string {
+	return fmt.Sprintf("The task reached its maxRunDuration of %v and was stopped: SIGTERM at %v, SIGKILL at %v to what still ran (the %v stop grace is part of maxRunDuration).",
+		l.limit, l.soft(), l.limit, l.grace)
+}
 
 // result is how one attempt of a task ended.
 type result struct {
@@ -38,36 +62,49 @@ type proc interface {
 	wait() (int, error)
 	// done is closed when it has exited.
 	done() <-chan struct{}
-	// stop ends it: SIGTERM, then SIGKILL after the grace period.
-	stop()
+	// stop ends it: SIGTERM, then SIGKILL after the grace period or
+	// when ctx ends, whichever is first. It returns once it has exited.
+	stop(ctx context.Context)
 }
 
-// attempt runs the task's runnables once.
-func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int) result {
+// attempt runs the task's runnables once; attempt counts from 0 and prev
+// is the exit code of the attempt before it.
+func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32) result {
 	s := r.s
 	spec := r.group.GetTaskSpec()
-	name := taskName(r.name, idx)
-	tctx := ctx
+	// tctx ends when runnables must stop (a stop of the job, or
+	// maxRunDuration less the grace); killCtx when whatever still runs is
+	// killed (maxRunDuration; never, without one: stops get the whole grace).
+	tctx, killCtx := ctx, context.WithoutCancel(ctx)
+	var limit runLimit
 	if d := spec.GetMaxRunDuration(); d != nil && d.AsDuration() > 0 {
-		var cancel context.CancelFunc
-		tctx, cancel = context.WithTimeoutCause(ctx, d.AsDuration(), errMaxRunDuration)
+		limit = newRunLimit(d.AsDuration(), s.opts.StopGrace)
+		var cancel, cancelKill context.CancelFunc
+		tctx, cancel = context.WithTimeoutCause(ctx, limit.soft(), errMaxRunDuration)
 		defer cancel()
+		killCtx, cancelKill = context.WithTimeout(killCtx, limit.limit)
+		defer cancelKill()
 	}
 	tl, err := s.logs.OpenTask(r.name, idx, r.logPath)
 	if err != nil {
-		_ = s.st.AddTaskEvent(ctx, name, "LOGS_FAILED", fmt.Sprintf("Task output cannot be kept: %v", err))
-		return result{code: 125, note: "Riffle could not open the task's log files."}
+		r.taskEvent(ctx, idx, logsFailedEvent(err))
+		return result{code: ExitNotStarted, note: "Riffle could not open the task's log files."}
 	}
 	defer tl.Close()
+	if attempt > 0 {
+		// The log holds every attempt; say where a new one begins.
+		tl.Printf("riffle: retry: attempt %d of %d of task %d begins (BATCH_TASK_RETRY_ATTEMPT=%d); the previous attempt ended with exit code %d.",
+			attempt+1, spec.GetMaxRetryCount()+1, idx, attempt, prev)
+	}
 	work := filepath.Join(r.workDir, "task-"+strconv.FormatInt(idx, 10))
 	if err := os.MkdirAll(work, 0o755); err != nil {
-		return result{code: 125, note: fmt.Sprintf("Riffle could not create the task's working directory: %v.", err)}
+		return result{code: ExitNotStarted, note: fmt.Sprintf("Riffle could not create the task's working directory: %v.", err)}
 	}
 	binds, err := r.taskVolumes(tctx, idx)
 	if err != nil {
-		_ = s.st.AddTaskEvent(ctx, name, "VOLUME_FAILED", err.Error())
+		r.taskEvent(ctx, idx, volumeFailedEvent(err))
 		tl.Printf("riffle: %v", err)
-		return result{code: 125, note: "A volume could not be mounted."}
+		return result{code: ExitNotStarted, note: "A volume could not be mounted."}
 	}
 
 	var (
@@ -78,7 +115,7 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int) result {
 	)
 	defer func() {
 		for _, p := range bgs {
-			p.stop()
+			p.stop(killCtx)
 		}
 	}()
 	for ri, rn := range spec.GetRunnables() {
@@ -90,20 +127,20 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int) result {
 		}
 		if rn.GetBarrier() != nil {
 			if b := r.barriers[ri]; b != nil {
-				_ = b.wait(tctx, idx)
+				_ = b.wait(tctx, idx) // only ends early with tctx, which the loop checks
 			}
 			continue
 		}
 		env := r.env(idx, attempt, rn)
 		p, note, err := r.start(tctx, idx, ri, rn, env, binds, work, tl)
 		if err != nil {
-			code := 125
+			code := ExitNotStarted
 			var se *runtime.StartError
 			if errors.As(err, &se) {
 				code = se.ExitCode
 			}
 			tl.Printf("riffle: runnable %d did not start: %v", ri, err)
-			_ = s.st.AddTaskEvent(ctx, name, "RUNNABLE_FAILED", fmt.Sprintf("Runnable %d did not start: %v", ri, err))
+			r.taskEvent(ctx, idx, runnableFailedEvent(ri, err))
 			// A background runnable that cannot start fails the task too:
 			// the runnables after it may wait for what it was to do.
 			if !rn.GetIgnoreExitStatus() {
@@ -125,19 +162,19 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int) result {
 		case <-p.done():
 		case <-rctx.Done():
 			timedOut = tctx.Err() == nil
-			p.stop()
+			p.stop(killCtx)
 		}
 		cancel()
 		code, werr := p.wait()
 		if werr != nil && code == 0 {
-			code = 125
+			code = ExitNotStarted
 		}
 		if timedOut {
-			msg := fmt.Sprintf("Runnable %d timed out after %v and was stopped (exit code %d).", ri, rn.GetTimeout().AsDuration(), code)
-			tl.Printf("riffle: %s", msg)
-			_ = s.st.AddTaskEvent(ctx, name, "RUNNABLE_TIMEOUT", msg)
+			ev := runnableTimeoutEvent(ri, rn.GetTimeout().AsDuration(), code)
+			tl.Printf("riffle: %s", ev.desc)
+			r.taskEvent(ctx, idx, ev)
 			if code == 0 {
-				code = 124
+				code = ExitRunnableTimeout
 			}
 		}
 		if code != 0 && !rn.GetIgnoreExitStatus() {
@@ -145,9 +182,11 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int) result {
 		}
 	}
 	if context.Cause(tctx) == errMaxRunDuration && ctx.Err() == nil {
-		msg := fmt.Sprintf("The task exceeded its maxRunDuration of %v and was stopped.", spec.GetMaxRunDuration().AsDuration())
-		tl.Printf("riffle: %s", msg)
-		return result{code: ExitMaxRunDuration, note: msg}
+		for _, p := range bgs {
+			p.stop(killCtx) // before the task is reported ended
+		}
+		tl.Printf("riffle: %s", limit.note())
+		return result{code: ExitMaxRunDuration, note: limit.note()}
 	}
 	return res
 }
@@ -277,22 +316,24 @@ func (r *jobRun) startScript(ctx context.Context, ri int, sc *batchpb.Runnable_S
 		return nil, errors.New("the script has neither text nor path")
 	}
 	// As on a Batch VM: a "#!" line picks the interpreter, else /bin/sh.
-	var cmd *exec.Cmd
+	args := []string{"/bin/sh", path}
 	if hasShebang(path) {
-		cmd = exec.Command(path)
-	} else {
-		cmd = exec.Command("/bin/sh", path)
+		args = []string{path}
 	}
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Dir = work
+	cmd, cleanup, err := r.scriptCommand(ri, args, env, work)
+	if err != nil {
+		return nil, err
+	}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// Output pipes held open by a leftover grandchild must not block us.
 	cmd.WaitDelay = 2 * time.Second
 	if err := ctx.Err(); err != nil {
+		cleanup()
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
+		cleanup()
 		return nil, err
 	}
 	p := &scriptProc{cmd: cmd, grace: r.s.opts.StopGrace, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
@@ -300,13 +341,14 @@ func (r *jobRun) startScript(ctx context.Context, ri int, sc *batchpb.Runnable_S
 		err := cmd.Wait()
 		// What the script left behind goes with it.
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cleanup()
 		p.code = exitCode(cmd.ProcessState, err)
 		if p.code >= 0 {
 			err = nil
 		}
 		p.err = err
 		for _, c := range p.outs {
-			_ = c.Close()
+			_ = c.Close() // a log writer's Close only flushes a partial line
 		}
 		close(p.ch)
 	}()
@@ -337,14 +379,18 @@ func exitCode(ps *os.ProcessState, err error) int {
 
 func (p *scriptProc) wait() (int, error)    { <-p.ch; return p.code, p.err }
 func (p *scriptProc) done() <-chan struct{} { return p.ch }
-func (p *scriptProc) stop() {
+func (p *scriptProc) stop(ctx context.Context) {
 	p.once.Do(func() {
 		pid := p.cmd.Process.Pid
+		// Errors only say the group is gone already.
 		_ = syscall.Kill(-pid, syscall.SIGTERM)
+		t := time.NewTimer(p.grace)
+		defer t.Stop()
 		select {
 		case <-p.ch:
 			return
-		case <-time.After(p.grace):
+		case <-t.C:
+		case <-ctx.Done():
 		}
 		_ = syscall.Kill(-pid, syscall.SIGKILL)
 	})
@@ -355,7 +401,7 @@ func (p *scriptProc) stop() {
 type containerProc struct {
 	c       *runtime.Container
 	rfs     *RootFS
-	after   func() // reports stream bytes once it ended
+	log     *slog.Logger
 	ch      chan struct{}
 	code    int
 	err     error
@@ -365,28 +411,31 @@ type containerProc struct {
 
 func (p *containerProc) wait() (int, error)    { <-p.ch; return p.code, p.err }
 func (p *containerProc) done() <-chan struct{} { return p.ch }
-func (p *containerProc) stop() {
-	p.stopped.Do(func() { _ = p.c.Stop(context.Background()) })
+func (p *containerProc) stop(ctx context.Context) {
+	p.stopped.Do(func() {
+		if err := p.c.Stop(ctx); err != nil {
+			p.log.Warn("scheduler: stopping a container", "container", p.c.ID(), "err", err)
+		}
+	})
 	<-p.ch
 }
 
 func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batchpb.Runnable, c *batchpb.Runnable_Container, env, binds []string, stdout, stderr io.WriteCloser) (proc, string, error) {
 	s := r.s
-	name := taskName(r.name, idx)
 	field := fmt.Sprintf("runnables[%d].container", ri)
 	if s.opts.Runtime == nil || s.opts.Images == nil {
 		return nil, "Container runnables need the container runtime (runc), which this Riffle runs without.",
 			fmt.Errorf("%s: this Riffle has no container runtime; install runc and restart riffle serve", field)
 	}
 	t0 := time.Now()
-	rfs, err := r.rootfs(ctx, name, ri, c)
+	rfs, err := r.rootfs(ctx, idx, ri, c)
 	if err != nil {
 		return nil, "The container image could not be fetched.", fmt.Errorf("%s.imageUri %s: %w", field, c.GetImageUri(), err)
 	}
 	ready := time.Since(t0)
-	var before int64
-	if rfs.FetchedTotal != nil {
-		before = rfs.FetchedTotal()
+	var before streamfs.Stats
+	if rfs.Stats != nil {
+		before = rfs.Stats()
 	}
 	volumes := append(append([]string{}, c.GetVolumes()...), binds...)
 	if r.hosts != "" {
@@ -419,33 +468,15 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 		rfs.Release()
 		return nil, "", err
 	}
-	started := time.Since(t0)
-	how := "pulled"
-	if rfs.Method == "streamed" {
-		how = "streamed"
-	}
-	var detail string
-	switch {
-	case rfs.Reused && how == "streamed":
-		detail = "its lazy mount was shared with earlier tasks, nothing fetched to start"
-	case rfs.Reused:
-		detail = "already pulled, nothing fetched"
-	default:
-		detail = fmt.Sprintf("%s fetched to make it ready", byteSize(rfs.Fetched))
-	}
-	_ = s.st.AddTaskEvent(ctx, name, "IMAGE_"+map[string]string{"streamed": "STREAMED", "pulled": "PULLED"}[how], fmt.Sprintf(
-		"Image %s (%s) was %s for runnable %d: ready in %v, container started %v after the runnable began; %s.",
-		c.GetImageUri(), rfs.Digest, how, ri, ready.Round(time.Millisecond), started.Round(time.Millisecond), detail))
-	p := &containerProc{c: ctr, rfs: rfs, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
+	r.taskEvent(ctx, idx, imageReadyEvent(ri, c.GetImageUri(), rfs, ready, time.Since(t0)))
+	p := &containerProc{c: ctr, rfs: rfs, log: s.log, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
 	go func() {
 		p.code, p.err = ctr.Wait(context.Background())
 		for _, c := range p.outs {
-			_ = c.Close()
+			_ = c.Close() // a log writer's Close only flushes a partial line
 		}
-		if rfs.FetchedTotal != nil {
-			n := rfs.FetchedTotal() - before
-			_ = s.st.AddTaskEvent(context.Background(), name, "IMAGE_STREAMED_BYTES", fmt.Sprintf(
-				"Runnable %d read its streamed image; the image's mount fetched %s from the registry while it ran.", ri, byteSize(n)))
+		if rfs.Stats != nil {
+			r.taskEvent(context.Background(), idx, imageStreamedBytesEvent(ri, statsDelta(before, rfs.Stats())))
 		}
 		rfs.Release()
 		close(p.ch)
@@ -455,7 +486,7 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 
 // rootfs gets the image of a container runnable: streamed when asked and
 // possible, else pulled, with an event saying why streaming was not used.
-func (r *jobRun) rootfs(ctx context.Context, task string, ri int, c *batchpb.Runnable_Container) (*RootFS, error) {
+func (r *jobRun) rootfs(ctx context.Context, idx int64, ri int, c *batchpb.Runnable_Container) (*RootFS, error) {
 	s := r.s
 	auth := Auth{Username: c.GetUsername(), Password: c.GetPassword()}
 	if c.GetEnableImageStreaming() {
@@ -470,8 +501,7 @@ func (r *jobRun) rootfs(ctx context.Context, task string, ri int, c *batchpb.Run
 		if errors.Is(err, streamfs.ErrNotEligible) {
 			why = "the image cannot be streamed"
 		}
-		_ = s.st.AddTaskEvent(ctx, task, "IMAGE_STREAMING_FALLBACK", fmt.Sprintf(
-			"Runnable %d asked for image streaming, but %s (%v); pulling the image in full instead.", ri, why, err))
+		r.taskEvent(ctx, idx, imageStreamFallbackEvent(ri, why, err))
 	}
 	return s.opts.Images.Pull(ctx, c.GetImageUri(), auth)
 }

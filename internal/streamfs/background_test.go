@@ -1,0 +1,333 @@
+package streamfs_test
+
+import (
+	"os"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/riffle-dev/riffle/internal/fstree"
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/layerstore"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+	"github.com/riffle-dev/riffle/internal/testutil"
+)
+
+func newStore(t *testing.T) *layerstore.Store {
+	t.Helper()
+	s, err := layerstore.Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// waitComplete waits for every layer of m to be complete in the store.
+func waitComplete(t *testing.T, m *streamfs.MountPoint) {
+	t.Helper()
+	select {
+	case <-m.Complete():
+	case <-time.After(60 * time.Second):
+		t.Fatalf("the image did not complete: %+v", m.Stats().Layers)
+	}
+}
+
+// bgImage pushes AllFeatures (gzip, 64 KiB spans; it holds one layer
+// twice) and returns the reference, its full pull and its streamfs image.
+func bgImage(t *testing.T, r *testRegistry) (streamfs.Image, fstree.Tree) {
+	simg, want, _ := bgImageSize(t, r, storableFeatures())
+	return simg, want
+}
+
+// storableFeatures is AllFeatures without its hard link to a lower layer's
+// file, which the layer store refuses (layerstore.ErrCrossLayerLink).
+func storableFeatures() imagegen.Spec {
+	spec := imagegen.AllFeatures().Docker()
+	for i := range spec.Layers {
+		var keep []imagegen.Entry
+		for _, e := range spec.Layers[i].Entries {
+			if e.Name != "links/hard-xlayer" {
+				keep = append(keep, e)
+			}
+		}
+		spec.Layers[i].Entries = keep
+	}
+	return spec
+}
+
+// waitStreamsEnd waits until every layer of m is complete or failed.
+func waitStreamsEnd(t *testing.T, m *streamfs.MountPoint) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		done := 0
+		for _, l := range m.Stats().Layers {
+			if l.State == streamfs.LayerFailed || l.State == streamfs.LayerComplete {
+				done++
+			}
+		}
+		if done == len(m.Stats().Layers) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("layer streams did not end: %+v", m.Stats().Layers)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// bgImageSize is bgImage that also returns the size of the image's
+// distinct layer blobs.
+func bgImageSize(t *testing.T, r *testRegistry, spec imagegen.Spec) (streamfs.Image, fstree.Tree, int64) {
+	t.Helper()
+	img, ref := r.push(t, spec, "test/bg")
+	simg := r.open(t, ref, 64<<10)
+	r.streamBytes.Store(0) // building the indexes read every blob
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var size int64
+	seen := map[v1.Hash]bool{}
+	for _, l := range layers {
+		d, _ := l.Digest()
+		n, _ := l.Size()
+		if !seen[d] {
+			seen[d] = true
+			size += n
+		}
+	}
+	return simg, unpacked(t, img), size
+}
+
+// With a layer store, every layer streams in the background; once it is
+// complete every file is served from the store by passthrough, identical
+// to the full pull, and nothing else is fetched.
+func TestBackgroundCompletes(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, want, blobs := bgImageSize(t, r, storableFeatures())
+	store := newStore(t)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: store})
+	waitComplete(t, m)
+	got := scan(t, dir)
+	for _, d := range fstree.Diff(want, got) {
+		t.Error(d)
+	}
+	st := m.Stats()
+	if st.FetchedSpans != 0 || st.SpanWireBytes != 0 {
+		t.Errorf("spans fetched although every file was local: %+v", st)
+	}
+	if st.PassthroughOpens == 0 || st.LocalOpens == 0 || st.BackgroundWireBytes == 0 || st.BackgroundBytes == 0 {
+		t.Errorf("stats %+v", st)
+	}
+	if st.WireBytes != st.BackgroundWireBytes || st.WireBytes != r.streamBytes.Load() {
+		t.Errorf("wire bytes %d (background %d), the registry sent %d", st.WireBytes, st.BackgroundWireBytes, r.streamBytes.Load())
+	}
+	for _, l := range st.Layers {
+		if l.State != streamfs.LayerComplete || l.Bytes != l.Size {
+			t.Errorf("layer %+v", l)
+		}
+	}
+	if n := m.FallbackReads(); n != 0 {
+		t.Errorf("%d reads of local files reached the daemon; passthrough is not in effect", n)
+	}
+	// Each distinct layer streamed once (the image holds one twice).
+	if n := r.streamBytes.Load(); n != blobs {
+		t.Errorf("the registry streamed %d bytes; the distinct layers are %d", n, blobs)
+	}
+
+	// A second mount of the image finds every layer in the store: it
+	// fetches nothing and is complete at once.
+	streamed := r.streamBytes.Load()
+	m2, dir2 := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: store})
+	select {
+	case <-m2.Complete():
+	default:
+		t.Fatal("a mount of stored layers is not complete at once")
+	}
+	for _, d := range fstree.Diff(want, scan(t, dir2)) {
+		t.Error("second mount:", d)
+	}
+	if st := m2.Stats(); st.WireBytes != 0 || r.streamBytes.Load() != streamed {
+		t.Errorf("second mount fetched: %+v", st)
+	}
+}
+
+// Reads while the layers stream get correct data, whichever way each is
+// served (spans, waiting for the stream, the store). A layer the store
+// refuses (a hard link to a lower layer) stays on demand.
+func TestBackgroundReadDuringStream(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, want, _ := bgImageSize(t, r, imagegen.AllFeatures().Docker())
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: newStore(t)})
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error(d)
+	}
+	waitStreamsEnd(t, m)
+	for i, l := range m.Stats().Layers {
+		if want := streamfs.LayerComplete; (i == 1) != (l.State != want) {
+			t.Errorf("layer %d: %+v", i, l)
+		}
+	}
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error("after the streams:", d)
+	}
+}
+
+// A layer stream whose bytes differ from the blob makes no file local:
+// every read is served from verified spans.
+func TestBackgroundCorruptStream(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, want := bgImage(t, r)
+	r.corruptStream.Store(true)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: newStore(t), NoPrefetch: true})
+	waitStreamsEnd(t, m)
+	st := m.Stats()
+	for _, l := range st.Layers {
+		if l.State != streamfs.LayerFailed {
+			t.Errorf("layer %+v did not fail", l)
+		}
+	}
+	if st.BackgroundFiles != 0 {
+		t.Errorf("%d files made local from a corrupt stream", st.BackgroundFiles)
+	}
+	select {
+	case <-m.Complete():
+		t.Error("Complete closed after failed streams")
+	default:
+	}
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error(d)
+	}
+	if st := m.Stats(); st.FetchedSpans == 0 || st.LocalOpens != 0 {
+		t.Errorf("reads not served from spans: %+v", st)
+	}
+}
+
+// A layer stream stops reading while a blocked read's span fetch is in
+// flight: the registry holds the streams until a ranged GET arrives, and
+// holds that GET until the mount counts a pause.
+func TestBackgroundPausesForBlockedReads(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, _ := bgImage(t, r)
+	release := make(chan struct{})
+	var once sync.Once
+	hold := func() { <-release }
+	r.onStream.Store(&hold)
+	var m *streamfs.MountPoint
+	var mu sync.Mutex
+	paused := make(chan bool, 1)
+	onRange := func() {
+		once.Do(func() {
+			close(release)
+			mu.Lock()
+			mm := m
+			mu.Unlock()
+			ok := false
+			for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if mm.Stats().BackgroundPauses > 0 {
+					ok = true
+					break
+				}
+			}
+			paused <- ok
+		})
+	}
+	r.onRange.Store(&onRange)
+	// StreamWait 1: the read never waits for a stream, it fetches.
+	mm, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: newStore(t), StreamWait: 1, NoPrefetch: true})
+	mu.Lock()
+	m = mm
+	mu.Unlock()
+	got, err := os.ReadFile(filepath.Join(dir, "data/big.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !<-paused {
+		t.Error("no stream paused while the read's span fetch was in flight")
+	}
+	if len(got) == 0 {
+		t.Error("read returned nothing")
+	}
+	waitComplete(t, m)
+	if st := m.Stats(); st.BackgroundPauses == 0 || st.FetchedSpans == 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// NoBackground streams nothing: reads come from spans as without a store,
+// and no whole file is copied into the cache.
+func TestNoBackground(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, want := bgImage(t, r)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: newStore(t), NoBackground: true})
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error(d)
+	}
+	st := m.Stats()
+	if st.BackgroundWireBytes != 0 || r.streamBytes.Load() != 0 || st.FetchedSpans == 0 {
+		t.Errorf("stats %+v, %d bytes streamed", st, r.streamBytes.Load())
+	}
+	for _, l := range st.Layers {
+		if l.State != streamfs.LayerOff {
+			t.Errorf("layer %+v", l)
+		}
+	}
+	select {
+	case <-m.Complete():
+		t.Error("Complete closed without streams")
+	default:
+	}
+}
+
+// A profile recorded by one mount makes the next mount (cold cache)
+// prefetch those spans, and its reads hit them.
+func TestProfileReplay(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, _ := bgImage(t, r)
+	files := []string{"data/big.bin", "data/small.bin", "etc/multi-hl2"}
+	readAll := func(dir string) {
+		t.Helper()
+		for _, f := range files {
+			if _, err := os.ReadFile(filepath.Join(dir, f)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	m1, dir1 := mount(t, simg, streamfs.Options{Cache: newCache(t), NoPrefetch: true})
+	readAll(dir1)
+	prof := m1.Profile()
+	total := 0
+	for _, l := range prof.Layers {
+		total += len(l.Spans)
+	}
+	if total == 0 {
+		t.Fatalf("empty profile: %+v", prof)
+	}
+	if st := m1.Stats(); int64(total) != st.FetchedSpans {
+		t.Errorf("profile has %d spans, the reads fetched %d", total, st.FetchedSpans)
+	}
+
+	m2, dir2 := mount(t, simg, streamfs.Options{Cache: newCache(t), NoPrefetch: true, Profile: &prof})
+	deadline := time.Now().Add(30 * time.Second)
+	for m2.Stats().ProfileSpans < int64(total) {
+		if time.Now().After(deadline) {
+			t.Fatalf("profile not prefetched: %+v", m2.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	readAll(dir2)
+	st := m2.Stats()
+	if st.ProfileHits != int64(total) || st.FetchedSpans != int64(total) {
+		t.Errorf("%d profile hits and %d spans fetched, want %d: %+v", st.ProfileHits, st.FetchedSpans, total, st)
+	}
+}

@@ -1,0 +1,206 @@
+package streamfs
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Profile is a startup profile: per layer, the spans readers needed first,
+// in order of first use. A mount records one (MountPoint.Profile) and a
+// later mount of an image sharing those layers prefetches from it
+// (Options.Profile). Layers are matched by blob digest, so a base layer
+// shared by many images shares its profile.
+type Profile struct {
+	Layers []ProfileLayer `json:"layers"`
+}
+
+// ProfileLayer is one layer's part of a Profile.
+type ProfileLayer struct {
+	// Digest is the layer blob's digest.
+	Digest digest.Digest `json:"digest"`
+	// Spans are span numbers of the layer's index, in order of first use.
+	Spans []int `json:"spans"`
+}
+
+// Defaults of the profile.
+const (
+	DefaultProfileTime     = 30 * time.Second
+	DefaultProfileBytes    = 512 << 20
+	DefaultProfileParallel = 4
+)
+
+// Span states in the recorder.
+const (
+	spanSeen       uint8 = 1 << iota // a reader used it (recorded if in budget)
+	spanProfiled                     // fetched because the profile lists it
+	spanHitCounted                   // its profile hit has been counted
+)
+
+// recorder records which spans readers use first and counts profile hits.
+type recorder struct {
+	m        *MountPoint
+	start    time.Time
+	limit    time.Duration
+	maxBytes int64
+
+	mu    sync.Mutex
+	bytes int64     // span bytes recorded
+	state [][]uint8 // per layer, per span
+	order [][]int   // per layer, spans in order of first use
+}
+
+func newRecorder(m *MountPoint, opts Options) *recorder {
+	r := &recorder{m: m, start: time.Now(), limit: opts.ProfileTime, maxBytes: opts.ProfileBytes}
+	if r.limit <= 0 {
+		r.limit = DefaultProfileTime
+	}
+	if r.maxBytes <= 0 {
+		r.maxBytes = DefaultProfileBytes
+	}
+	r.state = make([][]uint8, len(m.spans))
+	r.order = make([][]int, len(m.spans))
+	for i, sp := range m.spans {
+		r.state[i] = make([]uint8, len(sp))
+	}
+	return r
+}
+
+// recordSpan notes that a reader used span s of layer l.
+func (r *recorder) recordSpan(l, s int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := &r.state[l][s]
+	if *st&spanSeen != 0 {
+		return
+	}
+	*st |= spanSeen
+	size := r.m.spans[l][s].Size
+	if time.Since(r.start) > r.limit || r.bytes+size > r.maxBytes {
+		return
+	}
+	r.bytes += size
+	r.order[l] = append(r.order[l], s)
+}
+
+// recordRead notes a read of [off, off+size) of file n that did not go
+// through the span cache (a file in the layer store).
+func (r *recorder) recordRead(n *node, off, size int64) {
+	spans := r.m.spans[n.layer]
+	end := n.off + min(off+size, n.size)
+	for i := spanAt(spans, n.off+off); i < len(spans) && spans[i].Offset < end; i++ {
+		r.recordSpan(n.layer, i)
+	}
+}
+
+// markProfiled notes that span s of layer l was fetched for the profile.
+func (r *recorder) markProfiled(l, s int) {
+	r.mu.Lock()
+	r.state[l][s] |= spanProfiled
+	r.mu.Unlock()
+}
+
+// hit counts a reader's use of span s of layer l as a profile hit, once,
+// if the profile fetched it.
+func (r *recorder) hit(l, s int) {
+	r.mu.Lock()
+	st := &r.state[l][s]
+	counted := *st&spanProfiled != 0 && *st&spanHitCounted == 0
+	if counted {
+		*st |= spanHitCounted
+	}
+	r.mu.Unlock()
+	if counted {
+		r.m.metrics.profileHits.Inc()
+	}
+}
+
+// Profile returns the spans readers of this mount used first, per layer in
+// order of first use, within Options.ProfileTime and ProfileBytes. Reads
+// the kernel served by passthrough never reach this process: for those
+// files the span holding the file's start is recorded at open.
+func (m *MountPoint) Profile() Profile {
+	r := m.profile
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var p Profile
+	for i, o := range r.order {
+		if len(o) > 0 {
+			p.Layers = append(p.Layers, ProfileLayer{Digest: m.img.Layers[i].Digest(), Spans: append([]int(nil), o...)})
+		}
+	}
+	return p
+}
+
+// startProfile fetches the spans of Options.Profile that this image has,
+// in order (layers interleaved), ProfileParallel at a time, ahead of the
+// background streams. Layers complete in the layer store are skipped.
+func (m *MountPoint) startProfile() {
+	if m.opts.Profile == nil {
+		return
+	}
+	byDigest := map[digest.Digest]int{}
+	for i, l := range m.img.Layers {
+		byDigest[l.Digest()] = i
+	}
+	type job struct{ l, s int }
+	var lists [][]job
+	for _, pl := range m.opts.Profile.Layers {
+		i, ok := byDigest[pl.Digest]
+		if !ok || m.background != nil && m.background.layers[i].getState() == LayerComplete {
+			continue
+		}
+		var js []job
+		for _, s := range pl.Spans {
+			if s >= 0 && s < len(m.spans[i]) {
+				js = append(js, job{i, s})
+			}
+		}
+		lists = append(lists, js)
+	}
+	var queue []job
+	for k := 0; ; k++ {
+		added := false
+		for _, js := range lists {
+			if k < len(js) {
+				queue = append(queue, js[k])
+				added = true
+			}
+		}
+		if !added {
+			break
+		}
+	}
+	par := m.opts.ProfileParallel
+	if par <= 0 {
+		par = DefaultProfileParallel
+	}
+	jobs := make(chan job)
+	for range par {
+		m.bg.Add(1)
+		go func() {
+			defer m.bg.Done()
+			for j := range jobs {
+				ctx, cancel := context.WithTimeout(m.ctx, m.opts.ReadTimeout)
+				if e, _, err := m.span(ctx, j.l, j.s, prioProfile); err == nil {
+					e.Close()
+				}
+				cancel()
+			}
+		}()
+	}
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		defer close(jobs)
+		for _, j := range queue {
+			select {
+			case jobs <- j:
+			case <-m.ctx.Done():
+				return
+			}
+		}
+	}()
+}
