@@ -121,9 +121,10 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 				}
 				<-done
 			}
+			n.ReportProfile(m)
 			st := m.Stats()
-			fmt.Fprintf(cmd.OutOrStdout(), "unmounted %s: fetched %d spans (%d bytes), cache hits %d, misses %d\n",
-				dir, st.FetchedSpans, st.FetchedBytes, st.CacheHits, st.CacheMisses)
+			fmt.Fprintf(cmd.OutOrStdout(), "unmounted %s: %d compressed bytes over the wire (%d by span, %d by layer stream), %d uncompressed bytes made available; cache hits %d, misses %d\n",
+				dir, st.WireBytes, st.SpanWireBytes, st.BackgroundWireBytes, st.UncompressedBytes, st.CacheHits, st.CacheMisses)
 			return nil
 		},
 	}

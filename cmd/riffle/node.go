@@ -44,7 +44,8 @@ func newNode(f nodeFlags, log *slog.Logger, tune func(*node.Options)) (*node.Nod
 		if !strings.Contains(u, "://") {
 			u = "http://" + u
 		}
-		opts.Indexes = indexsvc.HTTPSource{BaseURL: u}
+		src := indexsvc.HTTPSource{BaseURL: u}
+		opts.Indexes, opts.Profiles = src, src
 	}
 	opts.CacheDir = f.cacheDir
 	if tune != nil {

@@ -123,3 +123,24 @@ func storeIndex(ctx context.Context, cc *cache.Cache, desc ocispec.Descriptor, x
 	}
 	return e.Close()
 }
+
+// IndexSources asks each source in turn, moving on when one has no index
+// for the layer (streamfs.ErrNoIndex) or fails; the last error is
+// returned when none has it.
+type IndexSources []streamfs.IndexSource
+
+// LayerIndex implements streamfs.IndexSource.
+func (s IndexSources) LayerIndex(ctx context.Context, repo string, desc ocispec.Descriptor) (*index.Index, error) {
+	err := fmt.Errorf("node: layer %s: %w", desc.Digest, streamfs.ErrNoIndex)
+	for _, src := range s {
+		var x *index.Index
+		x, err = src.LayerIndex(ctx, repo, desc)
+		if err == nil {
+			return x, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+	}
+	return nil, err
+}

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/layerstore"
 	"github.com/riffle-dev/riffle/internal/pull"
 	"github.com/riffle-dev/riffle/internal/remote"
@@ -64,6 +65,10 @@ type RootFS struct {
 	// FetchedTotal, when set, returns the compressed bytes a streamed
 	// mount has fetched so far (it grows as the container reads).
 	FetchedTotal func() int64
+	// Stats, when set (a streamed mount), returns the mount's counters:
+	// compressed bytes over the wire, uncompressed bytes made available,
+	// profile prefetches and hits.
+	Stats func() streamfs.Stats
 	// Release says the caller no longer uses the root filesystem.
 	Release func()
 }
@@ -87,6 +92,11 @@ type Options struct {
 	// Indexes is asked for layer indexes after the node's own index cache
 	// (riffle serve: its index service; a node: another server's service).
 	Indexes streamfs.IndexSource
+	// Profiles keeps startup profiles (riffle serve: its index service; a
+	// node: another server's). A stream mount prefetches the profile of its
+	// layers and reports what its first task read when that task releases
+	// it. Nil: no profiles.
+	Profiles Profiles
 	// Referrers makes the node look for index artifacts stored beside the
 	// image in its registry (indexsvc.PushReferrer) before building.
 	Referrers bool
@@ -105,6 +115,13 @@ type Options struct {
 	Logger *slog.Logger
 	// Metrics, when set, gets each mount's counters while it is mounted.
 	Metrics prometheus.Registerer
+}
+
+// Profiles stores startup profiles by layer digest; *indexsvc.Service
+// and indexsvc.HTTPSource are ones.
+type Profiles interface {
+	Profile(ctx context.Context, layer digest.Digest) (*indexsvc.LayerProfile, error)
+	AddProfile(ctx context.Context, layer digest.Digest, spans []int) error
 }
 
 // Node is a node's image engine: full pulls extracted once per image and
@@ -137,6 +154,12 @@ type Node struct {
 type mount struct {
 	mp     *streamfs.MountPoint
 	config ocispec.ImageConfig
+	img    *remote.Image
+	spans  []int // per layer, how many spans its index has
+
+	users    int  // RootFSes handed out and not released; guarded by Node.mu
+	settled  bool // every layer is in the layer store; guarded by Node.mu
+	reported sync.Once
 }
 
 // New returns a Node. It unmounts stream mounts a previous process left
@@ -221,6 +244,7 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	var errs []error
 	for _, m := range mounts {
+		n.reportProfile(m)
 		n.unmount(m)
 	}
 	if own && c != nil {
@@ -406,15 +430,20 @@ func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 		return rfs, nil
 	}
 	rootfs := func(m *mount, reused bool, fetched int64) *RootFS {
+		var once sync.Once
 		return &RootFS{
 			Lower: []string{m.mp.Dir()}, Config: m.config, Digest: img.Digest, Method: MethodStreamed,
 			Reused: reused, Fetched: fetched,
-			FetchedTotal: func() int64 { return m.mp.Stats().FetchedBytes },
-			Release:      func() {},
+			FetchedTotal: func() int64 { return m.mp.Stats().WireBytes },
+			Stats:        m.mp.Stats,
+			Release:      func() { once.Do(func() { n.release(m) }) },
 		}
 	}
 	n.mu.Lock()
 	m := n.mounts[img.Digest]
+	if m != nil {
+		m.users++
+	}
 	n.mu.Unlock()
 	if m != nil {
 		return rootfs(m, true, 0), nil
@@ -440,6 +469,9 @@ func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 		return nil, err
 	}
 	r := v.(result)
+	n.mu.Lock()
+	r.m.users++
+	n.mu.Unlock()
 	if shared {
 		return rootfs(r.m, true, 0), nil
 	}
@@ -454,11 +486,13 @@ func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image) (
 	if err != nil {
 		return nil, 0, err
 	}
-	m := &mount{mp: mp, config: img.Config.Config}
+	m := &mount{mp: mp, config: img.Config.Config, img: img, spans: mp.SpanCounts()}
 	n.mu.Lock()
 	closed := n.closed
 	if !closed {
 		n.mounts[img.Digest] = m
+		n.wg.Add(1)
+		go n.settle(m)
 	}
 	n.mu.Unlock()
 	if closed {
@@ -490,7 +524,10 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	mo := n.opts.Mount
-	mo.Cache, mo.Logger = cc, n.log
+	mo.Cache, mo.Logger, mo.Layers = cc, n.log, n.layers
+	if mo.Profile == nil {
+		mo.Profile = n.profile(ctx, img)
+	}
 	mp, err := streamfs.Mount(ctx, dir, simg, mo)
 	if err != nil {
 		_ = os.Remove(dir)

@@ -10,13 +10,17 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/registry"
+	"github.com/riffle-dev/riffle/internal/remote"
+	"github.com/riffle-dev/riffle/internal/streamfs"
 	"github.com/riffle-dev/riffle/internal/testutil"
 )
 
@@ -261,5 +265,116 @@ func TestPulledImageStreamsSettled(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(filepath.Join(root, "images", "mounts")); len(ents) != 0 {
 		t.Errorf("a settled image was mounted: %v", ents)
+	}
+}
+
+// TestStreamSettlesAndLearns follows an image through the node's life:
+// the first stream mounts it and its layers stream into the layer store in
+// the background; once they are there the image is settled (overlayfs
+// over the layers, the FUSE mount gone with its last user, spans dropped
+// from the cache); the first task's startup profile was reported, and a
+// new node streaming the image prefetches it.
+func TestStreamSettlesAndLearns(t *testing.T) {
+	testutil.RequiresRoot(t)
+	tr := newRegistry(t)
+	ref := tr.push(t, "p/r/features", smallSpec())
+	ctx := context.Background()
+	svc, err := indexsvc.New(t.TempDir(), remote.New(remote.Options{}), indexsvc.Options{SpanSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	tune := func(o *node.Options) { o.Indexes, o.Profiles = svc, svc }
+
+	n := newNode(t, t.TempDir(), tune)
+	defer n.Close()
+	rfs, err := n.Stream(ctx, ref, node.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rfs.Method != node.MethodStreamed {
+		t.Fatalf("first stream: %q", rfs.Method)
+	}
+	// The task reads one file, then ends.
+	if _, err := os.ReadFile(filepath.Join(rfs.Lower[0], "data", "a.bin")); err != nil {
+		t.Fatal(err)
+	}
+	rfs.Release()
+
+	// The layers settle in the background; wait for it (bounded).
+	var settled *node.RootFS
+	for range 600 {
+		s, err := n.Stream(ctx, ref, node.Auth{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Release()
+		if s.Method == node.MethodSettled {
+			settled = s
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if settled == nil {
+		t.Fatal("the image did not settle within 30 s")
+	}
+	b, err := os.ReadFile(filepath.Join(settled.Lower[0], "data", "a.bin"))
+	if err != nil || len(b) != 2<<20 {
+		t.Fatalf("settled layer: %d bytes, %v", len(b), err)
+	}
+	// The FUSE mount went with its last user.
+	for range 100 {
+		if ents, _ := os.ReadDir(filepath.Join(n.Layout().Mounts())); len(ents) == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if ents, _ := os.ReadDir(n.Layout().Mounts()); len(ents) != 0 {
+		t.Errorf("mount points left after settling: %v", ents)
+	}
+
+	// The profile of the first task was reported for the data layer.
+	img, err := remote.New(remote.Options{}).Resolve(ctx, ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var profiled int
+	for range 100 {
+		profiled = 0
+		for _, l := range img.Manifest.Layers {
+			if lp, err := svc.Profile(ctx, l.Digest); err == nil && len(lp.Spans) > 0 {
+				profiled++
+			}
+		}
+		if profiled > 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if profiled == 0 {
+		t.Fatal("no startup profile was reported")
+	}
+
+	// A new node (cold cache and store) prefetches the profile.
+	n2 := newNode(t, t.TempDir(), func(o *node.Options) {
+		tune(o)
+		o.Mount.NoBackground = true // only the profile and reads fetch
+	})
+	defer n2.Close()
+	rfs, err = n2.Stream(ctx, ref, node.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rfs.Release()
+	// Nothing reads: whatever the mount fetches is the profile.
+	var st streamfs.Stats
+	for range 200 {
+		if st = rfs.Stats(); st.ProfileSpans > 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if st.ProfileSpans == 0 {
+		t.Errorf("the second node prefetched no profile span: %+v", st)
 	}
 }

@@ -41,6 +41,13 @@ type Config struct {
 	// Cache configures the node cache of image data.
 	Cache CacheConfig `json:"cache,omitempty"`
 
+	// Stream configures image streaming on this node.
+	Stream StreamConfig `json:"stream,omitempty"`
+
+	// Index configures where this node finds layer indexes besides the
+	// server's own index service.
+	Index IndexConfig `json:"index,omitempty"`
+
 	// InsecureRegistries lists registry hosts (host or host:port) that are
 	// reached over plain HTTP. Loopback registries always are.
 	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
@@ -80,6 +87,33 @@ type CacheConfig struct {
 	// MaxBytes bounds the node cache of streamed image data, in bytes; the
 	// least recently used entries are evicted past it. Default: 20 GiB.
 	MaxBytes int64 `json:"maxBytes,omitempty"`
+}
+
+// StreamConfig configures how streamed images arrive.
+type StreamConfig struct {
+	// NoBackground turns off the background stream of whole layers into
+	// the layer store: images then arrive only as they are read, and never
+	// settle. Default: false (layers stream in the background).
+	NoBackground bool `json:"noBackground,omitempty"`
+	// MaxBackgroundBytes turns the background stream off for images larger
+	// than this, uncompressed, in bytes. Default: 0, no limit.
+	MaxBackgroundBytes int64 `json:"maxBackgroundBytes,omitempty"`
+	// NoProfiles turns off startup profiles: mounts neither prefetch nor
+	// report them. Default: false.
+	NoProfiles bool `json:"noProfiles,omitempty"`
+}
+
+// IndexConfig configures the node's index sources. The node cache is
+// always asked first and the server's own index service (which builds
+// missing indexes) last.
+type IndexConfig struct {
+	// Service is the URL of another riffle serve whose index service this
+	// node asks first (and reports startup profiles to), e.g.
+	// http://10.0.0.2:8080. Default: none.
+	Service string `json:"service,omitempty"`
+	// Referrers makes the node look for index artifacts stored beside an
+	// image in its registry before building indexes. Default: false.
+	Referrers bool `json:"referrers,omitempty"`
 }
 
 // LoadConfig reads a YAML (or JSON) config file. Unknown keys are errors,
@@ -165,6 +199,12 @@ func (c Config) Validate() error {
 	case "", "text", "json":
 	default:
 		return fmt.Errorf("config: log.format %q: use text or json", c.Log.Format)
+	}
+	if c.Stream.MaxBackgroundBytes < 0 {
+		return fmt.Errorf("config: stream.maxBackgroundBytes %d: must be positive (0: no limit)", c.Stream.MaxBackgroundBytes)
+	}
+	if u := c.Index.Service; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		return fmt.Errorf("config: index.service %q: give a URL, like http://HOST:PORT", u)
 	}
 	if c.Cache.MaxBytes < 0 {
 		return fmt.Errorf("config: cache.maxBytes %d: must be positive", c.Cache.MaxBytes)

@@ -11,6 +11,7 @@ import (
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/runtime"
@@ -28,14 +29,27 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 	s.cache = c
 	s.metrics.MustRegister(c.Collector())
 
-	n, err := node.New(node.Options{
-		Layout:   cfg.Layout(),
-		Registry: remote.Options{Insecure: cfg.InsecureRegistries},
-		Cache:    c,
-		Indexes:  s.indexes,
-		Logger:   log,
-		Metrics:  s.metrics,
-	})
+	nopts := node.Options{
+		Layout:    cfg.Layout(),
+		Registry:  remote.Options{Insecure: cfg.InsecureRegistries},
+		Cache:     c,
+		Indexes:   s.indexes,
+		Profiles:  s.indexes,
+		Referrers: cfg.Index.Referrers,
+		Logger:    log,
+		Metrics:   s.metrics,
+	}
+	if u := cfg.Index.Service; u != "" {
+		other := indexsvc.HTTPSource{BaseURL: u}
+		nopts.Indexes = node.IndexSources{other, s.indexes}
+		nopts.Profiles = other
+	}
+	if cfg.Stream.NoProfiles {
+		nopts.Profiles = nil
+	}
+	nopts.Mount.NoBackground = cfg.Stream.NoBackground
+	nopts.Mount.MaxBackgroundBytes = cfg.Stream.MaxBackgroundBytes
+	n, err := node.New(nopts)
 	if err != nil {
 		return err
 	}

@@ -295,3 +295,13 @@ func UnmountDir(dir string, lazy bool) error {
 }
 
 func sortStrings(s []string) { sort.Strings(s) }
+
+// SpanCounts returns how many spans each layer has, bottom layer first:
+// the span keys of layer i in the cache are SpanKey(digest, 0..n-1).
+func (m *MountPoint) SpanCounts() []int {
+	out := make([]int, len(m.spans))
+	for i, s := range m.spans {
+		out[i] = len(s)
+	}
+	return out
+}

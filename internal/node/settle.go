@@ -1,0 +1,120 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
+	"github.com/riffle-dev/riffle/internal/remote"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+)
+
+// profileTimeout bounds asking for an image's startup profile before
+// mounting it: a slow profile source must not delay a start.
+const profileTimeout = 2 * time.Second
+
+// profile returns the startup profile of img's layers, or nil when no
+// layer has one (or there is no profile source).
+func (n *Node) profile(ctx context.Context, img *remote.Image) *streamfs.Profile {
+	if n.opts.Profiles == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, profileTimeout)
+	defer cancel()
+	var p streamfs.Profile
+	for _, l := range img.Manifest.Layers {
+		lp, err := n.opts.Profiles.Profile(ctx, l.Digest)
+		if err != nil {
+			if !errors.Is(err, indexsvc.ErrNoProfile) {
+				n.log.Warn("node: startup profile unavailable", "layer", l.Digest, "err", err)
+			}
+			continue
+		}
+		p.Layers = append(p.Layers, streamfs.ProfileLayer{Digest: l.Digest, Spans: lp.Spans})
+	}
+	if len(p.Layers) == 0 {
+		return nil
+	}
+	return &p
+}
+
+// reportProfile sends what m's readers read first to the profile source,
+// once per mount: when its first task releases it, or at Close.
+func (n *Node) reportProfile(m *mount) {
+	if n.opts.Profiles == nil {
+		return
+	}
+	m.reported.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for _, l := range m.mp.Profile().Layers {
+			if len(l.Spans) == 0 {
+				continue
+			}
+			if err := n.opts.Profiles.AddProfile(ctx, l.Digest, l.Spans); err != nil {
+				n.log.Warn("node: reporting a startup profile failed", "layer", l.Digest, "err", err)
+			}
+		}
+	})
+}
+
+// ReportProfile reports the startup profile of a mount made by MountAt.
+func (n *Node) ReportProfile(mp *streamfs.MountPoint) {
+	n.reportProfile(&mount{mp: mp})
+}
+
+// release ends one use of m's root filesystem. The first release reports
+// the startup profile; the last one of a settled image unmounts it.
+func (n *Node) release(m *mount) {
+	go n.reportProfile(m)
+	n.mu.Lock()
+	m.users--
+	drop := m.users == 0 && m.settled && n.mounts[m.img.Digest] == m
+	if drop {
+		delete(n.mounts, m.img.Digest)
+	}
+	n.mu.Unlock()
+	if drop {
+		n.unmount(m)
+	}
+}
+
+// settle waits until every layer of m's image is in the layer store, then
+// drops the layers' spans from the cache (their data is in the store now,
+// and is not kept twice) and marks the mount settled: later Streams get
+// overlayfs over the layers, and the FUSE mount goes when its last user
+// releases it.
+func (n *Node) settle(m *mount) {
+	defer n.wg.Done()
+	select {
+	case <-m.mp.Complete(): // nil (never) without a layer stream
+	case <-n.ctx.Done():
+		return
+	}
+	if !n.complete(m.img) {
+		return
+	}
+	if c, err := n.Cache(); err == nil {
+		var keys []string
+		for i, l := range m.img.Manifest.Layers {
+			for s := range m.spans[i] {
+				keys = append(keys, cache.SpanKey(l.Digest, s))
+			}
+		}
+		freed := c.Delete(keys...)
+		n.log.Info("node: image settled into the layer store", "image", m.img.Reference, "spans freed", freed)
+	}
+	n.mu.Lock()
+	m.settled = true
+	drop := m.users == 0 && n.mounts[m.img.Digest] == m
+	if drop {
+		delete(n.mounts, m.img.Digest)
+	}
+	n.mu.Unlock()
+	if drop {
+		n.reportProfile(m)
+		n.unmount(m)
+	}
+}
