@@ -10,6 +10,7 @@ import (
 	"cloud.google.com/go/batch/apiv1/batchpb"
 
 	"github.com/riffle-dev/riffle/internal/batch/store"
+	"github.com/riffle-dev/riffle/internal/node"
 )
 
 // Exit codes the scheduler records for failures that are not a program's
@@ -78,11 +79,13 @@ func runnableTimeoutEvent(ri int, timeout time.Duration, code int) event {
 // imageReadyEvent says how a container runnable's image arrived.
 func imageReadyEvent(ri int, imageURI string, rfs *RootFS, ready, started time.Duration) event {
 	typ, how := evImagePulled, "pulled"
-	if rfs.Method == "streamed" {
+	if rfs.Method == node.MethodStreamed || rfs.Method == node.MethodSettled {
 		typ, how = evImageStreamed, "streamed"
 	}
 	var detail string
 	switch {
+	case rfs.Method == node.MethodSettled:
+		detail = "its layers had settled on this node (extracted while earlier tasks streamed it), so it ran from them with nothing fetched"
 	case rfs.Reused && how == "streamed":
 		detail = "its lazy mount was shared with earlier tasks, nothing fetched to start"
 	case rfs.Reused:
