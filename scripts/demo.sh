@@ -10,13 +10,15 @@ if [ "$(id -u)" -ne 0 ]; then
   echo "demo: run as root: containers (runc) and streamed images (FUSE) need it" >&2
   exit 1
 fi
-bash scripts/setup.sh >/dev/null
+# setup prints one line when all is installed, and apt's errors when not.
+bash scripts/setup.sh
 export PATH=/usr/local/go/bin:$PATH
 
 demo=$PWD/.riffle-demo
 rm -rf "$demo"; mkdir -p "$demo"
 echo "== building riffle"
-go build -o bin/riffle ./cmd/riffle
+go build -ldflags "-X main.commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" -o bin/riffle ./cmd/riffle
+bin/riffle version
 riffle() { bin/riffle "$@"; }
 
 echo "== starting riffle serve (data dir $demo/data)"
@@ -28,6 +30,8 @@ addr=$(cat "$demo/data/serve.addr")
 curl -fsS "http://$addr/healthz" >/dev/null
 echo "   serving on http://$addr (registry /v2/, Batch API /v1/, /metrics)"
 export RIFFLE_SERVER=$addr
+# The CLI sends the admin token riffle serve wrote at first start.
+export RIFFLE_TOKEN=$(cat "$demo/data/admin.token")
 
 img=$addr/demo-project/demo-repo/busybox:v1
 echo "== generating an image and pushing it to $img"

@@ -73,7 +73,7 @@ func (o *batchOpts) addr() string { return resolveServer(o.server, o.dataDir) }
 // server's address, for error messages. The caller closes the client.
 func (o *batchOpts) client(ctx context.Context) (*batch.Client, string, error) {
 	addr := o.addr()
-	c, err := newBatchClient(ctx, addr)
+	c, err := newBatchClient(ctx, addr, clientToken(o.dataDir))
 	if err != nil {
 		return nil, addr, err
 	}
@@ -136,8 +136,8 @@ JOB is a job ID or a full name, projects/PROJECT/locations/LOCATION/jobs/JOB.`,
 	pf.StringVar(&o.server, "server", "", "riffle serve HOST:PORT (default $RIFFLE_SERVER, then the running server's data dir, then 127.0.0.1:8080)")
 	pf.StringVar(&o.dataDir, "data-dir", "", "data directory of the riffle serve to use (default $XDG_STATE_HOME/riffle or ~/.local/state/riffle)")
 	pf.StringVar(&o.project, "project", "", "project ID (default $RIFFLE_PROJECT, $CLOUDSDK_CORE_PROJECT, or \"default\")")
-	pf.StringVar(&o.location, "location", "", "Batch location (default $RIFFLE_LOCATION, $CLOUDSDK_BATCH_LOCATION, or us-central1; list: all locations)")
-	pf.StringVar(&o.format, "format", "", "output format: table, json, yaml or value(name) (default: table for lists, yaml for one resource, as gcloud)")
+	pf.StringVar(&o.location, "location", "", "Batch location (default $RIFFLE_LOCATION, $CLOUDSDK_BATCH_LOCATION, or us-central1; jobs list: every location unless given, or with all)")
+	pf.StringVar(&o.format, "format", "", "output format: table, json, yaml or value(FIELD,...), e.g. value(name) or value(status.state) (default: table for lists, yaml for one resource, as gcloud)")
 
 	jobs := &cobra.Command{Use: "jobs", Short: "Submit, list, describe, cancel and delete Batch jobs and print their logs"}
 	jobs.AddCommand(newBatchSubmitCmd(o), newBatchDescribeCmd(o), newBatchListCmd(o),
@@ -182,7 +182,8 @@ func newBatchListCmd(o *batchOpts) *cobra.Command {
 		Use:   "list",
 		Short: "List jobs (all locations unless --location is given)",
 		Long: `list prints the jobs of the project, in every location unless --location
-(or $RIFFLE_LOCATION, $CLOUDSDK_BATCH_LOCATION) names one.
+(or $RIFFLE_LOCATION, $CLOUDSDK_BATCH_LOCATION) names one; --location all
+(or -) lists every location too.
 
 --filter is evaluated by the server (AIP-160: name, uid, status.state,
 create_time, update_time, labels.KEY; e.g. 'status.state="RUNNING"').
@@ -203,7 +204,11 @@ create_time, update_time, labels.KEY; e.g. 'status.state="RUNNING"').
 				return err
 			}
 			defer c.Close()
-			parent := "projects/" + o.projectID() + "/locations/" + o.locationID("-")
+			loc := o.locationID("-")
+			if loc == "all" { // as the flag's help says; the API spells it "-"
+				loc = "-"
+			}
+			parent := "projects/" + o.projectID() + "/locations/" + loc
 			it := c.ListJobs(ctx, &batchpb.ListJobsRequest{Parent: parent, Filter: filter, OrderBy: orderBy, PageSize: int32(pageSize)})
 			if pageSize > 0 {
 				it.PageInfo().MaxSize = pageSize

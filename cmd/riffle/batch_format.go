@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"unicode"
@@ -54,9 +55,13 @@ func printResources[M proto.Message](w io.Writer, format, def string, list bool,
 	if format == "" {
 		format = def
 	}
-	format = strings.ToLower(strings.TrimSpace(format))
+	format = strings.TrimSpace(format)
+	if fields, ok := valueFields(format); ok && !batchFormats[strings.ToLower(format)] {
+		return printValues(w, items, fields, name)
+	}
+	format = strings.ToLower(format)
 	if !batchFormats[format] {
-		return fmt.Errorf("batch: --format %q: use table, json, yaml or value(name)", format)
+		return fmt.Errorf("batch: --format %q: use table, json, yaml or value(FIELD,...) such as value(name) or value(status.state)", format)
 	}
 	switch format {
 	case "table":
@@ -110,6 +115,93 @@ func printResources[M proto.Message](w io.Writer, format, def string, list bool,
 	buf.WriteByte('\n')
 	_, err := w.Write(buf.Bytes())
 	return err
+}
+
+// valueFields parses gcloud's value(FIELD[,FIELD...]) format.
+func valueFields(format string) ([]string, bool) {
+	inner, ok := strings.CutPrefix(format, "value(")
+	if !ok || !strings.HasSuffix(inner, ")") {
+		return nil, false
+	}
+	var fields []string
+	for _, f := range strings.Split(strings.TrimSuffix(inner, ")"), ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			fields = append(fields, f)
+		}
+	}
+	return fields, len(fields) > 0
+}
+
+// printValues prints, one line per item, the values of fields separated by
+// tabs, as gcloud's value() does: a field is a dotted path in the
+// resource's JSON (camelCase or snake_case, [N] for a list element, e.g.
+// status.state, labels.env, task_groups[0].task_count); a missing field
+// prints as empty.
+func printValues[M proto.Message](w io.Writer, items []M, fields []string, name func(M) string) error {
+	for _, it := range items {
+		b, err := protojson.Marshal(it)
+		if err != nil {
+			return fmt.Errorf("batch: encoding %s: %w", name(it), err)
+		}
+		var doc any
+		if err := json.Unmarshal(b, &doc); err != nil {
+			return err
+		}
+		vals := make([]string, len(fields))
+		for i, f := range fields {
+			vals[i] = fieldValue(doc, f)
+		}
+		if _, err := fmt.Fprintln(w, strings.Join(vals, "\t")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// fieldValue follows path through doc and formats what it finds.
+func fieldValue(doc any, path string) string {
+	v := doc
+	for _, seg := range strings.Split(path, ".") {
+		key, idx, hasIdx := strings.Cut(seg, "[")
+		m, ok := v.(map[string]any)
+		if !ok {
+			return ""
+		}
+		if x, found := m[key]; found {
+			v = x
+		} else {
+			v = m[snakeToCamel(key)]
+		}
+		if hasIdx {
+			n, err := strconv.Atoi(strings.TrimSuffix(idx, "]"))
+			l, ok := v.([]any)
+			if err != nil || !ok || n < 0 || n >= len(l) {
+				return ""
+			}
+			v = l[n]
+		}
+	}
+	switch x := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return x
+	case map[string]any, []any:
+		b, _ := json.Marshal(x)
+		return string(b)
+	default:
+		return fmt.Sprint(x)
+	}
+}
+
+func snakeToCamel(s string) string {
+	parts := strings.Split(s, "_")
+	for i := 1; i < len(parts); i++ {
+		if parts[i] != "" {
+			parts[i] = strings.ToUpper(parts[i][:1]) + parts[i][1:]
+		}
+	}
+	return strings.Join(parts, "")
 }
 
 // batchAPIError makes an error from the Batch API readable: the canonical

@@ -20,7 +20,7 @@ import (
 //	GET /riffle/v1/logs/{projects/P/locations/L/jobs/J}[?task=N][&follow=true]
 //
 // The response is text/plain: the task's stdout and stderr lines, or,
-// without task=, every task's lines prefixed "[task N] ". With follow the
+// without task=, every task's lines prefixed "task N: ". With follow the
 // stream stays open until the job ends.
 const batchLogsPath = "/riffle/v1/logs/"
 
@@ -33,7 +33,7 @@ func newBatchLogsCmd(o *batchOpts) *cobra.Command {
 		Use:   "logs JOB [--task N] [--follow]",
 		Short: "Print the stdout and stderr of a job's tasks",
 		Long: `logs prints what the job's runnables wrote to stdout and stderr. Without
---task it prints every task's lines, each prefixed "[task N] "; with --task
+--task it prints every task's lines, each prefixed "task N: "; with --task
 it prints that task's lines as written. --follow keeps printing new lines
 until the job ends (or Ctrl-C).`,
 		Args: cobra.ExactArgs(1),
@@ -54,7 +54,7 @@ until the job ends (or Ctrl-C).`,
 			}
 			addr := o.addr()
 			u := url.URL{Scheme: "http", Host: addr, Path: batchLogsPath + name, RawQuery: q.Encode()}
-			return streamBatchLogs(cmd, addr, name, u.String())
+			return streamBatchLogs(cmd, addr, name, u.String(), clientToken(o.dataDir))
 		},
 	}
 	cmd.Flags().Int64Var(&task, "task", 0, "only this task's logs (its index: 0, 1, ...)")
@@ -62,13 +62,16 @@ until the job ends (or Ctrl-C).`,
 	return cmd
 }
 
-func streamBatchLogs(cmd *cobra.Command, addr, name, u string) error {
+func streamBatchLogs(cmd *cobra.Command, addr, name, u, token string) error {
 	ctx := cmd.Context()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return fmt.Errorf("batch: logs of %s: %w", name, err)
 	}
 	req.Header.Set("User-Agent", "riffle/"+version)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	// No client timeout: a followed stream lasts as long as the job.
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

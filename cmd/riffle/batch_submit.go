@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -20,6 +21,8 @@ import (
 // submitFlags are gcloud batch jobs submit's flags, plus --task-count and
 // --parallelism, which gcloud lacks but a quick job often wants.
 type submitFlags struct {
+	// placeholders are the ${VAR}s of the config read, for error hints.
+	placeholders   []string
 	config         string
 	jobPrefix      string
 	imageURI       string
@@ -64,7 +67,7 @@ JOB is a job ID or a full name; without it an ID is made from --job-prefix
 		RunE: func(cmd *cobra.Command, args []string) error {
 			j, err := f.build(cmd)
 			if err != nil {
-				return err
+				return f.placeholderHint(err)
 			}
 			parent, id, err := f.target(o, args)
 			if err != nil {
@@ -78,7 +81,7 @@ JOB is a job ID or a full name; without it an ID is made from --job-prefix
 			defer c.Close()
 			created, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: parent, JobId: id, Job: j, RequestId: f.requestID})
 			if err != nil {
-				return batchAPIError(addr, "submit "+job.Name(parent, id), err)
+				return f.placeholderHint(batchAPIError(addr, "submit "+job.Name(parent, id), err))
 			}
 			fmt.Fprintf(cmd.ErrOrStderr(), "Job %s was successfully submitted.\n", id)
 			return printJobs(cmd.OutOrStdout(), o.format, "yaml", created)
@@ -144,6 +147,7 @@ func (f *submitFlags) build(cmd *cobra.Command) (*batchpb.Job, error) {
 		if err != nil {
 			return nil, err
 		}
+		f.placeholders = placeholders(data)
 		j, err = job.Parse(data, job.Lenient)
 		if err != nil {
 			return nil, fmt.Errorf("batch: --config %s: %w", f.configName(), err)
@@ -179,6 +183,34 @@ func (f *submitFlags) build(cmd *cobra.Command) (*batchpb.Job, error) {
 		return nil, errors.New("batch: nothing to run: give --config FILE (or - for stdin), --container-image-uri IMAGE, --script-text TEXT or --script-file-path PATH")
 	}
 	return j, f.apply(cmd, j)
+}
+
+// placeholderRE matches ${VAR}, the placeholders of Batch's samples and of
+// envsubst templates.
+var placeholderRE = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// placeholders lists the ${VAR}s of a config, except the BATCH_* variables
+// that tasks expand at run time.
+func placeholders(data []byte) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, m := range placeholderRE.FindAllStringSubmatch(string(data), -1) {
+		if !strings.HasPrefix(m[1], "BATCH_") && !seen[m[0]] {
+			seen[m[0]] = true
+			out = append(out, m[0])
+		}
+	}
+	return out
+}
+
+// placeholderHint adds to a refused submit that the config holds what look
+// like unfilled placeholders: the error itself (a bad imageUri, a string
+// where a number belongs) rarely says so.
+func (f *submitFlags) placeholderHint(err error) error {
+	if err == nil || len(f.placeholders) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w\nthe config holds %s, which look like unfilled placeholders: fill them first, e.g. envsubst < %s | riffle batch jobs submit --config -", err, strings.Join(f.placeholders, ", "), f.configName())
 }
 
 func (f *submitFlags) configName() string {

@@ -671,7 +671,7 @@ func (h *testLogsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	write := func(line int) {
 		for _, k := range tasks {
 			if len(tasks) > 1 || r.URL.Query().Get("task") == "" {
-				fmt.Fprintf(w, "[task %d] ", k)
+				fmt.Fprintf(w, "task %d: ", k)
 			}
 			fmt.Fprintf(w, "line %d of task %d\n", line, k)
 		}
@@ -689,7 +689,7 @@ func TestBatchLogs(t *testing.T) {
 	f := newBatchFixture(t)
 	f.ok(t, "", "jobs", "submit", "logged", "--script-text", "echo", "--task-count", "2")
 	out := f.ok(t, "", "jobs", "logs", "logged")
-	want := "[task 0] line 0 of task 0\n[task 1] line 0 of task 1\n[task 0] line 1 of task 0\n[task 1] line 1 of task 1\n"
+	want := "task 0: line 0 of task 0\ntask 1: line 0 of task 1\ntask 0: line 1 of task 0\ntask 1: line 1 of task 1\n"
 	if out != want {
 		t.Errorf("logs:\n%s\nwant:\n%s", out, want)
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	batch "cloud.google.com/go/batch/apiv1"
+	"golang.org/x/oauth2"
 	"google.golang.org/api/option"
 
 	"github.com/riffle-dev/riffle/internal/server"
@@ -54,10 +55,14 @@ func resolveServer(flagAddr, dataDir string) string {
 // newBatchClient returns the official Google Batch client (REST transport)
 // pointed at a Riffle server, so the CLI speaks to Riffle exactly as any
 // tool written for Google Batch does.
-func newBatchClient(ctx context.Context, addr string) (*batch.Client, error) {
+func newBatchClient(ctx context.Context, addr, token string) (*batch.Client, error) {
+	auth := option.WithoutAuthentication()
+	if token != "" {
+		auth = option.WithTokenSource(oauth2.StaticTokenSource(&oauth2.Token{AccessToken: token}))
+	}
 	c, err := batch.NewRESTClient(ctx,
 		option.WithEndpoint("http://"+addr),
-		option.WithoutAuthentication(),
+		auth,
 		option.WithUserAgent("riffle/"+version))
 	if err != nil {
 		return nil, fmt.Errorf("batch client for %s: %w", addr, err)

@@ -15,7 +15,6 @@ import (
 
 	batch "cloud.google.com/go/batch/apiv1"
 	"cloud.google.com/go/batch/apiv1/batchpb"
-	"google.golang.org/api/option"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/remote"
@@ -35,10 +34,10 @@ func TestMain(m *testing.M) {
 
 // startServe runs `riffle serve` on dataDir as a child process and returns
 // it with its address.
-func startServe(t *testing.T, dataDir, listen string) (*exec.Cmd, string) {
+func startServe(t *testing.T, dataDir, listen string, extra ...string) (*exec.Cmd, string) {
 	t.Helper()
 	os.Remove(server.AddrFile(dataDir))
-	cmd := exec.Command(os.Args[0], "serve", "--data-dir", dataDir, "--listen", listen, "--log-level", "debug")
+	cmd := exec.Command(os.Args[0], append([]string{"serve", "--data-dir", dataDir, "--listen", listen, "--log-level", "debug"}, extra...)...)
 	cmd.Env = append(os.Environ(), "RIFFLE_TEST_MAIN=1")
 	logf, err := os.OpenFile(filepath.Join(dataDir, "..", "serve.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
@@ -79,7 +78,13 @@ func TestServeSurvivesKill9(t *testing.T) {
 	}
 	listen := ln.Addr().String()
 	ln.Close()
-	cmd, addr := startServe(t, dataDir, listen)
+	// The task's volume is a host directory: allowed by the config.
+	cfgFile := filepath.Join(top, "riffle.yaml")
+	if err := os.WriteFile(cfgFile, []byte("hostPaths: ["+top+"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd, addr := startServe(t, dataDir, listen, "--config", cfgFile)
+	tok := clientToken(dataDir)
 	spec, err := imagegen.Busybox("/bin/busybox")
 	if err != nil {
 		t.Fatal(err)
@@ -88,11 +93,11 @@ func TestServeSurvivesKill9(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.New(remote.Options{}).Push(ctx, addr+"/p/r/busybox:v1", img, nil); err != nil {
+	if err := remote.New(remote.Options{Keychain: serverKeychain{addr: addr, token: tok}}).Push(ctx, addr+"/p/r/busybox:v1", img, nil); err != nil {
 		t.Fatal(err)
 	}
 	client := func(addr string) *batch.Client {
-		c, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), option.WithoutAuthentication())
+		c, err := newBatchClient(ctx, addr, tok)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -129,7 +134,7 @@ func TestServeSurvivesKill9(t *testing.T) {
 		t.Log("nothing left behind by the crash (the container died with riffle serve)")
 	}
 
-	cmd2, addr := startServe(t, dataDir, listen)
+	cmd2, addr := startServe(t, dataDir, listen, "--config", cfgFile)
 	c = client(addr)
 	var got *batchpb.Job
 	waitUntil(t, 90*time.Second, "the job to end after the restart", func() bool {

@@ -10,19 +10,25 @@ import (
 
 func init() { subcommands = append(subcommands, newDevCmd) }
 
-// newDevCmd holds tools for demos and benchmarks. It is hidden: users push
-// their own images.
+// newDevCmd holds tools for demos and benchmarks. It is listed: the demo
+// uses it and it is the quickest way to a runnable image on a machine
+// without Docker.
 func newDevCmd() *cobra.Command {
 	dev := &cobra.Command{
-		Use:    "dev",
-		Short:  "Tools for Riffle's demos, tests and benchmarks",
-		Hidden: true,
+		Use:   "dev",
+		Short: "Tools for demos and tests: generate a small runnable image",
 	}
 	var kind, busybox string
 	img := &cobra.Command{
 		Use:   "image --out DIR",
-		Short: "Write a generated image as an OCI layout",
-		Args:  cobra.NoArgs,
+		Short: "Write a generated image as an OCI layout (push it with riffle image push)",
+		Long: `image writes a generated image as an OCI layout directory: --kind busybox is a
+small runnable image made from this machine's static busybox (busybox-static,
+installed by scripts/setup.sh) with sh and the usual tools; --kind features
+holds every tar feature (hard links, whiteouts, xattrs, ...) for testing.`,
+		Example: `  riffle dev image --kind busybox --out ./layout
+  riffle image push ./layout 127.0.0.1:8080/my-project/my-repo/busybox:v1`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out, _ := cmd.Flags().GetString("out")
 			if out == "" {

@@ -32,10 +32,14 @@ type imageFlags struct {
 	insecure []string
 	// local is the server address localServer chose, for error hints.
 	local string
+	// hostless is the reference without a registry host the command was
+	// given, for error hints.
+	hostless string
 }
 
 func (f *imageFlags) client() *remote.Client {
-	return remote.New(remote.Options{Insecure: f.insecure, UserAgent: "riffle/" + version})
+	kc := serverKeychain{addr: resolveServer(f.server, f.dataDir), token: clientToken(f.dataDir)}
+	return remote.New(remote.Options{Insecure: f.insecure, UserAgent: "riffle/" + version, Keychain: kc})
 }
 
 // localServer is the address of the `riffle serve` the CLI talks to by
@@ -45,29 +49,40 @@ func (f *imageFlags) localServer() (string, error) {
 	return f.local, nil
 }
 
-// hint explains an unreachable local server: the likely cause is that
-// `riffle serve` is not running, or runs elsewhere.
+// hint explains an unreachable local server (the likely cause is that
+// `riffle serve` is not running, or runs elsewhere), and a failure on a
+// reference without a registry host, which means Docker Hub.
 func (f *imageFlags) hint(err error) error {
+	if err == nil {
+		return nil
+	}
+	if f.hostless != "" {
+		local := resolveServer(f.server, f.dataDir)
+		return fmt.Errorf("%w\n%q names no registry host, so it means Docker Hub (docker.io), as for docker, riffle pull, riffle mount and a job's imageUri; for this machine's riffle serve write %s/%s", err, f.hostless, local, f.hostless)
+	}
 	var op *net.OpError
-	if err == nil || f.local == "" || !errors.As(err, &op) {
+	if f.local == "" || !errors.As(err, &op) {
 		return err
 	}
 	return fmt.Errorf("%w\ncannot reach riffle serve at %s: start `riffle serve`, or point the CLI at a server with --server HOST:PORT or RIFFLE_SERVER", err, f.local)
 }
 
-// qualify puts the local server's address in front of a reference or
-// repository that names no registry host, so "proj/repo/img:v1" means the
-// image on this machine's Riffle.
+// qualify returns ref as every Riffle command reads it (see hasHost): a
+// reference without a registry host means Docker Hub. It remembers such a
+// reference so that hint can say how to name the local server instead.
 func (f *imageFlags) qualify(ref string) (string, error) {
+	if !hasHost(ref) {
+		f.hostless = ref
+	}
+	return ref, nil
+}
+
+// hasHost reports whether a reference or repository starts with a
+// registry host, by the rule docker and go-containerregistry apply: a
+// first component with a '.' or ':', or "localhost".
+func hasHost(ref string) bool {
 	first, _, found := strings.Cut(ref, "/")
-	if found && (strings.ContainsAny(first, ".:") || first == "localhost") {
-		return ref, nil
-	}
-	host, err := f.localServer()
-	if err != nil {
-		return "", err
-	}
-	return host + "/" + ref, nil
+	return found && (strings.ContainsAny(first, ".:") || first == "localhost")
 }
 
 func newImageCmd() *cobra.Command {
@@ -77,18 +92,25 @@ func newImageCmd() *cobra.Command {
 		Short: "Push, list and inspect images in a registry (by default this machine's riffle serve)",
 		Long: `image works with OCI registries: the one embedded in riffle serve, or any other.
 
-References have the Artifact Registry shape HOST:PORT/PROJECT/REPOSITORY/IMAGE:TAG.
-A reference without a host (PROJECT/REPOSITORY/IMAGE:TAG) means the local
-riffle serve, found through its data directory or --server.
+References have the Artifact Registry shape HOST:PORT/PROJECT/REPOSITORY/IMAGE:TAG,
+e.g. 127.0.0.1:8080/my-project/my-repo/app:v1 for a local riffle serve.
+A reference without a registry host means Docker Hub (busybox is
+docker.io/library/busybox), in every Riffle command and a job's imageUri,
+as in docker and Google Batch. Only "image ls" without an argument lists the
+local riffle serve (found through its data directory or --server).
 
 Credentials come from the docker config.json (DOCKER_CONFIG or ~/.docker) and
 its credential helpers, as written by docker login. Plain HTTP is used only
-for loopback hosts and hosts given with --insecure.`,
+for loopback hosts and hosts given with --insecure-registry.`,
 	}
 	pf := cmd.PersistentFlags()
-	pf.StringVar(&f.server, "server", "", "registry HOST:PORT for references without a host (default: the running riffle serve)")
+	pf.StringVar(&f.server, "server", "", "riffle serve HOST:PORT that \"image ls\" lists without an argument (default: the running riffle serve)")
 	pf.StringVar(&f.dataDir, "data-dir", "", "data directory of the riffle serve to use (default $XDG_STATE_HOME/riffle or ~/.local/state/riffle)")
-	pf.StringSliceVar(&f.insecure, "insecure", nil, "registry host[:port] that may be reached over plain HTTP (loopback always may); repeatable")
+	pf.StringSliceVar(&f.insecure, "insecure-registry", nil, "registry host[:port] that may be reached over plain HTTP (loopback always may); repeatable")
+	// --insecure was this flag's first name; the config key and the other
+	// commands say insecure-registry.
+	pf.StringSliceVar(&f.insecure, "insecure", nil, "")
+	_ = pf.MarkDeprecated("insecure", "use --insecure-registry")
 	cmd.AddCommand(newImagePushCmd(f), newImageLsCmd(f), newImageInspectCmd(f))
 	return cmd
 }
@@ -98,8 +120,8 @@ func newImagePushCmd(f *imageFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "push SRC DEST",
 		Short: "Push an OCI layout directory or a docker save tarball to a registry",
-		Long: `push uploads an image to DEST (HOST:PORT/PROJECT/REPOSITORY/IMAGE:TAG, or
-PROJECT/REPOSITORY/IMAGE:TAG for the local riffle serve).
+		Long: `push uploads an image to DEST (HOST:PORT/PROJECT/REPOSITORY/IMAGE:TAG; without a
+registry host, DEST is on Docker Hub).
 
 SRC is one of:
   DIR         an OCI image layout holding one image (or one index)
@@ -261,9 +283,9 @@ func newImageLsCmd(f *imageFlags) *cobra.Command {
 		Use:   "ls [HOST[:PORT]][/PROJECT[/...]]",
 		Short: "List the images (repositories and tags) of a registry",
 		Long: `ls lists the repositories of a registry and their tags, one HOST/REPOSITORY:TAG
-per line. The argument narrows the list to a project or any path prefix; without
-a host it means the local riffle serve, and without an argument it lists the
-whole local registry.`,
+per line. The argument, HOST[:PORT] followed by an optional project or path
+prefix, narrows the list; without an argument it lists the whole registry of
+the local riffle serve.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			defer func() { err = f.hint(err) }()
@@ -321,14 +343,19 @@ whole local registry.`,
 }
 
 // splitHostPrefix splits ls's argument into a registry host and a
-// repository prefix, defaulting the host to the local server.
+// repository prefix; no argument means the local server. An argument
+// without a host would mean Docker Hub, which lists nothing.
 func splitHostPrefix(f *imageFlags, arg string) (host, prefix string, err error) {
+	if arg == "" {
+		host, err = f.localServer()
+		return host, "", err
+	}
 	first, rest, _ := strings.Cut(arg, "/")
 	if strings.ContainsAny(first, ".:") || first == "localhost" {
 		return first, rest, nil
 	}
-	host, err = f.localServer()
-	return host, arg, err
+	local := resolveServer(f.server, f.dataDir)
+	return "", "", fmt.Errorf("image ls: %q names no registry host (without one it would mean Docker Hub, which cannot be listed); for this machine's riffle serve write %s/%s", arg, local, arg)
 }
 
 func newImageInspectCmd(f *imageFlags) *cobra.Command {

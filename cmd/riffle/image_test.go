@@ -100,22 +100,22 @@ func TestImagePushLsInspect(t *testing.T) {
 		}
 		return out
 	}
-	// A layout with one image; the destination defaults to the local server.
-	if out := push(single, "my-project/repo/img:v1"); out != "pushed "+host+"/my-project/repo/img:v1@"+d1.String()+"\n" {
+	// A layout with one image.
+	if out := push(single, host+"/my-project/repo/img:v1"); out != "pushed "+host+"/my-project/repo/img:v1@"+d1.String()+"\n" {
 		t.Errorf("push output %q", out)
 	}
 	// Two images: SRC must say which.
-	_, _, err = runImageCmd(t, "image", "push", dd2, two, "my-project/repo/two:v1")
+	_, _, err = runImageCmd(t, "image", "push", dd2, two, host+"/my-project/repo/two:v1")
 	if err == nil || !strings.Contains(err.Error(), "DIR:NAME") || !strings.Contains(err.Error(), "v2") {
 		t.Errorf("ambiguous layout: %v", err)
 	}
 	if out := push(two+":v2", host+"/my-project/repo/two:v2"); !strings.Contains(out, d2.String()) {
 		t.Errorf("DIR:NAME push: %q", out)
 	}
-	if out := push(two, "my-project/repo/two:v1", "--ref", "v1"); !strings.Contains(out, d1.String()) {
+	if out := push(two, host+"/my-project/repo/two:v1", "--ref", "v1"); !strings.Contains(out, d1.String()) {
 		t.Errorf("--ref push: %q", out)
 	}
-	if _, _, err := runImageCmd(t, "image", "push", dd2, two+":v9", "my-project/repo/two:v9"); err == nil || !strings.Contains(err.Error(), `no image named "v9"`) {
+	if _, _, err := runImageCmd(t, "image", "push", dd2, two+":v9", host+"/my-project/repo/two:v9"); err == nil || !strings.Contains(err.Error(), `no image named "v9"`) {
 		t.Errorf("missing name: %v", err)
 	}
 	// A docker save tarball, to an explicit host.
@@ -146,7 +146,7 @@ func TestImagePushLsInspect(t *testing.T) {
 	if err != nil || out != host+"/other-project/tools/docker:latest\n" {
 		t.Errorf("ls HOST/PROJECT: %q, %v", out, err)
 	}
-	out, _, err = runImageCmd(t, "image", "ls", "--server", host, "my-project/repo/two", "--format", "json")
+	out, _, err = runImageCmd(t, "image", "ls", host+"/my-project/repo/two", "--format", "json")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,12 +157,17 @@ func TestImagePushLsInspect(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &entries); err != nil || len(entries) != 1 || entries[0].Repository != host+"/my-project/repo/two" || len(entries[0].Tags) != 2 {
 		t.Errorf("ls --format json: %s (%v)", out, err)
 	}
+	// Without a host, a prefix would mean Docker Hub: refused, with the
+	// local server's name to use instead.
+	if _, _, err := runImageCmd(t, "image", "ls", dd2, "my-project"); err == nil || !strings.Contains(err.Error(), "Docker Hub") || !strings.Contains(err.Error(), host+"/my-project") {
+		t.Errorf("ls without a host: %v, want the Docker Hub rule and %s/my-project", err, host)
+	}
 	if _, _, err := runImageCmd(t, "image", "ls", "--data-dir", t.TempDir()); err == nil || !strings.Contains(err.Error(), "riffle serve") {
 		t.Errorf("ls without a server: %v", err)
 	}
 
 	// inspect: text and JSON.
-	out, _, err = runImageCmd(t, "image", "inspect", dd2, "my-project/repo/img:v1")
+	out, _, err = runImageCmd(t, "image", "inspect", dd2, host+"/my-project/repo/img:v1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +214,7 @@ func TestImagePushLsInspect(t *testing.T) {
 			t.Errorf("tarball layer %d: %s, want %s", i, js.Manifest.Layers[i].Digest, d)
 		}
 	}
-	if _, _, err := runImageCmd(t, "image", "inspect", dd2, "my-project/repo/missing:v1"); err == nil || !strings.Contains(err.Error(), "not found") {
+	if _, _, err := runImageCmd(t, "image", "inspect", dd2, host+"/my-project/repo/missing:v1"); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("inspect of a missing image: %v", err)
 	}
 }

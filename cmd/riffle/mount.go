@@ -35,7 +35,8 @@ func (f *registryFlags) add(cmd *cobra.Command) {
 }
 
 func (f *registryFlags) options() remote.Options {
-	return remote.Options{Insecure: f.insecure, Timeout: f.timeout}
+	kc := serverKeychain{addr: resolveServer("", ""), token: clientToken("")}
+	return remote.Options{Insecure: f.insecure, Timeout: f.timeout, Keychain: kc}
 }
 
 func (f *registryFlags) client() *remote.Client { return remote.New(f.options()) }
@@ -150,6 +151,9 @@ func newUnmountCmd() *cobra.Command {
 		Short: "Unmount an image mounted with riffle mount",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := checkRiffleMount(args[0]); err != nil {
+				return err
+			}
 			return streamfs.UnmountDir(args[0], lazy)
 		},
 	}
@@ -174,7 +178,7 @@ Without DIR the image's layers go into the node's layer store
 (DATA_DIR/layers, one directory per layer, shared by every image that has
 it), where riffle serve's tasks and riffle run find them already pulled;
 layers are downloaded and extracted in parallel.
-With DIR it is extracted there; DIR is created if missing and should be empty.
+With DIR it is extracted there; DIR is created if missing and must be empty.
 Needs root for ownership, devices and xattrs.`,
 		Args: cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -216,6 +220,10 @@ Needs root for ownership, devices and xattrs.`,
 
 // pullImage extracts ref into dir with a full pull (package pull).
 func pullImage(ctx context.Context, client *remote.Client, ref, dir string, parallel int) (int, error) {
+	// Layers applied over files already there would mix two trees.
+	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+		return 0, fmt.Errorf("pull: %s is not empty (%d entries); pull extracts into an empty or new directory: remove its contents or give another DIR", dir, len(ents))
+	}
 	img, err := client.Resolve(ctx, ref, nil)
 	if err != nil {
 		return 0, err

@@ -14,8 +14,10 @@
 //   - api: one service implementation served as the Batch v1 REST API under
 //     /v1/ and as the google.cloud.batch.v1.BatchService and
 //     google.longrunning.Operations gRPC services.
-//   - scheduler (not here yet): runs jobs; it implements api.Runner and
-//     reports progress only through the store's helpers.
+//   - scheduler: runs jobs on this machine (tasks as runc containers, their
+//     images streamed or pulled); it implements api.Runner and reports
+//     progress only through the store's helpers.
+//   - logs: task log files in the data dir, read and followed by the API.
 //
 // The resource messages are the official ones from
 // cloud.google.com/go/batch/apiv1/batchpb, so what Riffle stores and serves

@@ -3,6 +3,8 @@ package node
 import (
 	"os"
 	"path/filepath"
+
+	"github.com/riffle-dev/riffle/internal/pull"
 )
 
 // Defaults shared by riffle serve and the CLI. Nothing else spells these
@@ -12,7 +14,7 @@ const (
 	// layer indexes) unless configured.
 	DefaultCacheBytes int64 = 20 << 30
 	// DefaultParallel is how many layers a pull downloads at once.
-	DefaultParallel = 4
+	DefaultParallel = pull.DefaultParallel
 )
 
 // Layout is a data directory: where every part of a node and of riffle

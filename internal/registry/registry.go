@@ -309,6 +309,10 @@ func (h *slogHook) Fire(e *logrus.Entry) error {
 	// Distribution logs every request at Info; that is debug detail for us.
 	lvl := slog.LevelDebug
 	switch {
+	case clientError(e):
+		// A 4xx answer is the client's business and usually no error at
+		// all: every push asks HEAD for each blob and the tag first, and
+		// distribution logs each 404 as ERROR.
 	case e.Level <= logrus.ErrorLevel:
 		lvl = slog.LevelError
 	case e.Level == logrus.WarnLevel:
@@ -320,4 +324,11 @@ func (h *slogHook) Fire(e *logrus.Entry) error {
 	}
 	h.l.Log(context.Background(), lvl, e.Message, attrs...)
 	return nil
+}
+
+// clientError reports whether e is distribution's line for a request it
+// answered with a 4xx status.
+func clientError(e *logrus.Entry) bool {
+	code, ok := e.Data["http.response.status"].(int)
+	return ok && code >= 400 && code < 500
 }

@@ -38,6 +38,11 @@ type Options struct {
 	NoNewPriv  bool                // --security-opt no-new-privileges
 	StopGrace  time.Duration       // --stop-timeout seconds
 	Name       string              // --name, kept as an annotation only
+	// Detach is -d, --detach. A runnable runs detached only when it is a
+	// background runnable; the runtime ignores the flag, and job validation
+	// refuses it on a foreground runnable, where docker run would return at
+	// once and leave the container running.
+	Detach bool
 }
 
 type optHandler struct {
@@ -181,11 +186,16 @@ func init() {
 			o.StopGrace = time.Duration(n) * time.Second
 			return nil
 		}},
-		// Harmless here: containers are always removed, and stdin is /dev/null
-		// as on a Batch VM.
+		// Harmless here: containers are always removed, stdin is /dev/null
+		// as on a Batch VM, and output goes to the task's log rather than a
+		// terminal (Batch's own samples pass -t).
 		"rm":          noop,
 		"i":           noop,
 		"interactive": noop,
+		"t":           noop,
+		"tty":         noop,
+		"d":           boolean(func(o *Options, b bool) { o.Detach = b }),
+		"detach":      boolean(func(o *Options, b bool) { o.Detach = b }),
 	}
 }
 
@@ -326,15 +336,32 @@ func ParseOptions(s string) (*Options, error) {
 			i++
 			val = words[i]
 		}
-		if !h.value && hasVal && strings.HasPrefix(w, "-") && !strings.HasPrefix(w, "--") {
-			// Combined booleans such as -it are not worth guessing at.
-			return nil, fmt.Errorf("%w: options: flag %s is not supported by Riffle's runtime; write each flag separately", ErrInvalidSpec, w)
+		if !h.value && hasVal && !strings.HasPrefix(w, "--") && !strings.HasPrefix(w[2:], "=") {
+			// Combined short booleans, as in -it or -td: apply each.
+			if err := applyCombined(o, w); err != nil {
+				return nil, err
+			}
+			continue
 		}
 		if err := h.apply(o, val); err != nil {
 			return nil, fmt.Errorf("%w: options: %s %s: %v", ErrInvalidSpec, flag, val, err)
 		}
 	}
 	return o, nil
+}
+
+// applyCombined applies a word of combined short boolean flags such as -it.
+func applyCombined(o *Options, w string) error {
+	for _, c := range w[1:] {
+		h, ok := optHandlers[string(c)]
+		if !ok || h.value {
+			return fmt.Errorf("%w: options: %s: -%c is not a boolean flag Riffle's runtime supports; write each flag separately", ErrInvalidSpec, w, c)
+		}
+		if err := h.apply(o, ""); err != nil {
+			return fmt.Errorf("%w: options: %s: -%c: %v", ErrInvalidSpec, w, c, err)
+		}
+	}
+	return nil
 }
 
 // splitShell splits s into words the way a POSIX shell would for a plain

@@ -98,11 +98,21 @@ func TestParseOptions(t *testing.T) {
 		t.Errorf("parsed %+v", o)
 	}
 
+	// Harmless docker flags, alone and combined, as Batch's samples write
+	// them; -d only records that the runnable asked to be detached.
+	for opts, detach := range map[string]bool{"-t": false, "--tty": false, "-it": false, "-ti --rm": false, "-td --network host": true, "-d=true": true, "--detach": true} {
+		o, err := ParseOptions(opts)
+		if err != nil || o.Detach != detach {
+			t.Errorf("ParseOptions(%q) = %+v, %v; want accepted with Detach %v", opts, o, err, detach)
+		}
+	}
+
 	for opts, flag := range map[string]string{
 		"--gpus all":           "--gpus",
 		"-p 80:80":             "-p",
 		"--init":               "--init",
-		"-it":                  "-it",
+		"-ix":                  "-ix",
+		"-ti5":                 "-ti5",
 		"--network=mynet":      "--network",
 		"--memory":             "--memory",
 		"--ulimit bogus=1":     "--ulimit",

@@ -20,6 +20,9 @@ import (
 func (s *Server) admitImages(ctx context.Context, j *batchpb.Job) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	if err := s.admitSecurity(ctx, j); err != nil {
+		return err
+	}
 	var errs job.FieldErrors
 	for gi, g := range j.GetTaskGroups() {
 		for ri, r := range g.GetTaskSpec().GetRunnables() {

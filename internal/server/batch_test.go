@@ -13,20 +13,20 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
-	"github.com/riffle-dev/riffle/internal/remote"
 )
 
 // TestBatchAPIOnePort proves that the official Batch client reaches `riffle
 // serve` over REST and over gRPC on the same port.
 func TestBatchAPIOnePort(t *testing.T) {
-	ctx, _, addr := startServer(t, "")
+	ctx, srv, addr := startServer(t, "")
+	tok := adminToken(t, srv)
 
-	rest, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), option.WithoutAuthentication())
+	rest, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), withToken(tok))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rest.Close()
-	g, err := batch.NewClient(ctx, option.WithEndpoint(addr), option.WithoutAuthentication(),
+	g, err := batch.NewClient(ctx, option.WithEndpoint(addr), option.WithoutAuthentication(), withPlainBearer(tok),
 		option.WithGRPCDialOption(grpc.WithTransportCredentials(insecure.NewCredentials())))
 	if err != nil {
 		t.Fatal(err)
@@ -67,8 +67,9 @@ func TestBatchAPIOnePort(t *testing.T) {
 
 // TestSubmitChecksImages: a bad image fails the create, naming the runnable.
 func TestSubmitChecksImages(t *testing.T) {
-	ctx, _, addr := startServer(t, "")
-	rest, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), option.WithoutAuthentication())
+	ctx, srv, addr := startServer(t, "")
+	tok := adminToken(t, srv)
+	rest, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), withToken(tok))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +80,7 @@ func TestSubmitChecksImages(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.New(remote.Options{}).Push(ctx, addr+"/p/r/busybox:v1", img, nil); err != nil {
+	if err := registryClient(tok).Push(ctx, addr+"/p/r/busybox:v1", img, nil); err != nil {
 		t.Fatal(err)
 	}
 	mk := func(uris ...string) *batchpb.Job {

@@ -3,9 +3,14 @@ package server
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"maps"
+	"math"
 	"os"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -14,7 +19,8 @@ import (
 )
 
 // DefaultListen is where `riffle serve` listens unless told otherwise. When
-// the port is taken and no address was configured, a free port is used.
+// the port is taken, serve fails rather than pick another port, since
+// clients (RIFFLE_SERVER, image names) are told this address.
 const DefaultListen = "127.0.0.1:8080"
 
 // Config is `riffle serve`'s configuration file. Every key is optional.
@@ -25,7 +31,8 @@ type Config struct {
 	DataDir string `json:"dataDir,omitempty"`
 
 	// Listen is the host:port of the HTTP API (registry, Batch API, health
-	// and metrics). Default: 127.0.0.1:8080, or a free port if that is taken.
+	// and metrics). Default: 127.0.0.1:8080; serve fails when it is taken.
+	// Port 0 picks a free port (written to DATA_DIR/serve.addr).
 	Listen string `json:"listen,omitempty"`
 
 	// Location is the Batch location this server presents itself as, as in
@@ -51,6 +58,18 @@ type Config struct {
 	// InsecureRegistries lists registry hosts (host or host:port) that are
 	// reached over plain HTTP. Loopback registries always are.
 	InsecureRegistries []string `json:"insecureRegistries,omitempty"`
+
+	// TLS, Auth, HostPaths, Scripts and Outbound are the security keys;
+	// see config_security.go and docs/security.md.
+	TLS       TLSConfig      `json:"tls,omitempty"`
+	Auth      AuthConfig     `json:"auth,omitempty"`
+	HostPaths []string       `json:"hostPaths,omitempty"`
+	Scripts   ScriptsConfig  `json:"scripts,omitempty"`
+	Outbound  OutboundConfig `json:"outbound,omitempty"`
+
+	// InsecureListenWithoutTLS lets the server listen on a non-loopback
+	// address without TLS, so tokens cross the network in clear text.
+	InsecureListenWithoutTLS bool `json:"insecureListenWithoutTLS,omitempty"`
 
 	// Capacity is what this node offers tasks.
 	Capacity CapacityConfig `json:"capacity,omitempty"`
@@ -140,10 +159,86 @@ func LoadConfig(path string) (Config, error) {
 	if err := checkKeys(raw, reflect.TypeOf(c), ""); err != nil {
 		return c, fmt.Errorf("config %s: %w (see docs/config.md for the keys)", path, err)
 	}
+	if err := parseSizes(raw); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
+	if j, err = json.Marshal(raw); err != nil {
+		return c, fmt.Errorf("config %s: %w", path, err)
+	}
 	if err := json.Unmarshal(j, &c); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return c, fmt.Errorf("config %s: %s: want %s, not a %s (see docs/config.md)", path, te.Field, kindName(te.Type), te.Value)
+		}
 		return c, fmt.Errorf("config %s: %s (see docs/config.md for the keys)", path, strings.TrimPrefix(err.Error(), "json: "))
 	}
 	return c, nil
+}
+
+// sizeKeys are the keys that hold a number of bytes, which may also be
+// written as a size such as "10GiB".
+var sizeKeys = []string{"registry.maxBlobBytes", "cache.maxBytes"}
+
+// parseSizes replaces sizes written as strings in raw with their number of
+// bytes.
+func parseSizes(raw map[string]any) error {
+	for _, key := range sizeKeys {
+		section, field, _ := strings.Cut(key, ".")
+		m, _ := raw[section].(map[string]any)
+		str, isString := m[field].(string)
+		if !isString {
+			continue
+		}
+		n, err := ParseSize(str)
+		if err != nil {
+			return fmt.Errorf("%s: %w", key, err)
+		}
+		m[field] = n
+	}
+	return nil
+}
+
+// ParseSize reads a size: a number of bytes, or a number with a unit, B,
+// KB, MB, GB, TB (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024),
+// as in "512MiB" or "10 GiB". The single letters k, m, g, t mean powers of
+// 1024, as in docker's flags.
+func ParseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	i := strings.IndexFunc(t, func(r rune) bool { return !(r >= '0' && r <= '9' || r == '.') })
+	num, unit := t, ""
+	if i >= 0 {
+		num, unit = t[:i], strings.TrimSpace(t[i:])
+	}
+	mult, ok := sizeUnits[strings.ToLower(unit)]
+	f, err := strconv.ParseFloat(num, 64)
+	if !ok || err != nil || f < 0 || f*float64(mult) > math.MaxInt64 {
+		return 0, fmt.Errorf("size %q: use a number of bytes or a size such as 512MiB, 10GiB or 1TB", s)
+	}
+	return int64(f * float64(mult)), nil
+}
+
+var sizeUnits = map[string]int64{
+	"": 1, "b": 1,
+	"kb": 1e3, "mb": 1e6, "gb": 1e9, "tb": 1e12,
+	"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40,
+	"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40,
+}
+
+// kindName says what a config value of type t must look like.
+func kindName(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		return "a whole number"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.String:
+		return "a string"
+	case reflect.Slice:
+		return "a list"
+	case reflect.Struct, reflect.Map:
+		return "a mapping of keys"
+	}
+	return t.String()
 }
 
 // checkKeys reports the first key of m that is not a json tag of struct t.
@@ -154,7 +249,10 @@ func checkKeys(m map[string]any, t reflect.Type, prefix string) error {
 		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 		fields[tag] = f.Type
 	}
-	for k, v := range m {
+	// In key order, so that of several unknown keys the same one is named
+	// on every run.
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		v := m[k]
 		ft, ok := fields[k]
 		if !ok {
 			return fmt.Errorf("unknown key %q", prefix+k)
@@ -185,7 +283,7 @@ func (c Config) WithDefaults() Config {
 	if c.Cache.MaxBytes == 0 {
 		c.Cache.MaxBytes = node.DefaultCacheBytes
 	}
-	return c
+	return c.securityDefaults()
 }
 
 // Validate reports the first bad key, naming it and the fix.
@@ -214,6 +312,9 @@ func (c Config) Validate() error {
 	}
 	if c.Capacity.CPUMilli < 0 || c.Capacity.MemoryMib < 0 || c.Capacity.Overcommit < 0 {
 		return fmt.Errorf("config: capacity (cpuMilli %d, memoryMib %d, overcommit %g): must not be negative; leave a key out for the machine's own", c.Capacity.CPUMilli, c.Capacity.MemoryMib, c.Capacity.Overcommit)
+	}
+	if err := c.validateSecurity(); err != nil {
+		return err
 	}
 	if c.Location != "" && !validLocation(c.Location) {
 		return fmt.Errorf("config: location %q: use lowercase letters, digits and dashes, like us-central1", c.Location)

@@ -9,6 +9,7 @@
 //   - /index/    the index service (package indexsvc): layer indexes for
 //     nodes; images pushed to the embedded registry are indexed at once;
 //   - /riffle/v1/logs/{job}  a job's task logs (?task=N&follow=true);
+//   - /riffle/v1/auth/       token management (auth_tokens.go);
 //   - /healthz   liveness: 200 once every component is up;
 //   - /metrics   Prometheus metrics of every component.
 //
@@ -25,4 +26,19 @@
 //	DATA_DIR/batch/      task logs and work directories
 //	DATA_DIR/serve.addr  the address the running server listens on, so the
 //	                     CLI can find it without flags
+//	DATA_DIR/auth.db     token hashes and roles (package auth)
+//	DATA_DIR/admin.token the local admin token (0600), for the CLI
+//
+// # Access control
+//
+// Every request but /healthz (and /metrics from loopback) needs a token with
+// a role in the project it touches (package auth; docs/security.md). guard
+// (auth.go) checks HTTP requests before the mux, the gRPC interceptors
+// (auth_grpc.go) check RPCs; both count refusals and write the audit log. At
+// submit, admitSecurity (admit_security.go) refuses host paths outside
+// hostPaths, isolation-breaking container options from non-admins, images
+// of other projects and registries in private ranges (outbound.go, also
+// enforced when dialling). The server reaches its own registry with an
+// in-memory token (selfKeychain), over TLS pinned to its certificate when
+// TLS is on (tls.go). Script runnables run confined (scheduler.ScriptPolicy).
 package server

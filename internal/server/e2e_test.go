@@ -12,7 +12,6 @@ import (
 	"google.golang.org/api/option"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
-	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/testutil"
 )
 
@@ -23,7 +22,8 @@ func TestServeRunsStreamedJob(t *testing.T) {
 	testutil.RequiresRoot(t)
 	testutil.RequiresBinary(t, "runc")
 	testutil.RequiresBinary(t, "fusermount3")
-	ctx, _, addr := startServer(t, "")
+	ctx, srv, addr := startServer(t, "")
+	tok := adminToken(t, srv)
 
 	spec, err := imagegen.Busybox("/bin/busybox")
 	if err != nil {
@@ -34,11 +34,11 @@ func TestServeRunsStreamedJob(t *testing.T) {
 		t.Fatal(err)
 	}
 	ref := addr + "/demo/images/busybox:v1"
-	if err := remote.New(remote.Options{}).Push(ctx, ref, img, nil); err != nil {
+	if err := registryClient(tok).Push(ctx, ref, img, nil); err != nil {
 		t.Fatal(err)
 	}
 
-	c, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), option.WithoutAuthentication())
+	c, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addr), withToken(tok))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,10 +84,8 @@ func TestServeRunsStreamedJob(t *testing.T) {
 		t.Errorf("task 1 events do not say its image was streamed: %v", task.GetStatus().GetStatusEvents())
 	}
 
-	resp, err := http.Get("http://" + addr + "/riffle/v1/logs/" + created.GetName())
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := get(t, "http://"+addr+"/riffle/v1/logs/"+created.GetName(), tok)
+
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{"task 0: task 0", "task 1: task 1", "hello from a streamed image"} {
@@ -95,32 +93,27 @@ func TestServeRunsStreamedJob(t *testing.T) {
 			t.Errorf("logs lack %q:\n%s", want, b)
 		}
 	}
-	// The mount's counters are on /metrics.
-	resp, err = http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The node's streaming counters are on /metrics (the mount's own go
+	// with it once the image settles).
+	resp = get(t, "http://"+addr+"/metrics", tok)
+
 	b, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"riffle_streamfs_fetched_bytes_total", "riffle_cache_", "riffle_index_layers_built_total"} {
+	for _, want := range []string{"riffle_node_streamed_wire_bytes_total", `riffle_node_image_starts_total{method="streamed"}`, "riffle_cache_", "riffle_index_layers_built_total"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
 	}
 
-	resp, err = http.Get("http://" + addr + "/riffle/v1/logs/" + created.GetName() + "?task=7")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp = get(t, "http://"+addr+"/riffle/v1/logs/"+created.GetName()+"?task=7", tok)
+
 	b, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(b), "tasks 0 to 1") {
 		t.Errorf("logs of task 7 of 2: %s %s, want 404 naming the range", resp.Status, b)
 	}
-	resp, err = http.Get("http://" + addr + "/riffle/v1/logs/projects/demo/locations/us-central1/jobs/nope")
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp = get(t, "http://"+addr+"/riffle/v1/logs/projects/demo/locations/us-central1/jobs/nope", tok)
+
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("logs of a missing job: %s, want 404", resp.Status)

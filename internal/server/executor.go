@@ -31,7 +31,7 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 
 	nopts := node.Options{
 		Layout:    cfg.Layout(),
-		Registry:  remote.Options{Insecure: cfg.InsecureRegistries},
+		Registry:  remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.registryTransport()},
 		Cache:     c,
 		Indexes:   s.indexes,
 		Profiles:  s.indexes,
@@ -60,7 +60,7 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 		log.Warn("container runnables cannot run on this node", "err", err)
 		rt = nil
 	}
-	sched, err := scheduler.New(s.store, scheduler.Options{DataDir: cfg.DataDir, Runtime: rt, Images: n, Logger: log,
+	sched, err := scheduler.New(s.store, scheduler.Options{DataDir: cfg.DataDir, Runtime: rt, Images: n, Logger: log, Scripts: s.scriptPolicy(),
 		Capacity: scheduler.Capacity{CPUMilli: cfg.Capacity.CPUMilli, MemoryMiB: cfg.Capacity.MemoryMib, Overcommit: cfg.Capacity.Overcommit}})
 	if err != nil {
 		return err

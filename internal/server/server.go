@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 
+	"github.com/riffle-dev/riffle/internal/auth"
 	"github.com/riffle-dev/riffle/internal/batch/api"
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
@@ -47,6 +48,12 @@ type Server struct {
 	addr     atomic.Value // string: the address Serve listens on
 	mux      *http.ServeMux
 	handler  http.Handler
+	lock     *dataDirLock
+
+	tokens    *auth.Store            // access control (auth.go)
+	selfToken string                 // the server's own token for its registry; never stored
+	refusals  *prometheus.CounterVec // riffle_auth_refused_total
+	outbound  *outbound              // where job-named registries may be
 }
 
 // New builds every component from cfg (defaults filled in) under its data
@@ -62,10 +69,18 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: data dir: %w", err)
 	}
-	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux()}
+	lock, err := lockDataDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux(), lock: lock}
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries})
+	if err := s.openAuth(); err != nil {
+		return nil, err
+	}
+	s.outbound = newOutbound(cfg.Outbound.AllowRegistries)
+	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.registryTransport()})
 	idx, err := indexsvc.New(cfg.Layout().Indexes(), s.client, indexsvc.Options{Logger: log})
 	if err != nil {
 		return nil, err
@@ -112,14 +127,15 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	s.mux.Handle("GET /riffle/v1/logs/{job...}", http.HandlerFunc(s.serveLogs))
 	s.mux.Handle("/v1/", b.HTTPHandler())
-	s.grpc = grpc.NewServer(b.GRPCServerOptions()...)
+	s.grpc = grpc.NewServer(append(b.GRPCServerOptions(), s.grpcAuthOptions()...)...)
 	b.RegisterGRPC(s.grpc)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		fmt.Fprintln(w, "ok")
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
-	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.mux))
+	s.registerTokenAPI()
+	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.guard(s.mux)))
 	return s, nil
 }
 
@@ -175,6 +191,11 @@ func (s *Server) Close() error {
 	if s.registry != nil {
 		errs = append(errs, s.registry.Close())
 	}
+	if s.tokens != nil {
+		errs = append(errs, s.tokens.Close())
+	}
+	// Last: another server may take the directory once this returns.
+	errs = append(errs, s.lock.Close())
 	return errors.Join(errs...)
 }
 
@@ -190,24 +211,41 @@ func grpcOrHTTP(g *grpc.Server, h http.Handler) http.Handler {
 	})
 }
 
-// Listen opens the configured address. With no address configured it tries
-// DefaultListen and falls back to a free loopback port.
-func (s *Server) Listen() (net.Listener, error) {
-	if s.cfg.Listen != "" {
-		ln, err := net.Listen("tcp", s.cfg.Listen)
-		if err != nil {
-			return nil, fmt.Errorf("server: listen %s: %w (choose another address with --listen or the listen key)", s.cfg.Listen, err)
-		}
+// Listen opens the configured address, as the package's Listen does.
+func (s *Server) Listen() (net.Listener, error) { return listen(s.cfg, false) }
+
+// Listen opens cfg's address (DefaultListen when none is) without building
+// a server: `riffle serve` calls it before New, so that a server that
+// cannot listen leaves no data directory behind. It never falls back to
+// another port: clients were told the address, and a server elsewhere
+// would be a silent surprise. When another riffle serve holds cfg's data
+// directory, the error says so.
+func Listen(cfg Config) (net.Listener, error) { return listen(cfg, true) }
+
+// listen opens cfg's address; checkDir looks for another server on the data
+// directory when the address is taken (a Server holds its own directory).
+func listen(cfg Config, checkDir bool) (net.Listener, error) {
+	cfg = cfg.WithDefaults()
+	addr, key := cfg.Listen, "--listen or the listen key"
+	if addr == "" {
+		addr = DefaultListen
+	}
+	if err := cfg.checkListen(addr); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err == nil {
 		return ln, nil
 	}
-	ln, err := net.Listen("tcp", DefaultListen)
+	if checkDir {
+		if inUse := checkDataDir(cfg.DataDir); inUse != nil {
+			return nil, inUse
+		}
+	}
 	if errors.Is(err, syscall.EADDRINUSE) {
-		ln, err = net.Listen("tcp", "127.0.0.1:0")
+		return nil, fmt.Errorf("server: listen %s: the address is already in use by another process; choose another with %s (127.0.0.1:0 picks a free port)", addr, key)
 	}
-	if err != nil {
-		return nil, fmt.Errorf("server: listen: %w", err)
-	}
-	return ln, nil
+	return nil, fmt.Errorf("server: listen %s: %w (choose another address with %s)", addr, err, key)
 }
 
 // Serve serves on ln until ctx is done, then shuts down gracefully: it stops
@@ -230,6 +268,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	hs.Protocols = new(http.Protocols)
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(true)
+	if s.cfg.TLS.Enabled() {
+		tl, err := s.tlsListener(ln, hs)
+		if err != nil {
+			return err
+		}
+		ln = tl
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	s.log.Info("riffle serving", "addr", ln.Addr().String(), "dataDir", s.cfg.DataDir, "location", s.cfg.Location)

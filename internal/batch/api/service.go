@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -42,9 +43,11 @@ type Runner interface {
 
 // Options configure a Server. The zero value is valid.
 type Options struct {
-	// Locations are listed by ListLocations; default ["local"]. Jobs may
-	// be created in any location, so configs naming us-central1 work
-	// unchanged; GetLocation answers for any well-formed location.
+	// Locations are the locations this server serves, listed by
+	// ListLocations. When set, jobs are created and listed only in them
+	// (listing in "-" covers all): a job in another location would run
+	// here under a name that says it runs elsewhere. When empty, any
+	// well-formed location is accepted and ListLocations lists "local".
 	Locations []string
 	// MaxBodyBytes limits REST request bodies; default job.MaxConfigSize
 	// (4 MiB). Larger bodies get HTTP 413.
@@ -75,6 +78,9 @@ type Server struct {
 	opts   Options
 	log    *slog.Logger
 	bg     context.Context // for runner calls that outlive a request
+	// onlyServed: Options.Locations was given, so other locations are
+	// refused (see checkServed).
+	onlyServed bool
 }
 
 var (
@@ -91,7 +97,8 @@ func New(st *store.Store, runner Runner, opts Options) (*Server, error) {
 	if st == nil {
 		return nil, errors.New("api: a store is required")
 	}
-	if len(opts.Locations) == 0 {
+	served := len(opts.Locations) > 0
+	if !served {
 		opts.Locations = []string{"local"}
 	}
 	for _, l := range opts.Locations {
@@ -108,7 +115,7 @@ func New(st *store.Store, runner Runner, opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Server{st: st, runner: runner, opts: opts, log: opts.Logger, bg: context.Background()}
+	s := &Server{st: st, runner: runner, opts: opts, log: opts.Logger, bg: context.Background(), onlyServed: served}
 	if runner == nil {
 		ctx := context.Background()
 		jobs, err := st.JobsInState(ctx, batchpb.JobStatus_CANCELLATION_IN_PROGRESS, batchpb.JobStatus_DELETION_IN_PROGRESS)
@@ -156,22 +163,54 @@ func validID(s string) bool {
 func checkParent(field, parent string, allowAnyLocation bool) error {
 	p := strings.Split(parent, "/")
 	if len(p) != 4 || p[0] != "projects" || p[2] != "locations" || p[1] == "" || p[3] == "" || strings.ContainsAny(parent, " ?#") {
-		return invalid(field, fmt.Sprintf("%q must be projects/PROJECT/locations/LOCATION", parent))
+		return invalid(field, fmt.Sprintf("%q must be projects/PROJECT/locations/LOCATION", clip(parent)))
+	}
+	if err := checkProject(field, p[1]); err != nil {
+		return err
 	}
 	if p[3] == "-" && allowAnyLocation {
 		return nil
 	}
 	if !validID(p[3]) {
-		return invalid(field, fmt.Sprintf("location %q: use lowercase letters, digits and hyphens", p[3]))
+		return invalid(field, fmt.Sprintf("location %q: use lowercase letters, digits and hyphens", clip(p[3])))
 	}
 	return nil
 }
 
-func checkJobName(field, name string) error {
-	if _, l, id, ok := job.SplitName(name); !ok || !validID(l) || job.ValidateJobID(id) != nil {
-		return invalid(field, fmt.Sprintf("%q must be projects/PROJECT/locations/LOCATION/jobs/JOB", name))
+// checkProject refuses project IDs that could not name a Google Cloud
+// project and would reach the data dir's paths: "..", "a/b", 5,000
+// characters. Riffle is looser than Google's 6 to 30 characters, since
+// local projects are often called "p" or "default".
+func checkProject(field, project string) error {
+	if !validID(project) {
+		return invalid(field, fmt.Sprintf("project %q: use 1 to 63 lowercase letters, digits and hyphens, like my-project", clip(project)))
 	}
 	return nil
+}
+
+// checkServed refuses a location this server does not serve (see
+// Options.Locations); "-" (every location) passes when allowAny.
+func (s *Server) checkServed(field, parent string, allowAny bool) error {
+	loc := parent[strings.LastIndexByte(parent, '/')+1:]
+	if !s.onlyServed || (allowAny && loc == "-") || slices.Contains(s.opts.Locations, loc) {
+		return nil
+	}
+	return invalid(field, fmt.Sprintf("location %q is not served here; this server serves %s (riffle serve --location)", clip(loc), strings.Join(s.opts.Locations, ", ")))
+}
+
+func checkJobName(field, name string) error {
+	if p, l, id, ok := job.SplitName(name); !ok || !validID(p) || !validID(l) || job.ValidateJobID(id) != nil {
+		return invalid(field, fmt.Sprintf("%q must be projects/PROJECT/locations/LOCATION/jobs/JOB", clip(name)))
+	}
+	return nil
+}
+
+// clip shortens s for an error message.
+func clip(s string) string {
+	if len(s) > 80 {
+		return s[:80] + "..."
+	}
+	return s
 }
 
 // invalid is an INVALID_ARGUMENT status with a BadRequest detail naming
@@ -264,6 +303,9 @@ func (s *Server) CreateJob(ctx context.Context, req *batchpb.CreateJobRequest) (
 	if err := checkParent("parent", req.GetParent(), false); err != nil {
 		return nil, err
 	}
+	if err := s.checkServed("parent", req.GetParent(), false); err != nil {
+		return nil, err
+	}
 	if len(req.GetRequestId()) > 256 {
 		return nil, invalid("requestId", "must be at most 256 characters; use a UUID")
 	}
@@ -317,6 +359,9 @@ func (s *Server) GetJob(ctx context.Context, req *batchpb.GetJobRequest) (*batch
 // ListJobs lists jobs with filter, orderBy and paging (see store.ListQuery).
 func (s *Server) ListJobs(ctx context.Context, req *batchpb.ListJobsRequest) (*batchpb.ListJobsResponse, error) {
 	if err := checkParent("parent", req.GetParent(), true); err != nil {
+		return nil, err
+	}
+	if err := s.checkServed("parent", req.GetParent(), true); err != nil {
 		return nil, err
 	}
 	jobs, next, err := s.st.ListJobs(ctx, req.GetParent(), store.ListQuery{
@@ -475,8 +520,8 @@ func (s *Server) ListLocations(ctx context.Context, req *location.ListLocationsR
 	return resp, nil
 }
 
-// GetLocation describes one location; every well-formed location exists,
-// since jobs may be created in any.
+// GetLocation describes one location; every well-formed location is
+// described, whether or not this server serves it (see Options.Locations).
 func (s *Server) GetLocation(ctx context.Context, req *location.GetLocationRequest) (*location.Location, error) {
 	if err := checkParent("name", req.GetName(), false); err != nil {
 		return nil, err

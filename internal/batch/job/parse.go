@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"cloud.google.com/go/batch/apiv1/batchpb"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -106,6 +108,11 @@ func Unmarshal(data []byte, m proto.Message, mode Mode) error {
 		return &FieldError{Msg: fmt.Sprintf("config is %d bytes; the limit is %d", len(data), MaxConfigSize)}
 	}
 	data = bytes.TrimPrefix(data, []byte("\xef\xbb\xbf"))
+	if !utf8.Valid(data) {
+		// The decoders would turn the bad bytes into U+FFFD and the job
+		// would run with labels and commands nobody wrote.
+		return &FieldError{Msg: notUTF8(data)}
+	}
 	trimmed := bytes.TrimSpace(data)
 	if len(trimmed) == 0 {
 		return &FieldError{Msg: "config is empty; give a JSON or YAML object"}
@@ -163,10 +170,31 @@ func unmarshalValue(v any, m proto.Message, mode Mode) error {
 	if err := (protojson.UnmarshalOptions{}).Unmarshal(js, m); err != nil {
 		// The walk above catches everything it knows of; protojson is the
 		// last word on what it does not.
-		return &FieldError{Msg: strings.TrimPrefix(err.Error(), "proto: ")}
+		// Its "(line 1:N)" counts in the re-encoded one-line JSON, not
+		// the user's file: drop it rather than point at the wrong line.
+		return &FieldError{Msg: protoPosRE.ReplaceAllString(err.Error(), "")}
 	}
 	return nil
 }
+
+// notUTF8 says where data stops being UTF-8.
+func notUTF8(data []byte) string {
+	off := 0
+	for off < len(data) {
+		r, n := utf8.DecodeRune(data[off:])
+		if r == utf8.RuneError && n <= 1 {
+			break
+		}
+		off += n
+	}
+	line := 1 + bytes.Count(data[:off], []byte("\n"))
+	col := off - bytes.LastIndexByte(data[:off], '\n')
+	return fmt.Sprintf("line %d, column %d: byte 0x%02x is not valid UTF-8; every string (labels, commands, environment) must be UTF-8 text", line, col, data[off])
+}
+
+// protoPosRE matches protojson's error prefix ("proto: (line 1:15): ",
+// whose spaces protobuf-go randomizes between ASCII and U+00A0).
+var protoPosRE = regexp.MustCompile(`^proto:[\s\x{00a0}]*(\(line \d+:\d+\):[\s\x{00a0}]*)?`)
 
 // jsonErr turns encoding/json's error into one with a line and column.
 func jsonErr(data []byte, err error) string {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"cloud.google.com/go/batch/apiv1/batchpb"
+
+	"github.com/riffle-dev/riffle/internal/runtime"
 )
 
 // jobIDRe is the job ID rule Batch documents.
@@ -169,6 +171,7 @@ func Validate(j *batchpb.Job) error {
 			bad(fmt.Sprintf("notifications[%d].pubsubTopic", ni), "must not be empty")
 		}
 	}
+	checkText(j.ProtoReflect(), "", bad)
 	return errs.err()
 }
 
@@ -223,6 +226,13 @@ func validateRunnable(r *batchpb.Runnable, p string, bad func(string, string, ..
 		}
 		if c.GetPassword() != "" && c.GetUsername() == "" {
 			bad(cp+".username", "must be set when password is")
+		}
+		// The runtime parses options when the container starts; parse them
+		// now so a job that cannot start is refused at submit.
+		if o, err := runtime.ParseOptions(c.GetOptions()); err != nil {
+			bad(cp+".options", "%s", strings.TrimPrefix(strings.TrimPrefix(err.Error(), runtime.ErrInvalidSpec.Error()+": "), "options: "))
+		} else if o.Detach && !r.GetBackground() {
+			bad(cp+".options", "-d (detach) on a foreground runnable would end it at once while its container runs on; set \"background\": true on the runnable, or drop -d")
 		}
 	case *batchpb.Runnable_Script_:
 		s := x.Script

@@ -36,7 +36,8 @@
 // as arrived, so a failure never blocks the others). After a failure only
 // alwaysRun runnables run; ignoreExitStatus keeps a failure from counting;
 // background runnables are started and not waited for, their exit status
-// is ignored, and they are stopped (SIGTERM, then SIGKILL after
+// is ignored (but one that cannot start fails the task unless
+// ignoreExitStatus, as its followers may wait for it), and they are stopped (SIGTERM, then SIGKILL after
 // Options.StopGrace) when the task's other runnables are done. A
 // runnable's timeout stops it and fails it; maxRunDuration stops the whole
 // task (exit code 50005, as Batch) and no further runnable, not even
@@ -64,8 +65,9 @@
 //
 // With enableImageStreaming the scheduler asks ImageSource.Stream first and
 // falls back to Pull when it fails, with an IMAGE_STREAMING_FALLBACK task
-// event saying why. Each container runnable's start adds an IMAGE_STREAMED
-// or IMAGE_PULLED event naming the digest, the time until the image was
+// event saying why. Each container runnable's start adds an IMAGE_STREAMED,
+// IMAGE_SETTLED (a streamed image whose layers have all been extracted on
+// the node since: overlayfs, no FUSE) or IMAGE_PULLED event naming the digest, the time until the image was
 // ready and until the container ran, and the bytes fetched; a streamed
 // runnable also reports the bytes its mount fetched while it ran. The node
 // engine (package node) is the ImageSource riffle serve uses.

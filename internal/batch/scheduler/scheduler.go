@@ -43,6 +43,9 @@ type Options struct {
 	// Host is written into the hosts file of requireHostsFile jobs
 	// (default 127.0.0.1: tasks share the host's network).
 	Host string
+	// Scripts says how script runnables run (confine.go). The zero value
+	// runs them directly on the host; riffle serve confines them.
+	Scripts ScriptPolicy
 }
 
 // errStopped is the cause of a job context ended by a cancel or delete;

@@ -36,6 +36,9 @@ var (
 	regOnce sync.Once
 	regRef  string
 	regErr  error
+	// regCleanup stops the shared registry and removes its directory;
+	// TestMain calls it when every test is done.
+	regCleanup = func() {}
 )
 
 // busyboxRef pushes the busybox test image to an in-process registry once
@@ -51,10 +54,12 @@ func busyboxRef(t *testing.T) string {
 		}
 		reg, err := registry.New(context.Background(), registry.Options{RootDir: dir})
 		if err != nil {
+			os.RemoveAll(dir)
 			regErr = err
 			return
 		}
 		srv := httptest.NewServer(reg) // lives as long as the test binary
+		regCleanup = func() { srv.Close(); reg.Close(); os.RemoveAll(dir) }
 		spec, err := imagegen.Busybox("/bin/busybox")
 		if err != nil {
 			regErr = err
@@ -294,8 +299,11 @@ func TestEndToEndStreamed(t *testing.T) {
 		if i == 0 {
 			t.Logf("task 0 events:\n%s", events(tevs))
 		}
-		if !hasEvent(tevs, "IMAGE_STREAMED", "was streamed for runnable 0") {
-			t.Errorf("task %d: no IMAGE_STREAMED event:\n%s", i, events(tevs))
+		// Once the image's layers have all arrived in the background,
+		// later tasks get it settled (overlayfs over the layers).
+		streamed := hasEvent(tevs, "IMAGE_STREAMED", "was streamed for runnable 0")
+		if !streamed && (i == 0 || !hasEvent(tevs, "IMAGE_SETTLED", "was settled")) {
+			t.Errorf("task %d: no IMAGE_STREAMED (or, after the first, IMAGE_SETTLED) event:\n%s", i, events(tevs))
 		}
 		out := e.logs(j.Name, int64(i))
 		for _, want := range []string{fmt.Sprintf("index=%d count=4\n", i), "hello from a streamed image\n", "oops\n"} {
@@ -347,10 +355,22 @@ func TestPullFallback(t *testing.T) {
 	r.GetContainer().EnableImageStreaming = true
 	j := e.submit("fallback", newJob(2, 2, r))
 	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, time.Minute)
+	sawFallback := false
+	defer func() {
+		if !sawFallback {
+			t.Error("the first task did not fall back to a pull with a reason")
+		}
+	}()
 	for i, tk := range e.tasks(j.Name) {
 		tevs := tk.GetStatus().GetStatusEvents()
-		if !hasEvent(tevs, "IMAGE_STREAMING_FALLBACK", "cannot be streamed") || !hasEvent(tevs, "IMAGE_PULLED", "was pulled") {
+		// A task that starts after the pull finds the image's layers on
+		// the node: settled, nothing to fall back from.
+		fellBack := hasEvent(tevs, "IMAGE_STREAMING_FALLBACK", "cannot be streamed") && hasEvent(tevs, "IMAGE_PULLED", "was pulled")
+		if !fellBack && !hasEvent(tevs, "IMAGE_SETTLED", "was settled") {
 			t.Errorf("task %d events:\n%s", i, events(tevs))
+		}
+		if i == 0 {
+			sawFallback = sawFallback || fellBack
 		}
 		if out := e.logs(j.Name, int64(i)); out != "hello from a streamed image\n" {
 			t.Errorf("task %d logs %q", i, out)

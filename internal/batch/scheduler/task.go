@@ -141,7 +141,9 @@ func (r *jobRun) attempt(ctx context.Context, idx int64, attempt int, prev int32
 			}
 			tl.Printf("riffle: runnable %d did not start: %v", ri, err)
 			r.taskEvent(ctx, idx, runnableFailedEvent(ri, err))
-			if !rn.GetIgnoreExitStatus() && !rn.GetBackground() {
+			// A background runnable that cannot start fails the task too:
+			// the runnables after it may wait for what it was to do.
+			if !rn.GetIgnoreExitStatus() {
 				failed, res = true, result{code: code, note: note}
 			}
 			continue
@@ -314,22 +316,24 @@ func (r *jobRun) startScript(ctx context.Context, ri int, sc *batchpb.Runnable_S
 		return nil, errors.New("the script has neither text nor path")
 	}
 	// As on a Batch VM: a "#!" line picks the interpreter, else /bin/sh.
-	var cmd *exec.Cmd
+	args := []string{"/bin/sh", path}
 	if hasShebang(path) {
-		cmd = exec.Command(path)
-	} else {
-		cmd = exec.Command("/bin/sh", path)
+		args = []string{path}
 	}
-	cmd.Env = append(os.Environ(), env...)
-	cmd.Dir = work
+	cmd, cleanup, err := r.scriptCommand(ri, args, env, work)
+	if err != nil {
+		return nil, err
+	}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	// Output pipes held open by a leftover grandchild must not block us.
 	cmd.WaitDelay = 2 * time.Second
 	if err := ctx.Err(); err != nil {
+		cleanup()
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
+		cleanup()
 		return nil, err
 	}
 	p := &scriptProc{cmd: cmd, grace: r.s.opts.StopGrace, ch: make(chan struct{}), outs: []io.Closer{stdout, stderr}}
@@ -337,6 +341,7 @@ func (r *jobRun) startScript(ctx context.Context, ri int, sc *batchpb.Runnable_S
 		err := cmd.Wait()
 		// What the script left behind goes with it.
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cleanup()
 		p.code = exitCode(cmd.ProcessState, err)
 		if p.code >= 0 {
 			err = nil
@@ -428,9 +433,9 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 		return nil, "The container image could not be fetched.", fmt.Errorf("%s.imageUri %s: %w", field, c.GetImageUri(), err)
 	}
 	ready := time.Since(t0)
-	var before int64
-	if rfs.FetchedTotal != nil {
-		before = rfs.FetchedTotal()
+	var before streamfs.Stats
+	if rfs.Stats != nil {
+		before = rfs.Stats()
 	}
 	volumes := append(append([]string{}, c.GetVolumes()...), binds...)
 	if r.hosts != "" {
@@ -470,8 +475,8 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 		for _, c := range p.outs {
 			_ = c.Close() // a log writer's Close only flushes a partial line
 		}
-		if rfs.FetchedTotal != nil {
-			r.taskEvent(context.Background(), idx, imageStreamedBytesEvent(ri, rfs.FetchedTotal()-before))
+		if rfs.Stats != nil {
+			r.taskEvent(context.Background(), idx, imageStreamedBytesEvent(ri, statsDelta(before, rfs.Stats())))
 		}
 		rfs.Release()
 		close(p.ch)

@@ -1,0 +1,326 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"path"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/riffle-dev/riffle/internal/auth"
+)
+
+// access is what a request needs: a role in a project, or nothing.
+type access struct {
+	api      string    // metrics label and audit field: batch, registry, index, logs, auth, metrics, health
+	open     bool      // no token needed
+	project  string    // "" means the role in any project
+	need     auth.Role // the role needed in project
+	also     []string  // more projects the viewer role is needed in (a registry cross-repository mount)
+	mutating bool      // audited when allowed
+}
+
+// guard authenticates and authorizes every HTTP request (everything but
+// gRPC, which the interceptors check) before it reaches the mux.
+func (s *Server) guard(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a, err := s.classify(r)
+		if err != nil {
+			aerr := &auth.Error{Denied: true, Reason: auth.ReasonPolicy, Msg: err.Error()}
+			s.refused(r.Context(), apiGroup(r.URL.Path), nil, "", r.Method, r.URL.EscapedPath(), aerr)
+			writeRefusal(w, apiGroup(r.URL.Path), aerr)
+			return
+		}
+		if a.open {
+			next.ServeHTTP(w, r)
+			return
+		}
+		id, err := s.authenticate(auth.FromRequest(r), a.project, a.need)
+		if err == nil {
+			err = authorizeAll(id, a)
+		}
+		if err != nil {
+			s.refused(r.Context(), a.api, id, a.project, r.Method, r.URL.Path, err)
+			writeRefusal(w, a.api, err)
+			return
+		}
+		if a.mutating {
+			s.audit(r.Context(), "allowed", a.api, id, a.project, r.Method, r.URL.Path, "")
+		}
+		next.ServeHTTP(w, r.WithContext(auth.WithIdentity(r.Context(), id)))
+	})
+}
+
+func authorizeAll(id *auth.Identity, a access) error {
+	if err := auth.Authorize(id, a.project, a.need); err != nil {
+		return err
+	}
+	for _, p := range a.also {
+		if err := auth.Authorize(id, p, auth.RoleViewer); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// authenticate looks a token up. A refusal says what the request needed
+// (need in project). Store errors (not refusals) become a refusal too,
+// logged, so a broken database never turns into a 500 that says more than
+// it should.
+func (s *Server) authenticate(secret, project string, need auth.Role) (*auth.Identity, error) {
+	if secret == "" {
+		return nil, auth.Authorize(nil, project, need)
+	}
+	id, err := s.tokens.Lookup(secret)
+	if err == nil {
+		return id, nil
+	}
+	ae, ok := err.(*auth.Error)
+	if !ok {
+		s.log.Error("token lookup failed", "err", err)
+		ae = &auth.Error{Reason: auth.ReasonBadToken, Msg: "the token could not be checked; see the server log"}
+	}
+	where := "project " + project
+	if project == "" {
+		where = "any project"
+	}
+	return nil, &auth.Error{Reason: ae.Reason, Msg: fmt.Sprintf("%s; this needs the %s role in %s", ae.Msg, need, where)}
+}
+
+// classify says what r needs. An error refuses the request as malformed
+// (a path that is not in its clean form could route differently from how
+// it was classified).
+func (s *Server) classify(r *http.Request) (access, error) {
+	p := r.URL.Path
+	if r.URL.RawPath != "" || (path.Clean(p) != p && path.Clean(p)+"/" != p) {
+		return access{}, fmt.Errorf("path %q is not in clean form", r.URL.EscapedPath())
+	}
+	write := r.Method != http.MethodGet && r.Method != http.MethodHead
+	role := auth.RoleViewer
+	if write {
+		role = auth.RoleEditor
+	}
+	switch {
+	case p == "/healthz":
+		return access{api: "health", open: true}, nil
+	case p == "/metrics":
+		return s.metricsAccess(r), nil
+	case p == "/v2" || p == "/v2/":
+		// The registry "ping": clients learn the auth scheme here and
+		// docker login checks credentials.
+		return access{api: "registry", need: auth.RoleViewer}, nil
+	case p == "/v2/_catalog":
+		return access{api: "registry", project: auth.AllProjects, need: auth.RoleViewer}, nil
+	case strings.HasPrefix(p, "/v2/"):
+		return registryAccess(r, role, write), nil
+	case strings.HasPrefix(p, "/v1/"):
+		return access{api: "batch", project: projectOf(strings.TrimPrefix(p, "/v1/")), need: role, mutating: write}, nil
+	case strings.HasPrefix(p, "/riffle/v1/logs/"):
+		return access{api: "logs", project: projectOf(strings.TrimPrefix(p, "/riffle/v1/logs/")), need: auth.RoleViewer}, nil
+	case p == "/riffle/v1/auth/whoami":
+		return access{api: "auth", need: auth.RoleViewer}, nil
+	case strings.HasPrefix(p, "/riffle/v1/auth/"):
+		return access{api: "auth", project: auth.AllProjects, need: auth.RoleAdmin, mutating: write}, nil
+	case p == "/index/v1/images" && r.Method == http.MethodPost:
+		return access{api: "index", project: indexRequestProject(r), need: auth.RoleEditor, mutating: true}, nil
+	case strings.HasPrefix(p, "/index/"):
+		// Layer indexes are addressed by digest and belong to no
+		// project: any role anywhere may read them.
+		return access{api: "index", need: role, mutating: write}, nil
+	}
+	return access{api: "other", need: auth.RoleViewer}, nil
+}
+
+// projectOf is P of "projects/P/...", or "*" (which only a binding to every
+// project satisfies) for a path that names no project.
+func projectOf(p string) string {
+	rest, ok := strings.CutPrefix(p, "projects/")
+	if !ok {
+		return auth.AllProjects
+	}
+	proj, _, _ := strings.Cut(rest, "/")
+	proj, _, _ = strings.Cut(proj, ":") // projects/P:method
+	if proj == "" || proj == auth.AllProjects {
+		return auth.AllProjects
+	}
+	return proj
+}
+
+// registryAccess: the project of /v2/PROJECT/REPO/IMAGE/... is its first
+// path component (Artifact Registry's HOST/PROJECT/REPO/IMAGE). Reads need
+// viewer, pushes and deletes editor; a cross-repository blob mount also
+// needs viewer where the blob comes from.
+func registryAccess(r *http.Request, role auth.Role, write bool) access {
+	rest := strings.TrimPrefix(r.URL.Path, "/v2/")
+	proj, _, _ := strings.Cut(rest, "/")
+	a := access{api: "registry", project: proj, need: role, mutating: write}
+	if from := r.URL.Query().Get("from"); from != "" {
+		fp, _, _ := strings.Cut(from, "/")
+		a.also = append(a.also, fp)
+	}
+	return a
+}
+
+// indexRequestProject reads the image of a POST /index/v1/images body (and
+// puts the body back): indexing an image reads it and may push an index
+// artifact next to it, so it needs editor in the image's project.
+func indexRequestProject(r *http.Request) string {
+	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+	r.Body.Close()
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	if err != nil {
+		return auth.AllProjects
+	}
+	var req struct {
+		Image string `json:"image"`
+	}
+	if json.Unmarshal(body, &req) != nil {
+		return auth.AllProjects
+	}
+	ref, err := name.ParseReference(req.Image, name.Insecure)
+	if err != nil {
+		return auth.AllProjects
+	}
+	proj, _, _ := strings.Cut(ref.Context().RepositoryStr(), "/")
+	return proj
+}
+
+// metricsAccess applies auth.metrics.
+func (s *Server) metricsAccess(r *http.Request) access {
+	a := access{api: "metrics", project: auth.AllProjects, need: auth.RoleViewer}
+	switch s.cfg.Auth.Metrics {
+	case MetricsOpen:
+		a.open = true
+	case MetricsLoopback:
+		a.open = fromLoopback(r)
+	}
+	return a
+}
+
+func fromLoopback(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
+// writeRefusal answers 401 or 403 in the shape the API's clients parse:
+// the registry's errors list with a Basic challenge (so docker, skopeo and
+// crane send their login), Google's error JSON elsewhere.
+func writeRefusal(w http.ResponseWriter, api string, err error) {
+	ae, ok := err.(*auth.Error)
+	if !ok {
+		ae = &auth.Error{Reason: auth.ReasonBadToken, Msg: err.Error()}
+	}
+	code, status, regCode := http.StatusUnauthorized, "UNAUTHENTICATED", "UNAUTHORIZED"
+	if ae.Denied {
+		code, status, regCode = http.StatusForbidden, "PERMISSION_DENIED", "DENIED"
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if api == "registry" {
+		if !ae.Denied {
+			w.Header().Set("WWW-Authenticate", `Basic realm="riffle"`)
+		}
+		w.WriteHeader(code)
+		json.NewEncoder(w).Encode(map[string]any{"errors": []any{map[string]any{"code": regCode, "message": ae.Error()}}})
+		return
+	}
+	if !ae.Denied {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="riffle"`)
+	}
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"code": code, "message": ae.Error(), "status": status}})
+}
+
+// refused counts and audits a refusal.
+func (s *Server) refused(ctx context.Context, api string, id *auth.Identity, project, method, resource string, err error) {
+	reason := string(auth.ReasonBadToken)
+	if ae, ok := err.(*auth.Error); ok {
+		reason = string(ae.Reason)
+	}
+	s.refusals.WithLabelValues(api, reason).Inc()
+	s.audit(ctx, "refused", api, id, project, method, resource, err.Error())
+}
+
+// audit logs one access decision: every refusal and every allowed
+// mutating call.
+func (s *Server) audit(ctx context.Context, outcome, api string, id *auth.Identity, project, method, resource, msg string) {
+	attrs := []any{"outcome", outcome, "api", api, "identity", id.String(), "project", project, "method", method, "resource", resource}
+	if msg != "" {
+		attrs = append(attrs, "reason", msg)
+	}
+	s.log.InfoContext(ctx, "audit", attrs...)
+}
+
+func newRefusalCounter() *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "riffle_auth_refused_total",
+		Help: "Requests refused by access control, by API group and reason (no_token, bad_token, revoked_token, missing_role, policy).",
+	}, []string{"api", "reason"})
+}
+
+// isSelf reports whether a registry host ("host:port") is this server: its
+// port, on loopback or one of this machine's addresses.
+func (s *Server) isSelf(hostport string) bool {
+	addr, _ := s.addr.Load().(string)
+	if addr == "" {
+		return false
+	}
+	_, myPort, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	host, port, err := net.SplitHostPort(hostport)
+	if err != nil || port != myPort {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return false
+	}
+	if ip.IsLoopback() || ip.IsUnspecified() {
+		return true
+	}
+	ifaddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return false
+	}
+	for _, a := range ifaddrs {
+		if pfx, err := netip.ParsePrefix(a.String()); err == nil && pfx.Addr() == ip.Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
+// openAuth opens the token store, makes sure the local admin token exists
+// (DataDir/admin.token) and mints the server's own in-memory token.
+func (s *Server) openAuth() error {
+	st, err := auth.Open(s.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	s.tokens = st
+	created, err := st.EnsureAdminToken(s.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	if created {
+		s.log.Info("created the local admin token", "file", auth.AdminTokenPath(s.cfg.DataDir))
+	}
+	s.selfToken = auth.NewSecret()
+	st.AddEphemeral(s.selfToken, &auth.Identity{TokenID: "riffle-server", Name: "riffle serve itself",
+		Bindings: []auth.Binding{{Project: auth.AllProjects, Role: auth.RoleAdmin}}})
+	s.refusals = newRefusalCounter()
+	s.metrics.MustRegister(s.refusals)
+	return nil
+}
