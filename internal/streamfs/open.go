@@ -49,15 +49,15 @@ type OpenOptions struct {
 // stop a full pull too (the reference, the registry, a corrupt layer) are
 // returned as they are.
 func Open(ctx context.Context, client *remote.Client, ref string, opts OpenOptions) (Image, *remote.Image, error) {
-	img, err := client.Resolve(ctx, ref, opts.Platform)
+	r, err := client.ParseReference(ref)
+	if err != nil {
+		return Image{}, nil, err
+	}
+	img, err := client.ResolveManifest(ctx, r, opts.Platform)
 	if err != nil {
 		return Image{}, nil, err
 	}
 	layers := img.Manifest.Layers
-	diffIDs := img.Config.RootFS.DiffIDs
-	if len(diffIDs) != len(layers) {
-		return Image{}, nil, fmt.Errorf("streamfs: %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", ref, len(layers), len(diffIDs))
-	}
 	for _, d := range layers {
 		if len(d.URLs) > 0 || strings.Contains(d.MediaType, "nondistributable") || strings.Contains(d.MediaType, "foreign") {
 			return Image{}, nil, NotEligible(d.Digest, "it is a foreign (non-distributable) layer, which only its own URLs serve")
@@ -67,13 +67,23 @@ func Open(ctx context.Context, client *remote.Client, ref string, opts OpenOptio
 	if par <= 0 {
 		par = 4
 	}
-	out := Image{Name: ref, Layers: make([]Layer, len(layers)), DiffIDs: make([]digest.Digest, len(layers))}
-	copy(out.DiffIDs, diffIDs)
+	// The config and every layer's index are independent: fetch them all
+	// at once (one round trip before the first read, not 1+layers), and
+	// check the diffIDs once both are in.
+	out := Image{Name: ref, Layers: make([]Layer, len(layers))}
+	indexes := make([]*index.Index, len(layers))
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(par)
+	g.Go(func() error { return client.FetchConfig(gctx, img) })
+	sem := make(chan struct{}, par)
 	repo := img.Repository.String()
 	for i, desc := range layers {
 		g.Go(func() error {
+			select {
+			case sem <- struct{}{}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			defer func() { <-sem }()
 			blob, err := client.RepositoryBlob(gctx, img.Repository, desc.Digest, desc.Size)
 			if err != nil {
 				return err
@@ -85,20 +95,27 @@ func Open(ctx context.Context, client *remote.Client, ref string, opts OpenOptio
 			if x.BlobDigest != desc.Digest {
 				return fmt.Errorf("streamfs: the index for layer %s describes blob %s", desc.Digest, x.BlobDigest)
 			}
-			if x.DiffID != "" && x.DiffID != digest.Digest(diffIDs[i]) {
-				return fmt.Errorf("streamfs: layer %s uncompresses to %s but the config says %s; the image is corrupt", desc.Digest, x.DiffID, diffIDs[i])
-			}
 			l, err := IndexLayer(x, blob)
 			if err != nil {
 				return err
 			}
-			out.Layers[i] = l
+			indexes[i], out.Layers[i] = x, l
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return Image{}, nil, err
 	}
+	diffIDs := img.Config.RootFS.DiffIDs
+	if len(diffIDs) != len(layers) {
+		return Image{}, nil, fmt.Errorf("streamfs: %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", ref, len(layers), len(diffIDs))
+	}
+	for i, x := range indexes {
+		if x.DiffID != "" && x.DiffID != diffIDs[i] {
+			return Image{}, nil, fmt.Errorf("streamfs: layer %s uncompresses to %s but the config says %s; the image is corrupt", layers[i].Digest, x.DiffID, diffIDs[i])
+		}
+	}
+	out.DiffIDs = append([]digest.Digest(nil), diffIDs...)
 	return out, img, nil
 }
 
