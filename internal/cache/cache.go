@@ -775,7 +775,8 @@ func (c *Cache) recover() error {
 				continue
 			}
 			k, _ := parseKey(e.key)
-			if k.kind == kindSpan {
+			if k.kind != kindBlob { // spans and indexes: the cache cannot check them
+
 				c.stats.Unsynced++
 				c.dropLocked(e)
 			} else {

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
@@ -198,6 +199,8 @@ func New(opts Options) (*Node, error) {
 		cancel()
 		return nil, err
 	}
+	n.wg.Add(1)
+	go n.syncCache()
 	n.metrics = newMetrics(n)
 	if opts.Metrics != nil {
 		if err := opts.Metrics.Register(n.metrics); err != nil {
@@ -263,6 +266,33 @@ func (n *Node) Close() error {
 		errs = append(errs, c.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// cacheSyncInterval is how often the node makes its cache's new entries
+// durable (one syncfs): the cache writes entries without an fsync each,
+// and drops what was not synced when a process ended uncleanly.
+const cacheSyncInterval = 30 * time.Second
+
+// syncCache syncs the node cache every cacheSyncInterval until Close.
+func (n *Node) syncCache() {
+	defer n.wg.Done()
+	t := time.NewTicker(cacheSyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		c := n.cache
+		n.mu.Unlock()
+		if c != nil {
+			if err := c.Sync(); err != nil {
+				n.log.Warn("node: syncing the cache failed", "err", err)
+			}
+		}
+	}
 }
 
 // forgetLocked removes m from the node's mounts, its counters going to
