@@ -75,3 +75,22 @@ func TestAuthTokensCLI(t *testing.T) {
 		t.Fatalf("revoked token: %v\n%s", err, out)
 	}
 }
+
+// TestServeRefusesNetworkWithoutTLS: `riffle serve --listen` on a network
+// address without TLS does not start, and says which flag overrides it.
+func TestServeRefusesNetworkWithoutTLS(t *testing.T) {
+	cmd := newRootCmd()
+	var out, errOut bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&errOut)
+	cmd.SetArgs([]string{"serve", "--data-dir", t.TempDir(), "--listen", "0.0.0.0:0"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := cmd.ExecuteContext(ctx)
+	if err == nil || !strings.Contains(err.Error(), "--insecure-listen-without-tls") || !strings.Contains(err.Error(), "--tls-cert") {
+		t.Fatalf("serve on 0.0.0.0 without TLS: %v\n%s", err, out.String())
+	}
+	if strings.Contains(out.String(), "riffle serving") {
+		t.Fatalf("it said it was serving:\n%s", out.String())
+	}
+}
