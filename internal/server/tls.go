@@ -26,28 +26,32 @@ func (s *Server) tlsListener(ln net.Listener, hs *http.Server) (net.Listener, er
 	return tls.NewListener(ln, hs.TLSConfig), nil
 }
 
-// selfTLS sends the server's own registry requests over TLS when the port
-// serves only TLS, whichever scheme the registry client chose (it tries
-// https and falls back to http for loopback). The certificate may name a host rather than the
-// loopback address dialled, so instead of the usual name check the peer
-// must present exactly the configured certificate.
-type selfTLS struct {
+// selfRoute sends the server's requests to its own registry straight to
+// its listener, whatever name or address the image reference uses: past the
+// outbound rules (the server's own address may well be private), and over
+// TLS pinned to the configured certificate when the port serves TLS (the
+// certificate may name a host other than the address dialled, so instead
+// of the usual name check the peer must present exactly that certificate).
+// Everything else goes to next.
+type selfRoute struct {
 	s    *Server
 	next http.RoundTripper
-	tls  http.RoundTripper
+	self http.RoundTripper
+	tls  bool
 }
 
-func (s *Server) selfTLSTransport(next http.RoundTripper) http.RoundTripper {
+func (s *Server) selfRouteTransport(next http.RoundTripper) http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	route := &selfRoute{s: s, next: next, self: t}
 	if !s.cfg.TLS.Enabled() {
-		return next
+		return route
 	}
 	cert, err := tls.LoadX509KeyPair(s.cfg.TLS.Cert, s.cfg.TLS.Key)
 	if err != nil || len(cert.Certificate) == 0 {
-		return next // Serve reports the bad certificate
+		return route // Serve reports the bad certificate
 	}
 	leaf := cert.Certificate[0]
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	t.MaxIdleConnsPerHost = 64
 	t.TLSClientConfig = &tls.Config{
 		InsecureSkipVerify: true, // replaced by the pin below
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
@@ -57,14 +61,39 @@ func (s *Server) selfTLSTransport(next http.RoundTripper) http.RoundTripper {
 			return nil
 		},
 	}
-	return &selfTLS{s: s, next: next, tls: t}
+	route.tls = true
+	return route
 }
 
-func (t *selfTLS) RoundTrip(r *http.Request) (*http.Response, error) {
-	if t.s.isSelf(r.URL.Host) {
-		r = r.Clone(r.Context())
-		r.URL.Scheme = "https"
-		return t.tls.RoundTrip(r)
+func (t *selfRoute) RoundTrip(r *http.Request) (*http.Response, error) {
+	if !t.s.isSelf(r.URL.Host) {
+		return t.next.RoundTrip(r)
 	}
-	return t.next.RoundTrip(r)
+	r = r.Clone(r.Context())
+	if r.Host == "" {
+		r.Host = r.URL.Host // the registry names itself by it in Location headers
+	}
+	r.URL.Host = t.s.dialAddr()
+	r.URL.Scheme = "http"
+	if t.tls {
+		r.URL.Scheme = "https" // whichever the registry client chose
+	}
+	return t.self.RoundTrip(r)
+}
+
+// dialAddr is the address the server's own requests connect to: its
+// listener, on loopback when it listens on every address.
+func (s *Server) dialAddr() string {
+	addr, _ := s.addr.Load().(string)
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		if ip.To4() == nil {
+			return net.JoinHostPort("::1", port)
+		}
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
 }
