@@ -39,7 +39,7 @@ func (f *registryFlags) add(cmd *cobra.Command) {
 
 func (f *registryFlags) client() *remote.Client {
 	kc := serverKeychain{addr: resolveServer("", ""), token: clientToken("")}
-	return remote.New(remote.Options{Insecure: f.insecure, Timeout: f.timeout, Keychain: kc})
+	return remote.New(remote.Options{Insecure: f.insecure, Timeout: f.timeout, Keychain: kc, Transport: registryTransport("")})
 }
 
 func defaultCacheDir() string {
@@ -97,7 +97,7 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 				if !strings.Contains(indexURL, "://") {
 					indexURL = "http://" + indexURL
 				}
-				opts.Indexes = indexsvc.HTTPSource{BaseURL: indexURL, Client: authHTTPClient(clientToken(""))}
+				opts.Indexes = indexsvc.HTTPSource{BaseURL: indexURL, Client: serverHTTPClient("")}
 			} else if ri, err := client.Resolve(ctx, ref, nil); err == nil {
 				if src, err := indexsvc.LoadReferrers(ctx, client, ri); err == nil && src.Len() > 0 {
 					opts.Indexes = src

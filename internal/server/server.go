@@ -246,12 +246,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	hs.Protocols = new(http.Protocols)
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(true)
+	os.Remove(CertFile(s.cfg.DataDir)) // one a killed TLS server left behind
 	if s.cfg.TLS.Enabled() {
 		tl, err := s.tlsListener(ln, hs)
 		if err != nil {
 			return err
 		}
 		ln = tl
+		defer os.Remove(CertFile(s.cfg.DataDir))
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

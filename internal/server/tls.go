@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 )
 
 // tlsListener wraps ln in TLS with the configured certificate, offering
@@ -23,8 +26,21 @@ func (s *Server) tlsListener(ln net.Listener, hs *http.Server) (net.Listener, er
 		NextProtos:   []string{"h2", "http/1.1"},
 		MinVersion:   tls.VersionTLS12,
 	}
+	// The CLI on this machine finds the certificate next to serve.addr
+	// and trusts exactly it.
+	var chain []byte
+	for _, der := range cert.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	if err := os.WriteFile(CertFile(s.cfg.DataDir), chain, 0o644); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	return tls.NewListener(ln, hs.TLSConfig), nil
 }
+
+// CertFile is where a server serving TLS leaves its certificate chain in
+// dataDir (public), for clients on the same machine.
+func CertFile(dataDir string) string { return filepath.Join(dataDir, "serve.crt") }
 
 // selfRoute sends the server's requests to its own registry straight to
 // its listener, whatever name or address the image reference uses: past the
