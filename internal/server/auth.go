@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -303,8 +304,15 @@ func (s *Server) isSelf(hostport string) bool {
 }
 
 // openAuth opens the token store, makes sure the local admin token exists
-// (DataDir/admin.token) and mints the server's own in-memory token.
+// (DataDir/admin.token) and mints the server's own in-memory token. It
+// also loads the TLS certificate, so a bad one stops the start before
+// anything says it serves.
 func (s *Server) openAuth() error {
+	if s.cfg.TLS.Enabled() {
+		if _, err := tls.LoadX509KeyPair(s.cfg.TLS.Cert, s.cfg.TLS.Key); err != nil {
+			return fmt.Errorf("server: tls.cert/tls.key (--tls-cert, --tls-key): %w", err)
+		}
+	}
 	st, err := auth.Open(s.cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)

@@ -13,21 +13,20 @@ import (
 	"path/filepath"
 )
 
-// tlsListener wraps ln in TLS with the configured certificate, offering
-// HTTP/2 (gRPC and REST) and HTTP/1.1 through ALPN.
-func (s *Server) tlsListener(ln net.Listener, hs *http.Server) (net.Listener, error) {
+// serveTLS returns the TLS config of the listener, offering HTTP/2 (gRPC
+// and REST) and HTTP/1.1 through ALPN, and leaves the certificate chain in
+// DataDir/serve.crt for the CLI; nil when TLS is off. It first removes a
+// serve.crt that a killed server left behind.
+func (s *Server) serveTLS() (*tls.Config, error) {
+	os.Remove(CertFile(s.cfg.DataDir))
+	if !s.cfg.TLS.Enabled() {
+		return nil, nil
+	}
 	cert, err := tls.LoadX509KeyPair(s.cfg.TLS.Cert, s.cfg.TLS.Key)
 	if err != nil {
 		return nil, fmt.Errorf("server: tls.cert/tls.key (--tls-cert, --tls-key): %w", err)
 	}
-	hs.Protocols.SetHTTP2(true)
-	hs.TLSConfig = &tls.Config{
-		Certificates: []tls.Certificate{cert},
-		NextProtos:   []string{"h2", "http/1.1"},
-		MinVersion:   tls.VersionTLS12,
-	}
-	// The CLI on this machine finds the certificate next to serve.addr
-	// and trusts exactly it.
+	// The CLI on this machine trusts exactly this certificate.
 	var chain []byte
 	for _, der := range cert.Certificate {
 		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
@@ -35,7 +34,11 @@ func (s *Server) tlsListener(ln net.Listener, hs *http.Server) (net.Listener, er
 	if err := os.WriteFile(CertFile(s.cfg.DataDir), chain, 0o644); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	return tls.NewListener(ln, hs.TLSConfig), nil
+	return &tls.Config{
+		Certificates: []tls.Certificate{cert},
+		NextProtos:   []string{"h2", "http/1.1"},
+		MinVersion:   tls.VersionTLS12,
+	}, nil
 }
 
 // CertFile is where a server serving TLS leaves its certificate chain in
