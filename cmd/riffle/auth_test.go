@@ -126,13 +126,17 @@ func TestCLIOverTLS(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, ln, 5*time.Second) }()
 	t.Cleanup(func() { cancel(); <-done; srv.Close() })
+	// serve.crt is written before serve.addr.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if _, err := os.Stat(server.CertFile(dir)); err == nil {
+		if a, err := server.ReadAddr(dir); err == nil && a == ln.Addr().String() {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("serve.crt not written")
+			t.Fatal("serve.addr not written")
 		}
+	}
+	if _, err := os.Stat(server.CertFile(dir)); err != nil {
+		t.Fatalf("serve.crt: %v", err)
 	}
 	run := func(args ...string) (string, error) {
 		cmd := newRootCmd()
