@@ -36,7 +36,7 @@ func (f *registryFlags) add(cmd *cobra.Command) {
 
 func (f *registryFlags) options() remote.Options {
 	kc := serverKeychain{addr: resolveServer("", ""), token: clientToken("")}
-	return remote.Options{Insecure: f.insecure, Timeout: f.timeout, Keychain: kc}
+	return remote.Options{Insecure: f.insecure, Timeout: f.timeout, Keychain: kc, Transport: registryTransport("")}
 }
 
 func (f *registryFlags) client() *remote.Client { return remote.New(f.options()) }

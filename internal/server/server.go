@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -77,6 +78,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if err := s.openAuth(); err != nil {
+		s.Close()
 		return nil, err
 	}
 	s.outbound = newOutbound(cfg.Outbound.AllowRegistries)
@@ -251,6 +253,15 @@ func listen(cfg Config, checkDir bool) (net.Listener, error) {
 // Serve serves on ln until ctx is done, then shuts down gracefully: it stops
 // accepting, lets requests in flight finish for up to grace, and closes.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	// Before serve.addr, so a CLI that finds the address finds the
+	// certificate too (tls.go).
+	tlsConf, err := s.serveTLS()
+	if err != nil {
+		return err
+	}
+	if tlsConf != nil {
+		defer os.Remove(CertFile(s.cfg.DataDir))
+	}
 	s.addr.Store(ln.Addr().String())
 	addrFile := AddrFile(s.cfg.DataDir)
 	if err := os.WriteFile(addrFile, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
@@ -268,12 +279,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	hs.Protocols = new(http.Protocols)
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(true)
-	if s.cfg.TLS.Enabled() {
-		tl, err := s.tlsListener(ln, hs)
-		if err != nil {
-			return err
-		}
-		ln = tl
+	if tlsConf != nil {
+		hs.Protocols.SetHTTP2(true)
+		hs.TLSConfig = tlsConf
+		ln = tls.NewListener(ln, tlsConf)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
