@@ -142,6 +142,7 @@ type Node struct {
 	wg     sync.WaitGroup
 
 	layers *layerstore.Store
+	use    usage // what is in use, for Prune (usage.go)
 
 	mu       sync.Mutex
 	clients  map[Auth]*remote.Client
@@ -343,11 +344,11 @@ func (n *Node) shared(ctx context.Context, key string, fn func(ctx context.Conte
 	}
 }
 
-// Pull resolves ref and extracts every layer it does not have yet into
+// pull resolves ref and extracts every layer it does not have yet into
 // the node's layer store, in parallel, each layer once however many
 // images share it; concurrent pulls of one manifest share the work. The
 // root filesystem is overlayfs over the layer directories.
-func (n *Node) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
+func (n *Node) pull(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
 	c := n.Client(auth)
 	img, err := c.Resolve(ctx, ref, nil)
 	if err != nil {
@@ -414,13 +415,13 @@ func (n *Node) settled(img *remote.Image) *RootFS {
 	return out
 }
 
-// Stream gives ref's root filesystem without waiting for its data. An
+// stream gives ref's root filesystem without waiting for its data. An
 // image whose layers are all on the node already (settled, or pulled) is
 // overlayfs over them, with no FUSE on its data path. Otherwise ref is
 // mounted lazily under Layout.Mounts(), once per manifest, and the mount
 // stays until Close so later tasks find its data warm. An error wrapping
 // streamfs.ErrNotEligible says why the image cannot be streamed.
-func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
+func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
 	c := n.Client(auth)
 	img, err := c.Resolve(ctx, ref, nil)
 	if err != nil {
