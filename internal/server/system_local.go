@@ -19,8 +19,8 @@ func DataDirInUse(dir string) error { return checkDataDir(dir) }
 // `prune` when no riffle serve runs on it: it takes the directory as a
 // server would (so none starts meanwhile) and opens the node cache, the
 // node engine and the job store. It fails, saying who, when a riffle
-// serve, mount or run uses the directory. close releases it all.
-func OpenSystem(cfg Config) (sys System, close func() error, err error) {
+// serve, mount or run uses the directory. release releases it all.
+func OpenSystem(cfg Config) (sys System, release func() error, err error) {
 	cfg = cfg.WithDefaults()
 	l := cfg.Layout()
 	lock, err := lockDataDir(cfg.DataDir)
@@ -28,7 +28,7 @@ func OpenSystem(cfg Config) (sys System, close func() error, err error) {
 		return System{}, nil, err
 	}
 	var closers []func() error
-	close = func() error {
+	closeAll := func() error {
 		var errs []error
 		for i := len(closers) - 1; i >= 0; i-- {
 			errs = append(errs, closers[i]())
@@ -37,7 +37,7 @@ func OpenSystem(cfg Config) (sys System, close func() error, err error) {
 	}
 	defer func() {
 		if err != nil {
-			close()
+			closeAll()
 		}
 	}()
 	// The cache first: its lock tells whether riffle mount or run uses
@@ -64,5 +64,5 @@ func OpenSystem(cfg Config) (sys System, close func() error, err error) {
 		Layout: l, Node: n, Cache: c, Store: st, LayersMaxBytes: cfg.Layers.MaxBytes,
 		GC: func(ctx context.Context) (registry.GCResult, error) { return registry.GC(ctx, l.Registry()) },
 	}
-	return sys, close, nil
+	return sys, closeAll, nil
 }
