@@ -21,6 +21,9 @@ import (
 // delete blobs the coming manifest needs.
 const DefaultGCQuiet = 10 * time.Second
 
+// gcPoll is how often GC looks again while a write is in progress.
+const gcPoll = 100 * time.Millisecond
+
 // GCResult is what a garbage collection removed.
 type GCResult struct {
 	// Blobs and Bytes are the blobs deleted and the bytes they held.
@@ -55,16 +58,21 @@ func (r *Registry) GC(ctx context.Context, quiet time.Duration) (GCResult, error
 		quiet = DefaultGCQuiet
 	}
 	for {
-		r.writes.gate.Lock()
-		idle := time.Since(time.Unix(0, r.writes.last.Load()))
-		if idle >= quiet {
-			break
+		// TryLock, not Lock: a waiting Lock would hold off every new push
+		// behind one slow upload for as long as GC waits.
+		wait := gcPoll
+		if r.writes.gate.TryLock() {
+			idle := time.Since(time.Unix(0, r.writes.last.Load()))
+			if idle >= quiet {
+				break
+			}
+			r.writes.gate.Unlock()
+			wait = quiet - idle
 		}
-		r.writes.gate.Unlock()
 		select {
 		case <-ctx.Done():
 			return GCResult{}, fmt.Errorf("registry: garbage collection: waiting for pushes to end: %w", ctx.Err())
-		case <-time.After(quiet - idle):
+		case <-time.After(wait):
 		}
 	}
 	defer r.writes.gate.Unlock()
