@@ -2,6 +2,11 @@ package registry_test
 
 import (
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -109,4 +114,98 @@ func TestGCWaitsForPushesToEnd(t *testing.T) {
 	if _, err := reg.GC(ctx, time.Hour); err == nil {
 		t.Fatal("GC with a cancelled context and a recent write succeeded")
 	}
+}
+
+// TestGCWaitsForUploadInFlight: while a blob upload's body is still
+// arriving, GC does not sweep, and other pushes go through meanwhile; GC
+// runs once the upload has ended.
+func TestGCWaitsForUploadInFlight(t *testing.T) {
+	reg, err := registry.New(context.Background(), registry.Options{RootDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// reading is closed when the registry first reads the PATCH's body:
+	// the upload is then in flight inside the registry.
+	reading := make(chan struct{})
+	var once sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPatch {
+			r.Body = &signalReader{ReadCloser: r.Body, first: func() { once.Do(func() { close(reading) }) }}
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { srv.Close(); reg.Close() })
+	host := strings.TrimPrefix(srv.URL, "http://")
+	resp, err := http.Post("http://"+host+"/v2/p/r/slow/blobs/uploads/", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	if resp.StatusCode != http.StatusAccepted || loc == "" {
+		t.Fatalf("starting an upload: %s", resp.Status)
+	}
+	if !strings.HasPrefix(loc, "http") {
+		loc = "http://" + host + loc
+	}
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest(http.MethodPatch, loc, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/octet-stream")
+	patched := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		patched <- err
+	}()
+	if _, err := pw.Write(make([]byte, 1024)); err != nil {
+		t.Fatal(err)
+	}
+	<-reading
+	gcDone := make(chan error, 1)
+	go func() {
+		_, err := reg.GC(context.Background(), 10*time.Millisecond)
+		gcDone <- err
+	}()
+	// Another push is not held off by the waiting GC.
+	img, err := random.Image(1024, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref, err := name.ParseReference(host+"/p/r/other:v1", name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(ref, img); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-gcDone:
+		t.Fatalf("GC ran while an upload was in flight (err %v)", err)
+	default:
+	}
+	pw.Close()
+	if err := <-patched; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-gcDone; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := remote.Image(ref); err != nil {
+		t.Fatalf("the image pushed during the wait, after GC: %v", err)
+	}
+}
+
+type signalReader struct {
+	io.ReadCloser
+	first func()
+}
+
+func (s *signalReader) Read(p []byte) (int, error) {
+	s.first()
+	return s.ReadCloser.Read(p)
 }
