@@ -284,3 +284,78 @@ func TestSystemLocal(t *testing.T) {
 		t.Fatalf("after prune: %+v", u.Node.Entries)
 	}
 }
+
+// TestMountThroughServe: riffle mount on the data directory of a running
+// riffle serve is made by the server, through its node cache (one owner),
+// instead of failing on the cache's lock; its layers are kept from prune
+// while it is mounted, and riffle unmount ends it.
+func TestMountThroughServe(t *testing.T) {
+	testutil.RequiresRoot(t)
+	clearClientEnv(t)
+	dir := t.TempDir()
+	host := startServeSystem(t, dir)
+	run := cliRunner(t, dir)
+	ref := host + "/p/r/app:v1"
+	pushLayout(t, run, 4, ref)
+	mnt := filepath.Join(t.TempDir(), "mnt")
+	out, err := run("", "mount", ref, mnt)
+	if err != nil || !strings.Contains(out, "served by the riffle serve") {
+		t.Fatalf("mount: %v\n%s", err, out)
+	}
+	unmount := func(args ...string) (string, error) {
+		out, errOut, err := runImageCmd(t, append([]string{"unmount"}, args...)...)
+		return out + errOut, err
+	}
+	unmounted := false
+	t.Cleanup(func() {
+		if !unmounted {
+			unmount("--lazy", mnt)
+		}
+	})
+	b, err := os.ReadFile(filepath.Join(mnt, "f"))
+	if err != nil || len(b) != 32<<10 {
+		t.Fatalf("reading through the mount: %d bytes, %v", len(b), err)
+	}
+	// A second mount at the same place is refused.
+	if out, err := run("", "mount", ref, mnt); err == nil || !strings.Contains(err.Error(), "already has an image mounted there") {
+		t.Fatalf("second mount at %s: %v\n%s", mnt, err, out)
+	}
+	// The layer settles into the store in the background; it is in use.
+	var u server.DiskUsage
+	for i := 0; ; i++ {
+		if u = diskUsage(t, run); len(u.Node.Entries) == 1 {
+			break
+		}
+		if i == 600 {
+			t.Fatalf("the layer did not settle within 30 s: %+v", u.Node)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !u.Node.Entries[0].InUse {
+		t.Fatalf("the mounted image's layer is not in use: %+v", u.Node.Entries)
+	}
+	if out, err := run("", "system", "prune"); err != nil || !strings.Contains(out, "layers and flat images: removed 0") {
+		t.Fatalf("prune under the mount: %v\n%s", err, out)
+	}
+	if _, err := os.ReadFile(filepath.Join(mnt, "f")); err != nil {
+		t.Fatalf("reading after prune: %v", err)
+	}
+	if out, err := unmount(mnt); err != nil {
+		t.Fatalf("unmount: %v\n%s", err, out)
+	}
+	unmounted = true
+	// Once the server has seen the mount end, its layer is free.
+	for i := 0; ; i++ {
+		u = diskUsage(t, run)
+		if len(u.Node.Entries) == 1 && !u.Node.Entries[0].InUse {
+			break
+		}
+		if i == 200 {
+			t.Fatalf("the layer stayed in use after unmount: %+v", u.Node.Entries)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if out, err := run("", "system", "prune"); err != nil || !strings.Contains(out, "layers and flat images: removed 1") {
+		t.Fatalf("prune after unmount: %v\n%s", err, out)
+	}
+}

@@ -17,6 +17,8 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/pull"
+	"github.com/riffle-dev/riffle/internal/remote"
+	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
 // usage is what the node knows to be in use, so that Prune removes only
@@ -337,4 +339,22 @@ func diskUsage(root string) int64 {
 		return nil
 	})
 	return total
+}
+
+// MountHeld is MountAt for a mount the node keeps from Prune: the image's
+// layers (which the mount reads once settled) stay until release, which
+// the caller calls once the mount has ended.
+func (n *Node) MountHeld(ctx context.Context, ref string, auth Auth, dir string) (*streamfs.MountPoint, *remote.Image, func(), error) {
+	n.use.gate.RLock()
+	defer n.use.gate.RUnlock()
+	mp, img, err := n.MountAt(ctx, ref, auth, dir)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	var lower []string
+	for _, d := range img.Config.RootFS.DiffIDs {
+		lower = append(lower, n.layers.Path(d))
+	}
+	rfs := n.hold(ref, &RootFS{Lower: lower})
+	return mp, img, rfs.Release, nil
 }

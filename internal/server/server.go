@@ -51,6 +51,7 @@ type Server struct {
 	lock     *dataDirLock
 	stopCaps context.CancelFunc // ends capLayers (system.go)
 	capsDone chan struct{}
+	cli      cliMounts // riffle mount's mounts (mounts.go)
 
 	tokens    *auth.Store            // access control (auth.go)
 	selfToken string                 // the server's own token for its registry; never stored
@@ -138,6 +139,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
 	s.registerTokenAPI()
 	s.registerSystemAPI()
+	s.registerMountAPI()
 	cctx, stop := context.WithCancel(context.Background())
 	s.stopCaps, s.capsDone = stop, make(chan struct{})
 	go func() { defer close(s.capsDone); s.capLayers(cctx) }()
@@ -188,6 +190,7 @@ func (s *Server) Close() error {
 		<-s.capsDone
 	}
 	if s.node != nil {
+		s.closeCLIMounts()
 		errs = append(errs, s.node.Close())
 	}
 	if s.cache != nil {
