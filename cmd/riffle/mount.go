@@ -196,6 +196,7 @@ Needs root for ownership, devices and xattrs.`,
 			start := time.Now()
 			client := reg.client()
 			if len(args) == 2 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "pulling %s into %s ...\n", args[0], args[1])
 				n, err := pullImage(ctx, client, args[0], args[1], parallel)
 				if err != nil {
 					return err

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 
@@ -65,7 +67,12 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 			if verbose {
 				level = slog.LevelInfo
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
+			// The container's output and riffle's own lines may share one
+			// writer (a terminal, or a test's buffer): one lock for both.
+			var mu sync.Mutex
+			stdout := &lockedWriter{mu: &mu, w: cmd.OutOrStdout()}
+			stderr := &lockedWriter{mu: &mu, w: cmd.ErrOrStderr()}
+			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 			start := time.Now()
 			n, err := newNode(nodeFlags{dataDir: dataDir, indexURL: indexURL, reg: reg}, log, nil)
 			if err != nil {
@@ -94,7 +101,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 				Volumes:              volumes,
 				BlockExternalNetwork: noNetwork,
 			}
-			code, err := rt.Run(ctx, spec, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			code, err := rt.Run(ctx, spec, stdout, stderr)
 			if err != nil {
 				return err
 			}
@@ -131,4 +138,16 @@ func runImage(ctx context.Context, n *node.Node, ref string, pull bool, log *slo
 		log.Warn("the image cannot be streamed; pulling it in full", "image", ref, "reason", err)
 	}
 	return n.Pull(ctx, ref, node.Auth{})
+}
+
+// lockedWriter serialises writes to w with other writers sharing mu.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -141,8 +141,9 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	layers *layerstore.Store
-	use    usage // what is in use, for Prune (usage.go)
+	layers  *layerstore.Store
+	metrics *metrics
+	use     usage // what is in use, for Prune (usage.go)
 
 	mu       sync.Mutex
 	clients  map[Auth]*remote.Client
@@ -198,6 +199,12 @@ func New(opts Options) (*Node, error) {
 		cancel()
 		return nil, err
 	}
+	n.metrics = newMetrics(n)
+	if opts.Metrics != nil {
+		if err := opts.Metrics.Register(n.metrics); err != nil {
+			n.log.Warn("node: metrics not registered", "err", err)
+		}
+	}
 	return n, nil
 }
 
@@ -239,8 +246,13 @@ func (n *Node) Close() error {
 	n.cancel()
 	n.wg.Wait()
 	n.mu.Lock()
-	mounts := n.mounts
-	n.mounts = map[digest.Digest]*mount{}
+	mounts := make([]*mount, 0, len(n.mounts))
+	for _, m := range n.mounts {
+		mounts = append(mounts, m)
+	}
+	for _, m := range mounts {
+		n.forgetLocked(m)
+	}
 	c, own := n.cache, n.ownCache
 	n.mu.Unlock()
 	var errs []error
@@ -254,10 +266,21 @@ func (n *Node) Close() error {
 	return errors.Join(errs...)
 }
 
+// forgetLocked removes m from the node's mounts, its counters going to
+// the node's totals in the same critical section, so a scrape sees them
+// once. n.mu is held.
+func (n *Node) forgetLocked(m *mount) {
+	if n.mounts[m.img.Digest] == m {
+		delete(n.mounts, m.img.Digest)
+		n.metrics.unmounted(m.mp.Stats())
+	}
+}
+
 func (n *Node) unmount(m *mount) {
 	if n.opts.Metrics != nil {
 		n.opts.Metrics.Unregister(m.mp.Collector())
 	}
+
 	if err := m.mp.Unmount(); err != nil {
 		_ = streamfs.UnmountDir(m.mp.Dir(), true)
 	}
@@ -344,10 +367,22 @@ func (n *Node) shared(ctx context.Context, key string, fn func(ctx context.Conte
 	}
 }
 
-// pull resolves ref and extracts every layer it does not have yet into
+// Pull resolves ref and extracts every layer it does not have yet into
 // the node's layer store, in parallel, each layer once however many
 // images share it; concurrent pulls of one manifest share the work. The
 // root filesystem is overlayfs over the layer directories.
+func (n *Node) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
+	return n.held(ref, func() (*RootFS, error) { return n.counted(n.pull(ctx, ref, auth)) })
+}
+
+// counted counts a root filesystem handed out, by method.
+func (n *Node) counted(rfs *RootFS, err error) (*RootFS, error) {
+	if err == nil {
+		n.metrics.started(rfs.Method)
+	}
+	return rfs, err
+}
+
 func (n *Node) pull(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
 	c := n.Client(auth)
 	img, err := c.Resolve(ctx, ref, nil)
@@ -415,12 +450,16 @@ func (n *Node) settled(img *remote.Image) *RootFS {
 	return out
 }
 
-// stream gives ref's root filesystem without waiting for its data. An
+// Stream gives ref's root filesystem without waiting for its data. An
 // image whose layers are all on the node already (settled, or pulled) is
 // overlayfs over them, with no FUSE on its data path. Otherwise ref is
 // mounted lazily under Layout.Mounts(), once per manifest, and the mount
 // stays until Close so later tasks find its data warm. An error wrapping
 // streamfs.ErrNotEligible says why the image cannot be streamed.
+func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
+	return n.held(ref, func() (*RootFS, error) { return n.counted(n.stream(ctx, ref, auth)) })
+}
+
 func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
 	c := n.Client(auth)
 	img, err := c.Resolve(ctx, ref, nil)

@@ -73,7 +73,7 @@ func (n *Node) release(m *mount) {
 	m.users--
 	drop := m.users == 0 && m.settled && n.mounts[m.img.Digest] == m
 	if drop {
-		delete(n.mounts, m.img.Digest)
+		n.forgetLocked(m)
 	}
 	n.mu.Unlock()
 	if drop {
@@ -110,7 +110,7 @@ func (n *Node) settle(m *mount) {
 	m.settled = true
 	drop := m.users == 0 && n.mounts[m.img.Digest] == m
 	if drop {
-		delete(n.mounts, m.img.Digest)
+		n.forgetLocked(m)
 	}
 	n.mu.Unlock()
 	if drop {

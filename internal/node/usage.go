@@ -36,26 +36,14 @@ type usage struct {
 	known map[string][]string // lower directory → image references seen using it
 }
 
-// Pull resolves ref and extracts every layer it does not have yet into
-// the node's layer store (see pull). The root filesystem's directories are
-// kept from Prune until its Release.
-func (n *Node) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
+// held runs get (a Pull or Stream) so that Prune does not run meanwhile,
+// and keeps the root filesystem it returns from Prune until its Release.
+// Holding the gate from start to hand-out matters: layers a pull has
+// extracted are not in use by anything until the root filesystem exists.
+func (n *Node) held(ref string, get func() (*RootFS, error)) (*RootFS, error) {
 	n.use.gate.RLock()
 	defer n.use.gate.RUnlock()
-	rfs, err := n.pull(ctx, ref, auth)
-	if err != nil {
-		return nil, err
-	}
-	return n.hold(ref, rfs), nil
-}
-
-// Stream gives ref's root filesystem without waiting for its data (see
-// stream). The root filesystem's directories are kept from Prune until
-// its Release.
-func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
-	n.use.gate.RLock()
-	defer n.use.gate.RUnlock()
-	rfs, err := n.stream(ctx, ref, auth)
+	rfs, err := get()
 	if err != nil {
 		return nil, err
 	}

@@ -93,12 +93,13 @@ func TestServeRunsStreamedJob(t *testing.T) {
 			t.Errorf("logs lack %q:\n%s", want, b)
 		}
 	}
-	// The mount's counters are on /metrics.
+	// The node's streaming counters are on /metrics (the mount's own go
+	// with it once the image settles).
 	resp = get(t, "http://"+addr+"/metrics", tok)
 
 	b, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"riffle_streamfs_fetched_bytes_total", "riffle_cache_", "riffle_index_layers_built_total"} {
+	for _, want := range []string{"riffle_node_streamed_wire_bytes_total", `riffle_node_image_starts_total{method="streamed"}`, "riffle_cache_", "riffle_index_layers_built_total"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

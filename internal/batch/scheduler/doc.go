@@ -65,8 +65,9 @@
 //
 // With enableImageStreaming the scheduler asks ImageSource.Stream first and
 // falls back to Pull when it fails, with an IMAGE_STREAMING_FALLBACK task
-// event saying why. Each container runnable's start adds an IMAGE_STREAMED
-// or IMAGE_PULLED event naming the digest, the time until the image was
+// event saying why. Each container runnable's start adds an IMAGE_STREAMED,
+// IMAGE_SETTLED (a streamed image whose layers have all been extracted on
+// the node since: overlayfs, no FUSE) or IMAGE_PULLED event naming the digest, the time until the image was
 // ready and until the container ran, and the bytes fetched; a streamed
 // runnable also reports the bytes its mount fetched while it ran. The node
 // engine (package node) is the ImageSource riffle serve uses.

@@ -10,6 +10,8 @@ import (
 	"cloud.google.com/go/batch/apiv1/batchpb"
 
 	"github.com/riffle-dev/riffle/internal/batch/store"
+	"github.com/riffle-dev/riffle/internal/node"
+	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
 // Exit codes the scheduler records for failures that are not a program's
@@ -43,6 +45,7 @@ const (
 	evRunnableTimeout      = "RUNNABLE_TIMEOUT"
 	evImageStreamed        = "IMAGE_STREAMED"
 	evImagePulled          = "IMAGE_PULLED"
+	evImageSettled         = "IMAGE_SETTLED"
 	evImageStreamedBytes   = "IMAGE_STREAMED_BYTES"
 	evImageStreamFallback  = "IMAGE_STREAMING_FALLBACK"
 	evWaitingForCapacity   = "WAITING_FOR_CAPACITY"
@@ -78,26 +81,51 @@ func runnableTimeoutEvent(ri int, timeout time.Duration, code int) event {
 // imageReadyEvent says how a container runnable's image arrived.
 func imageReadyEvent(ri int, imageURI string, rfs *RootFS, ready, started time.Duration) event {
 	typ, how := evImagePulled, "pulled"
-	if rfs.Method == "streamed" {
+	switch rfs.Method {
+	case node.MethodStreamed:
 		typ, how = evImageStreamed, "streamed"
+	case node.MethodSettled:
+		typ, how = evImageSettled, "settled (streamed earlier; now served from its layers extracted on this node, with overlayfs and no FUSE)"
 	}
 	var detail string
 	switch {
-	case rfs.Reused && how == "streamed":
+	case rfs.Method == node.MethodSettled:
+		detail = "nothing fetched"
+	case rfs.Reused && rfs.Method == node.MethodStreamed:
 		detail = "its lazy mount was shared with earlier tasks, nothing fetched to start"
 	case rfs.Reused:
 		detail = "already pulled, nothing fetched"
+	case rfs.Fetched == 0:
+		detail = "nothing fetched over the wire to make it ready"
 	default:
-		detail = fmt.Sprintf("%s fetched to make it ready", byteSize(rfs.Fetched))
+		detail = fmt.Sprintf("%s compressed over the wire to make it ready", byteSize(rfs.Fetched))
 	}
 	return event{typ, fmt.Sprintf(
 		"Image %s (%s) was %s for runnable %d: ready in %v, container started %v after the runnable began; %s.",
 		imageURI, rfs.Digest, how, ri, ready.Round(time.Millisecond), started.Round(time.Millisecond), detail)}
 }
 
-func imageStreamedBytesEvent(ri int, n int64) event {
-	return event{evImageStreamedBytes, fmt.Sprintf(
-		"Runnable %d read its streamed image; the image's mount fetched %s from the registry while it ran.", ri, byteSize(n))}
+// imageStreamedBytesEvent says what a streamed image's mount fetched while
+// a runnable ran: compressed bytes over the wire and uncompressed bytes
+// made available, each named so, with the startup profile's part.
+func imageStreamedBytesEvent(ri int, d streamfs.Stats) event {
+	msg := fmt.Sprintf("Runnable %d read its streamed image; while it ran the image's mount fetched %s compressed over the wire (%s by range for reads, %s by background layer streams) and made %s uncompressed available",
+		ri, byteSize(d.WireBytes), byteSize(d.SpanWireBytes), byteSize(d.BackgroundWireBytes), byteSize(d.UncompressedBytes))
+	if d.ProfileSpans > 0 {
+		msg += fmt.Sprintf("; its startup profile prefetched %d spans (%s uncompressed) and %d first reads found theirs prefetched", d.ProfileSpans, byteSize(d.ProfileBytes), d.ProfileHits)
+	}
+	return event{evImageStreamedBytes, msg + "."}
+}
+
+// statsDelta is what a mount's counters grew by between a and b.
+func statsDelta(a, b streamfs.Stats) streamfs.Stats {
+	return streamfs.Stats{
+		WireBytes: b.WireBytes - a.WireBytes, SpanWireBytes: b.SpanWireBytes - a.SpanWireBytes,
+		BackgroundWireBytes: b.BackgroundWireBytes - a.BackgroundWireBytes,
+		UncompressedBytes:   b.UncompressedBytes - a.UncompressedBytes,
+		ProfileSpans:        b.ProfileSpans - a.ProfileSpans, ProfileBytes: b.ProfileBytes - a.ProfileBytes,
+		ProfileHits: b.ProfileHits - a.ProfileHits,
+	}
 }
 
 func imageStreamFallbackEvent(ri int, why string, err error) event {

@@ -433,9 +433,9 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 		return nil, "The container image could not be fetched.", fmt.Errorf("%s.imageUri %s: %w", field, c.GetImageUri(), err)
 	}
 	ready := time.Since(t0)
-	var before int64
-	if rfs.FetchedTotal != nil {
-		before = rfs.FetchedTotal()
+	var before streamfs.Stats
+	if rfs.Stats != nil {
+		before = rfs.Stats()
 	}
 	volumes := append(append([]string{}, c.GetVolumes()...), binds...)
 	if r.hosts != "" {
@@ -475,8 +475,8 @@ func (r *jobRun) startContainer(ctx context.Context, idx int64, ri int, rn *batc
 		for _, c := range p.outs {
 			_ = c.Close() // a log writer's Close only flushes a partial line
 		}
-		if rfs.FetchedTotal != nil {
-			r.taskEvent(context.Background(), idx, imageStreamedBytesEvent(ri, rfs.FetchedTotal()-before))
+		if rfs.Stats != nil {
+			r.taskEvent(context.Background(), idx, imageStreamedBytesEvent(ri, statsDelta(before, rfs.Stats())))
 		}
 		rfs.Release()
 		close(p.ch)

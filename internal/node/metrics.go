@@ -1,0 +1,99 @@
+package node
+
+import (
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/riffle-dev/riffle/internal/streamfs"
+)
+
+// metrics are the node's totals over every stream mount it made, live or
+// gone (a settled image's mount is dropped, its per-mount collector with
+// it), and its image starts by method. They are computed at scrape time:
+// the totals of dropped mounts plus the current counters of live ones.
+type metrics struct {
+	n *Node
+
+	mu      sync.Mutex
+	dropped streamfs.Stats     // summed over unmounted mounts
+	starts  map[string]float64 // by RootFS.Method
+	descs   map[string]*prometheus.Desc
+}
+
+func newMetrics(n *Node) *metrics {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc("riffle_node_"+name, help, labels, nil)
+	}
+	return &metrics{n: n, starts: map[string]float64{}, descs: map[string]*prometheus.Desc{
+		"starts":       d("image_starts_total", "Root filesystems handed out, by how the image arrived (streamed, settled, pulled).", "method"),
+		"wire":         d("streamed_wire_bytes_total", "Compressed bytes stream mounts fetched from registries (by range and by background layer stream)."),
+		"uncompressed": d("streamed_uncompressed_bytes_total", "Uncompressed bytes stream mounts made available."),
+		"profileBytes": d("profile_prefetched_bytes_total", "Uncompressed bytes prefetched from startup profiles."),
+		"profileSpans": d("profile_prefetched_spans_total", "Spans prefetched from startup profiles."),
+		"profileHits":  d("profile_hits_total", "First reads that found their span prefetched by a startup profile."),
+		"spansRead":    d("streamed_spans_fetched_total", "Spans stream mounts fetched (profile prefetches included)."),
+	}}
+}
+
+// started counts one root filesystem handed out.
+func (m *metrics) started(method string) {
+	m.mu.Lock()
+	m.starts[method]++
+	m.mu.Unlock()
+}
+
+// unmounted adds a mount's final counters to the totals.
+func (m *metrics) unmounted(st streamfs.Stats) {
+	m.mu.Lock()
+	addStats(&m.dropped, st)
+	m.mu.Unlock()
+}
+
+func addStats(to *streamfs.Stats, st streamfs.Stats) {
+	to.WireBytes += st.WireBytes
+	to.UncompressedBytes += st.UncompressedBytes
+	to.ProfileBytes += st.ProfileBytes
+	to.ProfileSpans += st.ProfileSpans
+	to.ProfileHits += st.ProfileHits
+	to.FetchedSpans += st.FetchedSpans
+}
+
+// Describe implements prometheus.Collector.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range m.descs {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	m.n.mu.Lock()
+	live := make([]*mount, 0, len(m.n.mounts))
+	for _, mt := range m.n.mounts {
+		live = append(live, mt)
+	}
+	m.n.mu.Unlock()
+	m.mu.Lock()
+	total := m.dropped
+	starts := make(map[string]float64, len(m.starts))
+	for k, v := range m.starts {
+		starts[k] = v
+	}
+	m.mu.Unlock()
+	for _, mt := range live {
+		addStats(&total, mt.mp.Stats())
+	}
+	for _, method := range []string{MethodStreamed, MethodSettled, MethodPulled} {
+		ch <- prometheus.MustNewConstMetric(m.descs["starts"], prometheus.CounterValue, starts[method], method)
+	}
+	c := func(name string, v int64) {
+		ch <- prometheus.MustNewConstMetric(m.descs[name], prometheus.CounterValue, float64(v))
+	}
+	c("wire", total.WireBytes)
+	c("uncompressed", total.UncompressedBytes)
+	c("profileBytes", total.ProfileBytes)
+	c("profileSpans", total.ProfileSpans)
+	c("profileHits", total.ProfileHits)
+	c("spansRead", total.FetchedSpans)
+}
