@@ -17,8 +17,8 @@ func newImageRmCmd(f *imageFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "rm IMAGE[:TAG|@DIGEST]...",
 		Short: "Delete images from a registry",
-		Long: `rm deletes images from a registry (by default named as in push:
-HOST:PORT/PROJECT/REPOSITORY/IMAGE:TAG; without a tag, :latest).
+		Long: `rm deletes images from a registry, named as for push
+(HOST:PORT/PROJECT/REPOSITORY/IMAGE:TAG; without a tag, :latest).
 
 IMAGE:TAG removes the tag; when no other tag of the repository names the
 same manifest, the manifest goes too (use --keep-manifest to keep it,
