@@ -111,7 +111,7 @@ for loopback hosts and hosts given with --insecure-registry.`,
 	// commands say insecure-registry.
 	pf.StringSliceVar(&f.insecure, "insecure", nil, "")
 	_ = pf.MarkDeprecated("insecure", "use --insecure-registry")
-	cmd.AddCommand(newImagePushCmd(f), newImageLsCmd(f), newImageInspectCmd(f))
+	cmd.AddCommand(newImagePushCmd(f), newImageLsCmd(f), newImageInspectCmd(f), newImageRmCmd(f))
 	return cmd
 }
 

@@ -66,11 +66,20 @@ mount until it is interrupted or "riffle unmount DIR" is run; with
 --background it returns as soon as the mount is ready and a background
 process serves it (its log goes to DATA_DIR/mount.log).
 
+When a riffle serve runs on the data directory, it owns the node cache: the
+command then asks it to make the mount (admin token, as every client command
+finds it), returns at once, and the server serves the mount, sharing its
+cache and keeping the image's layers from "riffle system prune", until
+"riffle unmount DIR" or until the server stops.
+
 An image that cannot be streamed (a layer that cannot be indexed, such as one
 zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, dir := args[0], args[1]
+			if cacheDir == "" && serverOwnsCache(dataDir) {
+				return mountThroughServer(cmd.Context(), cmd.OutOrStdout(), dataDir, ref, dir)
+			}
 			if background {
 				return mountInBackground(cmd, args, dataDir)
 			}

@@ -144,6 +144,7 @@ type Node struct {
 
 	layers  *layerstore.Store
 	metrics *metrics
+	use     usage // what is in use, for Prune (usage.go)
 
 	mu       sync.Mutex
 	clients  map[Auth]*remote.Client
@@ -401,7 +402,7 @@ func (n *Node) shared(ctx context.Context, key string, fn func(ctx context.Conte
 // images share it; concurrent pulls of one manifest share the work. The
 // root filesystem is overlayfs over the layer directories.
 func (n *Node) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
-	return n.counted(n.pull(ctx, ref, auth))
+	return n.held(ref, func() (*RootFS, error) { return n.counted(n.pull(ctx, ref, auth)) })
 }
 
 // counted counts a root filesystem handed out, by method.
@@ -486,7 +487,7 @@ func (n *Node) settled(img *remote.Image) *RootFS {
 // stays until Close so later tasks find its data warm. An error wrapping
 // streamfs.ErrNotEligible says why the image cannot be streamed.
 func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
-	return n.counted(n.stream(ctx, ref, auth))
+	return n.held(ref, func() (*RootFS, error) { return n.counted(n.stream(ctx, ref, auth)) })
 }
 
 func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {

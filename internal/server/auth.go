@@ -131,6 +131,11 @@ func (s *Server) classify(r *http.Request) (access, error) {
 		return access{api: "batch", project: projectOf(strings.TrimPrefix(p, "/v1/")), need: role, mutating: write}, nil
 	case strings.HasPrefix(p, "/riffle/v1/logs/"):
 		return access{api: "logs", project: projectOf(strings.TrimPrefix(p, "/riffle/v1/logs/")), need: auth.RoleViewer}, nil
+	case p == "/riffle/v1/system/df":
+		// Disk use names images and jobs of every project.
+		return access{api: "system", project: auth.AllProjects, need: auth.RoleViewer}, nil
+	case strings.HasPrefix(p, "/riffle/v1/system/"):
+		return access{api: "system", project: auth.AllProjects, need: auth.RoleAdmin, mutating: write}, nil
 	case p == "/riffle/v1/auth/whoami":
 		return access{api: "auth", need: auth.RoleViewer}, nil
 	case strings.HasPrefix(p, "/riffle/v1/auth/"):

@@ -50,6 +50,9 @@ type Server struct {
 	mux      *http.ServeMux
 	handler  http.Handler
 	lock     *dataDirLock
+	stopCaps context.CancelFunc // ends capLayers (system.go)
+	capsDone chan struct{}
+	cli      cliMounts // riffle mount's mounts (mounts.go)
 
 	tokens    *auth.Store            // access control (auth.go)
 	selfToken string                 // the server's own token for its registry; never stored
@@ -137,6 +140,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
 	s.registerTokenAPI()
+	s.registerSystemAPI()
+	s.registerMountAPI()
+	cctx, stop := context.WithCancel(context.Background())
+	s.stopCaps, s.capsDone = stop, make(chan struct{})
+	go func() { defer close(s.capsDone); s.capLayers(cctx) }()
 	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.guard(s.mux)))
 	return s, nil
 }
@@ -178,7 +186,13 @@ func (s *Server) Close() error {
 	if s.sched != nil {
 		errs = append(errs, s.sched.Close())
 	}
+	// After the scheduler: a prune waits for pulls, which end with it.
+	if s.stopCaps != nil {
+		s.stopCaps()
+		<-s.capsDone
+	}
 	if s.node != nil {
+		s.closeCLIMounts()
 		errs = append(errs, s.node.Close())
 	}
 	if s.cache != nil {
