@@ -168,7 +168,7 @@ func TestCLIOverTLS(t *testing.T) {
 	if err := imagegen.WriteOCILayout(layout, img, "v1"); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := run("image", "push", layout, "p/r/busybox:v1"); err != nil {
+	if out, err := run("image", "push", layout, ln.Addr().String()+"/p/r/busybox:v1"); err != nil {
 		t.Fatalf("image push over TLS: %v\n%s", err, out)
 	}
 }

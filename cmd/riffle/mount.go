@@ -87,9 +87,10 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 			if readyFD > 0 {
 				ready = readyNotifier(readyFD)
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+			stdout, stderr := lockedStdio(cmd)
+			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			if debug {
-				log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+				log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -114,7 +115,7 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 				return err
 			}
 			ready(nil)
-			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s (%d layers, ready in %v); riffle unmount %s to stop\n",
+			fmt.Fprintf(stdout, "mounted %s at %s (%d layers, ready in %v); riffle unmount %s to stop\n",
 				ref, dir, len(img.Manifest.Layers), time.Since(start).Round(time.Millisecond), dir)
 			done := make(chan struct{})
 			go func() { m.Wait(); close(done) }()
@@ -133,7 +134,7 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 			}
 			n.ReportProfile(m)
 			st := m.Stats()
-			fmt.Fprintf(cmd.OutOrStdout(), "unmounted %s: %d compressed bytes over the wire (%d by span, %d by layer stream), %d uncompressed bytes made available; cache hits %d, misses %d\n",
+			fmt.Fprintf(stdout, "unmounted %s: %d compressed bytes over the wire (%d by span, %d by layer stream), %d uncompressed bytes made available; cache hits %d, misses %d\n",
 				dir, st.WireBytes, st.SpanWireBytes, st.BackgroundWireBytes, st.UncompressedBytes, st.CacheHits, st.CacheMisses)
 			return nil
 		},

@@ -71,12 +71,12 @@ func (f *systemFlags) call(ctx context.Context, method, path string, body, out a
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, serverScheme(f.dataDir)+"://"+addr+path, rd)
 	if err != nil {
 		return fmt.Errorf("system: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := authHTTPClient(clientToken(f.dataDir)).Do(req)
+	resp, err := serverHTTPClient(f.dataDir).Do(req)
 	if err != nil {
 		return fmt.Errorf("system: cannot reach riffle serve at %s (start it, or give --data-dir of a directory no server runs on): %w", addr, err)
 	}
