@@ -237,6 +237,7 @@ func (e *env) streamOnce(ctx context.Context, t timer, data string, w workload) 
 		return sample{}, err
 	}
 	defer func() {
+		killRootedUnder(mnt) // a workload left by a failure keeps the mount busy
 		m.stop(10 * time.Second)
 		unmountUnder(mnt)
 		m.grp.remove()

@@ -84,6 +84,7 @@ func (c *containerd) ctr(args ...string) []string {
 // close stops the daemon and its shims, unmounts whatever overlay
 // snapshots are still mounted, and removes its root.
 func (c *containerd) close() {
+	killRootedUnder(c.dir) // containers still running after a failure
 	if c.p != nil {
 		c.p.stop(10 * time.Second)
 		killGroup(c.p.grp) // shims outlive the daemon

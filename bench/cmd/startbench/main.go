@@ -156,6 +156,7 @@ func run(ctx context.Context, f flags) error {
 	}
 	// Whatever a failed or interrupted case left: mounts, then processes.
 	defer func() {
+		killRootedUnder(dir)
 		unmountUnder(dir)
 		group(cgroupRoot).remove()
 	}()

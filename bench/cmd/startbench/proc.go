@@ -248,6 +248,26 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 
 func (t *tailBuffer) String() string { return string(t.b) }
 
+// killRootedUnder SIGKILLs every process whose root directory is at or
+// below dir: containers and chroot workloads a failed or interrupted case
+// left running (a container outlives its killed shim).
+func killRootedUnder(dir string) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return
+	}
+	for _, de := range ents {
+		pid, err := strconv.Atoi(de.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		root, err := os.Readlink(filepath.Join("/proc", de.Name(), "root"))
+		if err == nil && (root == dir || strings.HasPrefix(root, dir+"/")) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+}
+
 // unmountUnder lazily unmounts every mount at or below dir, deepest first,
 // so an interrupted case leaves no FUSE or overlay mount behind.
 func unmountUnder(dir string) {
