@@ -130,6 +130,9 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, f); err != nil {
+		if ctx.Err() != nil {
+			err = errors.New("startbench: interrupted; everything it started is stopped and removed")
+		}
 		log.Print(err)
 		stop()
 		os.Exit(1)
@@ -193,7 +196,7 @@ func run(ctx context.Context, f flags) error {
 		}
 		link.Close()
 		rep.print(os.Stdout)
-		if f.results != "" {
+		if f.results != "" && ctx.Err() == nil {
 			if p, werr := rep.write(f.results); werr != nil {
 				log.Print(werr)
 			} else {

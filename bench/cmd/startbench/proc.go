@@ -15,12 +15,12 @@ import (
 	"time"
 )
 
-// cgroupRoot is the cgroup v1 cpuacct hierarchy this machine has (its
-// cgroup2 mount has no controllers enabled). Each process the benchmark
-// measures runs in its own group below it, so a daemon's CPU time includes
-// the helpers it forks (containerd's shims) and nothing of the benchmark's
-// own process, which also runs the emulated link.
-const cgroupRoot = "/sys/fs/cgroup/cpuacct/riffle-startbench"
+// cgroupRoot is in the cgroup v1 cpuacct hierarchy this machine has (its
+// cgroup2 mount has no controllers enabled), one per invocation. Each
+// process the benchmark measures runs in its own group below it, so a
+// daemon's CPU time includes the helpers it forks (containerd's shims) and
+// nothing of the benchmark's own process, which also runs the emulated link.
+var cgroupRoot = fmt.Sprintf("/sys/fs/cgroup/cpuacct/riffle-startbench-%d", os.Getpid())
 
 // group is one cpuacct cgroup.
 type group string

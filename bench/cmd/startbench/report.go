@@ -185,6 +185,8 @@ func (r *report) print(out io.Writer) {
 		switch {
 		case x.NotAvailable != "":
 			fmt.Fprintf(tw, "%s\t%s\tnot available\t\t\t\t\t\t\t\n", x.Workload, label)
+		case x.Median == nil && len(x.Errors) == 0:
+			fmt.Fprintf(tw, "%s\t%s\tnot run\t\t\t\t\t\t\t\n", x.Workload, label)
 		case x.Median == nil:
 			fmt.Fprintf(tw, "%s\t%s\tfailed (%d errors)\t\t\t\t\t\t\t\n", x.Workload, label, len(x.Errors))
 		default:
