@@ -130,8 +130,9 @@ func runWorkload(ctx context.Context, t timer, w workload, role string, argv []s
 	}
 	defer p.grp.remove()
 	var first time.Duration
-	for range p.lines {
-		if first == 0 {
+	for line := range p.lines {
+		// The workload's line, not a launcher's progress output.
+		if first == 0 && strings.TrimSpace(line) == w.Expect {
 			first = time.Since(t.start)
 		}
 	}
@@ -141,7 +142,7 @@ func runWorkload(ctx context.Context, t timer, w workload, role string, argv []s
 	s := sample{Seconds: time.Since(t.start).Seconds(), LinkBytes: t.link.Bytes() - t.bytes}
 	if w.FirstLine {
 		if first == 0 {
-			return sample{}, fmt.Errorf("startbench: %s printed nothing", w.Cmd)
+			return sample{}, fmt.Errorf("startbench: %s did not print %q", w.Cmd, w.Expect)
 		}
 		s.Seconds = first.Seconds()
 	}
@@ -172,6 +173,10 @@ func (e *env) riffleRunArgs(dataDir string, pull bool, w workload) []string {
 	args := []string{e.bin, "run", "--data-dir", dataDir}
 	if pull {
 		args = append(args, "--pull")
+	} else if strings.Contains(e.runHelp, "--index-service") {
+		// Indexes as riffle mount gets them here: from the index service,
+		// through the link, not built by reading every layer.
+		args = append(args, "--index-service", e.indexURL)
 	}
 	return append(args, e.ref, "--", "/bin/sh", "-c", w.Cmd)
 }

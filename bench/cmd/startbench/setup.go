@@ -166,8 +166,10 @@ func (s *setupState) startRegistry(ctx context.Context, spanSize int64) error {
 type workload struct {
 	Name string
 	Cmd  string // a shell command line
-	// FirstLine: the time is to the first line of output, not to exit.
+	// FirstLine: the time is to the first line of output that is Expect,
+	// not to exit.
 	FirstLine bool
+	Expect    string
 }
 
 // selectWorkloads returns the named workloads, in the commands the image
@@ -178,7 +180,7 @@ func selectWorkloads(names, kind string) ([]workload, error) {
 		readAll = "busybox find / -xdev -type f -exec cat {} + > /dev/null"
 	}
 	all := map[string]workload{
-		"echo":    {Name: "echo", Cmd: "echo hello", FirstLine: true},
+		"echo":    {Name: "echo", Cmd: "echo hello", FirstLine: true, Expect: "hello"},
 		"python":  {Name: "python", Cmd: `python3 -c "import numpy, scipy, pandas"`},
 		"readall": {Name: "readall", Cmd: readAll},
 	}
