@@ -5,7 +5,8 @@
 // reported as a ratio to those two.
 //
 // The documented command (as root; Debian's containerd, runc, fuse3 and
-// debootstrap installed, as scripts/setup.sh does; about 30 minutes):
+// debootstrap installed, as scripts/setup.sh does; 30-40 minutes on an
+// idle 2-core machine, much longer on a shared one):
 //
 //	go run ./bench/cmd/startbench
 //
