@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -124,11 +125,35 @@ func (e *env) begin() timer {
 // first line of output for FirstLine workloads, else to exit. The
 // launcher's own CPU and RSS are recorded as role when role is not "".
 func runWorkload(ctx context.Context, t timer, w workload, role string, argv []string) (sample, error) {
+	s, _, err := runWorkloadTail(ctx, t, w, role, argv)
+	return s, err
+}
+
+// runWorkloadTail is runWorkload that also returns the end of the
+// launcher's stderr.
+func runWorkloadTail(ctx context.Context, t timer, w workload, role string, argv []string) (sample, string, error) {
 	p, err := startProc(ctx, "workload", workloadEnv, argv[0], argv[1:]...)
 	if err != nil {
-		return sample{}, err
+		return sample{}, "", err
 	}
 	defer p.grp.remove()
+	// riffle run's containers get cgroups below its own ("riffle/<id>",
+	// runtime.Config.CgroupParent); their CPU is the workload's, not the
+	// node's, so it is taken out. cpuacct charges every ancestor, so the
+	// "riffle" group keeps the total after runc removes the container's.
+	ctrs := group(filepath.Join(string(p.grp), "riffle"))
+	var ctrCPU atomic.Int64
+	stopPoll := make(chan struct{})
+	go func() {
+		for {
+			ctrCPU.Store(max(ctrCPU.Load(), int64(ctrs.cpu())))
+			select {
+			case <-stopPoll:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}()
 	var first time.Duration
 	for line := range p.lines {
 		// The workload's line, not a launcher's progress output.
@@ -136,21 +161,24 @@ func runWorkload(ctx context.Context, t timer, w workload, role string, argv []s
 			first = time.Since(t.start)
 		}
 	}
-	if err := p.wait(); err != nil {
-		return sample{}, err
+	err = p.wait()
+	close(stopPoll)
+	if err != nil {
+		return sample{}, "", err
 	}
 	s := sample{Seconds: time.Since(t.start).Seconds(), LinkBytes: t.link.Bytes() - t.bytes}
 	if w.FirstLine {
 		if first == 0 {
-			return sample{}, fmt.Errorf("startbench: %s did not print %q", w.Cmd, w.Expect)
+			return sample{}, "", fmt.Errorf("startbench: %s did not print %q", w.Cmd, w.Expect)
 		}
 		s.Seconds = first.Seconds()
 	}
 	if role != "" {
 		cpu, rss := p.stats()
+		cpu -= time.Duration(max(ctrCPU.Load(), int64(ctrs.cpu())))
 		s.addProc(role, cpu, rss)
 	}
-	return s, nil
+	return s, p.tail.String(), nil
 }
 
 // workloadEnv is the environment of every launcher. Python must not write
@@ -170,7 +198,7 @@ func chrootArgs(root string, w workload) []string {
 // riffleRunArgs is the `riffle run` command line of cases b, c and e
 // (and d, f). Keep the flags here, in one place, in step with the CLI.
 func (e *env) riffleRunArgs(dataDir string, pull bool, w workload) []string {
-	args := []string{e.bin, "run", "--data-dir", dataDir}
+	args := []string{e.bin, "run", "--data-dir", dataDir, "--verbose", "--env", "PYTHONDONTWRITEBYTECODE=1"}
 	if pull {
 		args = append(args, "--pull")
 	} else if strings.Contains(e.runHelp, "--index-service") {
@@ -210,8 +238,17 @@ func caseStream(ctx context.Context, e *env, w workload) (sample, error) {
 		return sample{}, err
 	}
 	defer os.RemoveAll(data)
+	e.clearProfiles()
 	t := e.begin()
 	return e.streamOnce(ctx, t, data, w)
+}
+
+// clearProfiles removes the startup profiles earlier runs left with the
+// index service, so a "first run" has none to prefetch.
+func (e *env) clearProfiles() {
+	if err := os.RemoveAll(filepath.Join(e.indexDir, "profiles")); err != nil {
+		fmt.Fprintf(os.Stderr, "startbench: %v\n", err)
+	}
 }
 
 // caseWarmCache is case e: the same workload ran once on this node (its
@@ -222,6 +259,7 @@ func caseWarmCache(ctx context.Context, e *env, w workload) (sample, error) {
 		return sample{}, err
 	}
 	defer os.RemoveAll(data)
+	e.clearProfiles()
 	if _, err := e.streamOnce(ctx, e.begin(), data, w); err != nil {
 		return sample{}, fmt.Errorf("filling the node cache: %w", err)
 	}
@@ -272,20 +310,21 @@ func (e *env) streamOnce(ctx context.Context, t timer, data string, w workload) 
 	return s, nil
 }
 
-// caseProfile is case d: the image ran once on another node (which left a
-// learned startup profile with the index service), and this node starts it
-// cold. It needs riffle run with profiles; the flag names are the lead's to
-// choose, so it stays "not available" until `riffle run --help` mentions a
-// profile.
+// caseProfile is case d: the image ran once on another node, whose run
+// left its learned startup profile with the index service (riffle run
+// reports it there, by layer digest), and this node starts it cold.
+// riffle run has no flag for profiles: they are on whenever it is given
+// --index-service, so the case needs --riffle-run and nothing more.
 func caseProfile(ctx context.Context, e *env, w workload) (sample, error) {
-	if !e.f.riffleRun || !strings.Contains(e.runHelp, "profile") {
-		return sample{}, notAvailable("needs `riffle run` with learned profiles (--riffle-run, and a binary whose run --help mentions a profile)")
+	if !e.f.riffleRun {
+		return sample{}, notAvailable("needs `riffle run` (--riffle-run): profiles are recorded and used by the node engine it drives")
 	}
 	first, err := e.scratch("riffle-profile-first")
 	if err != nil {
 		return sample{}, err
 	}
 	defer os.RemoveAll(first)
+	e.clearProfiles()
 	if _, err := runWorkload(ctx, e.begin(), w, "", e.riffleRunArgs(first, false, w)); err != nil {
 		return sample{}, fmt.Errorf("first run (records the profile): %w", err)
 	}
@@ -300,8 +339,8 @@ func caseProfile(ctx context.Context, e *env, w workload) (sample, error) {
 // caseSettled is case f: every layer of the image is complete on the node
 // and settled into overlayfs; a later task starts from it.
 func caseSettled(ctx context.Context, e *env, w workload) (sample, error) {
-	if !e.f.riffleRun || !strings.Contains(e.runHelp, "settle") {
-		return sample{}, notAvailable("needs `riffle run` with settling (--riffle-run, and a binary whose run --help mentions settling)")
+	if !e.f.riffleRun {
+		return sample{}, notAvailable("needs `riffle run` (--riffle-run): settling is done by the node engine it drives")
 	}
 	data, err := e.scratch("riffle-settled")
 	if err != nil {
@@ -312,5 +351,9 @@ func caseSettled(ctx context.Context, e *env, w workload) (sample, error) {
 	if _, err := runWorkload(ctx, e.begin(), readAll, "", e.riffleRunArgs(data, false, readAll)); err != nil {
 		return sample{}, fmt.Errorf("filling the node (to settle): %w", err)
 	}
-	return runWorkload(ctx, e.begin(), w, "riffle run", e.riffleRunArgs(data, false, w))
+	s, tail, err := runWorkloadTail(ctx, e.begin(), w, "riffle run", e.riffleRunArgs(data, false, w))
+	if err == nil && !strings.Contains(tail, "method=settled") {
+		err = fmt.Errorf("startbench: the image had not settled after a run that read every file (riffle run --verbose said:\n%s)", tail)
+	}
+	return s, err
 }

@@ -71,13 +71,23 @@ func (g group) pids() []int {
 	return out
 }
 
-// remove kills what is left in g and deletes it.
+// remove kills what is left in g and deletes it with the groups below it
+// (riffle run's containers get theirs there), deepest first.
 func (g group) remove() {
 	if g == "" {
 		return
 	}
-	killGroup(g)
-	_ = os.Remove(string(g))
+	var dirs []string
+	_ = filepath.WalkDir(string(g), func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return nil
+	})
+	for i := len(dirs) - 1; i >= 0; i-- {
+		killGroup(group(dirs[i]))
+		_ = os.Remove(dirs[i])
+	}
 }
 
 // killGroup SIGKILLs every process in g and waits briefly for them to go.
