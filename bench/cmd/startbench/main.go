@@ -34,13 +34,16 @@
 //	   image store, then the workload in a chroot of the extracted tree
 //	c  Riffle streaming, first run: `riffle mount` (indexes from the
 //	   index service, through the link), the workload in a chroot of it
-//	d  Riffle streaming with a learned profile (needs `riffle run`)
+//	d  Riffle streaming with a learned profile: a first run on another
+//	   node leaves its startup profile with the index service, then a
+//	   cold node runs the image (needs --riffle-run)
 //	e  Riffle streaming, warm node cache, not settled: a second mount
 //	   over the cache the same workload filled
-//	f  Riffle, settled image (needs `riffle run`)
+//	f  Riffle, settled image: a run that read every file, then the
+//	   timed run, which must say it started settled (needs --riffle-run)
 //
 // Cases that need a feature the riffle binary lacks are reported as not
-// available instead of failing. With --riffle-run, b, c and e run through
+// available instead of failing. With --riffle-run, b to f run through
 // `riffle run` (one process that streams or pulls and runs the container
 // with runc) instead of riffle pull/mount plus chroot.
 //
@@ -49,7 +52,8 @@
 // pandas"` done) and readall (`find / -xdev -type f -exec cat {} +` done).
 // Each case reports its time, the bytes over the link, the CPU time of the
 // node's processes (their own cgroups: containerd's daemon with its shims,
-// ctr, riffle pull or riffle mount; not the workload) and their peak RSS.
+// ctr, riffle pull, riffle mount or riffle run; not the workload) and their
+// peak RSS.
 //
 // --tasks 50 also starts `riffle serve` and submits one Batch job of 50
 // streamed tasks of the image, against a job of one task: bytes over the
@@ -106,7 +110,7 @@ func parseFlags() flags {
 	flag.StringVar(&f.riffleBin, "riffle", "", "riffle binary (default: build ./cmd/riffle)")
 	// SWITCH: once `riffle run` is merged, make true the default here (one
 	// line); riffleRunArgs holds its command lines.
-	flag.BoolVar(&f.riffleRun, "riffle-run", false, "run cases b, c and e through `riffle run` instead of riffle pull/mount + chroot")
+	flag.BoolVar(&f.riffleRun, "riffle-run", false, "run cases b to f through `riffle run` instead of riffle pull/mount + chroot (d and f need it)")
 	flag.StringVar(&f.fixtures, "fixtures", "/var/cache/riffle-test", "where built images are cached")
 	flag.StringVar(&f.work, "work", "", "scratch directory (default: a new directory in /var/tmp, removed at the end)")
 	flag.Int64Var(&f.spanSize, "span-size", 0, "uncompressed bytes per index span (0: the index default)")
