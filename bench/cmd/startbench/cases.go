@@ -142,11 +142,15 @@ func runWorkloadTail(ctx context.Context, t timer, w workload, role string, argv
 	// node's, so it is taken out. cpuacct charges every ancestor, so the
 	// "riffle" group keeps the total after runc removes the container's.
 	ctrs := group(filepath.Join(string(p.grp), "riffle"))
-	var ctrCPU atomic.Int64
+	// The launcher's own peak RSS is sampled too: wait4's maxrss would be
+	// the largest of it and every descendant it reaped (runc, the
+	// container's process).
+	var ctrCPU, hwm atomic.Int64
 	stopPoll := make(chan struct{})
 	go func() {
 		for {
 			ctrCPU.Store(max(ctrCPU.Load(), int64(ctrs.cpu())))
+			hwm.Store(max(hwm.Load(), vmHWM(p.cmd.Process.Pid)))
 			select {
 			case <-stopPoll:
 				return
@@ -174,9 +178,9 @@ func runWorkloadTail(ctx context.Context, t timer, w workload, role string, argv
 		s.Seconds = first.Seconds()
 	}
 	if role != "" {
-		cpu, rss := p.stats()
+		cpu, _ := p.stats()
 		cpu -= time.Duration(max(ctrCPU.Load(), int64(ctrs.cpu())))
-		s.addProc(role, cpu, rss)
+		s.addProc(role, cpu, hwm.Load())
 	}
 	return s, p.tail.String(), nil
 }
