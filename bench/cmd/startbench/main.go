@@ -108,9 +108,8 @@ func parseFlags() flags {
 	flag.StringVar(&f.workloads, "workloads", "echo,python,readall", "workloads to run")
 	flag.BoolVar(&f.quick, "quick", false, "for development: 1 run, the first link only, no 50-task job")
 	flag.StringVar(&f.riffleBin, "riffle", "", "riffle binary (default: build ./cmd/riffle)")
-	// SWITCH: once `riffle run` is merged, make true the default here (one
-	// line); riffleRunArgs holds its command lines.
-	flag.BoolVar(&f.riffleRun, "riffle-run", false, "run cases b to f through `riffle run` instead of riffle pull/mount + chroot (d and f need it)")
+	// riffleRunArgs holds the command lines of cases b to f.
+	flag.BoolVar(&f.riffleRun, "riffle-run", true, "run cases b to f through `riffle run` (false: riffle pull/mount + chroot; d and f need riffle run)")
 	flag.StringVar(&f.fixtures, "fixtures", "/var/cache/riffle-test", "where built images are cached")
 	flag.StringVar(&f.work, "work", "", "scratch directory (default: a new directory in /var/tmp, removed at the end)")
 	flag.Int64Var(&f.spanSize, "span-size", 0, "uncompressed bytes per index span (0: the index default)")
