@@ -121,7 +121,9 @@ func TestWarmNodeFetchesNoIndex(t *testing.T) {
 	root := t.TempDir()
 	ctx := context.Background()
 
-	n := newNode(t, root, nil)
+	// No background layer streams: only index fetches are counted.
+	quiet := func(o *node.Options) { o.Mount.NoBackground = true }
+	n := newNode(t, root, quiet)
 	rfs, err := n.Stream(ctx, ref, node.Auth{})
 	if err != nil {
 		t.Fatal(err)
@@ -137,7 +139,7 @@ func TestWarmNodeFetchesNoIndex(t *testing.T) {
 	}
 
 	before := tr.blobGets.Load()
-	n = newNode(t, root, nil)
+	n = newNode(t, root, quiet)
 	defer n.Close()
 	rfs, err = n.Stream(ctx, ref, node.Auth{})
 	if err != nil {

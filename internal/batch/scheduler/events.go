@@ -99,6 +99,8 @@ func imageReadyEvent(ri int, imageURI string, rfs *RootFS, ready, started time.D
 		detail = "its lazy mount was shared with earlier tasks, nothing fetched to start"
 	case rfs.Reused:
 		detail = "already pulled, nothing fetched"
+	case rfs.Fetched == 0:
+		detail = "nothing fetched over the wire to make it ready"
 	default:
 		detail = fmt.Sprintf("%s compressed over the wire to make it ready", byteSize(rfs.Fetched))
 	}
