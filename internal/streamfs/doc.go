@@ -74,8 +74,9 @@
 // Options.ReadTimeout (a read(2) by about twice that, as the kernel retries
 // a failed readahead page once), so a registry that hangs or dies makes reads fail
 // with EIO instead of hanging; data already cached keeps being served, and
-// reads work again once the registry is back (nothing is remembered about
-// the failure).
+// reads work again once the registry is back (streamfs remembers nothing
+// about the failure; after a long outage internal/remote fails requests
+// at once until its probe, every few seconds, gets an answer).
 //
 // The last few failed fetches, with their layer and span and whether the
 // data did not match its digest, are kept for callers to report
