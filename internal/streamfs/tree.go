@@ -13,6 +13,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/riffle-dev/riffle/internal/index/ocilayer"
 )
 
 // The tree is built in memory, once, before mounting: every stat, readdir,
@@ -20,12 +22,7 @@ import (
 // internal/unpack (see its package doc), which the tests compare it with;
 // the differences that remain are listed in doc.go.
 
-const (
-	whiteoutPrefix = ".wh."
-	whiteoutMeta   = ".wh..wh."
-	opaqueMarker   = ".wh..wh..opq"
-	maxSymlinks    = 40 // as the kernel's MAXSYMLINKS
-)
+const maxSymlinks = 40 // as the kernel's MAXSYMLINKS
 
 var epoch = time.Unix(0, 0).UTC()
 
@@ -86,21 +83,15 @@ func buildTree(layers [][]Entry, streamEnds []int64) (*node, []*node, error) {
 	return b.root, b.root.number(), nil
 }
 
-// cleanName checks a tar name or hard-link target and returns it cleaned
-// and relative ("." for the root).
+// cleanName cleans a tar name or hard-link target by the rules the index
+// and the full pull share (ocilayer.CleanName): relative, "." for the
+// root, a leading "/" dropped as containerd does, ".." refused.
 func cleanName(name string) (string, error) {
-	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("%w: %q is absolute", ErrUnsafePath, name)
+	c, err := ocilayer.CleanName(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrUnsafePath, err)
 	}
-	for _, c := range strings.Split(name, "/") {
-		if c == ".." {
-			return "", fmt.Errorf("%w: %q contains \"..\"", ErrUnsafePath, name)
-		}
-	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", fmt.Errorf("%w: %q contains NUL", ErrUnsafePath, name)
-	}
-	return path.Clean(name), nil
+	return c, nil
 }
 
 // walk resolves the directory dir, following symlinks as if the root were
@@ -165,20 +156,23 @@ func (b *treeBuilder) add(e Entry, streamEnd int64) error {
 	if err != nil {
 		return err
 	}
-	if name == "." || strings.HasPrefix(name, whiteoutMeta) {
+	cn, err := ocilayer.Classify(name)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnsafePath, err)
+	}
+	switch cn.Kind {
+	case ocilayer.Root, ocilayer.Meta:
 		return nil // the root is the mount's; AUFS metadata is skipped
+	case ocilayer.Whiteout, ocilayer.Opaque:
+		return b.whiteout(name, cn)
 	}
-	dirName, base := path.Split(name)
-	dirName = path.Clean(dirName)
-	if strings.HasPrefix(base, whiteoutPrefix) {
-		return b.whiteout(name, dirName, base)
-	}
+	dirName, base := cn.Dir, cn.Base
 	parent, err := b.walk(dirName, true)
 	if err != nil {
 		return fmt.Errorf("streamfs: %s: %w", name, err)
 	}
 	old := parent.children[base]
-	if old != nil && !(old.typ == unix.S_IFDIR && e.Type == tar.TypeDir) {
+	if old != nil && ocilayer.Replaces(old.typ == unix.S_IFDIR, e.Type == tar.TypeDir) {
 		delete(parent.children, base)
 		old = nil
 	}
@@ -248,26 +242,19 @@ func (b *treeBuilder) add(e Entry, streamEnd int64) error {
 	return nil
 }
 
-func (b *treeBuilder) whiteout(name, dirName, base string) error {
-	parent, err := b.walk(dirName, false)
+func (b *treeBuilder) whiteout(name string, cn ocilayer.Name) error {
+	parent, err := b.walk(cn.Dir, false)
 	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ENOTDIR) {
 		return nil // nothing below to hide
 	}
 	if err != nil {
 		return fmt.Errorf("streamfs: whiteout %s: %w", name, err)
 	}
-	if base == opaqueMarker {
+	if cn.Kind == ocilayer.Opaque {
 		b.clearOpaque(parent)
 		return nil
 	}
-	if strings.HasPrefix(base, whiteoutMeta) {
-		return nil
-	}
-	victim := strings.TrimPrefix(base, whiteoutPrefix)
-	if victim == "" || victim == "." || victim == ".." {
-		return fmt.Errorf("%w: whiteout %q", ErrUnsafePath, name)
-	}
-	delete(parent.children, victim)
+	delete(parent.children, cn.Victim)
 	return nil
 }
 

@@ -17,10 +17,13 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/riffle-dev/riffle/internal/index/ocilayer"
 )
 
 // ErrUnsafePath is returned for a tar entry whose name or hard-link target
-// is absolute or contains "..".
+// contains ".." or NUL, or a whiteout of "." or "..": the rules are
+// ocilayer's (an absolute name is relative to the root, as in containerd).
 var ErrUnsafePath = errors.New("unpack: unsafe path in layer")
 
 // ErrCrossLayerLink is returned in overlay mode for a hard link whose
@@ -35,10 +38,7 @@ const (
 	// opaqueXattr marks a directory that hides the lower layers' content.
 	opaqueXattr = overlayXattrPrefix + "opaque"
 
-	whiteoutPrefix = ".wh."
-	whiteoutMeta   = ".wh..wh."
-	opaqueMarker   = ".wh..wh..opq"
-	xattrPrefix    = "SCHILY.xattr."
+	xattrPrefix = "SCHILY.xattr."
 )
 
 // Apply applies one layer, given as its uncompressed tar stream, onto dir,
@@ -195,21 +195,15 @@ func (a *applier) parentPath() (string, error) {
 	return a.cachePath, nil
 }
 
-// cleanName checks a tar name or hard-link target and returns it cleaned
-// and relative ("." for the root).
+// cleanName cleans a tar name or hard-link target by the rules every
+// Riffle applier shares (ocilayer.CleanName): relative, "." for the root,
+// a leading "/" dropped as containerd does, ".." refused.
 func cleanName(name string) (string, error) {
-	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("%w: %q is absolute", ErrUnsafePath, name)
+	c, err := ocilayer.CleanName(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrUnsafePath, err)
 	}
-	for _, c := range strings.Split(name, "/") {
-		if c == ".." {
-			return "", fmt.Errorf("%w: %q contains \"..\"", ErrUnsafePath, name)
-		}
-	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", fmt.Errorf("%w: %q contains NUL", ErrUnsafePath, name)
-	}
-	return path.Clean(name), nil
+	return c, nil
 }
 
 func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
@@ -220,20 +214,19 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 	if err != nil {
 		return err
 	}
-	if name == "." {
-		return nil // the root belongs to the caller
+	cn, err := ocilayer.Classify(name)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnsafePath, err)
 	}
-	if strings.HasPrefix(name, whiteoutMeta) {
-		return nil // AUFS metadata (.wh..wh.plnk and the like)
-	}
-	dirName, base := path.Split(name)
-	dirName = path.Clean(dirName)
-
-	if strings.HasPrefix(base, whiteoutPrefix) {
+	dirName, base := cn.Dir, cn.Base
+	switch cn.Kind {
+	case ocilayer.Root, ocilayer.Meta:
+		return nil // the root belongs to the caller; AUFS metadata is skipped
+	case ocilayer.Whiteout, ocilayer.Opaque:
 		if a.overlay {
-			return a.overlayWhiteout(name, dirName, base)
+			return a.overlayWhiteout(name, cn)
 		}
-		return a.whiteout(name, dirName, base)
+		return a.whiteout(name, cn)
 	}
 
 	pfd, err := a.parent(dirName, true)
@@ -248,7 +241,7 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 	var st unix.Stat_t
 	replacedWhiteout := false
 	if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
-		if !(st.Mode&unix.S_IFMT == unix.S_IFDIR && hdr.Typeflag == tar.TypeDir) {
+		if ocilayer.Replaces(st.Mode&unix.S_IFMT == unix.S_IFDIR, hdr.Typeflag == tar.TypeDir) {
 			replacedWhiteout = a.overlay && isWhiteout(&st)
 			if err := removeAllAt(pfd, base); err != nil {
 				return fmt.Errorf("unpack: replace %s: %w", name, err)
@@ -464,7 +457,8 @@ func fill(r io.Reader, buf []byte) (int, error) {
 	return n, nil
 }
 
-func (a *applier) whiteout(name, dirName, base string) error {
+func (a *applier) whiteout(name string, cn ocilayer.Name) error {
+	dirName := cn.Dir
 	pfd, err := a.parent(dirName, false)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 		return nil // nothing below to hide
@@ -475,7 +469,7 @@ func (a *applier) whiteout(name, dirName, base string) error {
 	if err := a.touch(pfd, dirName); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
-	if base == opaqueMarker {
+	if cn.Kind == ocilayer.Opaque {
 		fd, err := unix.Openat(pfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("unpack: opaque %s: %w", dirName, err)
@@ -487,14 +481,7 @@ func (a *applier) whiteout(name, dirName, base string) error {
 		}
 		return nil
 	}
-	if strings.HasPrefix(base, whiteoutMeta) {
-		return nil
-	}
-	victim := strings.TrimPrefix(base, whiteoutPrefix)
-	if victim == "" || victim == "." || victim == ".." {
-		return fmt.Errorf("%w: whiteout %q", ErrUnsafePath, name)
-	}
-	if err := removeAllAt(pfd, victim); err != nil {
+	if err := removeAllAt(pfd, cn.Victim); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
 	return nil
@@ -504,10 +491,8 @@ func (a *applier) whiteout(name, dirName, base string) error {
 // the 0:0 character device NAME and .wh..wh..opq the opaque xattr on its
 // directory. The layers below are other directories, so nothing is
 // removed but what this layer itself put at NAME.
-func (a *applier) overlayWhiteout(name, dirName, base string) error {
-	if strings.HasPrefix(base, whiteoutMeta) && base != opaqueMarker {
-		return nil
-	}
+func (a *applier) overlayWhiteout(name string, cn ocilayer.Name) error {
+	dirName := cn.Dir
 	pfd, err := a.parent(dirName, true)
 	if err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
@@ -515,20 +500,16 @@ func (a *applier) overlayWhiteout(name, dirName, base string) error {
 	if err := a.touch(pfd, dirName); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
-	if base == opaqueMarker {
+	if cn.Kind == ocilayer.Opaque {
 		if err := setOpaque(pfd, "."); err != nil {
 			return fmt.Errorf("unpack: opaque %s: %w", dirName, err)
 		}
 		return nil
 	}
-	victim := strings.TrimPrefix(base, whiteoutPrefix)
-	if victim == "" || victim == "." || victim == ".." {
-		return fmt.Errorf("%w: whiteout %q", ErrUnsafePath, name)
-	}
-	if err := removeAllAt(pfd, victim); err != nil {
+	if err := removeAllAt(pfd, cn.Victim); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
-	if err := unix.Mknodat(pfd, victim, unix.S_IFCHR, 0); err != nil {
+	if err := unix.Mknodat(pfd, cn.Victim, unix.S_IFCHR, 0); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
 	return nil
