@@ -35,11 +35,15 @@ func tarLayer(t *testing.T, hs ...*tar.Header) []byte {
 // layer is not streamable. Regular files carry their content in Linkname
 // here, for brevity.
 func TestRepeatedNames(t *testing.T) {
-	reg := func(n, data string) *tar.Header { return &tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o644, Linkname: data} }
+	reg := func(n, data string) *tar.Header {
+		return &tar.Header{Name: n, Typeflag: tar.TypeReg, Mode: 0o644, Linkname: data}
+	}
 	dir := func(n string, mode int64, x map[string]string) *tar.Header {
 		return &tar.Header{Name: n, Typeflag: tar.TypeDir, Mode: mode, PAXRecords: x}
 	}
-	link := func(n, target string) *tar.Header { return &tar.Header{Name: n, Typeflag: tar.TypeLink, Linkname: target} }
+	link := func(n, target string) *tar.Header {
+		return &tar.Header{Name: n, Typeflag: tar.TypeLink, Linkname: target}
+	}
 
 	// Issue 9 item 18: b shares the first a's inode, which the table
 	// cannot hold.

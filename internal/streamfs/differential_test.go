@@ -198,7 +198,9 @@ type tarEntry struct {
 	data string
 }
 
-func dirE(name string) tarEntry { return tarEntry{h: tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}} }
+func dirE(name string) tarEntry {
+	return tarEntry{h: tar.Header{Name: name, Typeflag: tar.TypeDir, Mode: 0o755}}
+}
 func fileE(name, data string) tarEntry {
 	return tarEntry{h: tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o644}, data: data}
 }
@@ -371,4 +373,3 @@ func (g *gen) entry(op byte) (*tar.Header, []byte) {
 	}
 	return h, body
 }
-

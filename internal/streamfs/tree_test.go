@@ -29,7 +29,7 @@ func TestHostileEntries(t *testing.T) {
 	}
 	// Absolute names and hard-link targets are relative to the root, as
 	// containerd and the full pull take them.
-	root, nodes, err := buildTree([][]Entry{{
+	root, _, err := buildTree([][]Entry{{
 		{Name: "/etc/passwd", Type: tar.TypeReg},
 		{Name: "a", Type: tar.TypeLink, Linkname: "/etc/passwd"},
 	}}, []int64{0})
@@ -39,11 +39,10 @@ func TestHostileEntries(t *testing.T) {
 	if p := root.children["etc"].children["passwd"]; p == nil || root.children["a"] != p {
 		t.Errorf("absolute names did not land below the root: %v", root.children)
 	}
-	_ = nodes
 
 	// Symlinks climbing out of the root resolve inside it when used as
 	// parents, for entries and hard-link targets alike.
-	root, nodes, err = buildTree([][]Entry{{
+	root, nodes, err := buildTree([][]Entry{{
 		{Name: "up", Type: tar.TypeSymlink, Linkname: "../../../.."},
 		{Name: "abs", Type: tar.TypeSymlink, Linkname: "/"},
 		{Name: "up/etc/passwd", Type: tar.TypeReg},
