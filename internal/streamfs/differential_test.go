@@ -232,6 +232,12 @@ func TestStreamMatchesPull(t *testing.T) {
 			{dirE("real/"), symE("d", "real")},
 			{dirE("d/"), fileE("d/f", "x"), dirE("d/")},
 		}, same},
+		{"entry below a dangling symlink", [][]tarEntry{{symE("s", "x"), fileE("s/f", "1")}}, bothRefused},
+		{"opaque marker through a symlink", [][]tarEntry{
+			{dirE("d/"), fileE("d/old", "o")},
+			{symE("s", "d"), fileE("d/new", "n"), fileE("s/.wh..wh..opq", "")},
+		}, same},
+		{"directory removed, then an implicit parent", [][]tarEntry{{dirE("d/"), fileE(".wh.d", ""), fileE("d/f", "x")}}, same},
 		{"dotdot", [][]tarEntry{{fileE("a/../../x", "x")}}, bothRefused},
 		{"whiteout of dot", [][]tarEntry{{dirE("d/"), fileE("d/.wh..", "")}}, bothRefused},
 	} {

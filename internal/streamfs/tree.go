@@ -102,9 +102,14 @@ func (b *treeBuilder) walk(dir string, create bool) (*node, error) {
 	stack := []*node{b.root}
 	todo := strings.Split(dir, "/")
 	links := 0
+	fromLink := 0 // how many of todo's first components come from symlinks
 	for len(todo) > 0 {
 		c := todo[0]
 		todo = todo[1:]
+		inLink := fromLink > 0
+		if inLink {
+			fromLink--
+		}
 		switch c {
 		case "", ".":
 			continue
@@ -117,7 +122,9 @@ func (b *treeBuilder) walk(dir string, create bool) (*node, error) {
 		cur := stack[len(stack)-1]
 		ch := cur.children[c]
 		if ch == nil {
-			if !create {
+			// The full pull creates a missing parent by name, and a
+			// dangling symlink is no name it can create (EEXIST).
+			if !create || inLink {
 				return nil, syscall.ENOENT
 			}
 			ch = newDir(0o755, epoch)
@@ -133,7 +140,9 @@ func (b *treeBuilder) walk(dir string, create bool) (*node, error) {
 			if strings.HasPrefix(ch.link, "/") {
 				stack = stack[:1]
 			}
-			todo = append(strings.Split(ch.link, "/"), todo...)
+			expansion := strings.Split(ch.link, "/")
+			todo = append(expansion, todo...)
+			fromLink += len(expansion)
 		default:
 			return nil, syscall.ENOTDIR
 		}
