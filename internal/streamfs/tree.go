@@ -239,6 +239,9 @@ func (b *treeBuilder) add(e Entry, streamEnd int64) error {
 	// unpack's order: owner, xattrs (added to those there), mode, times.
 	n.uid, n.gid = uint32(e.UID), uint32(e.GID)
 	for k, v := range e.Xattrs {
+		if !ocilayer.XattrApplies(k, n.typ == unix.S_IFREG || n.typ == unix.S_IFDIR) {
+			continue
+		}
 		if n.xattrs == nil {
 			n.xattrs = map[string]string{}
 		}

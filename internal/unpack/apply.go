@@ -355,6 +355,7 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 	}
 	// After chown, which clears security.capability; before chmod, as
 	// containerd does.
+	regOrDir := -1 // unknown until an xattr asks
 	for k, v := range hdr.PAXRecords {
 		attr, ok := strings.CutPrefix(k, xattrPrefix)
 		if !ok {
@@ -362,6 +363,18 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 		}
 		if a.overlay && strings.HasPrefix(attr, overlayXattrPrefix) {
 			continue // overlayfs would read it as its own (redirects, opaque)
+		}
+		if regOrDir < 0 {
+			if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return fmt.Errorf("unpack: %s: %w", name, err)
+			}
+			regOrDir = 0
+			if t := st.Mode & unix.S_IFMT; t == unix.S_IFREG || t == unix.S_IFDIR {
+				regOrDir = 1
+			}
+		}
+		if !ocilayer.XattrApplies(attr, regOrDir == 1) {
+			continue
 		}
 		if err := unix.Lsetxattr(procPath(pfd, base), attr, []byte(v), 0); err != nil {
 			if errors.Is(err, unix.ENOTSUP) {

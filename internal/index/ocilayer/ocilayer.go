@@ -143,6 +143,24 @@ func Classify(clean string) (Name, error) {
 // directory entry over a directory merges into it.
 func Replaces(oldIsDir, newIsDir bool) bool { return !(oldIsDir && newIsDir) }
 
+// XattrApplies reports whether the extended attribute name of a tar entry
+// is applied to its inode, regOrDir saying whether that inode (a hard
+// link's target) is a regular file or directory. Linux holds user.*
+// attributes on those alone and knows no namespace beside security.*,
+// system.*, trusted.* and user.*; what it cannot hold is skipped, by the
+// full pull and the streaming tree alike (containerd fails on the first and
+// skips the second).
+func XattrApplies(name string, regOrDir bool) bool {
+	ns, _, _ := strings.Cut(name, ".")
+	switch ns {
+	case "user":
+		return regOrDir
+	case "security", "system", "trusted":
+		return true
+	}
+	return false
+}
+
 // Compression is the encoding of a layer blob.
 type Compression int
 
