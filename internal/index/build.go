@@ -168,6 +168,16 @@ func walkTar(x *Index, u io.Reader) error {
 		switch hdr.Typeflag {
 		case tar.TypeLink:
 			if f.Linkname, err = cleanName(hdr.Linkname); err != nil {
+				switch kindOf(name) {
+				case ocilayer.Root, ocilayer.Meta:
+					continue // appliers skip the entry
+				case ocilayer.Whiteout, ocilayer.Opaque:
+					// Appliers read a whiteout's name only.
+					f.Type, f.Linkname = tar.TypeReg, ""
+					err = nil
+				}
+			}
+			if err != nil {
 				return fmt.Errorf("index: tar entry %q: hard link target %q: %w", hdr.Name, hdr.Linkname, err)
 			}
 		case tar.TypeGNUSparse:
@@ -205,6 +215,16 @@ func walkTar(x *Index, u io.Reader) error {
 	x.UncompressedSize = w.n
 	x.DiffID = digest.NewDigest(digest.SHA256, w.diffID)
 	return nil
+}
+
+// kindOf is what the cleaned name means to appliers (Plain for a name
+// Classify refuses, which is reported elsewhere).
+func kindOf(name string) ocilayer.Kind {
+	n, err := ocilayer.Classify(name)
+	if err != nil {
+		return ocilayer.Plain
+	}
+	return n.Kind
 }
 
 // paxRedundant lists PAX keys archive/tar already folds into Header

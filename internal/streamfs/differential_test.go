@@ -39,6 +39,11 @@ const (
 // two paths disagree.
 func differential(t *testing.T, layers [][]byte) outcome {
 	t.Helper()
+	defer func() {
+		if t.Failed() {
+			t.Logf("layers:\n%s", describe(layers))
+		}
+	}()
 	pulled, pullErr := fullPull(t, layers)
 	tables := make([][]Entry, len(layers))
 	ends := make([]int64, len(layers))
@@ -75,6 +80,23 @@ func differential(t *testing.T, layers [][]byte) outcome {
 		t.Fatalf("stream (a) and full pull (b) differ:\n%s", strings.Join(d, "\n"))
 	}
 	return same
+}
+
+// describe lists the layers' tar headers, for failure messages.
+func describe(layers [][]byte) string {
+	var b strings.Builder
+	for i, l := range layers {
+		fmt.Fprintf(&b, "layer %d:\n", i)
+		tr := tar.NewReader(bytes.NewReader(l))
+		for {
+			h, err := tr.Next()
+			if err != nil {
+				break
+			}
+			fmt.Fprintf(&b, "  %q type %q mode %#o %d:%d link %q xattrs %v\n", h.Name, h.Typeflag, h.Mode, h.Uid, h.Gid, h.Linkname, h.PAXRecords)
+		}
+	}
+	return b.String()
 }
 
 // fullPull applies layers with unpack.Apply into a new directory and scans

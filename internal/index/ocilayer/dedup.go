@@ -21,10 +21,11 @@ import (
 //     victim, or an entry whose last component, is one of the directory's
 //     components (a symlink can alias the parent but not the last name).
 //   - A regular file, device or FIFO repeated is dropped in favour of the
-//     later entry. Safe unless an entry between could reach the earlier
-//     one: a hard link whose target has its last component among its own,
-//     or an entry below it (which extraction refuses, as it is no
-//     directory).
+//     later entry. Safe unless the later entry is a directory (which would
+//     merge with what the earlier entry had removed) or an entry between
+//     could reach the earlier one: a hard link whose target has its last
+//     component among its own, or an entry below it (which extraction
+//     refuses, as it is no directory).
 //   - A whiteout or opaque marker repeated is dropped; safe only when the
 //     two entries are adjacent.
 //   - Any other repeat (a hard link or symlink followed by a later entry,
@@ -128,6 +129,12 @@ func (d *Dedup) repeat(e Entry, prev int) Action {
 		return MergeIntoEarlier
 	case prevType == tar.TypeReg || prevType == tar.TypeRegA || prevType == tar.TypeChar ||
 		prevType == tar.TypeBlock || prevType == tar.TypeFifo:
+		if isDir(e.Type) {
+			// The first entry removed what was at the name (maybe a
+			// directory with content, maybe in a lower layer); the
+			// later directory alone would merge with it instead.
+			d.unsafe("%q appears twice, the second time as a directory", e.Name)
+		}
 		if after(d.linkComp, base) || after(d.dirComp, base) {
 			d.unsafe("%q appears twice and an entry between may refer to the first", e.Name)
 		}

@@ -96,6 +96,7 @@ func TestDedup(t *testing.T) {
 		{"directory restated", []Entry{dir("d"), reg("d/f"), dir("d")}, MergeIntoEarlier, true},
 		{"directory restated after its parent", []Entry{dir("p/d"), dir("p"), dir("p/d")}, MergeIntoEarlier, false},
 		{"directory restated after a whiteout", []Entry{dir("d"), reg(".wh.d"), dir("d")}, MergeIntoEarlier, false},
+		{"file then directory", []Entry{reg("d"), dir("d")}, ReplaceEarlier, false},
 		{"directory then file", []Entry{dir("d"), reg("d")}, ReplaceEarlier, false},
 		{"symlink repeated", []Entry{sym("s"), reg("s")}, ReplaceEarlier, false},
 		{"link repeated", []Entry{reg("t"), link("h", "t"), reg("h")}, ReplaceEarlier, false},
