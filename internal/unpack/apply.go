@@ -776,6 +776,9 @@ func (a *applier) finish() error {
 	// its recorded old times, if it is still the directory want.
 	set := func(name string, want dirID, ts []unix.Timespec) error {
 		fd, err := a.openDir(name)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+			return nil // the name leads nowhere now: the directory was replaced
+		}
 		if err != nil {
 			return err
 		}
@@ -806,18 +809,18 @@ func (a *applier) finish() error {
 			atime = d.hdr.AccessTime
 		}
 		ts := []unix.Timespec{unix.NsecToTimespec(atime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
-		if err := set(d.name, d.id, ts); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
+		if err := set(d.name, d.id, ts); err != nil {
 			return fmt.Errorf("unpack: set times of %s: %w", d.name, err)
 		}
 	}
 	zero := []unix.Timespec{{}, {}}
 	for _, d := range a.implicit {
-		if err := set(d.name, d.id, zero); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
+		if err := set(d.name, d.id, zero); err != nil {
 			return fmt.Errorf("unpack: set times of %s: %w", d.name, err)
 		}
 	}
 	for id, t := range a.touched {
-		if err := set(t.name, id, nil); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
+		if err := set(t.name, id, nil); err != nil {
 			return fmt.Errorf("unpack: restore times of %s: %w", t.name, err)
 		}
 	}
