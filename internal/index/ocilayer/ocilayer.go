@@ -69,7 +69,7 @@ const (
 // name is refused with a *PathError.
 func CleanName(name string) (string, error) {
 	if name == "" {
-		return "", &PathError{name, "is empty"}
+		return "", &PathError{name, "is an empty name"}
 	}
 	if strings.IndexByte(name, 0) >= 0 {
 		return "", &PathError{name, "contains NUL"}
