@@ -113,3 +113,19 @@ func TestDedup(t *testing.T) {
 		}
 	}
 }
+
+func TestXattrApplies(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		regOrDir bool
+		want     bool
+	}{
+		{"user.a", true, true}, {"user.a", false, false},
+		{"security.capability", false, true}, {"trusted.x", false, true},
+		{"system.posix_acl_access", true, true}, {"foo.bar", true, false},
+	} {
+		if got := XattrApplies(c.name, c.regOrDir); got != c.want {
+			t.Errorf("XattrApplies(%q, %v) = %v", c.name, c.regOrDir, got)
+		}
+	}
+}
