@@ -111,6 +111,10 @@ func (s *Server) classify(r *http.Request) (access, error) {
 	switch {
 	case p == "/healthz":
 		return access{api: "health", open: true}, nil
+	case p == "/" || strings.HasPrefix(p, "/console/"):
+		// The console's static pages hold no data; what they show comes
+		// from the APIs below, with the user's token.
+		return access{api: "console", open: true}, nil
 	case p == "/metrics":
 		return s.metricsAccess(r), nil
 	case p == "/v2" || p == "/v2/":

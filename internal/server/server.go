@@ -24,6 +24,7 @@ import (
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/console"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/registry"
@@ -135,6 +136,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
 	s.registerTokenAPI()
+	s.mux.Handle("GET /{$}", console.Handler()) // the web console; its assets under /console/
+	s.mux.Handle("GET /console/", console.Handler())
 	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.guard(s.mux)))
 	return s, nil
 }
