@@ -24,8 +24,9 @@ import (
 	"github.com/google/go-containerregistry/pkg/authn"
 )
 
-// ScreenshotEnv names a directory: when set, TestConsoleInBrowser writes
-// job.png (the job page) and arrival.png (the image-arrival chart) there.
+// screenshotEnv names a directory: when set, TestConsoleInBrowser writes
+// job.png (the job page), arrival.png (the image-arrival chart), images.png
+// and node.png there. See docs/console.md.
 const screenshotEnv = "RIFFLE_CONSOLE_SCREENSHOTS"
 
 // TestConsoleInBrowser drives the console in Debian's headless chromium
@@ -132,8 +133,10 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	run("images page", chromedp.Navigate("http://"+addr+"/#/images"))
 	waitJS("busybox in images", `document.querySelector('tr[data-image="demo/images/busybox:v1"] li.layer') !== null`, 20*time.Second)
+	screenshot(t, ctx, "images.png")
 	run("node page", chromedp.Navigate("http://"+addr+"/#/node"))
 	waitJS("node metrics", `document.querySelector('tr[data-metric^="riffle_node_"]') !== null && document.querySelector('tr[data-metric^="riffle_cache_"]') !== null`, 20*time.Second)
+	screenshot(t, ctx, "node.png")
 	noSecret(t, ctx, run, addr)
 
 	// A viewer sees the same jobs and no way to act on them.
@@ -189,7 +192,7 @@ func screenshots(t *testing.T, ctx context.Context) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	page, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	page, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,6 +206,21 @@ func screenshots(t *testing.T, ctx context.Context) {
 		}
 	}
 	t.Logf("screenshots in %s", dir)
+}
+
+// screenshot writes the whole page as name when screenshotEnv is set.
+func screenshot(t *testing.T, ctx context.Context, name string) {
+	dir := os.Getenv(screenshotEnv)
+	if dir == "" {
+		return
+	}
+	b, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // browser starts Debian's chromium headless with a fresh profile, with the

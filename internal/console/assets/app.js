@@ -190,7 +190,7 @@ async function listJobs(filter) {
 // arrivalChart draws time to container start per task, oldest job first,
 // across the project's jobs of one image: one circle (class "pt") a task.
 function arrivalChart(points) {
-  const W = 640, H = 240, L = 48, B = 28, T = 12, R = 12;
+  const W = 640, H = 250, L = 48, B = 34, T = 12, R = 12;
   const max = Math.max(0.001, ...points.map((p) => p.started));
   const svg = sv('svg', { class: 'chart', id: 'arrival-chart', width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': 'time to container start per task' });
   svg.append(sv('line', { x1: L, y1: H - B, x2: W - R, y2: H - B }), sv('line', { x1: L, y1: T, x2: L, y2: H - B }));
@@ -198,10 +198,15 @@ function arrivalChart(points) {
     const v = (max * i) / 4, y = H - B - ((H - B - T) * i) / 4;
     svg.append(sv('text', { x: 4, y: y + 4 }, v < 1 ? (v * 1000).toFixed(0) + 'ms' : v.toFixed(2) + 's'));
   }
-  svg.append(sv('text', { x: L, y: H - 8 }, 'tasks, oldest job first →'));
+  svg.append(sv('text', { x: W - R - 150, y: H - 4 }, 'tasks, oldest job first →'));
   const step = points.length > 1 ? (W - L - R - 20) / (points.length - 1) : 0;
   points.forEach((p, i) => {
     const x = L + 10 + i * step, y = H - B - ((H - B - T) * p.started) / max;
+    if (i === 0 || points[i - 1].job !== p.job) {
+      // Each job's tasks start at a tick named after the job.
+      svg.append(sv('line', { x1: x.toFixed(1), y1: H - B, x2: x.toFixed(1), y2: H - B + 5 }),
+        sv('text', { class: 'job-label', x: x.toFixed(1), y: H - B + 16 }, p.job));
+    }
     const c = sv('circle', { class: 'pt pt-' + (p.method || 'unknown'), cx: x.toFixed(1), cy: y.toFixed(1), r: 5, 'data-job': p.job, 'data-task': p.task, 'data-method': p.method });
     c.append(sv('title', {}, `${p.job} task ${p.task}: ${p.method}, started after ${p.started.toFixed(3)}s, image ready after ${p.ready.toFixed(3)}s`));
     svg.append(c);
