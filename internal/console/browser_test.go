@@ -137,6 +137,19 @@ func TestConsoleInBrowser(t *testing.T) {
 	run("node page", chromedp.Navigate("http://"+addr+"/#/node"))
 	waitJS("node metrics", `document.querySelector('tr[data-metric^="riffle_node_"]') !== null && document.querySelector('tr[data-metric^="riffle_cache_"]') !== null`, 20*time.Second)
 	screenshot(t, ctx, "node.png")
+	// Filter by state; cancel and delete a running job.
+	post(t, fmt.Sprintf(base, "demo", "sleeper"), admin, containerJob(image, 1, "sleep 60"))
+	run("jobs page", chromedp.Navigate("http://"+addr+"/#/jobs"))
+	waitJS("sleeper listed", `document.querySelector('#jobs tr[data-job="sleeper"] button.cancel') !== null`, 10*time.Second)
+	run("filter by state", chromedp.SetValue(chromedp.CSS("#filter-state"), "SUCCEEDED"), chromedp.Click(chromedp.CSS(`#filter button[type=submit]`)))
+	waitJS("state filter", `[...document.querySelectorAll('#jobs tr[data-job]')].map(r => r.dataset.job).sort().join() === 'earlier,hello'`, 10*time.Second)
+	run("no filter", chromedp.SetValue(chromedp.CSS("#filter-state"), ""), chromedp.Click(chromedp.CSS(`#filter button[type=submit]`)))
+	waitJS("sleeper running", `/RUNNING/.test((document.querySelector('#jobs tr[data-job="sleeper"]') || {}).textContent)`, 30*time.Second)
+	run("cancel", chromedp.Click(chromedp.CSS(`#jobs tr[data-job="sleeper"] button.cancel`)))
+	waitJS("sleeper cancelled", `/CANCELLED/.test((document.querySelector('#jobs tr[data-job="sleeper"]') || {}).textContent)`, 30*time.Second)
+	eval[bool](t, ctx, `window.confirm = () => true, true`)
+	run("delete", chromedp.Click(chromedp.CSS(`#jobs tr[data-job="sleeper"] button.delete`)))
+	waitJS("sleeper deleted", `document.querySelector('#jobs tr[data-job="sleeper"]') === null && document.querySelector('#jobs tr[data-job="hello"]') !== null`, 30*time.Second)
 	noSecret(t, ctx, run, addr)
 
 	// A viewer sees the same jobs and no way to act on them.
