@@ -59,6 +59,9 @@ func TestConsoleInBrowser(t *testing.T) {
 	post(t, fmt.Sprintf(base, "demo", "earlier"), admin, containerJob(image, 1, "echo earlier"))
 	post(t, fmt.Sprintf(base, "secret", "classified"), admin, containerJob(addr+"/secret/images/hidden:v1", 1, "echo classified"))
 	waitSucceeded(t, "http://"+addr+"/v1/projects/demo/locations/us-central1/jobs/earlier", admin)
+	// And one that pulled the image in full, for the chart's comparison.
+	post(t, fmt.Sprintf(base, "demo", "pulled"), admin, strings.Replace(containerJob(image, 1, "echo pulled"), `"enableImageStreaming":true`, `"enableImageStreaming":false`, 1))
+	waitSucceeded(t, "http://"+addr+"/v1/projects/demo/locations/us-central1/jobs/pulled", admin)
 
 	ctx := browser(t, chromium)
 	run := func(what string, steps ...chromedp.Action[chromedp.Void]) {
@@ -127,8 +130,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	run("open task 1's logs", chromedp.Click(chromedp.CSS(`#task-table tr[data-task="1"] a.task-logs`)))
 	waitJS("task 1 logs", `(document.querySelector('#log-text[data-task="1"]') || {}).textContent.includes('hello from task 1')`, 10*time.Second)
 	waitJS("timeline", `document.querySelector('#events').textContent.includes('IMAGE_')`, 10*time.Second)
-	// One point per task of the image's jobs: earlier's one and hello's two.
-	waitJS("chart points", `document.querySelectorAll('#arrival-chart circle.pt').length === 3`, 20*time.Second)
+	// One point per task of the image's jobs: earlier's, pulled's and
+	// hello's two, each with how its image arrived.
+	waitJS("chart points", `[...document.querySelectorAll('#arrival-chart circle.pt')].map(c => c.dataset.job + '/' + c.dataset.task).join() === 'earlier/0,pulled/0,hello/0,hello/1'`, 20*time.Second)
+	if m := eval[string](t, ctx, `document.querySelector('#arrival-chart circle.pt[data-job="pulled"]').dataset.method`); m != "pulled" {
+		t.Errorf("the job without streaming is charted as %q, want pulled", m)
+	}
 	screenshots(t, ctx)
 
 	run("images page", chromedp.Navigate("http://"+addr+"/#/images"))
@@ -142,7 +149,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	run("jobs page", chromedp.Navigate("http://"+addr+"/#/jobs"))
 	waitJS("sleeper listed", `document.querySelector('#jobs tr[data-job="sleeper"] button.cancel') !== null`, 10*time.Second)
 	run("filter by state", chromedp.SetValue(chromedp.CSS("#filter-state"), "SUCCEEDED"), chromedp.Click(chromedp.CSS(`#filter button[type=submit]`)))
-	waitJS("state filter", `[...document.querySelectorAll('#jobs tr[data-job]')].map(r => r.dataset.job).sort().join() === 'earlier,hello'`, 10*time.Second)
+	waitJS("state filter", `[...document.querySelectorAll('#jobs tr[data-job]')].map(r => r.dataset.job).sort().join() === 'earlier,hello,pulled'`, 10*time.Second)
 	run("no filter", chromedp.SetValue(chromedp.CSS("#filter-state"), ""), chromedp.Click(chromedp.CSS(`#filter button[type=submit]`)))
 	waitJS("sleeper running", `/RUNNING/.test((document.querySelector('#jobs tr[data-job="sleeper"]') || {}).textContent)`, 30*time.Second)
 	run("cancel", chromedp.Click(chromedp.CSS(`#jobs tr[data-job="sleeper"] button.cancel`)))

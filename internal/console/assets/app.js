@@ -440,7 +440,9 @@ async function jobPage(id) {
   const logs = el('section', { id: 'logs' });
   const config = el('section', { id: 'config' });
   page(el('p', {}, el('a', { href: '#/jobs' }, '← jobs')), head, groups, tasks, arr, logs, timeline, config);
-  let chartFor = '', chartDone = false, logsShown = false;
+  // The chart reads every task of up to 20 jobs: redraw it only when one
+  // more task of this job has started, not on every refresh.
+  let chartKey = '', logsShown = false;
   const load = async () => {
     let job, ts;
     try {
@@ -482,8 +484,9 @@ async function jobPage(id) {
     if (!logsShown && ts.length) { logsShown = true; showLogs(job, shortName(ts[0].name)); }
     const image = containerImage(job);
     const done = TERMINAL.has(st);
-    if (image && (!chartDone || chartFor !== image)) {
-      chartFor = image; chartDone = done;
+    const key = image + ' ' + ts.filter((t) => arrival(t).started !== null).length;
+    if (image && key !== chartKey) {
+      chartKey = key;
       try {
         const pts = await imageHistory(image);
         arr.replaceChildren(el('h3', {}, 'Image arrival'),
