@@ -137,6 +137,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("the job without streaming is charted as %q, want pulled", m)
 	}
 	screenshots(t, ctx)
+	checkArrivalAPI(t, addr, viewer)
 
 	run("images page", chromedp.Navigate("http://"+addr+"/#/images"))
 	waitJS("busybox in images", `document.querySelector('tr[data-image="demo/images/busybox:v1"] li.layer') !== null`, 20*time.Second)
@@ -364,6 +365,50 @@ func post(t *testing.T, url, tok, body string) []byte {
 		t.Fatalf("POST %s: %s %s", url, resp.Status, b)
 	}
 	return b
+}
+
+// checkArrivalAPI: GET /riffle/v1/arrival/JOB gives each task's arrival to
+// a viewer of the job's project, and nothing to anyone else.
+func checkArrivalAPI(t *testing.T, addr, viewer string) {
+	t.Helper()
+	base := "http://" + addr + "/riffle/v1/arrival/projects/%s/locations/us-central1/jobs/%s"
+	get := func(url, tok string) (int, []byte) {
+		req, _ := http.NewRequest(http.MethodGet, url, nil)
+		if tok != "" {
+			req.Header.Set("Authorization", "Bearer "+tok)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, b
+	}
+	code, b := get(fmt.Sprintf(base, "demo", "hello"), viewer)
+	var got struct {
+		Tasks []struct {
+			Task     string `json:"task"`
+			Arrivals []struct {
+				Method         string  `json:"method"`
+				StartedSeconds float64 `json:"startedSeconds"`
+			} `json:"arrivals"`
+		} `json:"tasks"`
+	}
+	if err := json.Unmarshal(b, &got); err != nil || code != http.StatusOK || len(got.Tasks) != 2 {
+		t.Fatalf("arrival of hello: %d %s (%v)", code, b, err)
+	}
+	for _, tk := range got.Tasks {
+		if len(tk.Arrivals) != 1 || tk.Arrivals[0].Method == "" || tk.Arrivals[0].StartedSeconds <= 0 {
+			t.Errorf("arrival of %s: %+v", tk.Task, tk.Arrivals)
+		}
+	}
+	if code, b := get(fmt.Sprintf(base, "secret", "classified"), viewer); code != http.StatusForbidden || strings.Contains(string(b), "hidden") {
+		t.Errorf("arrival of another project's job: %d %s, want 403", code, b)
+	}
+	if code, _ := get(fmt.Sprintf(base, "demo", "hello"), ""); code != http.StatusUnauthorized {
+		t.Errorf("arrival without a token: %d, want 401", code)
+	}
 }
 
 // waitSucceeded polls a job until it succeeds (a minute at most).

@@ -129,6 +129,8 @@ func (s *Server) classify(r *http.Request) (access, error) {
 		return access{api: "batch", project: projectOf(strings.TrimPrefix(p, "/v1/")), need: role, mutating: write}, nil
 	case strings.HasPrefix(p, "/riffle/v1/logs/"):
 		return access{api: "logs", project: projectOf(strings.TrimPrefix(p, "/riffle/v1/logs/")), need: auth.RoleViewer}, nil
+	case strings.HasPrefix(p, "/riffle/v1/arrival/"):
+		return access{api: "batch", project: projectOf(strings.TrimPrefix(p, "/riffle/v1/arrival/")), need: auth.RoleViewer}, nil
 	case p == "/riffle/v1/auth/whoami":
 		return access{api: "auth", need: auth.RoleViewer}, nil
 	case strings.HasPrefix(p, "/riffle/v1/auth/"):

@@ -127,6 +127,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.mux.Handle("GET /riffle/v1/logs/{job...}", http.HandlerFunc(s.serveLogs))
+	s.mux.Handle("GET /riffle/v1/arrival/{job...}", http.HandlerFunc(s.serveArrival))
 	s.mux.Handle("/v1/", b.HTTPHandler())
 	s.grpc = grpc.NewServer(append(b.GRPCServerOptions(), s.grpcAuthOptions()...)...)
 	b.RegisterGRPC(s.grpc)

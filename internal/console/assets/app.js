@@ -108,45 +108,17 @@ function bytes(n) {
 function errorBox(e) { return el('p', { class: 'err', role: 'alert' }, String(e.message || e)); }
 function stateSpan(st) { return el('span', { class: 'state state-' + st }, st || ''); }
 
-// ---------- image arrival (from the scheduler's IMAGE_* task events) ----------
+// ---------- image arrival ----------
 
-// goDuration parses Go's time.Duration.String form ("1.5s", "850ms", "1m2s").
-function goDuration(s) {
-  let total = 0;
-  const units = { h: 3600, m: 60, s: 1, ms: 1e-3, us: 1e-6, 'µs': 1e-6, ns: 1e-9 };
-  for (const m of s.matchAll(/(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)/g)) total += parseFloat(m[1]) * units[m[2]];
-  return total;
-}
-// byteText parses the scheduler's byteSize form ("1.5 MiB", "12 bytes").
-function byteText(s) {
-  const m = s.match(/^([\d.]+) (bytes|KiB|MiB|GiB)$/);
-  if (!m) return null;
-  return Math.round(parseFloat(m[1]) * { bytes: 1, KiB: 1024, MiB: 1 << 20, GiB: 1 << 30 }[m[2]]);
-}
-
-// arrival reads how a task's image arrived from its status events. The
-// wording is the scheduler's (internal/batch/scheduler/events.go).
-function arrival(task) {
-  const a = { method: '', ready: null, started: null, wire: null, runWire: null, fallback: '', image: '', digest: '' };
-  for (const e of (task.status && task.status.statusEvents) || []) {
-    const d = e.description || '';
-    const how = { IMAGE_STREAMED: 'streamed', IMAGE_PULLED: 'pulled', IMAGE_SETTLED: 'settled' }[e.type];
-    if (how) {
-      a.method = how;
-      let m = d.match(/^Image (\S+) \((\S+)\)/);
-      if (m) { a.image = m[1]; a.digest = m[2]; }
-      m = d.match(/ready in (\S+), container started (\S+) after/);
-      if (m) { a.ready = goDuration(m[1]); a.started = goDuration(m[2]); }
-      m = d.match(/; ([\d.]+ (?:bytes|KiB|MiB|GiB)) compressed over the wire to make it ready/);
-      a.wire = m ? byteText(m[1]) : 0;
-    } else if (e.type === 'IMAGE_STREAMED_BYTES') {
-      const m = d.match(/fetched ([\d.]+ (?:bytes|KiB|MiB|GiB)) compressed over the wire/);
-      if (m) a.runWire = (a.runWire || 0) + byteText(m[1]);
-    } else if (e.type === 'IMAGE_STREAMING_FALLBACK') {
-      a.fallback = d.replace(/^Runnable \d+ asked for image streaming, but /, '');
-    }
-  }
-  return a;
+// arrivals fetches how each task's images arrived: GET /riffle/v1/arrival/JOB
+// returns the numbers of the tasks' IMAGE_* events, structured by the
+// scheduler that words them. The result maps a task name to its first
+// container's arrival (or an empty one).
+async function arrivals(jobName) {
+  const r = await apiJSON(`/riffle/v1/arrival/${jobName}`);
+  const out = {};
+  for (const t of r.tasks || []) out[t.task] = (t.arrivals || [])[0] || null;
+  return out;
 }
 
 function containerImage(job) {
@@ -222,10 +194,11 @@ async function imageHistory(image) {
   const jobs = (await listJobs('')).filter((j) => containerImage(j) === image).slice(0, 20).reverse();
   const pts = [];
   for (const j of jobs) {
-    for (const t of await listTasks(j)) {
-      const a = arrival(t);
-      if (a.started === null) continue;
-      pts.push({ job: shortName(j.name), task: shortName(t.name), method: a.method, started: a.started, ready: a.ready });
+    const arr = await arrivals(j.name);
+    const names = Object.keys(arr).sort((a, b) => Number(shortName(a)) - Number(shortName(b)));
+    for (const n of names) {
+      const a = arr[n];
+      if (a) pts.push({ job: shortName(j.name), task: shortName(n), method: a.method, started: a.startedSeconds, ready: a.readySeconds });
     }
   }
   return pts;
@@ -444,10 +417,11 @@ async function jobPage(id) {
   // more task of this job has started, not on every refresh.
   let chartKey = '', logsShown = false;
   const load = async () => {
-    let job, ts;
+    let job, ts, arv;
     try {
       job = await apiJSON(`/v1/${name}`);
       ts = await listTasks(job);
+      arv = await arrivals(name);
     } catch (e) { head.replaceChildren(errorBox(e)); return true; }
     const st = job.status && job.status.state;
     head.replaceChildren(el('h2', {}, shortName(job.name), ' ', stateSpan(st)),
@@ -460,17 +434,17 @@ async function jobPage(id) {
     tasks.replaceChildren(el('h3', {}, 'Tasks'), el('table', { id: 'task-table' },
       el('tr', {}, el('th', {}, 'Task'), el('th', {}, 'State'), el('th', {}, 'Attempts'), el('th', {}, 'Image'), el('th', {}, 'Ready'), el('th', {}, 'Started'), el('th', {}, 'Over the wire'), el('th', {}, 'Fallback')),
       ts.map((t) => {
-        const a = arrival(t);
+        const a = arv[t.name] || {};
         const attempts = ((t.status && t.status.statusEvents) || []).filter((e) => / to RUNNING\b/.test(e.description || '')).length;
         return el('tr', { 'data-task': shortName(t.name) },
           el('td', {}, el('a', { href: '#', class: 'task-logs', onclick: (ev) => { ev.preventDefault(); showLogs(job, shortName(t.name)); } }, shortName(t.name))),
           el('td', { class: 'task-state' }, stateSpan(t.status && t.status.state)),
           el('td', {}, attempts),
-          el('td', { class: 'method' }, a.method),
-          el('td', {}, a.ready === null ? '' : a.ready.toFixed(3) + 's'),
-          el('td', {}, a.started === null ? '' : a.started.toFixed(3) + 's'),
-          el('td', {}, a.wire === null ? '' : bytes(a.wire) + (a.runWire ? ` (+${bytes(a.runWire)} while running)` : '')),
-          el('td', {}, a.fallback));
+          el('td', { class: 'method' }, a.method || ''),
+          el('td', {}, a.method ? a.readySeconds.toFixed(3) + 's' : ''),
+          el('td', {}, a.method ? a.startedSeconds.toFixed(3) + 's' : ''),
+          el('td', {}, a.method ? bytes(a.wireBytes) + (a.runWireBytes ? ` (+${bytes(a.runWireBytes)} while running)` : '') : ''),
+          el('td', {}, a.fallback || ''));
       })));
     const evs = [];
     for (const e of (job.status && job.status.statusEvents) || []) evs.push({ who: 'job', e });
@@ -484,7 +458,7 @@ async function jobPage(id) {
     if (!logsShown && ts.length) { logsShown = true; showLogs(job, shortName(ts[0].name)); }
     const image = containerImage(job);
     const done = TERMINAL.has(st);
-    const key = image + ' ' + ts.filter((t) => arrival(t).started !== null).length;
+    const key = image + ' ' + Object.values(arv).filter((a) => a).length;
     if (image && key !== chartKey) {
       chartKey = key;
       try {
