@@ -6,6 +6,7 @@ set -euo pipefail
 pkgs=(
   fuse3          # fusermount3, /dev/fuse userland for streamfs
   runc           # the OCI runtime the executor drives
+  containerd     # the outside reference in bench/cmd/startbench (full pull + ctr run)
   skopeo         # pushes images in tests, as users would
   iproute2       # ip netns / veth for network tests
   debootstrap    # builds a real Debian rootfs for fixtures

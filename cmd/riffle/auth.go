@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -66,9 +69,61 @@ func (t authTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return t.next.RoundTrip(r)
 }
 
-// authHTTPClient is an HTTP client that sends token.
-func authHTTPClient(token string) *http.Client {
-	return &http.Client{Transport: authTransport{token: token, next: http.DefaultTransport}}
+// serverTLS is how the CLI trusts a local server that serves TLS: exactly
+// the certificate it left in its data directory (serve.crt; the name in it
+// need not be the loopback address dialled), or else the CAs in
+// $RIFFLE_CA_CERT (a PEM file, verified as usual). Nil: plain HTTP.
+func serverTLS(dataDir string) *tls.Config {
+	if dataDir == "" {
+		dataDir = server.DefaultDataDir()
+	}
+	if pemBytes, err := os.ReadFile(server.CertFile(dataDir)); err == nil {
+		if b, _ := pem.Decode(pemBytes); b != nil {
+			leaf := b.Bytes
+			return &tls.Config{
+				InsecureSkipVerify: true, // replaced by the pin below
+				VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+					if len(raw) == 0 || !bytes.Equal(raw[0], leaf) {
+						return fmt.Errorf("the server's certificate is not the one in %s", server.CertFile(dataDir))
+					}
+					return nil
+				},
+			}
+		}
+	}
+	if ca := os.Getenv("RIFFLE_CA_CERT"); ca != "" {
+		if pemBytes, err := os.ReadFile(ca); err == nil {
+			pool := x509.NewCertPool()
+			if pool.AppendCertsFromPEM(pemBytes) {
+				return &tls.Config{RootCAs: pool}
+			}
+		}
+	}
+	return nil
+}
+
+// serverScheme is https when the local server serves TLS (serverTLS).
+func serverScheme(dataDir string) string {
+	if serverTLS(dataDir) != nil {
+		return "https"
+	}
+	return "http"
+}
+
+// serverHTTPClient is an HTTP client for the server: it sends the token
+// (clientToken) and trusts the server's TLS certificate (serverTLS).
+func serverHTTPClient(dataDir string) *http.Client {
+	return &http.Client{Transport: authTransport{token: clientToken(dataDir), next: registryTransport(dataDir)}}
+}
+
+// registryTransport is the base transport of the CLI's registry clients:
+// the default one, trusting the local server's certificate when it serves
+// TLS.
+func registryTransport(dataDir string) http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64 // as remote's default: many ranged reads
+	t.TLSClientConfig = serverTLS(dataDir)
+	return t
 }
 
 func newAuthCmd() *cobra.Command {
@@ -85,7 +140,7 @@ directory. See docs/security.md.`,
 	cmd.PersistentFlags().StringVar(&dataDir, "data-dir", "", "data directory of the local riffle serve (to find its address and admin token)")
 	tokens := &cobra.Command{Use: "tokens", Short: "Create, list and revoke tokens"}
 	call := func(ctx context.Context, method, path string, body, out any) error {
-		return authCall(ctx, resolveServer(serverAddr, dataDir), clientToken(dataDir), method, path, body, out)
+		return authCall(ctx, resolveServer(serverAddr, dataDir), dataDir, method, path, body, out)
 	}
 	tokens.AddCommand(newTokensCreateCmd(call), newTokensListCmd(call), newTokensRevokeCmd(call))
 	cmd.AddCommand(tokens)
@@ -185,7 +240,7 @@ func bindingsString(bs []auth.Binding) string {
 }
 
 // authCall makes one token API call and decodes its JSON answer into out.
-func authCall(ctx context.Context, addr, token, method, path string, body, out any) error {
+func authCall(ctx context.Context, addr, dataDir, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -194,12 +249,12 @@ func authCall(ctx context.Context, addr, token, method, path string, body, out a
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, serverScheme(dataDir)+"://"+addr+path, rd)
 	if err != nil {
 		return fmt.Errorf("auth: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := authHTTPClient(token).Do(req)
+	resp, err := serverHTTPClient(dataDir).Do(req)
 	if err != nil {
 		return fmt.Errorf("auth: cannot reach riffle serve at %s: %w", addr, err)
 	}

@@ -73,7 +73,7 @@ func (o *batchOpts) addr() string { return resolveServer(o.server, o.dataDir) }
 // server's address, for error messages. The caller closes the client.
 func (o *batchOpts) client(ctx context.Context) (*batch.Client, string, error) {
 	addr := o.addr()
-	c, err := newBatchClient(ctx, addr, clientToken(o.dataDir))
+	c, err := newBatchClient(ctx, addr, o.dataDir)
 	if err != nil {
 		return nil, addr, err
 	}

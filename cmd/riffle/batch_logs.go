@@ -53,8 +53,8 @@ until the job ends (or Ctrl-C).`,
 				q.Set("follow", "true")
 			}
 			addr := o.addr()
-			u := url.URL{Scheme: "http", Host: addr, Path: batchLogsPath + name, RawQuery: q.Encode()}
-			return streamBatchLogs(cmd, addr, name, u.String(), clientToken(o.dataDir))
+			u := url.URL{Scheme: serverScheme(o.dataDir), Host: addr, Path: batchLogsPath + name, RawQuery: q.Encode()}
+			return streamBatchLogs(cmd, addr, name, u.String(), o.dataDir)
 		},
 	}
 	cmd.Flags().Int64Var(&task, "task", 0, "only this task's logs (its index: 0, 1, ...)")
@@ -62,18 +62,16 @@ until the job ends (or Ctrl-C).`,
 	return cmd
 }
 
-func streamBatchLogs(cmd *cobra.Command, addr, name, u, token string) error {
+func streamBatchLogs(cmd *cobra.Command, addr, name, u, dataDir string) error {
 	ctx := cmd.Context()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return fmt.Errorf("batch: logs of %s: %w", name, err)
 	}
 	req.Header.Set("User-Agent", "riffle/"+version)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
+
 	// No client timeout: a followed stream lasts as long as the job.
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := serverHTTPClient(dataDir).Do(req)
 	if err != nil {
 		var opErr *net.OpError
 		if errors.As(err, &opErr) {

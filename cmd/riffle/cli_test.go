@@ -36,7 +36,7 @@ func TestServePortTaken(t *testing.T) {
 // command" at every level, and a group given no command still shows help.
 func TestUnknownSubcommand(t *testing.T) {
 	for _, args := range [][]string{
-		{"image", "rm", "foo"},
+		{"image", "remove", "foo"}, // "image rm" exists since issue 9 item 16
 		{"batch", "job", "list"},
 		{"batch", "jobs", "lst"},
 		{"frobnicate"},

@@ -55,13 +55,20 @@ func resolveServer(flagAddr, dataDir string) string {
 // newBatchClient returns the official Google Batch client (REST transport)
 // pointed at a Riffle server, so the CLI speaks to Riffle exactly as any
 // tool written for Google Batch does.
-func newBatchClient(ctx context.Context, addr, token string) (*batch.Client, error) {
+func newBatchClient(ctx context.Context, addr, dataDir string) (*batch.Client, error) {
+	token := clientToken(dataDir)
 	auth := option.WithoutAuthentication()
 	if token != "" {
 		auth = option.WithTokenSource(oauth2.StaticTokenSource(&oauth2.Token{AccessToken: token}))
 	}
+	endpoint := "http://" + addr
+	if tc := serverTLS(dataDir); tc != nil {
+		// The client's own transport cannot be given a CA: give it one
+		// that trusts the server and adds the token.
+		endpoint, auth = "https://"+addr, option.WithHTTPClient(serverHTTPClient(dataDir))
+	}
 	c, err := batch.NewRESTClient(ctx,
-		option.WithEndpoint("http://"+addr),
+		option.WithEndpoint(endpoint),
 		auth,
 		option.WithUserAgent("riffle/"+version))
 	if err != nil {

@@ -97,7 +97,7 @@ func TestServeSurvivesKill9(t *testing.T) {
 		t.Fatal(err)
 	}
 	client := func(addr string) *batch.Client {
-		c, err := newBatchClient(ctx, addr, tok)
+		c, err := newBatchClient(ctx, addr, dataDir)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -39,7 +39,7 @@ type imageFlags struct {
 
 func (f *imageFlags) client() *remote.Client {
 	kc := serverKeychain{addr: resolveServer(f.server, f.dataDir), token: clientToken(f.dataDir)}
-	return remote.New(remote.Options{Insecure: f.insecure, UserAgent: "riffle/" + version, Keychain: kc})
+	return remote.New(remote.Options{Insecure: f.insecure, UserAgent: "riffle/" + version, Keychain: kc, Transport: registryTransport(f.dataDir)})
 }
 
 // localServer is the address of the `riffle serve` the CLI talks to by
@@ -111,7 +111,7 @@ for loopback hosts and hosts given with --insecure-registry.`,
 	// commands say insecure-registry.
 	pf.StringSliceVar(&f.insecure, "insecure", nil, "")
 	_ = pf.MarkDeprecated("insecure", "use --insecure-registry")
-	cmd.AddCommand(newImagePushCmd(f), newImageLsCmd(f), newImageInspectCmd(f))
+	cmd.AddCommand(newImagePushCmd(f), newImageLsCmd(f), newImageInspectCmd(f), newImageRmCmd(f))
 	return cmd
 }
 

@@ -36,7 +36,7 @@ func (f *registryFlags) add(cmd *cobra.Command) {
 
 func (f *registryFlags) options() remote.Options {
 	kc := serverKeychain{addr: resolveServer("", ""), token: clientToken("")}
-	return remote.Options{Insecure: f.insecure, Timeout: f.timeout, Keychain: kc}
+	return remote.Options{Insecure: f.insecure, Timeout: f.timeout, Keychain: kc, Transport: registryTransport("")}
 }
 
 func (f *registryFlags) client() *remote.Client { return remote.New(f.options()) }
@@ -66,11 +66,20 @@ mount until it is interrupted or "riffle unmount DIR" is run; with
 --background it returns as soon as the mount is ready and a background
 process serves it (its log goes to DATA_DIR/mount.log).
 
+When a riffle serve runs on the data directory, it owns the node cache: the
+command then asks it to make the mount (admin token, as every client command
+finds it), returns at once, and the server serves the mount, sharing its
+cache and keeping the image's layers from "riffle system prune", until
+"riffle unmount DIR" or until the server stops.
+
 An image that cannot be streamed (a layer that cannot be indexed, such as one
 zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ref, dir := args[0], args[1]
+			if cacheDir == "" && serverOwnsCache(dataDir) {
+				return mountThroughServer(cmd.Context(), cmd.OutOrStdout(), dataDir, ref, dir)
+			}
 			if background {
 				return mountInBackground(cmd, args, dataDir)
 			}
@@ -78,9 +87,10 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 			if readyFD > 0 {
 				ready = readyNotifier(readyFD)
 			}
-			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+			stdout, stderr := lockedStdio(cmd)
+			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 			if debug {
-				log = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+				log = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
@@ -105,7 +115,7 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 				return err
 			}
 			ready(nil)
-			fmt.Fprintf(cmd.OutOrStdout(), "mounted %s at %s (%d layers, ready in %v); riffle unmount %s to stop\n",
+			fmt.Fprintf(stdout, "mounted %s at %s (%d layers, ready in %v); riffle unmount %s to stop\n",
 				ref, dir, len(img.Manifest.Layers), time.Since(start).Round(time.Millisecond), dir)
 			done := make(chan struct{})
 			go func() { m.Wait(); close(done) }()
@@ -124,7 +134,7 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 			}
 			n.ReportProfile(m)
 			st := m.Stats()
-			fmt.Fprintf(cmd.OutOrStdout(), "unmounted %s: %d compressed bytes over the wire (%d by span, %d by layer stream), %d uncompressed bytes made available; cache hits %d, misses %d\n",
+			fmt.Fprintf(stdout, "unmounted %s: %d compressed bytes over the wire (%d by span, %d by layer stream), %d uncompressed bytes made available; cache hits %d, misses %d\n",
 				dir, st.WireBytes, st.SpanWireBytes, st.BackgroundWireBytes, st.UncompressedBytes, st.CacheHits, st.CacheMisses)
 			return nil
 		},

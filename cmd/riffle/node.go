@@ -44,7 +44,7 @@ func newNode(f nodeFlags, log *slog.Logger, tune func(*node.Options)) (*node.Nod
 		if !strings.Contains(u, "://") {
 			u = "http://" + u
 		}
-		src := indexsvc.HTTPSource{BaseURL: u, Client: authHTTPClient(clientToken(""))}
+		src := indexsvc.HTTPSource{BaseURL: u, Client: serverHTTPClient("")}
 		opts.Indexes, opts.Profiles = src, src
 	}
 	opts.CacheDir = f.cacheDir

@@ -67,11 +67,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 			if verbose {
 				level = slog.LevelInfo
 			}
-			// The container's output and riffle's own lines may share one
-			// writer (a terminal, or a test's buffer): one lock for both.
-			var mu sync.Mutex
-			stdout := &lockedWriter{mu: &mu, w: cmd.OutOrStdout()}
-			stderr := &lockedWriter{mu: &mu, w: cmd.ErrOrStderr()}
+			stdout, stderr := lockedStdio(cmd)
 			log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 			start := time.Now()
 			n, err := newNode(nodeFlags{dataDir: dataDir, indexURL: indexURL, reg: reg}, log, nil)
@@ -138,6 +134,15 @@ func runImage(ctx context.Context, n *node.Node, ref string, pull bool, log *slo
 		log.Warn("the image cannot be streamed; pulling it in full", "image", ref, "reason", err)
 	}
 	return n.Pull(ctx, ref, node.Auth{})
+}
+
+// lockedStdio returns the command's output and error writers behind one
+// lock: background goroutines (a mount's streams, the container's output
+// copiers) write to them while the command prints, and they may be one
+// writer (a terminal, or a test's buffer).
+func lockedStdio(cmd *cobra.Command) (stdout, stderr io.Writer) {
+	var mu sync.Mutex
+	return &lockedWriter{mu: &mu, w: cmd.OutOrStdout()}, &lockedWriter{mu: &mu, w: cmd.ErrOrStderr()}
 }
 
 // lockedWriter serialises writes to w with other writers sharing mu.

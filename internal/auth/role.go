@@ -2,7 +2,6 @@ package auth
 
 import (
 	"fmt"
-	"slices"
 	"strings"
 )
 
@@ -136,14 +135,4 @@ func (id *Identity) HighestRole() Role {
 		best = max(best, b.Role)
 	}
 	return best
-}
-
-// Projects lists the projects the identity has a binding in, sorted.
-func (id *Identity) Projects() []string {
-	var ps []string
-	for _, b := range id.Bindings {
-		ps = append(ps, b.Project)
-	}
-	slices.Sort(ps)
-	return slices.Compact(ps)
 }

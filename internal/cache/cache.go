@@ -42,8 +42,8 @@ const DefaultTouchInterval = time.Minute
 // the wrong directory never deletes anybody's files.
 const version = "riffle-cache 1\n"
 
-// Options configure a Cache. The zero value is valid: no size limit, fsync
-// on, no re-verification.
+// Options configure a Cache. The zero value is valid: no size limit, crash
+// bookkeeping on (see NoSync), no re-verification.
 type Options struct {
 	// MaxBytes bounds the total size of the entries; least recently used
 	// unpinned entries are evicted past it. 0 means unlimited. Pinned
@@ -54,9 +54,17 @@ type Options struct {
 	// recency (its mtime) so LRU order survives a restart. 0 means
 	// DefaultTouchInterval; negative means on every access.
 	TouchInterval time.Duration
-	// NoSync skips fsync before an entry becomes visible. Faster, but after
-	// a machine crash (not a process crash) an entry may hold garbage, which
-	// the cache cannot detect for span keys. For tests and throwaway nodes.
+	// NoSync turns the crash bookkeeping off: no sync at Open, Sync and
+	// Close, and every entry found at Open is trusted. After a machine
+	// crash an entry may then hold garbage, which the cache cannot detect
+	// for span keys. For tests and throwaway nodes.
+	//
+	// Without it, entries are not fsynced one by one either (one fsync per
+	// small file cost more than the data); instead Sync and Close sync
+	// the whole filesystem once and record up to when entries are durable,
+	// and an Open after an unclean end (a crash, or a process killed before
+	// Close) drops the span entries stored after that point and re-hashes
+	// such digest entries on first use.
 	NoSync bool
 	// VerifyOnLoad re-hashes a digest-keyed entry found on disk at Open the
 	// first time this process uses it, and drops it if it does not match.
@@ -164,6 +172,12 @@ func Open(dir string, opts Options) (*Cache, error) {
 	if err := c.load(); err != nil {
 		lf.Close()
 		return nil, err
+	}
+	if !opts.NoSync {
+		if err := c.recover(); err != nil {
+			lf.Close()
+			return nil, err
+		}
 	}
 	c.mu.Lock()
 	c.evictLocked()
@@ -295,6 +309,12 @@ func (c *Cache) Close() error {
 	}
 	c.mu.Unlock()
 	c.wg.Wait()
+	if !c.opts.NoSync {
+		if err := c.closeClean(); err != nil {
+			c.lockf.Close()
+			return err
+		}
+	}
 	// Closing the file drops the flock.
 	if err := c.lockf.Close(); err != nil {
 		return fmt.Errorf("cache: %w", err)
@@ -643,11 +663,6 @@ func (c *Cache) write(ctx context.Context, k key, size int64, fill func(context.
 	if w.v != nil && !w.v.Verified() {
 		return "", fmt.Errorf("%w: fill %s: content does not hash to the key", ErrDigestMismatch, k)
 	}
-	if !c.opts.NoSync {
-		if err := tf.Sync(); err != nil {
-			return "", fmt.Errorf("cache: fill %s: %w", k, err)
-		}
-	}
 	if err := tf.Close(); err != nil {
 		tf = nil
 		return "", fmt.Errorf("cache: fill %s: %w", k, err)
@@ -723,8 +738,8 @@ func (c *Cache) commitLocked(k key, tmp string) (*entry, error) {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return nil, fmt.Errorf("cache: fill %s: %w", k, err)
 	}
-	// No fsync of the directory: the file's data is already durable, so
-	// after a crash the entry is either there, complete, or absent.
+	// Nothing is synced here: Sync makes entries durable in bulk, and an
+	// Open after a crash distrusts entries stored since (see recover).
 	if err := os.Rename(tmp, dst); err != nil {
 		return nil, fmt.Errorf("cache: fill %s: %w", k, err)
 	}
@@ -733,6 +748,121 @@ func (c *Cache) commitLocked(k key, tmp string) (*entry, error) {
 	c.entries[e.key] = e
 	c.bytes += e.size
 	return e, nil
+}
+
+// Crash bookkeeping files (see Options.NoSync).
+const (
+	// dirtyFile exists while a process owns the cache, from Open to Close.
+	dirtyFile = "dirty"
+	// syncedFile holds a stamp: every entry stamped (mtime) no later was
+	// durable when it was written.
+	syncedFile = "synced"
+)
+
+// recover deals with an unclean end of the previous owner: entries newer
+// than the last sync may hold anything, so spans among them (which the
+// cache cannot check) are dropped and digest entries re-hashed on first
+// use. It then marks the directory dirty for this process.
+func (c *Cache) recover() error {
+	if _, err := os.Stat(filepath.Join(c.dir, dirtyFile)); err == nil {
+		var synced time.Time
+		if b, err := os.ReadFile(filepath.Join(c.dir, syncedFile)); err == nil {
+			synced, _ = time.Parse(time.RFC3339Nano, strings.TrimSpace(string(b)))
+		}
+		c.mu.Lock()
+		for _, e := range c.entries {
+			if !e.lastTouch.After(synced) {
+				continue
+			}
+			k, _ := parseKey(e.key)
+			if k.kind != kindBlob { // spans and indexes: the cache cannot check them
+
+				c.stats.Unsynced++
+				c.dropLocked(e)
+			} else {
+				e.needVerify = true
+			}
+		}
+		c.mu.Unlock()
+	}
+	if err := writeSynced(filepath.Join(c.dir, dirtyFile), nil); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	return syncDir(c.dir)
+}
+
+// Sync makes every entry stored so far durable with one sync of the cache's
+// filesystem, so an unclean end later loses only entries stored after it.
+// Close calls it; a long-running owner may call it now and then.
+func (c *Cache) Sync() error {
+	if c.opts.NoSync {
+		return nil
+	}
+	c.mu.Lock()
+	stamp := c.stampLocked()
+	c.mu.Unlock()
+	fd, err := unix.Open(c.dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("cache: sync: %w", err)
+	}
+	err = unix.Syncfs(fd)
+	unix.Close(fd)
+	if err != nil {
+		return fmt.Errorf("cache: sync: %w", err)
+	}
+	if err := writeSynced(filepath.Join(c.dir, syncedFile), []byte(stamp.Format(time.RFC3339Nano)+"\n")); err != nil {
+		return fmt.Errorf("cache: sync: %w", err)
+	}
+	return nil
+}
+
+// closeClean syncs and removes the dirty marker: the next Open trusts
+// every entry.
+func (c *Cache) closeClean() error {
+	if err := c.Sync(); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(c.dir, dirtyFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cache: %w", err)
+	}
+	if err := syncDir(c.dir); err != nil {
+		return fmt.Errorf("cache: %w", err)
+	}
+	return nil
+}
+
+// writeSynced writes b to path through a synced temporary file and a
+// rename, so path holds either the old or the new content.
+func writeSynced(path string, b []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return syncDir(filepath.Dir(path))
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // fillWriter is the io.Writer a fill function gets. It hashes as it goes

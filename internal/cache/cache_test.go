@@ -269,8 +269,8 @@ func TestSizeMismatch(t *testing.T) {
 			t.Fatalf("%s: stored", tc.name)
 		}
 	}
-	if n := len(files(t, dir, ".")); n != 2 { // VERSION and lock
-		t.Fatalf("%d files left, want only VERSION and lock", n)
+	if n := len(files(t, dir, ".")); n != 3 { // VERSION, lock, dirty
+		t.Fatalf("%d files left, want only VERSION, lock and dirty", n)
 	}
 }
 

@@ -28,8 +28,8 @@
 // is cancelled only when every caller has given up. This is why fill takes a
 // context, unlike a plain func(io.Writer) error.
 //
-// Data is written to a temporary file, checked (digest, size), fsynced,
-// stamped and renamed into place; only then is it visible. On any failure
+// Data is written to a temporary file, checked (digest, size), stamped and
+// renamed into place; only then is it visible. On any failure
 // nothing is stored and every waiting caller gets the error. Get does not
 // wait for fills; it reports ErrNotFound.
 //
@@ -58,13 +58,21 @@
 //
 // # Crashes and restarts
 //
-// Entries appear only by rename after fsync, so after a process or machine
-// crash an entry is complete or absent. Open deletes the temporary
-// directory, which is all a crash can leave behind. Digest-keyed entries
-// found at Open can be re-hashed on first use (Options.VerifyOnLoad), at the
-// cost of reading each once per process; it is off by default because the
-// data was verified and fsynced before it became visible, so only disk
-// corruption or tampering could change it.
+// Entries appear only by rename, so after a process crash an entry is
+// complete or absent. Entries are not fsynced one by one (for small files
+// the fsync cost more than the data): Sync, and Close, sync the cache's
+// filesystem once and record the stamp up to which entries are durable
+// (DIR/synced). DIR/dirty exists from Open to Close; an Open that finds it
+// (the previous owner crashed or was killed) distrusts entries stamped
+// after the last sync: span entries, which the cache cannot check, are
+// dropped (Stats.Unsynced), digest entries are re-hashed on first use.
+// Open deletes the temporary directory, which is all a crash can leave
+// behind otherwise. Digest-keyed entries found at Open can also be
+// re-hashed on first use in general (Options.VerifyOnLoad), at the cost of
+// reading each once per process; it is off by default because the data was
+// verified before it became visible and synced before it was trusted, so
+// only disk corruption or tampering could change it. Options.NoSync turns
+// this bookkeeping off.
 //
 // One process owns a directory at a time: Open takes an flock on dir/lock
 // and fails with ErrLocked if another Cache holds it; the kernel releases
@@ -76,6 +84,8 @@
 //
 //	DIR/VERSION                          format marker
 //	DIR/lock                             flock; holds the owner's pid
+//	DIR/dirty                            exists while an owner has it open
+//	DIR/synced                           stamp of the last Sync
 //	DIR/tmp/fill-*                       fills in progress
 //	DIR/blobs/<alg>/<hex[:2]>/<hex>      digest-keyed entries
 //	DIR/spans/<alg>/<hex[:2]>/<hex>.<n>  span n of layer <alg>:<hex>

@@ -21,6 +21,9 @@ type Stats struct {
 	// Corrupt counts entries dropped because VerifyOnLoad found their
 	// content did not match their digest.
 	Corrupt int64
+	// Unsynced counts span entries dropped at Open because the previous
+	// owner ended uncleanly after storing them (see Options.NoSync).
+	Unsynced int64
 	// InFlight is the number of fills running now.
 	InFlight int64
 	// Entries and Bytes are what the cache holds now, Pinned and
@@ -76,6 +79,7 @@ var metrics = []metric{
 	newMetric("fill_errors_total", "Fills that failed and stored nothing.", prometheus.CounterValue, func(s Stats) int64 { return s.FillErrors }),
 	newMetric("evictions_total", "Entries evicted to stay within the size limit.", prometheus.CounterValue, func(s Stats) int64 { return s.Evictions }),
 	newMetric("evicted_bytes_total", "Bytes evicted to stay within the size limit.", prometheus.CounterValue, func(s Stats) int64 { return s.EvictedBytes }),
+	newMetric("unsynced_dropped_total", "Span entries dropped at open because they were stored after the last sync before an unclean end.", prometheus.CounterValue, func(s Stats) int64 { return s.Unsynced }),
 	newMetric("corrupt_total", "Entries dropped because their content did not match their digest.", prometheus.CounterValue, func(s Stats) int64 { return s.Corrupt }),
 	newMetric("inflight_fills", "Fills running now.", prometheus.GaugeValue, func(s Stats) int64 { return s.InFlight }),
 	newMetric("entries", "Entries stored.", prometheus.GaugeValue, func(s Stats) int64 { return s.Entries }),

@@ -13,6 +13,9 @@ const (
 	// DefaultCacheBytes bounds the node cache (spans of streamed layers and
 	// layer indexes) unless configured.
 	DefaultCacheBytes int64 = 20 << 30
+	// DefaultLayerBytes caps the layer store and flat images together
+	// unless configured; unused ones are removed past it.
+	DefaultLayerBytes int64 = 50 << 30
 	// DefaultParallel is how many layers a pull downloads at once.
 	DefaultParallel = pull.DefaultParallel
 )

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/opencontainers/go-digest"
@@ -143,6 +144,7 @@ type Node struct {
 
 	layers  *layerstore.Store
 	metrics *metrics
+	use     usage // what is in use, for Prune (usage.go)
 
 	mu       sync.Mutex
 	clients  map[Auth]*remote.Client
@@ -198,6 +200,8 @@ func New(opts Options) (*Node, error) {
 		cancel()
 		return nil, err
 	}
+	n.wg.Add(1)
+	go n.syncCache()
 	n.metrics = newMetrics(n)
 	if opts.Metrics != nil {
 		if err := opts.Metrics.Register(n.metrics); err != nil {
@@ -263,6 +267,33 @@ func (n *Node) Close() error {
 		errs = append(errs, c.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// cacheSyncInterval is how often the node makes its cache's new entries
+// durable (one syncfs): the cache writes entries without an fsync each,
+// and drops what was not synced when a process ended uncleanly.
+const cacheSyncInterval = 30 * time.Second
+
+// syncCache syncs the node cache every cacheSyncInterval until Close.
+func (n *Node) syncCache() {
+	defer n.wg.Done()
+	t := time.NewTicker(cacheSyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		c := n.cache
+		n.mu.Unlock()
+		if c != nil {
+			if err := c.Sync(); err != nil {
+				n.log.Warn("node: syncing the cache failed", "err", err)
+			}
+		}
+	}
 }
 
 // forgetLocked removes m from the node's mounts, its counters going to
@@ -371,7 +402,7 @@ func (n *Node) shared(ctx context.Context, key string, fn func(ctx context.Conte
 // images share it; concurrent pulls of one manifest share the work. The
 // root filesystem is overlayfs over the layer directories.
 func (n *Node) Pull(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
-	return n.counted(n.pull(ctx, ref, auth))
+	return n.held(ref, func() (*RootFS, error) { return n.counted(n.pull(ctx, ref, auth)) })
 }
 
 // counted counts a root filesystem handed out, by method.
@@ -456,7 +487,7 @@ func (n *Node) settled(img *remote.Image) *RootFS {
 // stays until Close so later tasks find its data warm. An error wrapping
 // streamfs.ErrNotEligible says why the image cannot be streamed.
 func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
-	return n.counted(n.stream(ctx, ref, auth))
+	return n.held(ref, func() (*RootFS, error) { return n.counted(n.stream(ctx, ref, auth)) })
 }
 
 func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {

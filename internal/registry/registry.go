@@ -72,6 +72,8 @@ type Registry struct {
 	// blobRoot, when set, is distribution's storage root, and blob reads
 	// are served from it directly (see serveBlob).
 	blobRoot string
+	// writes lets GC run between pushes (gc.go).
+	writes writes
 }
 
 // New starts a registry storing its data under opts.RootDir.
@@ -132,6 +134,10 @@ func (r *Registry) Close() error {
 func (r *Registry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if r.blobRoot != "" && (req.Method == http.MethodGet || req.Method == http.MethodHead) && r.serveBlob(w, req) {
 		return
+	}
+	if req.Method != http.MethodGet && req.Method != http.MethodHead {
+		r.writes.begin()
+		defer r.writes.end()
 	}
 	if isBlobUpload(req) {
 		if !r.admitUpload(w, req) {

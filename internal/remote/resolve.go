@@ -97,6 +97,20 @@ func (c *Client) Resolve(ctx context.Context, ref string, platform *v1.Platform)
 
 // ResolveReference is Resolve for a parsed reference.
 func (c *Client) ResolveReference(ctx context.Context, ref name.Reference, platform *v1.Platform) (*Image, error) {
+	img, err := c.ResolveManifest(ctx, ref, platform)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.FetchConfig(ctx, img); err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+// ResolveManifest is ResolveReference without the config: Config and
+// RawConfig are left empty for FetchConfig, so a caller can fetch the
+// config in parallel with the layers' indexes.
+func (c *Client) ResolveManifest(ctx context.Context, ref name.Reference, platform *v1.Platform) (*Image, error) {
 	want := DefaultPlatform()
 	if platform != nil {
 		want = *platform
@@ -154,18 +168,29 @@ func (c *Client) ResolveReference(ctx context.Context, ref name.Reference, platf
 	if err := checkManifest(&img.Manifest); err != nil {
 		return nil, fmt.Errorf("remote: %s: manifest %s: %w", ref, img.Digest, err)
 	}
+	return img, nil
+}
+
+// FetchConfig fetches the config of an image from ResolveManifest.
+func (c *Client) FetchConfig(ctx context.Context, img *Image) error {
+	ref, repo := img.Reference, img.Repository
+	tr, err := c.transportFor(ctx, repo.Registry, repo.Scope(transport.PullScope))
+	if err != nil {
+		return err
+	}
+	hc := c.httpClient(tr)
 	cfg, err := c.fetchSmallBlob(ctx, hc, repo, img.Manifest.Config, maxConfigBytes)
 	if err != nil {
-		return nil, fmt.Errorf("remote: %s: config: %w", ref, explain(err, repo.RegistryStr()))
+		return fmt.Errorf("remote: %s: config: %w", ref, explain(err, repo.RegistryStr()))
 	}
 	img.RawConfig = cfg
 	if err := json.Unmarshal(cfg, &img.Config); err != nil {
-		return nil, fmt.Errorf("remote: %s: malformed image config %s: %w", ref, img.Manifest.Config.Digest, err)
+		return fmt.Errorf("remote: %s: malformed image config %s: %w", ref, img.Manifest.Config.Digest, err)
 	}
 	if img.Platform.OS == "" && img.Platform.Architecture == "" {
 		img.Platform = img.Config.Platform
 	}
-	return img, nil
+	return nil
 }
 
 // httpClient returns an HTTP client over tr whose redirects drop the

@@ -328,6 +328,9 @@ func TestBackgroundUpperDirAndStop(t *testing.T) {
 	f := newFixture(t)
 	var out syncBuffer
 	s := f.spec(`trap 'echo got-term; exit 7' TERM; echo hi > /written; echo ready; while :; do sleep 0.05; done`)
+	// A grace far longer than a loaded machine's stop, so waiting it out
+	// cannot be mistaken for a slow stop.
+	s.StopGrace = 30 * time.Second
 	c, err := f.rt.Start(context.Background(), s, &out, &out)
 	must(t, err)
 	if !strings.HasPrefix(c.ID(), "riffle-test-") {
@@ -346,7 +349,7 @@ func TestBackgroundUpperDirAndStop(t *testing.T) {
 	if code != 7 || err != nil || !strings.Contains(out.String(), "got-term") {
 		t.Errorf("after Stop: %d %v %q", code, err, out.String())
 	}
-	if d := time.Since(start); d > 1500*time.Millisecond {
+	if d := time.Since(start); d > 15*time.Second {
 		t.Errorf("Stop took %v although the container honours SIGTERM", d)
 	}
 	if _, err := os.Stat(c.UpperDir()); !os.IsNotExist(err) {
@@ -357,24 +360,60 @@ func TestBackgroundUpperDirAndStop(t *testing.T) {
 	}
 }
 
+// TestRunTimeoutKills: when Run's context ends while the container runs
+// (a runnable's timeout), a container that ignores SIGTERM is killed after
+// the grace. The context ends once the container has printed and runc has
+// written its pid file (the start is complete), not at a fixed time, so a
+// slow start on a loaded machine cannot end it first.
 func TestRunTimeoutKills(t *testing.T) {
 	f := newFixture(t)
 	s := f.spec(`trap '' TERM; echo started; sleep 60`)
 	s.StopGrace = 300 * time.Millisecond
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var out syncBuffer
-	start := time.Now()
-	code, err := f.rt.Run(ctx, s, &out, &out)
-	if !errors.Is(err, context.DeadlineExceeded) || code != 137 {
-		t.Errorf("got %d, %v; want 137 and DeadlineExceeded", code, err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("took %v", d)
+	out := &notifyBuffer{want: "started", seen: make(chan struct{})}
+	go func() {
+		select {
+		case <-out.seen:
+		case <-time.After(30 * time.Second):
+			return
+		}
+		for ctx.Err() == nil {
+			if m, _ := filepath.Glob(filepath.Join(f.root, "tasks", "*", "pid")); len(m) > 0 {
+				cancel()
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	code, err := f.rt.Run(ctx, s, out, out)
+	stopped := time.Now()
+	if !errors.Is(err, context.Canceled) || code != 137 {
+		t.Errorf("got %d, %v; want 137 and the context's error", code, err)
 	}
 	if !strings.Contains(out.String(), "started") {
-		t.Errorf("output %q", out.String())
+		t.Fatalf("output %q", out.String())
 	}
+	if d := stopped.Sub(out.at); d > 5*time.Second {
+		t.Errorf("stopping took %v", d)
+	}
+}
+
+// notifyBuffer closes seen, once, when its output first contains want.
+type notifyBuffer struct {
+	syncBuffer
+	want string
+	seen chan struct{}
+	at   time.Time // when want was seen
+	once sync.Once
+}
+
+func (n *notifyBuffer) Write(p []byte) (int, error) {
+	w, err := n.syncBuffer.Write(p)
+	if strings.Contains(n.String(), n.want) {
+		n.once.Do(func() { n.at = time.Now(); close(n.seen) })
+	}
+	return w, err
 }
 
 // TestCleanupAfterCrash kills -9 a process that started a container and

@@ -456,6 +456,11 @@ func (r *Runtime) launch(ctx context.Context, id string, b *bundle, out *output)
 			}
 			return nil, startError(logFile, res.err)
 		case <-ctx.Done():
+			if l.pid = readPid(pidFile); l.pid > 0 {
+				// Its process runs already: the start succeeded, and the
+				// caller stops it as any running container (with the grace).
+				return l, nil
+			}
 			r.killStarting(id, l.exited)
 			return nil, fmt.Errorf("runtime: start %s: %w", id, ctx.Err())
 		case <-tick.C:

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -26,6 +27,7 @@ type access struct {
 	need     auth.Role // the role needed in project
 	also     []string  // more projects the viewer role is needed in (a registry cross-repository mount)
 	mutating bool      // audited when allowed
+	ping     bool      // the registry's GET /v2/
 }
 
 // guard authenticates and authorizes every HTTP request (everything but
@@ -48,7 +50,11 @@ func (s *Server) guard(next http.Handler) http.Handler {
 			err = authorizeAll(id, a)
 		}
 		if err != nil {
-			s.refused(r.Context(), a.api, id, a.project, r.Method, r.URL.Path, err)
+			// The registry clients' first, anonymous ping is how they
+			// learn to log in: part of the protocol, not a refused call.
+			if !(a.ping && auth.FromRequest(r) == "") {
+				s.refused(r.Context(), a.api, id, a.project, r.Method, r.URL.Path, err)
+			}
 			writeRefusal(w, a.api, err)
 			return
 		}
@@ -120,7 +126,7 @@ func (s *Server) classify(r *http.Request) (access, error) {
 	case p == "/v2" || p == "/v2/":
 		// The registry "ping": clients learn the auth scheme here and
 		// docker login checks credentials.
-		return access{api: "registry", need: auth.RoleViewer}, nil
+		return access{api: "registry", need: auth.RoleViewer, ping: true}, nil
 	case p == "/v2/_catalog":
 		return access{api: "registry", project: auth.AllProjects, need: auth.RoleViewer}, nil
 	case strings.HasPrefix(p, "/v2/"):
@@ -129,6 +135,11 @@ func (s *Server) classify(r *http.Request) (access, error) {
 		return access{api: "batch", project: projectOf(strings.TrimPrefix(p, "/v1/")), need: role, mutating: write}, nil
 	case strings.HasPrefix(p, "/riffle/v1/logs/"):
 		return access{api: "logs", project: projectOf(strings.TrimPrefix(p, "/riffle/v1/logs/")), need: auth.RoleViewer}, nil
+	case p == "/riffle/v1/system/df":
+		// Disk use names images and jobs of every project.
+		return access{api: "system", project: auth.AllProjects, need: auth.RoleViewer}, nil
+	case strings.HasPrefix(p, "/riffle/v1/system/"):
+		return access{api: "system", project: auth.AllProjects, need: auth.RoleAdmin, mutating: write}, nil
 	case strings.HasPrefix(p, "/riffle/v1/arrival/"):
 		return access{api: "batch", project: projectOf(strings.TrimPrefix(p, "/riffle/v1/arrival/")), need: auth.RoleViewer}, nil
 	case p == "/riffle/v1/auth/whoami":
@@ -309,8 +320,15 @@ func (s *Server) isSelf(hostport string) bool {
 }
 
 // openAuth opens the token store, makes sure the local admin token exists
-// (DataDir/admin.token) and mints the server's own in-memory token.
+// (DataDir/admin.token) and mints the server's own in-memory token. It
+// also loads the TLS certificate, so a bad one stops the start before
+// anything says it serves.
 func (s *Server) openAuth() error {
+	if s.cfg.TLS.Enabled() {
+		if _, err := tls.LoadX509KeyPair(s.cfg.TLS.Cert, s.cfg.TLS.Key); err != nil {
+			return fmt.Errorf("server: tls.cert/tls.key (--tls-cert, --tls-key): %w", err)
+		}
+	}
 	st, err := auth.Open(s.cfg.DataDir)
 	if err != nil {
 		return fmt.Errorf("server: %w", err)

@@ -48,6 +48,9 @@ type Config struct {
 	// Cache configures the node cache of image data.
 	Cache CacheConfig `json:"cache,omitempty"`
 
+	// Layers configures the layer store of extracted image layers.
+	Layers LayersConfig `json:"layers,omitempty"`
+
 	// Stream configures image streaming on this node.
 	Stream StreamConfig `json:"stream,omitempty"`
 
@@ -105,6 +108,15 @@ type RegistryConfig struct {
 type CacheConfig struct {
 	// MaxBytes bounds the node cache of streamed image data, in bytes; the
 	// least recently used entries are evicted past it. Default: 20 GiB.
+	MaxBytes int64 `json:"maxBytes,omitempty"`
+}
+
+// LayersConfig configures the layer store: layers extracted by pulls and
+// by streamed images settling, and images pulled flat.
+type LayersConfig struct {
+	// MaxBytes caps the layer store and flat images together, in bytes:
+	// past it, layers and images no task or mount uses are removed, least
+	// recently used first (checked every minute). Default: 50 GiB.
 	MaxBytes int64 `json:"maxBytes,omitempty"`
 }
 
@@ -177,7 +189,7 @@ func LoadConfig(path string) (Config, error) {
 
 // sizeKeys are the keys that hold a number of bytes, which may also be
 // written as a size such as "10GiB".
-var sizeKeys = []string{"registry.maxBlobBytes", "cache.maxBytes"}
+var sizeKeys = []string{"registry.maxBlobBytes", "cache.maxBytes", "layers.maxBytes"}
 
 // parseSizes replaces sizes written as strings in raw with their number of
 // bytes.
@@ -283,6 +295,9 @@ func (c Config) WithDefaults() Config {
 	if c.Cache.MaxBytes == 0 {
 		c.Cache.MaxBytes = node.DefaultCacheBytes
 	}
+	if c.Layers.MaxBytes == 0 {
+		c.Layers.MaxBytes = node.DefaultLayerBytes
+	}
 	return c.securityDefaults()
 }
 
@@ -306,6 +321,9 @@ func (c Config) Validate() error {
 	}
 	if c.Cache.MaxBytes < 0 {
 		return fmt.Errorf("config: cache.maxBytes %d: must be positive", c.Cache.MaxBytes)
+	}
+	if c.Layers.MaxBytes < 0 {
+		return fmt.Errorf("config: layers.maxBytes %d: must be positive", c.Layers.MaxBytes)
 	}
 	if c.Registry.MaxBlobBytes < 0 {
 		return fmt.Errorf("config: registry.maxBlobBytes %d: must be positive", c.Registry.MaxBlobBytes)

@@ -132,7 +132,8 @@ func (q quietErrors) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 // registryTransport is the transport of every registry client of the
-// server: outbound rules, quiet errors, and TLS to itself when configured.
+// server: its own registry directly (selfRoute), every other one under the
+// outbound rules with quiet errors.
 func (s *Server) registryTransport() http.RoundTripper {
-	return s.selfTLSTransport(s.outbound.transport())
+	return s.selfRouteTransport(s.outbound.transport())
 }

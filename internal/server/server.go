@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -50,6 +51,9 @@ type Server struct {
 	mux      *http.ServeMux
 	handler  http.Handler
 	lock     *dataDirLock
+	stopCaps context.CancelFunc // ends capLayers (system.go)
+	capsDone chan struct{}
+	cli      cliMounts // riffle mount's mounts (mounts.go)
 
 	tokens    *auth.Store            // access control (auth.go)
 	selfToken string                 // the server's own token for its registry; never stored
@@ -78,6 +82,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if err := s.openAuth(); err != nil {
+		s.Close()
 		return nil, err
 	}
 	s.outbound = newOutbound(cfg.Outbound.AllowRegistries)
@@ -137,6 +142,11 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	})
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{Registry: s.metrics}))
 	s.registerTokenAPI()
+	s.registerSystemAPI()
+	s.registerMountAPI()
+	cctx, stop := context.WithCancel(context.Background())
+	s.stopCaps, s.capsDone = stop, make(chan struct{})
+	go func() { defer close(s.capsDone); s.capLayers(cctx) }()
 	s.mux.Handle("GET /{$}", console.Handler()) // the web console; its assets under /console/
 	s.mux.Handle("GET /console/", console.Handler())
 	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.guard(s.mux)))
@@ -180,7 +190,13 @@ func (s *Server) Close() error {
 	if s.sched != nil {
 		errs = append(errs, s.sched.Close())
 	}
+	// After the scheduler: a prune waits for pulls, which end with it.
+	if s.stopCaps != nil {
+		s.stopCaps()
+		<-s.capsDone
+	}
 	if s.node != nil {
+		s.closeCLIMounts()
 		errs = append(errs, s.node.Close())
 	}
 	if s.cache != nil {
@@ -255,6 +271,15 @@ func listen(cfg Config, checkDir bool) (net.Listener, error) {
 // Serve serves on ln until ctx is done, then shuts down gracefully: it stops
 // accepting, lets requests in flight finish for up to grace, and closes.
 func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration) error {
+	// Before serve.addr, so a CLI that finds the address finds the
+	// certificate too (tls.go).
+	tlsConf, err := s.serveTLS()
+	if err != nil {
+		return err
+	}
+	if tlsConf != nil {
+		defer os.Remove(CertFile(s.cfg.DataDir))
+	}
 	s.addr.Store(ln.Addr().String())
 	addrFile := AddrFile(s.cfg.DataDir)
 	if err := os.WriteFile(addrFile, []byte(ln.Addr().String()+"\n"), 0o644); err != nil {
@@ -272,12 +297,10 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener, grace time.Duration
 	hs.Protocols = new(http.Protocols)
 	hs.Protocols.SetHTTP1(true)
 	hs.Protocols.SetUnencryptedHTTP2(true)
-	if s.cfg.TLS.Enabled() {
-		tl, err := s.tlsListener(ln, hs)
-		if err != nil {
-			return err
-		}
-		ln = tl
+	if tlsConf != nil {
+		hs.Protocols.SetHTTP2(true)
+		hs.TLSConfig = tlsConf
+		ln = tls.NewListener(ln, tlsConf)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

@@ -220,3 +220,47 @@ func TestTLSServerReachesItsOwnRegistry(t *testing.T) {
 		t.Fatalf("submit with an image of the TLS server's registry: %v", err)
 	}
 }
+
+// TestOwnRegistryByNetworkAddress: with TLS on 0.0.0.0, an image named by
+// the server's network address is the server's own: allowed at submit and
+// reached directly, although that address may be private.
+func TestOwnRegistryByNetworkAddress(t *testing.T) {
+	var hostIP string
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && !ipn.IP.IsLoopback() {
+			hostIP = ipn.IP.String()
+			break
+		}
+	}
+	if hostIP == "" {
+		t.Skip("no non-loopback IPv4 address on this machine")
+	}
+	certFile, keyFile, pool := selfSignedCert(t, t.TempDir())
+	ctx, srv, addr := startServerWith(t, server.Config{Listen: "0.0.0.0:0", TLS: server.TLSConfig{Cert: certFile, Key: keyFile}})
+	_, port, _ := net.SplitHostPort(addr)
+	tok := adminToken(t, srv)
+	tlsConf := &tls.Config{RootCAs: pool}
+	spec, _ := imagegen.Busybox("/bin/busybox")
+	img, err := imagegen.Build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := remote.New(remote.Options{Keychain: tokenKeychain(tok), Transport: httpsRewrite{&http.Transport{TLSClientConfig: tlsConf}}})
+	if err := rc.Push(ctx, "127.0.0.1:"+port+"/p/r/busybox:v1", img, nil); err != nil {
+		t.Fatal(err)
+	}
+	ts := oauth2.StaticTokenSource(&oauth2.Token{AccessToken: tok})
+	c, err := batch.NewClient(ctx, option.WithEndpoint("127.0.0.1:"+port), option.WithTokenSource(ts),
+		option.WithGRPCDialOption(grpc.WithTransportCredentials(credentials.NewTLS(tlsConf))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ref := net.JoinHostPort(hostIP, port) + "/p/r/busybox:v1"
+	job := &batchpb.Job{TaskGroups: []*batchpb.TaskGroup{{TaskSpec: &batchpb.TaskSpec{Runnables: []*batchpb.Runnable{{
+		Executable: &batchpb.Runnable_Container_{Container: &batchpb.Runnable_Container{ImageUri: ref, Commands: []string{"true"}}}}}}}}}
+	if _, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: "projects/p/locations/us-central1", JobId: "by-network-address", Job: job}); err != nil {
+		t.Fatalf("submit naming the server by %s: %v", hostIP, err)
+	}
+}

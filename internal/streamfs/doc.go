@@ -23,18 +23,48 @@
 // fetched, verified by the index's digests and stored there; concurrent
 // reads of a missing span share one fetch (cache.Fill is a singleflight).
 // A sequential read that reaches the last quarter of a span starts
-// fetching the next span of the same file.
+// fetching the next span of the same file; a reader that misses span k of
+// a layer right after reading span k-1 (walking many small files in layer
+// order) gets the next spans of the layer fetched.
+//
+// # Background streams into the layer store
+//
+// With a layer store (Options.Layers, internal/layerstore), a mount also
+// streams every layer whole in the background: one GET per layer, a few
+// layers at once, decompressed by klauspost/compress and extracted by the
+// store, which checks the layer's diffID. Each regular file the store
+// reports is matched to the tree by layer and offset and checked against
+// the index's digest; from then on it is "local": opens use FUSE
+// passthrough on the extracted file (no copy, no second storage), and
+// handles opened before read it from there. A layer already complete in
+// the store is not fetched at all. Complete is closed when every layer is.
+//
+// Fetches are prioritised. Reads a process is blocked on come first: while
+// their span fetches are in flight the streams stop reading their response
+// bodies (at most maxPause at a time, so connections do not time out), and
+// TCP gives the link to the blocked reads. A read of a file the stream is
+// about to reach (Options.StreamWait) waits for the stream instead of
+// fetching spans. Between the two sits the startup profile.
+//
+// # Startup profile
+//
+// A mount records, per layer, the spans readers used first, in order,
+// within a time and byte budget (MountPoint.Profile). Given such a profile
+// (Options.Profile), a mount fetches those spans first, a few at a time,
+// ahead of the background streams; reads of spans still queued simply
+// fetch them (the cache shares the fetch).
 //
 // # Warm files: passthrough
 //
-// When an open file has been read from its start to its end, its whole
-// content is stored in the cache under its sha256 (from the index; the cache
-// checks it), in the background. Later opens of that file, from any mount
-// of any image holding the same content, use FUSE passthrough: the kernel
-// reads the cache file directly, at local-disk speed, and this process
-// sees no reads. The kernel does not allow passthrough and cached opens of
-// one inode at once, so a file already open the cached way is opened the
-// cached way until those opens are closed.
+// Without a layer store, when an open file has been read from its start to
+// its end, its whole content is stored in the cache under its sha256 (from
+// the index; the cache checks it), in the background. Later opens of that
+// file, from any mount of any image holding the same content, use FUSE
+// passthrough: the kernel reads the cache file directly, at local-disk
+// speed, and this process sees no reads. The kernel does not allow
+// passthrough and cached opens of one inode at once, so a file already
+// open the cached way is opened the cached way until those opens are
+// closed.
 //
 // # Failure
 //
@@ -74,8 +104,11 @@
 //
 // # Metrics
 //
-// Each mount counts bytes and spans fetched, cache hits and misses, failed
-// and corrupt fetches, passthrough opens and fetch latency; Stats returns
+// Each mount counts compressed bytes over the wire (spans by range and
+// layer streams, each named so) and uncompressed bytes made available,
+// spans fetched, cache hits and misses, failed and corrupt fetches,
+// passthrough and local opens, stream pauses and waits, profile prefetches
+// and hits, per-layer stream progress and fetch latency; Stats returns
 // them and Collector exports them to Prometheus as riffle_streamfs_*,
 // labelled by mount point and image.
 package streamfs

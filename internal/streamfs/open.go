@@ -49,7 +49,11 @@ type OpenOptions struct {
 // stop a full pull too (the reference, the registry, a corrupt layer) are
 // returned as they are.
 func Open(ctx context.Context, client *remote.Client, ref string, opts OpenOptions) (Image, *remote.Image, error) {
-	img, err := client.Resolve(ctx, ref, opts.Platform)
+	r, err := client.ParseReference(ref)
+	if err != nil {
+		return Image{}, nil, err
+	}
+	img, err := client.ResolveManifest(ctx, r, opts.Platform)
 	if err != nil {
 		return Image{}, nil, err
 	}
@@ -61,15 +65,12 @@ func Open(ctx context.Context, client *remote.Client, ref string, opts OpenOptio
 }
 
 // OpenImage is Open for an image already resolved (opts.Platform is not
-// used): it saves the caller a second round trip for the manifest and
-// config. The Image is named by img.Reference.
+// used): it saves the caller a second round trip for the manifest. An img
+// without its config (remote.Client.ResolveManifest) gets it fetched
+// alongside the indexes. The Image is named by img.Reference.
 func OpenImage(ctx context.Context, client *remote.Client, img *remote.Image, opts OpenOptions) (Image, error) {
 	ref := img.Reference.String()
 	layers := img.Manifest.Layers
-	diffIDs := img.Config.RootFS.DiffIDs
-	if len(diffIDs) != len(layers) {
-		return Image{}, fmt.Errorf("streamfs: %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", ref, len(layers), len(diffIDs))
-	}
 	for _, d := range layers {
 		if len(d.URLs) > 0 || strings.Contains(d.MediaType, "nondistributable") || strings.Contains(d.MediaType, "foreign") {
 			return Image{}, NotEligible(d.Digest, "it is a foreign (non-distributable) layer, which only its own URLs serve")
@@ -79,13 +80,25 @@ func OpenImage(ctx context.Context, client *remote.Client, img *remote.Image, op
 	if par <= 0 {
 		par = 4
 	}
-	out := Image{Name: ref, Layers: make([]Layer, len(layers)), DiffIDs: make([]digest.Digest, len(layers))}
-	copy(out.DiffIDs, diffIDs)
+	// The config and every layer's index are independent: fetch them all
+	// at once (one round trip before the first read, not 1+layers), and
+	// check the diffIDs once both are in.
+	out := Image{Name: ref, Layers: make([]Layer, len(layers))}
+	indexes := make([]*index.Index, len(layers))
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(par)
+	if img.RawConfig == nil { // resolved without its config (Open)
+		g.Go(func() error { return client.FetchConfig(gctx, img) })
+	}
+	sem := make(chan struct{}, par)
 	repo := img.Repository.String()
 	for i, desc := range layers {
 		g.Go(func() error {
+			select {
+			case sem <- struct{}{}:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+			defer func() { <-sem }()
 			blob, err := client.RepositoryBlob(gctx, img.Repository, desc.Digest, desc.Size)
 			if err != nil {
 				return err
@@ -97,20 +110,27 @@ func OpenImage(ctx context.Context, client *remote.Client, img *remote.Image, op
 			if x.BlobDigest != desc.Digest {
 				return fmt.Errorf("streamfs: the index for layer %s describes blob %s", desc.Digest, x.BlobDigest)
 			}
-			if x.DiffID != "" && x.DiffID != digest.Digest(diffIDs[i]) {
-				return fmt.Errorf("streamfs: layer %s uncompresses to %s but the config says %s; the image is corrupt", desc.Digest, x.DiffID, diffIDs[i])
-			}
 			l, err := IndexLayer(x, blob)
 			if err != nil {
 				return err
 			}
-			out.Layers[i] = l
+			indexes[i], out.Layers[i] = x, l
 			return nil
 		})
 	}
 	if err := g.Wait(); err != nil {
 		return Image{}, err
 	}
+	diffIDs := img.Config.RootFS.DiffIDs
+	if len(diffIDs) != len(layers) {
+		return Image{}, fmt.Errorf("streamfs: %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", ref, len(layers), len(diffIDs))
+	}
+	for i, x := range indexes {
+		if x.DiffID != "" && x.DiffID != diffIDs[i] {
+			return Image{}, fmt.Errorf("streamfs: layer %s uncompresses to %s but the config says %s; the image is corrupt", layers[i].Digest, x.DiffID, diffIDs[i])
+		}
+	}
+	out.DiffIDs = append([]digest.Digest(nil), diffIDs...)
 	return out, nil
 }
 

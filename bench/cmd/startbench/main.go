@@ -1,25 +1,67 @@
 // Command startbench measures what Riffle is for: how soon a container's
-// first work is done when its image streams, against a normal full pull, on
-// an emulated registry link. All numbers come from one run, and the result
-// is reported as ratios to the full pull.
+// first work is done when its image streams, against containerd's full pull
+// (the outside reference) and Riffle's own full pull, on an emulated
+// registry link. Every figure comes from one run of this command and is
+// reported as a ratio to those two.
 //
-// It runs as root (FUSE, chroot, unpack). Setup, not timed: build the image
-// (Debian with python3-numpy, -scipy and -pandas by default; debootstrap the
-// first time, cached in /var/cache/riffle-test after), push it to an
-// embedded registry on loopback, and index it (the index service does this
-// when an image is pushed). Then, through a user-space link of --mbit and
-// --rtt (bench/linkproxy; the kernel has no netem):
+// The documented command (as root; Debian's containerd, runc, fuse3 and
+// debootstrap installed, as scripts/setup.sh does; 30-40 minutes on an
+// idle 2-core machine, much longer on a shared one):
 //
-//  1. full pull: `riffle pull` (parallel layer downloads, apply in order),
-//     then the workload in a chroot of the extracted tree;
-//  2. streamed, cold node cache: resolve, fetch indexes, mount, workload;
-//  3. streamed, warm node cache (a new mount: a later job on the node);
-//  4. read every file of the image: through a cold mount, against pull +
-//     reading the extracted tree;
-//  5. warm reads of every file: the mount against the extracted tree on the
-//     local disk, page cache dropped before each.
+//	go run ./bench/cmd/startbench
 //
-// Usage: go run ./bench/cmd/startbench [--image debian-python|debian|large] [--mbit 400] [--rtt 20ms]
+// and, while developing (one run, one link, chosen cases):
+//
+//	go run ./bench/cmd/startbench --quick --cases a,b,c
+//
+// Setup, not timed: build the image (Debian 12 with python3-numpy, -scipy
+// and -pandas by default; debootstrap the first time, cached in
+// /var/cache/riffle-test after), push it to an embedded registry on
+// loopback, and index it (as the index service does when an image is
+// pushed). The registry is reached only through bench/linkproxy, a
+// user-space link of a given rate and RTT (the kernel has no netem); by
+// default 400 Mbit/s with 20 ms RTT, then 100 Mbit/s with 60 ms RTT.
+//
+// Cases (--cases), each cold unless it says otherwise: node state wiped
+// and the page cache dropped before every timed run:
+//
+//	a  containerd full pull: Debian's containerd 1.6, started by the
+//	   benchmark with its own root, state, socket and config (overlayfs
+//	   snapshotter), `ctr image pull --plain-http`, then `ctr run` (runc)
+//	w  warm reference: the same container on an image containerd has
+//	   already pulled and extracted (overlayfs), only `ctr run` timed
+//	b  Riffle's full pull: `riffle pull --data-dir D` into the node's
+//	   image store, then the workload in a chroot of the extracted tree
+//	c  Riffle streaming, first run: `riffle mount` (indexes from the
+//	   index service, through the link), the workload in a chroot of it
+//	d  Riffle streaming with a learned profile: a first run on another
+//	   node leaves its startup profile with the index service, then a
+//	   cold node runs the image (needs --riffle-run)
+//	e  Riffle streaming, warm node cache, not settled: a second mount
+//	   over the cache the same workload filled
+//	f  Riffle, settled image: a run that read every file, then the
+//	   timed run, which must say it started settled (needs --riffle-run)
+//
+// Cases that need a feature the riffle binary lacks are reported as not
+// available instead of failing. With --riffle-run, b to f run through
+// `riffle run` (one process that streams or pulls and runs the container
+// with runc) instead of riffle pull/mount plus chroot.
+//
+// Workloads (--workloads): echo (time from the start of the case to the
+// first line of `echo hello`), python (`python3 -c "import numpy, scipy,
+// pandas"` done) and readall (`find / -xdev -type f -exec cat {} +` done).
+// Each case reports its time, the bytes over the link, the CPU time of the
+// node's processes (their own cgroups: containerd's daemon with its shims,
+// ctr, riffle pull, riffle mount or riffle run; not the workload) and their
+// peak RSS.
+//
+// --tasks 50 also starts `riffle serve` and submits one Batch job of 50
+// streamed tasks of the image, against a job of one task: bytes over the
+// link and time until every container has started.
+//
+// Output: a table of medians (min–max) with ratios to a and b on stdout,
+// and one JSON file per link under bench/results/ (date and link in its
+// name) with every sample, the machine and the git commit.
 package main
 
 import (
@@ -27,269 +69,235 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"io/fs"
 	"log"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
+	"syscall"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
-
 	"github.com/riffle-dev/riffle/bench/linkproxy"
-	"github.com/riffle-dev/riffle/internal/cache"
-	"github.com/riffle-dev/riffle/internal/imagegen"
-	"github.com/riffle-dev/riffle/internal/indexsvc"
-	"github.com/riffle-dev/riffle/internal/registry"
-	"github.com/riffle-dev/riffle/internal/remote"
-	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
-func main() {
-	var (
-		imageKind = flag.String("image", "debian-python", "debian-python, debian or large")
-		mbit      = flag.Float64("mbit", 400, "link bandwidth in Mbit/s (0: unlimited)")
-		rtt       = flag.Duration("rtt", 20*time.Millisecond, "link round-trip time")
-		workload  = flag.String("workload", "", "command run in the image's root (default: per image)")
-		riffleBin = flag.String("riffle", "", "riffle binary for the full pull (default: build it)")
-		cacheDir  = flag.String("fixtures", "/var/cache/riffle-test", "where built images are cached")
-		work      = flag.String("work", "", "scratch directory (default: a new temp dir)")
-		skipRead  = flag.Bool("skip-read-all", false, "skip the read-every-file measurements")
-		spanSize  = flag.Int64("span-size", 0, "uncompressed bytes per index span (0: the index default)")
-	)
+// flags are the command line.
+type flags struct {
+	imageKind string
+	links     string
+	runs      int
+	cases     string
+	workloads string
+	quick     bool
+	riffleBin string
+	riffleRun bool
+	fixtures  string
+	work      string
+	spanSize  int64
+	timeout   time.Duration
+	tasks     int
+	results   string
+}
+
+func parseFlags() flags {
+	var f flags
+	flag.StringVar(&f.imageKind, "image", "debian-python", "debian-python, debian or busybox (a small image for trying the harness)")
+	flag.StringVar(&f.links, "links", "400:20ms,100:60ms", "emulated links, MBIT:RTT, comma separated (MBIT 0: unlimited)")
+	flag.IntVar(&f.runs, "runs", 3, "timed runs of each case and workload")
+	flag.StringVar(&f.cases, "cases", "a,w,b,c,d,e,f", "cases to run (see the doc comment)")
+	flag.StringVar(&f.workloads, "workloads", "echo,python,readall", "workloads to run")
+	flag.BoolVar(&f.quick, "quick", false, "for development: 1 run, the first link only, no 50-task job")
+	flag.StringVar(&f.riffleBin, "riffle", "", "riffle binary (default: build ./cmd/riffle)")
+	// riffleRunArgs holds the command lines of cases b to f.
+	flag.BoolVar(&f.riffleRun, "riffle-run", true, "run cases b to f through `riffle run` (false: riffle pull/mount + chroot; d and f need riffle run)")
+	flag.StringVar(&f.fixtures, "fixtures", "/var/cache/riffle-test", "where built images are cached")
+	flag.StringVar(&f.work, "work", "", "scratch directory (default: a new directory in /var/tmp, removed at the end)")
+	flag.Int64Var(&f.spanSize, "span-size", 0, "uncompressed bytes per index span (0: the index default)")
+	flag.DurationVar(&f.timeout, "timeout", 10*time.Minute, "limit for one timed run")
+	flag.IntVar(&f.tasks, "tasks", 50, "tasks of the concurrent Batch job through riffle serve (0: skip it)")
+	flag.StringVar(&f.results, "results", "bench/results", "directory for the JSON results (empty: write none)")
 	flag.Parse()
+	if f.quick {
+		f.runs = 1
+		f.links, _, _ = strings.Cut(f.links, ",")
+		f.tasks = 0
+	}
+	return f
+}
+
+func main() {
 	log.SetFlags(0)
+	f := parseFlags()
 	if os.Geteuid() != 0 {
-		log.Fatal("startbench: run as root (FUSE mounts, chroot and full extraction need it)")
+		log.Fatal("startbench: run as root (containerd, FUSE mounts, chroot, cgroups and full extraction need it)")
 	}
-	ctx := context.Background()
-	dir := *work
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, f); err != nil {
+		if ctx.Err() != nil {
+			err = errors.New("startbench: interrupted; everything it started is stopped and removed")
+		}
+		log.Print(err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, f flags) error {
+	links, err := parseLinks(f.links)
+	if err != nil {
+		return err
+	}
+	cases, err := selectCases(f.cases)
+	if err != nil {
+		return err
+	}
+	dir := f.work
 	if dir == "" {
-		d, err := os.MkdirTemp("", "startbench-")
-		check(err)
-		dir = d
-		defer os.RemoveAll(dir)
-	}
-
-	// Setup, untimed.
-	img, wl := buildImage(ctx, *imageKind, *cacheDir)
-	if *workload != "" {
-		wl = *workload
-	}
-	bin := *riffleBin
-	if bin == "" {
-		bin = filepath.Join(dir, "riffle")
-		run("go", "build", "-o", bin, "./cmd/riffle")
-	}
-	regAddr, svc := startRegistry(ctx, dir, *spanSize)
-	client := remote.New(remote.Options{})
-	direct := regAddr + "/bench/images/" + *imageKind + ":v1"
-	check(client.Push(ctx, direct, img, nil))
-	t0 := time.Now()
-	res, err := svc.IndexImage(ctx, direct)
-	check(err)
-	indexTime := time.Since(t0)
-	var idxBytes, blobBytes int
-	for _, l := range res.Layers {
-		idxBytes += l.IndexBytes
-	}
-	layers, _ := img.Layers()
-	for _, l := range layers {
-		n, _ := l.Size()
-		blobBytes += int(n)
-	}
-
-	link, err := linkproxy.Start(regAddr, *rtt/2, int64(*mbit*1e6/8))
-	check(err)
-	defer link.Close()
-	ref := link.Addr() + "/bench/images/" + *imageKind + ":v1"
-	fmt.Printf("image %s: %d layers, %.1f MB compressed; indexes %.1f KB, built in %v (server side, once)\n",
-		*imageKind, len(layers), float64(blobBytes)/1e6, float64(idxBytes)/1e3, indexTime.Round(time.Millisecond))
-	fmt.Printf("link: %.0f Mbit/s, %v RTT; workload: %s\n\n", *mbit, *rtt, wl)
-
-	type row struct {
-		name  string
-		d     time.Duration
-		bytes int64
-	}
-	var rows []row
-	measure := func(name string, f func()) time.Duration {
-		dropCaches()
-		b0 := link.Bytes()
-		start := time.Now()
-		f()
-		d := time.Since(start)
-		rows = append(rows, row{name, d, link.Bytes() - b0})
-		fmt.Printf("%-44s %8.2fs  %8.1f MB over the link\n", name, d.Seconds(), float64(link.Bytes()-b0)/1e6)
-		return d
-	}
-
-	// 1. Full pull.
-	rootfs := filepath.Join(dir, "rootfs")
-	full := measure("full pull + workload", func() {
-		run(bin, "pull", ref, rootfs)
-		chroot(rootfs, wl)
-	})
-
-	// 2 and 3. Streamed, cold and warm node cache.
-	nodeCache, err := cache.Open(filepath.Join(dir, "cache"), cache.Options{NoSync: true})
-	check(err)
-	mountAt := func(name string) *streamfs.MountPoint {
-		im, _, err := streamfs.Open(ctx, client, ref, streamfs.OpenOptions{Indexes: indexsvc.HTTPSource{BaseURL: "http://" + link.Addr()}})
-		check(err)
-		mp := filepath.Join(dir, name)
-		check(os.MkdirAll(mp, 0o755))
-		m, err := streamfs.Mount(ctx, mp, im, streamfs.Options{Cache: nodeCache})
-		check(err)
-		return m
-	}
-	cold := measure("streamed (cold node cache) + workload", func() {
-		m := mountAt("mnt-cold")
-		chroot(m.Dir(), wl)
-		check(m.Unmount())
-	})
-	warm := measure("streamed (warm node cache) + workload", func() {
-		m := mountAt("mnt-warm")
-		chroot(m.Dir(), wl)
-		check(m.Unmount())
-	})
-
-	var pullRead, streamRead, localWarm, mountWarm time.Duration
-	if !*skipRead {
-		// 4. Read everything: pull + read, against a cold streamed read.
-		nodeCache.Close()
-		nodeCache, err = cache.Open(filepath.Join(dir, "cache2"), cache.Options{NoSync: true})
-		check(err)
-		os.RemoveAll(rootfs)
-		pullRead = measure("full pull + read every file", func() {
-			run(bin, "pull", ref, rootfs)
-			readAll(rootfs)
-		})
-		var m *streamfs.MountPoint
-		streamRead = measure("streamed (cold) + read every file", func() {
-			m = mountAt("mnt-all")
-			readAll(m.Dir())
-		})
-		// 5. Warm reads: local disk against the mount.
-		localWarm = measure("warm: read every file, extracted tree", func() { readAll(rootfs) })
-		mountWarm = measure("warm: read every file, streamed mount", func() { readAll(m.Dir()) })
-		check(m.Unmount())
-	}
-
-	fmt.Printf("\nratios to the full pull (lower is better):\n")
-	fmt.Printf("  time to workload done, streamed cold:  %.2f\n", cold.Seconds()/full.Seconds())
-	fmt.Printf("  time to workload done, streamed warm:  %.2f\n", warm.Seconds()/full.Seconds())
-	if !*skipRead {
-		fmt.Printf("  read whole image, streamed cold:       %.2f\n", streamRead.Seconds()/pullRead.Seconds())
-		fmt.Printf("  warm read of every file, mount/local:  %.2f\n", mountWarm.Seconds()/localWarm.Seconds())
-	}
-}
-
-func buildImage(ctx context.Context, kind, cacheDir string) (v1.Image, string) {
-	switch kind {
-	case "debian-python":
-		img, err := imagegen.Debian(ctx, imagegen.DebianOptions{CacheDir: cacheDir,
-			Include: []string{"python3-numpy", "python3-scipy", "python3-pandas"}})
-		check(err)
-		return img, `/usr/bin/python3 -c "import numpy, scipy, pandas"`
-	case "debian":
-		img, err := imagegen.DebianImage(ctx, cacheDir)
-		check(err)
-		return img, "/bin/ls -R /usr/share/doc"
-	case "large":
-		img, err := imagegen.Build(imagegen.Large(1 << 30))
-		check(err)
-		return img, "/bin/true"
-	}
-	log.Fatalf("startbench: --image %q: use debian-python, debian or large", kind)
-	return nil, ""
-}
-
-func startRegistry(ctx context.Context, dir string, spanSize int64) (string, *indexsvc.Service) {
-	reg, err := registry.New(ctx, registry.Options{RootDir: filepath.Join(dir, "registry")})
-	check(err)
-	svc, err := indexsvc.New(filepath.Join(dir, "indexes"), remote.New(remote.Options{}), indexsvc.Options{SpanSize: spanSize})
-	check(err)
-	mux := http.NewServeMux()
-	mux.Handle("/v2/", reg)
-	mux.Handle("/index/", svc.Handler())
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	check(err)
-	go http.Serve(ln, mux)
-	return ln.Addr().String(), svc
-}
-
-// chroot runs cmd (a shell-quoted command line) in root.
-func chroot(root, cmd string) {
-	c := exec.Command("chroot", root, "/bin/sh", "-c", cmd)
-	c.Env = []string{"PATH=/usr/local/bin:/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE=1", "HOME=/root"}
-	c.Stdout, c.Stderr = io.Discard, os.Stderr
-	if err := c.Run(); err != nil {
-		log.Fatalf("startbench: workload in %s: %v", root, err)
-	}
-}
-
-// readAll reads every regular file under root, four at a time.
-func readAll(root string) {
-	paths := make(chan string, 256)
-	var wg sync.WaitGroup
-	var failed atomic.Value
-	for range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 1<<20)
-			for p := range paths {
-				f, err := os.Open(p)
-				if err != nil {
-					failed.Store(err)
-					continue
-				}
-				if _, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{f}, buf); err != nil {
-					failed.Store(fmt.Errorf("%s: %w", p, err))
-				}
-				f.Close()
-			}
-		}()
-	}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		d, err := os.MkdirTemp("/var/tmp", "startbench-")
 		if err != nil {
 			return err
 		}
-		if d.Type().IsRegular() {
-			paths <- p
+		dir = d
+		defer os.RemoveAll(dir)
+	}
+	// Whatever a failed or interrupted case left: mounts, then processes.
+	defer func() {
+		killRootedUnder(dir)
+		unmountUnder(dir)
+		group(cgroupRoot).remove()
+	}()
+
+	s, err := setup(ctx, f, dir)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	wls, err := selectWorkloads(f.workloads, f.imageKind)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("image %s: %d layers, %.1f MB compressed, %.1f MB uncompressed; indexes %.1f KB\n",
+		f.imageKind, s.layers, float64(s.compressed)/1e6, float64(s.uncompressed)/1e6, float64(s.indexBytes)/1e3)
+	fmt.Printf("riffle: %s (riffle run: %s); containerd: %s\n\n", s.bin, yesNo(s.runHelp != ""), s.containerdVersion)
+
+	for _, l := range links {
+		link, err := linkproxy.Start(s.regAddr, l.rtt/2, int64(l.mbit*1e6/8))
+		if err != nil {
+			return err
 		}
-		return nil
-	})
-	close(paths)
-	wg.Wait()
-	check(err)
-	if e, ok := failed.Load().(error); ok {
-		log.Fatalf("startbench: reading %s: %v", root, e)
+		e := &env{setupState: s, f: f, link: link, lk: l,
+			ref: link.Addr() + "/" + s.repo + ":v1", indexURL: "http://" + link.Addr()}
+		rep := newReport(f, s, l, cases, wls)
+		err = measureAll(ctx, e, cases, wls, rep)
+		if err == nil && f.tasks > 0 && ctx.Err() == nil {
+			rep.Fanout, err = fanout(ctx, e, f.tasks)
+			if err != nil {
+				fmt.Printf("%d-task job: %v\n", f.tasks, err)
+				rep.FanoutError = err.Error()
+				err = nil
+			}
+		}
+		link.Close()
+		rep.print(os.Stdout)
+		if f.results != "" && ctx.Err() == nil {
+			if p, werr := rep.write(f.results); werr != nil {
+				log.Print(werr)
+			} else {
+				fmt.Printf("results: %s\n\n", p)
+			}
+		}
+		if err != nil {
+			return err
+		}
 	}
+	return nil
 }
 
-func dropCaches() {
-	exec.Command("sync").Run()
-	os.WriteFile("/proc/sys/vm/drop_caches", []byte("3\n"), 0o200)
+// measureAll runs every case and workload f.runs times, interleaving cases
+// within a run so a slow spell of the shared machine hits them alike.
+func measureAll(ctx context.Context, e *env, cases []benchCase, wls []workload, rep *report) error {
+	fmt.Printf("link %s\n", e.lk)
+	for _, w := range wls {
+		for r := range e.f.runs {
+			for _, c := range cases {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				if rep.unavailable(c.ID, w.Name) {
+					continue
+				}
+				rctx, cancel := context.WithTimeout(ctx, e.f.timeout)
+				s, err := c.run(rctx, e, w)
+				cancel()
+				var na notAvailable
+				switch {
+				case errors.As(err, &na):
+					rep.markUnavailable(c.ID, w.Name, na.Error())
+					fmt.Printf("  %-8s %s run %d: not available: %v\n", w.Name, c.ID, r+1, na)
+				case err != nil:
+					if ctx.Err() != nil {
+						return ctx.Err()
+					}
+					rep.addError(c.ID, w.Name, err)
+					fmt.Printf("  %-8s %s run %d: FAILED: %v\n", w.Name, c.ID, r+1, err)
+				default:
+					rep.add(c.ID, w.Name, s)
+					fmt.Printf("  %-8s %s run %d: %7.2fs %8.1f MB over the link%s\n", w.Name, c.ID, r+1, s.Seconds, float64(s.LinkBytes)/1e6, s.resources())
+				}
+			}
+		}
+	}
+	return nil
 }
 
-func run(name string, args ...string) {
-	c := exec.Command(name, args...)
-	c.Stdout, c.Stderr = io.Discard, os.Stderr
-	if err := c.Run(); err != nil {
-		log.Fatalf("startbench: %s %s: %v", name, strings.Join(args, " "), err)
-	}
+// link is one emulated link.
+type link struct {
+	mbit float64
+	rtt  time.Duration
 }
 
-func check(err error) {
-	if err != nil && !errors.Is(err, fs.ErrClosed) {
-		log.Fatal(err)
+func (l link) String() string { return fmt.Sprintf("%g Mbit/s, %v RTT", l.mbit, l.rtt) }
+
+// slug names the link in file names: 400mbit-20ms.
+func (l link) slug() string { return fmt.Sprintf("%gmbit-%v", l.mbit, l.rtt) }
+
+func parseLinks(s string) ([]link, error) {
+	var out []link
+	for _, part := range strings.Split(s, ",") {
+		m, r, ok := strings.Cut(strings.TrimSpace(part), ":")
+		var l link
+		_, err := fmt.Sscanf(m, "%g", &l.mbit)
+		if ok && err == nil {
+			l.rtt, err = time.ParseDuration(r)
+		}
+		if !ok || err != nil || l.mbit < 0 {
+			return nil, fmt.Errorf("startbench: --links %q: give MBIT:RTT pairs such as 400:20ms,100:60ms", s)
+		}
+		out = append(out, l)
 	}
+	return out, nil
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
+}
+
+// output runs a command and returns its trimmed stdout, or "" if it fails.
+func output(name string, args ...string) string {
+	b, err := exec.Command(name, args...).Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// scratch makes a fresh directory under the work directory.
+func (e *env) scratch(format string, args ...any) (string, error) {
+	e.seq++
+	p := filepath.Join(e.dir, fmt.Sprintf("%03d-", e.seq)+fmt.Sprintf(format, args...))
+	return p, os.MkdirAll(p, 0o755)
 }

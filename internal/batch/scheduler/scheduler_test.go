@@ -340,7 +340,8 @@ func TestPullFallback(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := scheduler.New(st, scheduler.Options{DataDir: dir, Runtime: rt, Images: imgs})
+	// Both tasks start at once, before either pull settles the image.
+	s, err := scheduler.New(st, scheduler.Options{DataDir: dir, Runtime: rt, Images: imgs, Capacity: scheduler.Capacity{CPUMilli: 64000, MemoryMiB: 64 << 10}})
 	if err != nil {
 		t.Fatal(err)
 	}
