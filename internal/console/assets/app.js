@@ -591,6 +591,7 @@ async function nodePage() {
         ? el('ul', { id: 'running' }, running.map((t) => el('li', {}, t.name.split('/jobs/')[1])))
         : el('p', { class: 'muted' }, 'None.'));
     } catch (e) { kids.push(errorBox(e)); }
+    kids.push(...await diskUse());
     try {
       const r = await api('/metrics');
       if (!r.ok) throw new APIError(r.status, null, (await r.text()) || 'the node\'s metrics need a role in every project (or a loopback client)');
@@ -610,6 +611,35 @@ async function nodePage() {
   await load();
   const t = setInterval(load, 5000);
   S.stop.push(() => clearInterval(t));
+}
+
+// diskUse shows GET /riffle/v1/system/df (what riffle system df shows):
+// usage against limits and the stream mounts. It names images and jobs of
+// every project, so the server gives it only to a role in every project.
+async function diskUse() {
+  let u;
+  try {
+    u = await apiJSON('/riffle/v1/system/df');
+  } catch (e) {
+    if (e.status === 403) return [el('h3', {}, 'Disk use and mounts'), el('p', { class: 'muted', id: 'df-denied' }, 'Disk use and mounts name images and jobs of every project: they need a role in every project.')];
+    return [errorBox(e)];
+  }
+  const of = (n, max) => bytes(n || 0) + (max ? ` of ${bytes(max)}` : ' (no limit)');
+  const node = u.node || {};
+  return [
+    el('h3', {}, 'Disk use'),
+    el('table', { id: 'df' },
+      el('tr', {}, el('th', {}, 'Node cache (streamed spans, indexes)'), el('td', {}, of(u.cache && u.cache.bytes, u.cache && u.cache.maxBytes) + ` · ${(u.cache && u.cache.entries) || 0} entries`)),
+      el('tr', {}, el('th', {}, 'Layers and images pulled flat'), el('td', {}, of((node.layerBytes || 0) + (node.flatBytes || 0), u.layersMaxBytes))),
+      el('tr', {}, el('th', {}, 'Registry blobs'), el('td', {}, `${bytes((u.registry && u.registry.bytes) || 0)} · ${(u.registry && u.registry.blobs) || 0} blobs`)),
+      el('tr', {}, el('th', {}, 'Layer indexes'), el('td', {}, bytes(u.indexBytes || 0))),
+      el('tr', {}, el('th', {}, 'Jobs: work directories, logs'), el('td', {}, `${bytes((u.jobs && u.jobs.workBytes) || 0)}, ${bytes((u.jobs && u.jobs.logBytes) || 0)}`))),
+    el('h3', {}, 'Stream mounts'),
+    (node.mounts || []).length
+      ? el('table', { id: 'mounts' }, el('tr', {}, el('th', {}, 'Image'), el('th', {}, 'Digest'), el('th', {}, 'Users'), el('th', {}, 'Settled')),
+        node.mounts.map((m) => el('tr', {}, el('td', {}, m.image), el('td', {}, el('code', {}, (m.digest || '').slice(0, 19))), el('td', {}, m.users), el('td', {}, m.settled ? 'yes' : 'no'))))
+      : el('p', { class: 'muted', id: 'mounts' }, 'None.'),
+  ];
 }
 
 // ---------- shell ----------
