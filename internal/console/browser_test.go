@@ -182,6 +182,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	waitJS("disk use", `document.querySelector('#df') !== null && document.querySelector('#mounts') !== null && document.querySelector('tr[data-metric^="riffle_node_"]') !== null`, 20*time.Second)
 	screenshot(t, ctx, "node.png")
 
+	// The console never asked for a project its token has no role in: the
+	// one batch refusal is checkArrivalAPI's own request.
+	if n := refusals(t, addr, `riffle_auth_refused_total{api="batch",reason="missing_role"}`); n != 1 {
+		t.Errorf("%d batch requests refused for a missing role, want 1 (the test's own)", n)
+	}
+
 	// The token lives in the tab's sessionStorage only, never in a URL.
 	href := eval[string](t, ctx, `location.href`)
 	cookie := eval[string](t, ctx, `document.cookie`)
@@ -198,7 +204,9 @@ func noSecret(t *testing.T, ctx context.Context, run func(string, ...chromedp.Ac
 	// would) is still shown only the token's projects.
 	eval[bool](t, ctx, `sessionStorage.setItem('riffle.project', 'secret'), true`)
 	for _, h := range []string{"#/jobs", "#/job/classified", "#/images", "#/node"} {
-		run("visit "+h, chromedp.Navigate("http://"+addr+"/"+h), chromedp.Sleep(500*time.Millisecond))
+		// Reload, so the page starts again from what the tab remembers.
+		run("visit "+h, chromedp.Navigate("http://"+addr+"/"+h), chromedp.Reload(),
+			chromedp.WaitReady(chromedp.CSS("#main > *")), chromedp.Sleep(500*time.Millisecond))
 		text := eval[string](t, ctx, `document.body.innerText`)
 		if p := eval[string](t, ctx, `document.querySelector('#project').value`); p != "demo" {
 			t.Errorf("page %s is of project %q", h, p)
@@ -416,6 +424,25 @@ func checkArrivalAPI(t *testing.T, addr, viewer string) {
 	if code, _ := get(fmt.Sprintf(base, "demo", "hello"), ""); code != http.StatusUnauthorized {
 		t.Errorf("arrival without a token: %d, want 401", code)
 	}
+}
+
+// refusals reads one series of /metrics (open on loopback), 0 if absent.
+func refusals(t *testing.T, addr, series string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, series+" "); ok {
+			var n int
+			fmt.Sscan(v, &n)
+			return n
+		}
+	}
+	return 0
 }
 
 // waitSucceeded polls a job until it succeeds (a minute at most).
