@@ -239,6 +239,8 @@ func pullImage(ctx context.Context, client *remote.Client, ref, dir string, para
 	if err != nil {
 		return 0, err
 	}
+	_, statErr := os.Stat(dir)
+	created := errors.Is(statErr, os.ErrNotExist)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return 0, fmt.Errorf("pull: %w", err)
 	}
@@ -248,7 +250,29 @@ func pullImage(ctx context.Context, client *remote.Client, ref, dir string, para
 	}
 	defer os.RemoveAll(tmp)
 	if _, err := pull.Image(ctx, client, img, dir, tmp, parallel); err != nil {
+		// A half-applied image is no image: leave DIR as it was found.
+		if rerr := clearDir(dir, created); rerr != nil {
+			return 0, fmt.Errorf("%w (and removing what was extracted: %v)", err, rerr)
+		}
 		return 0, err
 	}
 	return len(img.Manifest.Layers), nil
+}
+
+// clearDir removes dir if pull created it, else everything in it (it was
+// empty before the pull). Symlinks are removed, never followed.
+func clearDir(dir string, created bool) error {
+	if created {
+		return os.RemoveAll(dir)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return err
+		}
+	}
+	return nil
 }

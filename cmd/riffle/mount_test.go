@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -172,4 +173,49 @@ func overlayTree(t *testing.T, ref, dataDir string) fstree.Tree {
 		t.Fatal(err)
 	}
 	return tree
+}
+
+// TestPullRemovesWhatItExtracted: a pull refused at its second layer (a
+// ".." name) leaves DIR as it found it: gone if pull made it, empty if it
+// was empty.
+func TestPullRemovesWhatItExtracted(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ctx := context.Background()
+	reg, err := registry.New(ctx, registry.Options{RootDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	srv := httptest.NewServer(reg)
+	defer srv.Close()
+	img, err := imagegen.Build(imagegen.Spec{Layers: []imagegen.Layer{
+		{Entries: []imagegen.Entry{{Type: imagegen.Dir, Name: "etc"}, {Type: imagegen.File, Name: "etc/passwd", Data: []byte("root")}}},
+		{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "a/../../escape", Data: []byte("x")}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/test/refused:v1"
+	nref, _ := name.ParseReference(ref)
+	if err := ggcrremote.Write(nref, img); err != nil {
+		t.Fatal(err)
+	}
+	base := t.TempDir()
+	fresh := filepath.Join(base, "fresh")
+	if _, err := runRiffle(ctx, "pull", ref, fresh); err == nil || !strings.Contains(err.Error(), "unsafe path") {
+		t.Fatalf("pull of a layer with a .. name: %v, want it refused", err)
+	}
+	if _, err := os.Lstat(fresh); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the directory pull created is still there after the refusal: %v", err)
+	}
+	empty := filepath.Join(base, "empty")
+	if err := os.Mkdir(empty, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := runRiffle(ctx, "pull", ref, empty); err == nil {
+		t.Fatal("pull into an empty directory was not refused")
+	}
+	if ents, err := os.ReadDir(empty); err != nil || len(ents) != 0 {
+		t.Errorf("the empty directory holds %d entries after the refusal (%v)", len(ents), err)
+	}
 }

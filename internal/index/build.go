@@ -3,16 +3,16 @@ package index
 import (
 	"archive/tar"
 	"bufio"
-	"bytes"
 	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
-	"path"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/riffle-dev/riffle/internal/index/ocilayer"
 )
 
 // Options tune Build.
@@ -55,11 +55,11 @@ func Build(r io.Reader, mediaType string, opts Options) (*Index, error) {
 		return nil, fmt.Errorf("index: reading layer: %w", err)
 	}
 	x := &Index{MediaType: mediaType, SpanSize: spanSize}
-	switch {
-	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
+	switch ocilayer.Detect(magic) {
+	case ocilayer.Gzip:
 		x.Kind = KindGzip
 		err = buildGzip(x, br)
-	case len(magic) == 4 && (bytes.Equal(magic, zstdMagic) || isSkippableMagic(magic)):
+	case ocilayer.Zstd:
 		x.Kind = KindZstd
 		err = buildZstd(x, br)
 	default:
@@ -127,16 +127,14 @@ func walkTar(x *Index, u io.Reader) error {
 	w := &tarWalker{r: u, diffID: sha256.New()}
 	tr := tar.NewReader(w)
 	buf := make([]byte, 256<<10)
-	byName := make(map[string]int)
-	var files []File
-	dropped := 0
+	table := newFileTable()
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
 			break
 		}
 		if err != nil {
-			return fmt.Errorf("index: reading tar entry %d at offset %d: %w", len(files), w.n, err)
+			return fmt.Errorf("index: reading tar entry %d at offset %d: %w", len(table.files), w.n, err)
 		}
 		name, err := cleanName(hdr.Name)
 		if err != nil {
@@ -170,6 +168,16 @@ func walkTar(x *Index, u io.Reader) error {
 		switch hdr.Typeflag {
 		case tar.TypeLink:
 			if f.Linkname, err = cleanName(hdr.Linkname); err != nil {
+				switch kindOf(name) {
+				case ocilayer.Root, ocilayer.Meta:
+					continue // appliers skip the entry
+				case ocilayer.Whiteout, ocilayer.Opaque:
+					// Appliers read a whiteout's name only.
+					f.Type, f.Linkname = tar.TypeReg, ""
+					err = nil
+				}
+			}
+			if err != nil {
 				return fmt.Errorf("index: tar entry %q: hard link target %q: %w", hdr.Name, hdr.Linkname, err)
 			}
 		case tar.TypeGNUSparse:
@@ -190,27 +198,18 @@ func walkTar(x *Index, u io.Reader) error {
 			}
 			h.Sum(f.Digest[:0])
 		}
-		if prev, ok := byName[name]; ok {
-			// A later entry replaces an earlier one on extraction.
-			files[prev].Name = ""
-			dropped++
+		if _, err := table.add(f); err != nil {
+			return fmt.Errorf("index: tar entry %q: %w", hdr.Name, err)
 		}
-		byName[name] = len(files)
-		files = append(files, f)
 	}
 	// Drain the end-of-archive blocks and any padding so every byte is
 	// decompressed, hashed and checked.
 	if _, err := io.CopyBuffer(io.Discard, w, buf); err != nil {
 		return fmt.Errorf("index: reading past the end of the tar archive: %w", err)
 	}
-	if dropped > 0 {
-		kept := files[:0]
-		for _, f := range files {
-			if f.Name != "" {
-				kept = append(kept, f)
-			}
-		}
-		files = kept
+	files, notSafe := table.result()
+	if notSafe != "" && x.NotStreamable == "" {
+		x.NotStreamable = notSafe
 	}
 	x.Files = files
 	x.UncompressedSize = w.n
@@ -218,34 +217,21 @@ func walkTar(x *Index, u io.Reader) error {
 	return nil
 }
 
+// kindOf is what the cleaned name means to appliers (Plain for a name
+// Classify refuses, which is reported elsewhere).
+func kindOf(name string) ocilayer.Kind {
+	n, err := ocilayer.Classify(name)
+	if err != nil {
+		return ocilayer.Plain
+	}
+	return n.Kind
+}
+
 // paxRedundant lists PAX keys archive/tar already folds into Header
 // fields.
 var paxRedundant = map[string]bool{
 	"path": true, "linkpath": true, "size": true, "uid": true, "gid": true,
 	"uname": true, "gname": true, "mtime": true,
-}
-
-// cleanName normalises a tar entry name as extraction tools do: leading
-// "/" and "./" go, as do "." components, repeated and trailing slashes;
-// the root is ".". A ".." component is refused rather than resolved, so
-// that no name can ever denote a path outside the layer.
-func cleanName(name string) (string, error) {
-	if name == "" {
-		return "", errors.New("empty name")
-	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", errors.New("name contains a NUL byte")
-	}
-	for _, c := range strings.Split(name, "/") {
-		if c == ".." {
-			return "", errors.New(`name has a ".." component`)
-		}
-	}
-	p := path.Clean("/" + name)
-	if p == "/" {
-		return ".", nil
-	}
-	return p[1:], nil
 }
 
 // sha256Sum is sha256.Sum256 with a name that reads well at call sites.

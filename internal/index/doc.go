@@ -91,7 +91,7 @@
 //	               header
 //	    window     str (zstd frame of the preceding <= 32 KiB; gzip only)
 //	    digest     d32 (sha256 of the csize fetched bytes)
-//	files (in tar order; the last entry of a name wins):
+//	files (in tar order, one entry per name; see ocilayer.Dedup):
 //	  count        uvar
 //	  per file:
 //	    prefix     uvar (bytes shared with the previous name)

@@ -135,8 +135,8 @@ func fromJTOC(toc *estargz.JTOC, kind Kind, payload int64) (*Index, error) {
 		m           *member
 		inner, size int64
 	}
-	var files []File
-	byName := make(map[string]int)
+	table := newFileTable()
+	var files []File // table.files, which locs index
 	var uname, gname = map[int]string{}, map[int]string{}
 	var cur *File               // the regular file whose chunks follow
 	var curSize int64           // its data so far
@@ -226,12 +226,12 @@ func fromJTOC(toc *estargz.JTOC, kind Kind, payload int64) (*Index, error) {
 		default:
 			return nil, fmt.Errorf("index: TOC entry %q has unknown type %q", e.Name, e.Type)
 		}
-		if prev, ok := byName[name]; ok {
-			files[prev].Name = "" // the later entry wins, as on extraction
+		appended, err := table.add(f)
+		if err != nil {
+			return nil, fmt.Errorf("index: TOC entry %q: %w", e.Name, err)
 		}
-		byName[name] = len(files)
-		files = append(files, f)
-		if f.Type == tar.TypeReg && f.Size > 0 {
+		files = table.files
+		if appended && f.Type == tar.TypeReg && f.Size > 0 {
 			cur, curSize = &files[len(files)-1], 0
 			size := e.ChunkSize
 			if size == 0 {
@@ -279,11 +279,9 @@ func fromJTOC(toc *estargz.JTOC, kind Kind, payload int64) (*Index, error) {
 			want += l.size
 		}
 	}
-	kept := files[:0]
-	for _, f := range files {
-		if f.Name != "" {
-			kept = append(kept, f)
-		}
+	kept, notSafe := table.result()
+	if notSafe != "" && x.NotStreamable == "" {
+		x.NotStreamable = notSafe
 	}
 	x.Files = kept
 	return x, nil

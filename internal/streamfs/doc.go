@@ -79,8 +79,9 @@
 //
 // # Safety
 //
-// Entry names and hard-link targets that are absolute or contain ".." are
-// refused (ErrUnsafePath), as by the full pull. Parent directories are
+// Names and hard-link targets follow internal/index/ocilayer, as the full
+// pull does: an absolute one is relative to the image root (as containerd
+// takes it), one with ".." is refused (ErrUnsafePath). Parent directories are
 // resolved through the image's own symlinks with ".." stopping at the
 // image root, as openat2(RESOLVE_IN_ROOT) does, so no entry can land
 // outside the tree; the tree is all the mount can show. Symlink targets
@@ -99,8 +100,10 @@
 //   - The mount root is the image's: mode 0755, owner 0:0, mtime 1970 (a
 //     full pull leaves the root directory to the caller).
 //   - Directory link counts are 2 + subdirectories, as on ext4 and tmpfs.
-//   - Files carry the index's digest-verified content; a layer whose tar
-//     names one path twice is read as the index keeps it (the last entry).
+//   - Files carry the index's digest-verified content. A layer that names
+//     one path twice streams only where the index's one entry per name
+//     gives the same tree as the full pull (ocilayer.Dedup); otherwise its
+//     index is not streamable and the image is pulled in full.
 //
 // # Metrics
 //

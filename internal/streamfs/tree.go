@@ -13,6 +13,8 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/riffle-dev/riffle/internal/index/ocilayer"
 )
 
 // The tree is built in memory, once, before mounting: every stat, readdir,
@@ -20,12 +22,7 @@ import (
 // internal/unpack (see its package doc), which the tests compare it with;
 // the differences that remain are listed in doc.go.
 
-const (
-	whiteoutPrefix = ".wh."
-	whiteoutMeta   = ".wh..wh."
-	opaqueMarker   = ".wh..wh..opq"
-	maxSymlinks    = 40 // as the kernel's MAXSYMLINKS
-)
+const maxSymlinks = 40 // as the kernel's MAXSYMLINKS
 
 var epoch = time.Unix(0, 0).UTC()
 
@@ -86,21 +83,15 @@ func buildTree(layers [][]Entry, streamEnds []int64) (*node, []*node, error) {
 	return b.root, b.root.number(), nil
 }
 
-// cleanName checks a tar name or hard-link target and returns it cleaned
-// and relative ("." for the root).
+// cleanName cleans a tar name or hard-link target by the rules the index
+// and the full pull share (ocilayer.CleanName): relative, "." for the
+// root, a leading "/" dropped as containerd does, ".." refused.
 func cleanName(name string) (string, error) {
-	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("%w: %q is absolute", ErrUnsafePath, name)
+	c, err := ocilayer.CleanName(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrUnsafePath, err)
 	}
-	for _, c := range strings.Split(name, "/") {
-		if c == ".." {
-			return "", fmt.Errorf("%w: %q contains \"..\"", ErrUnsafePath, name)
-		}
-	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", fmt.Errorf("%w: %q contains NUL", ErrUnsafePath, name)
-	}
-	return path.Clean(name), nil
+	return c, nil
 }
 
 // walk resolves the directory dir, following symlinks as if the root were
@@ -111,9 +102,14 @@ func (b *treeBuilder) walk(dir string, create bool) (*node, error) {
 	stack := []*node{b.root}
 	todo := strings.Split(dir, "/")
 	links := 0
+	fromLink := 0 // how many of todo's first components come from symlinks
 	for len(todo) > 0 {
 		c := todo[0]
 		todo = todo[1:]
+		inLink := fromLink > 0
+		if inLink {
+			fromLink--
+		}
 		switch c {
 		case "", ".":
 			continue
@@ -126,7 +122,9 @@ func (b *treeBuilder) walk(dir string, create bool) (*node, error) {
 		cur := stack[len(stack)-1]
 		ch := cur.children[c]
 		if ch == nil {
-			if !create {
+			// The full pull creates a missing parent by name, and a
+			// dangling symlink is no name it can create (EEXIST).
+			if !create || inLink {
 				return nil, syscall.ENOENT
 			}
 			ch = newDir(0o755, epoch)
@@ -142,7 +140,9 @@ func (b *treeBuilder) walk(dir string, create bool) (*node, error) {
 			if strings.HasPrefix(ch.link, "/") {
 				stack = stack[:1]
 			}
-			todo = append(strings.Split(ch.link, "/"), todo...)
+			expansion := strings.Split(ch.link, "/")
+			todo = append(expansion, todo...)
+			fromLink += len(expansion)
 		default:
 			return nil, syscall.ENOTDIR
 		}
@@ -165,20 +165,23 @@ func (b *treeBuilder) add(e Entry, streamEnd int64) error {
 	if err != nil {
 		return err
 	}
-	if name == "." || strings.HasPrefix(name, whiteoutMeta) {
+	cn, err := ocilayer.Classify(name)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnsafePath, err)
+	}
+	switch cn.Kind {
+	case ocilayer.Root, ocilayer.Meta:
 		return nil // the root is the mount's; AUFS metadata is skipped
+	case ocilayer.Whiteout, ocilayer.Opaque:
+		return b.whiteout(name, cn)
 	}
-	dirName, base := path.Split(name)
-	dirName = path.Clean(dirName)
-	if strings.HasPrefix(base, whiteoutPrefix) {
-		return b.whiteout(name, dirName, base)
-	}
+	dirName, base := cn.Dir, cn.Base
 	parent, err := b.walk(dirName, true)
 	if err != nil {
 		return fmt.Errorf("streamfs: %s: %w", name, err)
 	}
 	old := parent.children[base]
-	if old != nil && !(old.typ == unix.S_IFDIR && e.Type == tar.TypeDir) {
+	if old != nil && ocilayer.Replaces(old.typ == unix.S_IFDIR, e.Type == tar.TypeDir) {
 		delete(parent.children, base)
 		old = nil
 	}
@@ -236,6 +239,9 @@ func (b *treeBuilder) add(e Entry, streamEnd int64) error {
 	// unpack's order: owner, xattrs (added to those there), mode, times.
 	n.uid, n.gid = uint32(e.UID), uint32(e.GID)
 	for k, v := range e.Xattrs {
+		if !ocilayer.XattrApplies(k, n.typ == unix.S_IFREG || n.typ == unix.S_IFDIR) {
+			continue
+		}
 		if n.xattrs == nil {
 			n.xattrs = map[string]string{}
 		}
@@ -248,26 +254,19 @@ func (b *treeBuilder) add(e Entry, streamEnd int64) error {
 	return nil
 }
 
-func (b *treeBuilder) whiteout(name, dirName, base string) error {
-	parent, err := b.walk(dirName, false)
+func (b *treeBuilder) whiteout(name string, cn ocilayer.Name) error {
+	parent, err := b.walk(cn.Dir, false)
 	if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ENOTDIR) {
 		return nil // nothing below to hide
 	}
 	if err != nil {
 		return fmt.Errorf("streamfs: whiteout %s: %w", name, err)
 	}
-	if base == opaqueMarker {
+	if cn.Kind == ocilayer.Opaque {
 		b.clearOpaque(parent)
 		return nil
 	}
-	if strings.HasPrefix(base, whiteoutMeta) {
-		return nil
-	}
-	victim := strings.TrimPrefix(base, whiteoutPrefix)
-	if victim == "" || victim == "." || victim == ".." {
-		return fmt.Errorf("%w: whiteout %q", ErrUnsafePath, name)
-	}
-	delete(parent.children, victim)
+	delete(parent.children, cn.Victim)
 	return nil
 }
 

@@ -17,10 +17,13 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
+
+	"github.com/riffle-dev/riffle/internal/index/ocilayer"
 )
 
 // ErrUnsafePath is returned for a tar entry whose name or hard-link target
-// is absolute or contains "..".
+// contains ".." or NUL, or a whiteout of "." or "..": the rules are
+// ocilayer's (an absolute name is relative to the root, as in containerd).
 var ErrUnsafePath = errors.New("unpack: unsafe path in layer")
 
 // ErrCrossLayerLink is returned in overlay mode for a hard link whose
@@ -35,10 +38,7 @@ const (
 	// opaqueXattr marks a directory that hides the lower layers' content.
 	opaqueXattr = overlayXattrPrefix + "opaque"
 
-	whiteoutPrefix = ".wh."
-	whiteoutMeta   = ".wh..wh."
-	opaqueMarker   = ".wh..wh..opq"
-	xattrPrefix    = "SCHILY.xattr."
+	xattrPrefix = "SCHILY.xattr."
 )
 
 // Apply applies one layer, given as its uncompressed tar stream, onto dir,
@@ -87,8 +87,9 @@ func ApplyWith(ctx context.Context, dir string, layer io.Reader, opts ApplyOptio
 		root:     rootfd,
 		overlay:  opts.Overlay,
 		onFile:   opts.OnFile,
-		unpacked: map[string]bool{},
-		touched:  map[inode]touchedDir{},
+		unpacked: map[dirent]bool{},
+		gen:      map[inode]int{},
+		touched:  map[dirID]touchedDir{},
 		cacheFd:  -1,
 		buf:      bufPool.Get().(*[]byte),
 	}
@@ -143,9 +144,33 @@ func (c *countingReader) Read(p []byte) (int, error) {
 
 type inode struct{ dev, ino uint64 }
 
+// dirID names a directory for the life of an applier: its inode and how
+// many directories this applier has made with that inode number, since a
+// removed directory's number comes back. A directory the layer replaced is
+// so never taken for the one that replaced it.
+type dirID struct {
+	ino inode
+	gen int
+}
+
+// dirent is a name in a directory, as the streaming tree keys what a layer
+// unpacked: by the directory, however the entry's path reached it.
+type dirent struct {
+	dir  dirID
+	name string
+}
+
 type touchedDir struct {
 	name         string
 	atime, mtime unix.Timespec
+}
+
+// namedDir is a directory the layer made or restated, with the header
+// whose times it gets (nil for a created parent).
+type namedDir struct {
+	name string
+	id   dirID
+	hdr  *tar.Header
 }
 
 type applier struct {
@@ -154,12 +179,13 @@ type applier struct {
 	overlay bool
 	onFile  func(File)
 	hash    hash.Hash // of one file's content; nil without onFile
-	// unpacked holds the cleaned names this layer has created, which an
-	// opaque marker must not remove.
-	unpacked map[string]bool
-	dirs     []*tar.Header // directory entries, whose times are set last
-	implicit []string      // parents created for entries without them
-	touched  map[inode]touchedDir
+	// unpacked holds the entries this layer has created, which an opaque
+	// marker must not remove.
+	unpacked map[dirent]bool
+	gen      map[inode]int // see dirID
+	dirs     []namedDir    // directory entries, whose times are set last
+	implicit []namedDir    // parents created for entries without them
+	touched  map[dirID]touchedDir
 	// A one-entry cache of the last parent directory opened. It cannot go
 	// stale: only a removal changes what an existing name resolves to,
 	// and every removal happens below the cached directory itself.
@@ -195,21 +221,15 @@ func (a *applier) parentPath() (string, error) {
 	return a.cachePath, nil
 }
 
-// cleanName checks a tar name or hard-link target and returns it cleaned
-// and relative ("." for the root).
+// cleanName cleans a tar name or hard-link target by the rules every
+// Riffle applier shares (ocilayer.CleanName): relative, "." for the root,
+// a leading "/" dropped as containerd does, ".." refused.
 func cleanName(name string) (string, error) {
-	if strings.HasPrefix(name, "/") {
-		return "", fmt.Errorf("%w: %q is absolute", ErrUnsafePath, name)
+	c, err := ocilayer.CleanName(name)
+	if err != nil {
+		return "", fmt.Errorf("%w: %w", ErrUnsafePath, err)
 	}
-	for _, c := range strings.Split(name, "/") {
-		if c == ".." {
-			return "", fmt.Errorf("%w: %q contains \"..\"", ErrUnsafePath, name)
-		}
-	}
-	if strings.IndexByte(name, 0) >= 0 {
-		return "", fmt.Errorf("%w: %q contains NUL", ErrUnsafePath, name)
-	}
-	return path.Clean(name), nil
+	return c, nil
 }
 
 func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
@@ -220,20 +240,19 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 	if err != nil {
 		return err
 	}
-	if name == "." {
-		return nil // the root belongs to the caller
+	cn, err := ocilayer.Classify(name)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnsafePath, err)
 	}
-	if strings.HasPrefix(name, whiteoutMeta) {
-		return nil // AUFS metadata (.wh..wh.plnk and the like)
-	}
-	dirName, base := path.Split(name)
-	dirName = path.Clean(dirName)
-
-	if strings.HasPrefix(base, whiteoutPrefix) {
+	dirName, base := cn.Dir, cn.Base
+	switch cn.Kind {
+	case ocilayer.Root, ocilayer.Meta:
+		return nil // the root belongs to the caller; AUFS metadata is skipped
+	case ocilayer.Whiteout, ocilayer.Opaque:
 		if a.overlay {
-			return a.overlayWhiteout(name, dirName, base)
+			return a.overlayWhiteout(name, cn)
 		}
-		return a.whiteout(name, dirName, base)
+		return a.whiteout(name, cn)
 	}
 
 	pfd, err := a.parent(dirName, true)
@@ -248,7 +267,7 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 	var st unix.Stat_t
 	replacedWhiteout := false
 	if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
-		if !(st.Mode&unix.S_IFMT == unix.S_IFDIR && hdr.Typeflag == tar.TypeDir) {
+		if ocilayer.Replaces(st.Mode&unix.S_IFMT == unix.S_IFDIR, hdr.Typeflag == tar.TypeDir) {
 			replacedWhiteout = a.overlay && isWhiteout(&st)
 			if err := removeAllAt(pfd, base); err != nil {
 				return fmt.Errorf("unpack: replace %s: %w", name, err)
@@ -262,8 +281,13 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 	isSymlink := false
 	switch hdr.Typeflag {
 	case tar.TypeDir:
-		if err := unix.Mkdirat(pfd, base, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
+		err := unix.Mkdirat(pfd, base, 0o700)
+		if err != nil && !errors.Is(err, unix.EEXIST) {
 			return fmt.Errorf("unpack: mkdir %s: %w", name, err)
+		}
+		id, ierr := a.childID(pfd, base, err == nil)
+		if ierr != nil {
+			return fmt.Errorf("unpack: mkdir %s: %w", name, ierr)
 		}
 		if replacedWhiteout {
 			// The layer deleted the lower NAME, then made a directory
@@ -272,7 +296,7 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 				return fmt.Errorf("unpack: %s: %w", name, err)
 			}
 		}
-		a.dirs = append(a.dirs, hdr)
+		a.dirs = append(a.dirs, namedDir{name, id, hdr})
 	case tar.TypeReg:
 		if err := a.regular(pfd, base, name, offset, r); err != nil {
 			return err
@@ -319,7 +343,11 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 		return fmt.Errorf("unpack: %s: unsupported tar entry type %q", name, hdr.Typeflag)
 	}
 	if !a.overlay {
-		a.unpacked[name] = true
+		pid, err := a.idOf(pfd)
+		if err != nil {
+			return fmt.Errorf("unpack: %s: %w", name, err)
+		}
+		a.unpacked[dirent{pid, base}] = true
 	}
 
 	if err := unix.Fchownat(pfd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
@@ -327,6 +355,7 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 	}
 	// After chown, which clears security.capability; before chmod, as
 	// containerd does.
+	regOrDir := -1 // unknown until an xattr asks
 	for k, v := range hdr.PAXRecords {
 		attr, ok := strings.CutPrefix(k, xattrPrefix)
 		if !ok {
@@ -334,6 +363,18 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader, offset int64) error {
 		}
 		if a.overlay && strings.HasPrefix(attr, overlayXattrPrefix) {
 			continue // overlayfs would read it as its own (redirects, opaque)
+		}
+		if regOrDir < 0 {
+			if err := unix.Fstatat(pfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return fmt.Errorf("unpack: %s: %w", name, err)
+			}
+			regOrDir = 0
+			if t := st.Mode & unix.S_IFMT; t == unix.S_IFREG || t == unix.S_IFDIR {
+				regOrDir = 1
+			}
+		}
+		if !ocilayer.XattrApplies(attr, regOrDir == 1) {
+			continue
 		}
 		if err := unix.Lsetxattr(procPath(pfd, base), attr, []byte(v), 0); err != nil {
 			if errors.Is(err, unix.ENOTSUP) {
@@ -464,7 +505,8 @@ func fill(r io.Reader, buf []byte) (int, error) {
 	return n, nil
 }
 
-func (a *applier) whiteout(name, dirName, base string) error {
+func (a *applier) whiteout(name string, cn ocilayer.Name) error {
+	dirName := cn.Dir
 	pfd, err := a.parent(dirName, false)
 	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 		return nil // nothing below to hide
@@ -475,7 +517,7 @@ func (a *applier) whiteout(name, dirName, base string) error {
 	if err := a.touch(pfd, dirName); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
-	if base == opaqueMarker {
+	if cn.Kind == ocilayer.Opaque {
 		fd, err := unix.Openat(pfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("unpack: opaque %s: %w", dirName, err)
@@ -487,14 +529,7 @@ func (a *applier) whiteout(name, dirName, base string) error {
 		}
 		return nil
 	}
-	if strings.HasPrefix(base, whiteoutMeta) {
-		return nil
-	}
-	victim := strings.TrimPrefix(base, whiteoutPrefix)
-	if victim == "" || victim == "." || victim == ".." {
-		return fmt.Errorf("%w: whiteout %q", ErrUnsafePath, name)
-	}
-	if err := removeAllAt(pfd, victim); err != nil {
+	if err := removeAllAt(pfd, cn.Victim); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
 	return nil
@@ -504,10 +539,8 @@ func (a *applier) whiteout(name, dirName, base string) error {
 // the 0:0 character device NAME and .wh..wh..opq the opaque xattr on its
 // directory. The layers below are other directories, so nothing is
 // removed but what this layer itself put at NAME.
-func (a *applier) overlayWhiteout(name, dirName, base string) error {
-	if strings.HasPrefix(base, whiteoutMeta) && base != opaqueMarker {
-		return nil
-	}
+func (a *applier) overlayWhiteout(name string, cn ocilayer.Name) error {
+	dirName := cn.Dir
 	pfd, err := a.parent(dirName, true)
 	if err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
@@ -515,20 +548,16 @@ func (a *applier) overlayWhiteout(name, dirName, base string) error {
 	if err := a.touch(pfd, dirName); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
-	if base == opaqueMarker {
+	if cn.Kind == ocilayer.Opaque {
 		if err := setOpaque(pfd, "."); err != nil {
 			return fmt.Errorf("unpack: opaque %s: %w", dirName, err)
 		}
 		return nil
 	}
-	victim := strings.TrimPrefix(base, whiteoutPrefix)
-	if victim == "" || victim == "." || victim == ".." {
-		return fmt.Errorf("%w: whiteout %q", ErrUnsafePath, name)
-	}
-	if err := removeAllAt(pfd, victim); err != nil {
+	if err := removeAllAt(pfd, cn.Victim); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
-	if err := unix.Mknodat(pfd, victim, unix.S_IFCHR, 0); err != nil {
+	if err := unix.Mknodat(pfd, cn.Victim, unix.S_IFCHR, 0); err != nil {
 		return fmt.Errorf("unpack: whiteout %s: %w", name, err)
 	}
 	return nil
@@ -552,9 +581,13 @@ func (a *applier) clearOpaque(fd int, dirName string) error {
 	if err != nil {
 		return err
 	}
+	id, err := a.idOf(fd)
+	if err != nil {
+		return err
+	}
 	for _, n := range names {
 		full := path.Join(dirName, n)
-		if !a.unpacked[full] {
+		if !a.unpacked[dirent{id, n}] {
 			if err := removeAllAt(fd, n); err != nil {
 				return err
 			}
@@ -578,6 +611,30 @@ func (a *applier) clearOpaque(fd int, dirName string) error {
 		}
 	}
 	return nil
+}
+
+// idOf returns the dirID of the directory open as fd.
+func (a *applier) idOf(fd int) (dirID, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return dirID{}, err
+	}
+	id := inode{st.Dev, st.Ino}
+	return dirID{id, a.gen[id]}, nil
+}
+
+// childID returns the dirID of the directory base in dirfd; made says the
+// applier has just created it, which starts a new generation.
+func (a *applier) childID(dirfd int, base string, made bool) (dirID, error) {
+	var st unix.Stat_t
+	if err := unix.Fstatat(dirfd, base, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return dirID{}, err
+	}
+	id := inode{st.Dev, st.Ino}
+	if made {
+		a.gen[id]++
+	}
+	return dirID{id, a.gen[id]}, nil
 }
 
 func readDirNames(fd int) ([]string, error) {
@@ -675,7 +732,12 @@ func (a *applier) mkdirAll(dirName string) (int, error) {
 				unix.Close(prev)
 				return -1, fmt.Errorf("create parent %s: %w", prefix, err)
 			}
-			a.implicit = append(a.implicit, prefix)
+			id, ierr := a.childID(prev, comps[i], true)
+			if ierr != nil {
+				unix.Close(prev)
+				return -1, fmt.Errorf("create parent %s: %w", prefix, ierr)
+			}
+			a.implicit = append(a.implicit, namedDir{name: prefix, id: id})
 			fd, err = a.openDir(prefix)
 		}
 		unix.Close(prev)
@@ -694,7 +756,8 @@ func (a *applier) touch(fd int, dirName string) error {
 	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	id := inode{st.Dev, st.Ino}
+	ino := inode{st.Dev, st.Ino}
+	id := dirID{ino, a.gen[ino]}
 	if _, ok := a.touched[id]; !ok {
 		if dirName == "" {
 			dirName = "."
@@ -708,26 +771,30 @@ func (a *applier) touch(fd int, dirName string) error {
 // changing: restated directories get their header's times, created parents
 // the epoch, and lower directories changed by this layer their old times.
 func (a *applier) finish() error {
-	done := map[inode]bool{}
-	set := func(name string, ts []unix.Timespec) error {
+	done := map[dirID]bool{}
+	// set gives the directory still at name the times ts, or with nil
+	// its recorded old times, if it is still the directory want.
+	set := func(name string, want dirID, ts []unix.Timespec) error {
 		fd, err := a.openDir(name)
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) {
+			return nil // the name leads nowhere now: the directory was replaced
+		}
 		if err != nil {
 			return err
 		}
 		defer unix.Close(fd)
-		var st unix.Stat_t
-		if err := unix.Fstat(fd, &st); err != nil {
+		id, err := a.idOf(fd)
+		if err != nil {
 			return err
 		}
-		id := inode{st.Dev, st.Ino}
-		if done[id] {
-			return nil
+		if id != want || done[id] {
+			return nil // replaced since it was recorded, or already set
 		}
 		done[id] = true
 		if ts == nil {
-			t, ok := a.touched[id]
-			if !ok || t.name != name {
-				return nil // replaced since it was recorded
+			t := a.touched[id]
+			if t.name != name {
+				return nil
 			}
 			ts = []unix.Timespec{t.atime, t.mtime}
 		}
@@ -735,26 +802,25 @@ func (a *applier) finish() error {
 	}
 	// Later headers for the same directory win, so walk backwards.
 	for i := len(a.dirs) - 1; i >= 0; i-- {
-		hdr := a.dirs[i]
-		name, _ := cleanName(hdr.Name)
-		mtime := boundTime(hdr.ModTime)
+		d := a.dirs[i]
+		mtime := boundTime(d.hdr.ModTime)
 		atime := mtime
-		if hdr.AccessTime.After(mtime) {
-			atime = hdr.AccessTime
+		if d.hdr.AccessTime.After(mtime) {
+			atime = d.hdr.AccessTime
 		}
 		ts := []unix.Timespec{unix.NsecToTimespec(atime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
-		if err := set(name, ts); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("unpack: set times of %s: %w", name, err)
+		if err := set(d.name, d.id, ts); err != nil {
+			return fmt.Errorf("unpack: set times of %s: %w", d.name, err)
 		}
 	}
 	zero := []unix.Timespec{{}, {}}
-	for _, name := range a.implicit {
-		if err := set(name, zero); err != nil && !errors.Is(err, unix.ENOENT) {
-			return fmt.Errorf("unpack: set times of %s: %w", name, err)
+	for _, d := range a.implicit {
+		if err := set(d.name, d.id, zero); err != nil {
+			return fmt.Errorf("unpack: set times of %s: %w", d.name, err)
 		}
 	}
-	for _, t := range a.touched {
-		if err := set(t.name, nil); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) {
+	for id, t := range a.touched {
+		if err := set(t.name, id, nil); err != nil {
 			return fmt.Errorf("unpack: restore times of %s: %w", t.name, err)
 		}
 	}

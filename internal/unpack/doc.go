@@ -64,8 +64,12 @@
 //
 // # Safety
 //
-// Entry names and hard-link targets that are absolute or contain a ".."
-// component are refused with [ErrUnsafePath]. Every path is resolved with
+// Names, whiteouts and hard-link targets follow internal/index/ocilayer,
+// the rules the index and the streaming tree share: an absolute name or
+// target is relative to the root, as containerd's archive.Apply and Docker
+// take it; one with a ".." component is refused with [ErrUnsafePath]. The
+// blob's compression is recognised from its first bytes, not its media
+// type. Every path is resolved with
 // openat2(RESOLVE_IN_ROOT), so symlinks in the image (including absolute
 // ones and ones climbing with "..") resolve inside the directory, as they
 // would inside the container: nothing outside it is ever read or written.

@@ -10,8 +10,8 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
+
+	"github.com/riffle-dev/riffle/internal/index/ocilayer"
 )
 
 // ErrDiffIDMismatch is returned when a layer's uncompressed content does not
@@ -41,8 +41,8 @@ func Image(ctx context.Context, dir string, img v1.Image) error {
 	return nil
 }
 
-// Layer applies one image layer onto dir, decompressing it as its media
-// type says (gzip, zstd or none) and checking the uncompressed stream
+// Layer applies one image layer onto dir, decompressing it as its first
+// bytes say (gzip, zstd or none) and checking the uncompressed stream
 // against diffID (skipped when diffID is the zero Hash).
 func Layer(ctx context.Context, dir string, l v1.Layer, diffID v1.Hash) error {
 	mt, err := l.MediaType()
@@ -73,28 +73,14 @@ func Layer(ctx context.Context, dir string, l v1.Layer, diffID v1.Hash) error {
 	return nil
 }
 
-// Decompress returns the uncompressed tar stream of a layer blob of media
-// type mt.
+// Decompress returns the uncompressed tar stream of a layer blob. The
+// encoding (gzip, zstd or none) is recognised from the blob's first bytes,
+// as the streaming index does (ocilayer.Decompress), so a layer whose media
+// type is wrong or unknown unpacks as it streams; mt is not consulted.
 func Decompress(mt types.MediaType, blob io.Reader) (io.ReadCloser, error) {
-	switch mt {
-	case types.OCILayer, types.DockerLayer, types.OCIRestrictedLayer, types.DockerForeignLayer:
-		zr, err := gzip.NewReader(blob)
-		if err != nil {
-			return nil, fmt.Errorf("unpack: gzip layer: %w", err)
-		}
-		return zr, nil
-	case types.OCILayerZStd, "application/vnd.docker.image.rootfs.diff.tar.zstd":
-		zr, err := zstd.NewReader(blob, zstd.WithDecoderConcurrency(1))
-		if err != nil {
-			return nil, fmt.Errorf("unpack: zstd layer: %w", err)
-		}
-		return zstdCloser{zr}, nil
-	case types.OCIUncompressedLayer, types.DockerUncompressedLayer, types.OCIUncompressedRestrictedLayer:
-		return io.NopCloser(blob), nil
+	r, err := ocilayer.Decompress(blob)
+	if err != nil {
+		return nil, fmt.Errorf("unpack: layer of media type %q: %w", mt, err)
 	}
-	return nil, fmt.Errorf("unpack: media type %q is not a layer type Riffle can unpack (want an OCI or Docker tar, tar+gzip or tar+zstd layer)", mt)
+	return r, nil
 }
-
-type zstdCloser struct{ *zstd.Decoder }
-
-func (z zstdCloser) Close() error { z.Decoder.Close(); return nil }
