@@ -15,6 +15,7 @@ pkgs=(
   ca-certificates
   git
   gcc            # cgo for go test -race
+  chromium       # headless browser for the console's tests (internal/console)
 )
 
 missing=()

@@ -117,6 +117,10 @@ func (s *Server) classify(r *http.Request) (access, error) {
 	switch {
 	case p == "/healthz":
 		return access{api: "health", open: true}, nil
+	case p == "/" || strings.HasPrefix(p, "/console/"):
+		// The console's static pages hold no data; what they show comes
+		// from the APIs below, with the user's token.
+		return access{api: "console", open: true}, nil
 	case p == "/metrics":
 		return s.metricsAccess(r), nil
 	case p == "/v2" || p == "/v2/":
@@ -136,6 +140,8 @@ func (s *Server) classify(r *http.Request) (access, error) {
 		return access{api: "system", project: auth.AllProjects, need: auth.RoleViewer}, nil
 	case strings.HasPrefix(p, "/riffle/v1/system/"):
 		return access{api: "system", project: auth.AllProjects, need: auth.RoleAdmin, mutating: write}, nil
+	case strings.HasPrefix(p, "/riffle/v1/arrival/"):
+		return access{api: "batch", project: projectOf(strings.TrimPrefix(p, "/riffle/v1/arrival/")), need: auth.RoleViewer}, nil
 	case p == "/riffle/v1/auth/whoami":
 		return access{api: "auth", need: auth.RoleViewer}, nil
 	case strings.HasPrefix(p, "/riffle/v1/auth/"):

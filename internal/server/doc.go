@@ -9,7 +9,11 @@
 //   - /index/    the index service (package indexsvc): layer indexes for
 //     nodes; images pushed to the embedded registry are indexed at once;
 //   - /riffle/v1/logs/{job}  a job's task logs (?task=N&follow=true);
+//   - /riffle/v1/arrival/{job}  how each task's images arrived, structured
+//     (arrival.go; read-only, viewer);
 //   - /riffle/v1/auth/       token management (auth_tokens.go);
+//   - / and /console/  the web console's static pages (package console;
+//     open: they hold no data and call the API with the user's token);
 //   - /healthz   liveness: 200 once every component is up;
 //   - /metrics   Prometheus metrics of every component.
 //
@@ -31,7 +35,8 @@
 //
 // # Access control
 //
-// Every request but /healthz (and /metrics from loopback) needs a token with
+// Every request but /healthz, the console's static pages (and /metrics from
+// loopback) needs a token with
 // a role in the project it touches (package auth; docs/security.md). guard
 // (auth.go) checks HTTP requests before the mux, the gRPC interceptors
 // (auth_grpc.go) check RPCs; both count refusals and write the audit log. At

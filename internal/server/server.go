@@ -25,6 +25,7 @@ import (
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/console"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/registry"
@@ -132,6 +133,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 		return nil, err
 	}
 	s.mux.Handle("GET /riffle/v1/logs/{job...}", http.HandlerFunc(s.serveLogs))
+	s.mux.Handle("GET /riffle/v1/arrival/{job...}", http.HandlerFunc(s.serveArrival))
 	s.mux.Handle("/v1/", b.HTTPHandler())
 	s.grpc = grpc.NewServer(append(b.GRPCServerOptions(), s.grpcAuthOptions()...)...)
 	b.RegisterGRPC(s.grpc)
@@ -146,6 +148,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	cctx, stop := context.WithCancel(context.Background())
 	s.stopCaps, s.capsDone = stop, make(chan struct{})
 	go func() { defer close(s.capsDone); s.capLayers(cctx) }()
+	s.mux.Handle("GET /{$}", console.Handler()) // the web console; its assets under /console/
+	s.mux.Handle("GET /console/", console.Handler())
 	s.handler = instrument(s.metrics, grpcOrHTTP(s.grpc, s.guard(s.mux)))
 	return s, nil
 }
