@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -198,7 +199,7 @@ Needs root for ownership, devices and xattrs.`,
 			client := reg.client()
 			if len(args) == 2 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "pulling %s into %s ...\n", args[0], args[1])
-				n, err := pullImage(ctx, client, args[0], args[1], parallel)
+				n, err := pullImage(ctx, client, args[0], args[1], parallel, cmd.ErrOrStderr())
 				if err != nil {
 					return err
 				}
@@ -230,7 +231,7 @@ Needs root for ownership, devices and xattrs.`,
 }
 
 // pullImage extracts ref into dir with a full pull (package pull).
-func pullImage(ctx context.Context, client *remote.Client, ref, dir string, parallel int) (int, error) {
+func pullImage(ctx context.Context, client *remote.Client, ref, dir string, parallel int, progress io.Writer) (int, error) {
 	// Layers applied over files already there would mix two trees.
 	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
 		return 0, fmt.Errorf("pull: %s is not empty (%d entries); pull extracts into an empty or new directory: remove its contents or give another DIR", dir, len(ents))
@@ -249,7 +250,10 @@ func pullImage(ctx context.Context, client *remote.Client, ref, dir string, para
 		return 0, fmt.Errorf("pull: %w", err)
 	}
 	defer os.RemoveAll(tmp)
-	if _, err := pull.Image(ctx, client, img, dir, tmp, parallel); err != nil {
+	show := func(done, total int, fetched int64) {
+		fmt.Fprintf(progress, "layer %d/%d applied (%d bytes fetched)\n", done, total, fetched)
+	}
+	if _, err := pull.ImageProgress(ctx, client, img, dir, tmp, parallel, show); err != nil {
 		// A half-applied image is no image: leave DIR as it was found.
 		if rerr := clearDir(dir, created); rerr != nil {
 			return 0, fmt.Errorf("%w (and removing what was extracted: %v)", err, rerr)

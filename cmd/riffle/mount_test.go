@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -66,6 +67,9 @@ func TestPullMountUnmount(t *testing.T) {
 	pulled := filepath.Join(base, "pulled")
 	if out, err := runRiffle(ctx, "pull", ref, pulled); err != nil {
 		t.Fatalf("pull: %v\n%s", err, out)
+	} else if m, _ := img.Manifest(); !strings.Contains(out, fmt.Sprintf("layer %d/%d applied", len(m.Layers), len(m.Layers))) {
+		// Progress: a line per layer applied.
+		t.Errorf("pull shows no progress for its %d layers:\n%s", len(m.Layers), out)
 	}
 	got, err := fstree.Scan(ctx, pulled)
 	if err != nil {

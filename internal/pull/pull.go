@@ -39,6 +39,13 @@ const DefaultParallel = 4
 // tmpDir (removed as each layer is applied). parallel bounds concurrent
 // downloads (0: DefaultParallel). It returns the compressed bytes fetched.
 func Image(ctx context.Context, c *remote.Client, img *remote.Image, dir, tmpDir string, parallel int) (int64, error) {
+	return ImageProgress(ctx, c, img, dir, tmpDir, parallel, nil)
+}
+
+// ImageProgress is Image, calling progress (when not nil) after each
+// layer is applied with how many of the image's layers are done and the
+// compressed bytes fetched so far: riffle pull shows it.
+func ImageProgress(ctx context.Context, c *remote.Client, img *remote.Image, dir, tmpDir string, parallel int, progress func(done, total int, fetched int64)) (int64, error) {
 	layers := img.Manifest.Layers
 	diffIDs := img.Config.RootFS.DiffIDs
 	if len(diffIDs) != len(layers) {
@@ -84,6 +91,9 @@ func Image(ctx context.Context, c *remote.Client, img *remote.Image, dir, tmpDir
 		}
 		fetched += d.Size
 		_ = os.Remove(filepath.Join(tmpDir, fmt.Sprint(i)))
+		if progress != nil {
+			progress(i+1, len(layers), fetched)
+		}
 	}
 	return fetched, nil
 }
