@@ -241,6 +241,13 @@ func bindingsString(bs []auth.Binding) string {
 
 // authCall makes one token API call and decodes its JSON answer into out.
 func authCall(ctx context.Context, addr, dataDir, method, path string, body, out any) error {
+	return serverCall(ctx, "auth", "", addr, dataDir, method, path, body, out)
+}
+
+// serverCall makes one JSON call to riffle serve's own API with the
+// caller's token and decodes the answer into out. Errors start with what
+// (the command's name); hint follows the "cannot reach" error.
+func serverCall(ctx context.Context, what, hint, addr, dataDir, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -251,17 +258,17 @@ func authCall(ctx context.Context, addr, dataDir, method, path string, body, out
 	}
 	req, err := http.NewRequestWithContext(ctx, method, serverScheme(dataDir)+"://"+addr+path, rd)
 	if err != nil {
-		return fmt.Errorf("auth: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := serverHTTPClient(dataDir).Do(req)
 	if err != nil {
-		return fmt.Errorf("auth: cannot reach riffle serve at %s: %w", addr, err)
+		return fmt.Errorf("%s: cannot reach riffle serve at %s%s: %w", what, addr, hint, err)
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("auth: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct {
@@ -270,9 +277,9 @@ func authCall(ctx context.Context, addr, dataDir, method, path string, body, out
 			} `json:"error"`
 		}
 		if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
-			return fmt.Errorf("auth: %s: %s", resp.Status, e.Error.Message)
+			return fmt.Errorf("%s: %s: %s", what, resp.Status, e.Error.Message)
 		}
-		return fmt.Errorf("auth: %s", resp.Status)
+		return fmt.Errorf("%s: %s", what, resp.Status)
 	}
 	return json.Unmarshal(raw, out)
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -62,41 +61,8 @@ func (f *systemFlags) open() (server.System, func() error, error) {
 
 // call makes one system API call to the running server.
 func (f *systemFlags) call(ctx context.Context, method, path string, body, out any) error {
-	addr := resolveServer(f.server, f.dataDir)
-	var rd io.Reader
-	if body != nil {
-		b, err := json.Marshal(body)
-		if err != nil {
-			return err
-		}
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, serverScheme(f.dataDir)+"://"+addr+path, rd)
-	if err != nil {
-		return fmt.Errorf("system: %w", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := serverHTTPClient(f.dataDir).Do(req)
-	if err != nil {
-		return fmt.Errorf("system: cannot reach riffle serve at %s (start it, or give --data-dir of a directory no server runs on): %w", addr, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return fmt.Errorf("system: %w", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error struct {
-				Message string `json:"message"`
-			} `json:"error"`
-		}
-		if json.Unmarshal(raw, &e) == nil && e.Error.Message != "" {
-			return fmt.Errorf("system: %s: %s", resp.Status, e.Error.Message)
-		}
-		return fmt.Errorf("system: %s", resp.Status)
-	}
-	return json.Unmarshal(raw, out)
+	return serverCall(ctx, "system", " (start it, or give --data-dir of a directory no server runs on)",
+		resolveServer(f.server, f.dataDir), f.dataDir, method, path, body, out)
 }
 
 func newSystemCmd() *cobra.Command {

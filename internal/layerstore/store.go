@@ -245,7 +245,7 @@ func (s *Store) complete(diffID digest.Digest) error {
 	if err := syncFS(s.Path(diffID)); err != nil {
 		return fail(err)
 	}
-	n, err := diskUsage(s.Path(diffID))
+	n, err := DiskUsage(s.Path(diffID))
 	if err != nil {
 		return fail(err)
 	}
@@ -300,8 +300,10 @@ func syncPath(path string) error {
 	return f.Sync()
 }
 
-// diskUsage sums the blocks allocated below root, counting each inode once.
-func diskUsage(root string) (int64, error) {
+// DiskUsage sums the blocks allocated below root, counting each inode
+// once (hard links), as du does. On an error it returns what it summed so
+// far with the error.
+func DiskUsage(root string) (int64, error) {
 	type ino struct{ dev, ino uint64 }
 	seen := map[ino]bool{}
 	var total int64

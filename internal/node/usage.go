@@ -11,11 +11,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/riffle-dev/riffle/internal/layerstore"
 	"github.com/riffle-dev/riffle/internal/pull"
 	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/streamfs"
@@ -299,34 +299,10 @@ func mtime(p string) time.Time {
 	return fi.ModTime()
 }
 
-// diskUsage sums the blocks allocated below root, counting each inode once.
+// diskUsage is layerstore.DiskUsage, best effort: a report, not a limit.
 func diskUsage(root string) int64 {
-	type ino struct{ dev, ino uint64 }
-	seen := map[ino]bool{}
-	var total int64
-	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return nil
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return nil
-		}
-		st, ok := fi.Sys().(*syscall.Stat_t)
-		if !ok {
-			return nil
-		}
-		if st.Nlink > 1 && !fi.IsDir() {
-			k := ino{uint64(st.Dev), st.Ino}
-			if seen[k] {
-				return nil
-			}
-			seen[k] = true
-		}
-		total += st.Blocks * 512
-		return nil
-	})
-	return total
+	n, _ := layerstore.DiskUsage(root)
+	return n
 }
 
 // MountHeld is MountAt for a mount the node keeps from Prune: the image's
