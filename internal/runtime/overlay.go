@@ -9,14 +9,61 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
+// overlayFlags are the options every task overlay is mounted with.
+// index=off and xino=off: a lower layer may be a FUSE mount whose inode
+// numbers and file handles overlayfs must not rely on.
+var overlayFlags = [][2]string{{"index", "off"}, {"xino", "off"}}
+
+// maxFsconfigString is the longest value fsconfig(2) takes as a string
+// (the kernel copies at most 256 bytes, NUL included); a longer directory
+// is passed as an open file descriptor instead.
+const maxFsconfigString = 255
+
 // mountOverlay stacks an overlayfs with the given upper and work directories
 // on lower (top-most first) at target.
+//
+// It uses the new mount API (fsopen, one fsconfig "lowerdir+" per layer,
+// fsmount, move_mount), which has no limit on the number of layers but
+// overlayfs's own (500). mount(2) takes all options in one page, enough
+// for only about 35 layer-store paths, and is used only on kernels without
+// lowerdir+ (before Linux 6.8).
 func mountOverlay(lower []string, upper, work, target string) error {
+	if err := checkLower(lower); err != nil {
+		return err
+	}
+	if !hasLowerdirAdd() {
+		return legacyMountOverlay(lower, upper, work, target)
+	}
+	return fsmountOverlay(lower, upper, work, target)
+}
+
+// hasLowerdirAdd reports whether this kernel's overlayfs takes lower
+// directories one at a time through fsconfig "lowerdir+". It asks once,
+// with a path that has a comma and does not exist: Linux 6.8 and later
+// look the path up (ENOENT); before 6.8 the key is unknown (EINVAL), and
+// before 6.5, where fsconfig keys become a legacy mount(2) option string,
+// a comma is refused (EINVAL); before 5.2 there is no fsopen (ENOSYS).
+// Deciding up front, not from a failed mount's errno, keeps a genuine
+// error of a mount from being retried through mount(2) and hidden.
+var hasLowerdirAdd = sync.OnceValue(func() bool {
+	fd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	err = unix.FsconfigSetString(fd, "lowerdir+", "/nonexistent,riffle-probe")
+	return err == nil || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)
+})
+
+// checkLower refuses lower directories that are not absolute paths of
+// directories, or that the mount(2) fallback could not name.
+func checkLower(lower []string) error {
 	if len(lower) == 0 {
 		return fmt.Errorf("%w: no lower directory for the root filesystem", ErrInvalidSpec)
 	}
@@ -31,17 +78,114 @@ func mountOverlay(lower []string, upper, work, target string) error {
 			return fmt.Errorf("%w: lower directory %q is not a directory", ErrInvalidSpec, l)
 		}
 	}
-	// index=off and xino=off: the lower layer may be a FUSE mount whose
-	// inode numbers and file handles overlayfs must not rely on.
-	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,index=off,xino=off",
-		strings.Join(lower, ":"), upper, work)
+	return nil
+}
+
+// fsmountOverlay mounts the overlay through the new mount API.
+func fsmountOverlay(lower []string, upper, work, target string) error {
+	fd, err := unix.Fsopen("overlay", unix.FSOPEN_CLOEXEC)
+	if err != nil {
+		return fmt.Errorf("runtime: fsopen overlay: %w", err)
+	}
+	defer unix.Close(fd)
+	if err := unix.FsconfigSetString(fd, "source", "overlay"); err != nil {
+		return fsconfigError(fd, "source", err)
+	}
+	for _, l := range lower {
+		if err := fsconfigDir(fd, "lowerdir+", l); err != nil {
+			return err
+		}
+	}
+	if err := fsconfigDir(fd, "upperdir", upper); err != nil {
+		return err
+	}
+	if err := fsconfigDir(fd, "workdir", work); err != nil {
+		return err
+	}
+	for _, kv := range overlayFlags {
+		if err := unix.FsconfigSetString(fd, kv[0], kv[1]); err != nil {
+			return fsconfigError(fd, kv[0], err)
+		}
+	}
+	if err := unix.FsconfigCreate(fd); err != nil {
+		return fsconfigError(fd, "create", err)
+	}
+	mfd, err := unix.Fsmount(fd, unix.FSMOUNT_CLOEXEC, 0)
+	if err != nil {
+		return fsconfigError(fd, "fsmount", err)
+	}
+	defer unix.Close(mfd)
+	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("runtime: mount overlay at %s: %w", target, err)
+	}
+	return nil
+}
+
+// fsconfigDir sets key to the directory dir: as a string when the kernel
+// takes it as one, else as an open descriptor (Linux 6.13).
+func fsconfigDir(fd int, key, dir string) error {
+	if len(dir) <= maxFsconfigString {
+		if err := unix.FsconfigSetString(fd, key, dir); err != nil {
+			return fsconfigError(fd, key+"="+dir, err)
+		}
+		return nil
+	}
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("runtime: overlay %s %s: %w", key, dir, err)
+	}
+	defer unix.Close(dfd)
+	if err := unix.FsconfigSetFd(fd, key, dfd); err != nil {
+		return fsconfigError(fd, key+"="+dir, err)
+	}
+	return nil
+}
+
+// fsconfigError wraps err with what the kernel logged on the filesystem
+// context, which names the reason that the errno alone does not.
+func fsconfigError(fd int, what string, err error) error {
+	if msg := fsLog(fd); msg != "" {
+		return fmt.Errorf("runtime: overlay %s: %w (%s)", what, err, msg)
+	}
+	return fmt.Errorf("runtime: overlay %s: %w", what, err)
+}
+
+// fsLog drains the messages the kernel queued on a filesystem context;
+// reading it never blocks (ENODATA once empty).
+func fsLog(fd int) string {
+	var msgs []string
+	buf := make([]byte, 512)
+	for len(msgs) < 8 {
+		n, err := unix.Read(fd, buf)
+		if err != nil || n <= 0 {
+			break
+		}
+		msgs = append(msgs, strings.TrimSpace(string(buf[:n])))
+	}
+	return strings.Join(msgs, "; ")
+}
+
+// legacyMountOverlay mounts the overlay with mount(2), whose options must
+// fit in one page.
+func legacyMountOverlay(lower []string, upper, work, target string) error {
+	opts := legacyOverlayOptions(lower, upper, work)
 	if len(opts) >= os.Getpagesize() {
-		return fmt.Errorf("runtime: overlay options for %d lower directories exceed a page; use fewer layers", len(lower))
+		return fmt.Errorf("runtime: overlay options for %d lower directories take %d bytes, more than a page (%d) that mount(2) accepts; use an image with fewer layers or a kernel with overlayfs lowerdir+ (Linux 6.8)",
+			len(lower), len(opts), os.Getpagesize())
 	}
 	if err := unix.Mount("overlay", target, "overlay", 0, opts); err != nil {
 		return fmt.Errorf("runtime: mount overlay at %s: %w", target, err)
 	}
 	return nil
+}
+
+// legacyOverlayOptions is the mount(2) option string of an overlay.
+func legacyOverlayOptions(lower []string, upper, work string) string {
+	opts := fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s", strings.Join(lower, ":"), upper, work)
+	for _, kv := range overlayFlags {
+		opts += "," + kv[0] + "=" + kv[1]
+	}
+	return opts
 }
 
 // unmount unmounts target, retrying briefly while it is busy and then
