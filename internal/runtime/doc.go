@@ -9,7 +9,10 @@
 // overlayfs on them with a per-task upper and work directory, so a task's
 // writes never reach the image and vanish with the task. Nothing here knows
 // where the lower directories come from; that is what makes streaming and full
-// pulls interchangeable.
+// pulls interchangeable. The overlay is mounted with the new mount API, one
+// fsconfig "lowerdir+" per layer, so an image may have as many layers as
+// overlayfs takes (500); mount(2), whose options must fit in a page (about 35
+// layer-store paths), is used only on kernels before Linux 6.8.
 //
 // # Bundle
 //
