@@ -73,9 +73,20 @@ type RootFS struct {
 	// Problems, when set (a streamed mount), returns the mount's last
 	// failed span fetches (corrupt data, registry unreachable).
 	Problems func() []streamfs.Problem
+	// WaitSettled, when set (a streamed mount), waits until every layer of
+	// the image is in the layer store and the image has settled: later
+	// users get overlayfs over its layers. It returns ctx's error if ctx
+	// ends first, and ErrNotSettling when the mount's layer streams are off
+	// or one failed.
+	WaitSettled func(ctx context.Context) error
 	// Release says the caller no longer uses the root filesystem.
 	Release func()
 }
+
+// ErrNotSettling is returned by RootFS.WaitSettled for a mount that will
+// not settle: its background layer streams are off, or one failed (its
+// files stay on demand).
+var ErrNotSettling = errors.New("node: the image is not being fetched in full (background layer streams off or failed)")
 
 // Options configure a Node.
 type Options struct {
@@ -163,9 +174,11 @@ type mount struct {
 	img    *remote.Image
 	spans  []int // per layer, how many spans its index has
 
-	users    int  // RootFSes handed out and not released; guarded by Node.mu
-	settled  bool // every layer is in the layer store; guarded by Node.mu
-	reported sync.Once
+	users   int  // RootFSes handed out and not released; guarded by Node.mu
+	settled bool // every layer is in the layer store; guarded by Node.mu
+	// settledCh is closed when settled is set.
+	settledCh chan struct{}
+	reported  sync.Once
 }
 
 // New returns a Node. It unmounts stream mounts a previous process left
@@ -512,6 +525,7 @@ func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 			FetchedTotal: func() int64 { return m.mp.Stats().WireBytes },
 			Stats:        m.mp.Stats,
 			Problems:     m.mp.Problems,
+			WaitSettled:  func(ctx context.Context) error { return n.waitSettled(ctx, m) },
 			Release:      func() { once.Do(func() { n.release(m) }) },
 		}
 	}
@@ -562,7 +576,7 @@ func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image) (
 	if err != nil {
 		return nil, 0, err
 	}
-	m := &mount{mp: mp, config: img.Config.Config, img: img, spans: mp.SpanCounts()}
+	m := &mount{mp: mp, config: img.Config.Config, img: img, spans: mp.SpanCounts(), settledCh: make(chan struct{})}
 	n.mu.Lock()
 	closed := n.closed
 	if !closed {

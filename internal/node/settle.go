@@ -3,6 +3,7 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/riffle-dev/riffle/internal/cache"
@@ -108,6 +109,7 @@ func (n *Node) settle(m *mount) {
 	}
 	n.mu.Lock()
 	m.settled = true
+	close(m.settledCh)
 	drop := m.users == 0 && n.mounts[m.img.Digest] == m
 	if drop {
 		n.forgetLocked(m)
@@ -116,5 +118,28 @@ func (n *Node) settle(m *mount) {
 	if drop {
 		n.reportProfile(m)
 		n.unmount(m)
+	}
+}
+
+// waitSettled waits until m has settled (see RootFS.WaitSettled).
+func (n *Node) waitSettled(ctx context.Context, m *mount) error {
+	for {
+		select {
+		case <-m.settledCh:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.ctx.Done():
+			return fmt.Errorf("node: closed before the image settled: %w", n.ctx.Err())
+		case <-time.After(time.Second):
+			if m.mp.Complete() == nil {
+				return ErrNotSettling
+			}
+			for _, l := range m.mp.Stats().Layers {
+				if l.State == streamfs.LayerFailed || l.State == streamfs.LayerOff {
+					return ErrNotSettling
+				}
+			}
+		}
 	}
 }
