@@ -84,6 +84,14 @@ func (l *Link) serve(client net.Conn) {
 		client.Close()
 		return
 	}
+	// Bytes past the window sit in the proxy's socket buffers towards each
+	// side: keep those small, or they would widen the window by megabytes
+	// (loopback autotunes them up to tcp_wmem's maximum).
+	for _, c := range []net.Conn{client, server} {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetWriteBuffer(sockBuffer)
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); l.pipe(server, client) }()
@@ -97,6 +105,9 @@ type chunk struct {
 	data []byte
 	due  time.Time
 }
+
+// sockBuffer is the send buffer of the proxy's own sockets.
+const sockBuffer = 64 << 10
 
 // minWindow is the least window a direction of a connection gets: about
 // the default TCP receive buffer a connection starts with.

@@ -606,6 +606,15 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	if err != nil {
 		return nil, err
 	}
+	mo := n.opts.Mount
+	// The startup profile is asked for while the indexes arrive: both are
+	// round trips before the first read.
+	profile := make(chan *streamfs.Profile, 1)
+	if mo.Profile == nil {
+		go func() { profile <- n.profile(ctx, img) }()
+	} else {
+		profile <- mo.Profile
+	}
 	simg, err := streamfs.OpenImage(ctx, c, img, streamfs.OpenOptions{Indexes: n.IndexSource(c, img)})
 	if err != nil {
 		return nil, err
@@ -613,11 +622,8 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	mo := n.opts.Mount
 	mo.Cache, mo.Logger, mo.Layers = cc, n.log, n.layers
-	if mo.Profile == nil {
-		mo.Profile = n.profile(ctx, img)
-	}
+	mo.Profile = <-profile
 	mp, err := streamfs.Mount(ctx, dir, simg, mo)
 	if err != nil {
 		_ = os.Remove(dir)

@@ -1,0 +1,41 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime/pprof"
+	"runtime/trace"
+)
+
+// startProfiling starts a CPU profile and an execution trace of this
+// process when RIFFLE_CPUPROFILE or RIFFLE_TRACE name a file: the
+// benchmark (bench/cmd/startbench) uses them to see where a start spends
+// its time. The returned function stops them and writes the files.
+func startProfiling() (stop func()) {
+	var stops []func()
+	if p := os.Getenv("RIFFLE_CPUPROFILE"); p != "" {
+		if f, err := os.Create(p); err != nil {
+			fmt.Fprintf(os.Stderr, "riffle: RIFFLE_CPUPROFILE: %v\n", err)
+		} else if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "riffle: RIFFLE_CPUPROFILE: %v\n", err)
+			f.Close()
+		} else {
+			stops = append(stops, func() { pprof.StopCPUProfile(); f.Close() })
+		}
+	}
+	if p := os.Getenv("RIFFLE_TRACE"); p != "" {
+		if f, err := os.Create(p); err != nil {
+			fmt.Fprintf(os.Stderr, "riffle: RIFFLE_TRACE: %v\n", err)
+		} else if err := trace.Start(f); err != nil {
+			fmt.Fprintf(os.Stderr, "riffle: RIFFLE_TRACE: %v\n", err)
+			f.Close()
+		} else {
+			stops = append(stops, func() { trace.Stop(); f.Close() })
+		}
+	}
+	return func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+}
