@@ -8,7 +8,8 @@ import (
 )
 
 // startProfiling starts a CPU profile and an execution trace of this
-// process when RIFFLE_CPUPROFILE or RIFFLE_TRACE name a file: the
+// process when RIFFLE_CPUPROFILE or RIFFLE_TRACE name a file, and writes
+// an allocation profile at the end when RIFFLE_MEMPROFILE does: the
 // benchmark (bench/cmd/startbench) uses them to see where a start spends
 // its time. The returned function stops them and writes the files.
 func startProfiling() (stop func()) {
@@ -32,6 +33,18 @@ func startProfiling() (stop func()) {
 		} else {
 			stops = append(stops, func() { trace.Stop(); f.Close() })
 		}
+	}
+	if p := os.Getenv("RIFFLE_MEMPROFILE"); p != "" {
+		stops = append(stops, func() {
+			f, err := os.Create(p)
+			if err == nil {
+				err = pprof.Lookup("allocs").WriteTo(f, 0)
+				f.Close()
+			}
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "riffle: RIFFLE_MEMPROFILE: %v\n", err)
+			}
+		})
 	}
 	return func() {
 		for _, s := range stops {

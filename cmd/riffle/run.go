@@ -102,8 +102,14 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 			if err != nil {
 				return err
 			}
-			if rfs.FetchedTotal != nil {
-				log.Info("container exited", "code", code, "streamed bytes fetched", rfs.FetchedTotal(), "after", time.Since(start).Round(time.Millisecond))
+			if rfs.Stats != nil {
+				// Compressed bytes from the registry by what fetched them:
+				// span reads by range, and whole-layer background streams.
+				st := rfs.Stats()
+				log.Info("container exited", "code", code, "streamed bytes fetched", st.WireBytes,
+					"wire_range", st.SpanWireBytes, "wire_background", st.BackgroundWireBytes,
+					"profile_spans", st.ProfileSpans, "profile_hits", st.ProfileHits,
+					"after", time.Since(start).Round(time.Millisecond))
 			}
 			if settle && rfs.WaitSettled != nil {
 				log.Info("waiting for the image to settle", "image", ref)

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -78,12 +80,44 @@ type sample struct {
 	// "riffle pull", "riffle mount", "riffle run".
 	CPUSeconds map[string]float64 `json:"cpuSeconds,omitempty"`
 	PeakRSS    map[string]int64   `json:"peakRSSBytes,omitempty"`
+	// StreamBytes splits a streamed run's compressed bytes from the
+	// registry by what fetched them, as riffle run --verbose reports at the
+	// container's exit: "range" (span reads: blocked reads, read-ahead and
+	// profile prefetch by range), "pack" (prefetch packs), "background"
+	// (whole-layer streams).
+	StreamBytes map[string]int64 `json:"streamBytes,omitempty"`
+}
+
+// streamBytesRe matches riffle run's byte counts at the container's exit.
+var streamBytesRe = regexp.MustCompile(`\b(wire_range|wire_pack|wire_background)=(\d+)`)
+
+// parseStreamBytes reads the byte counts riffle run --verbose printed.
+func parseStreamBytes(tail string) map[string]int64 {
+	var out map[string]int64
+	for _, m := range streamBytesRe.FindAllStringSubmatch(tail, -1) {
+		n, err := strconv.ParseInt(m[2], 10, 64)
+		if err != nil {
+			continue
+		}
+		if out == nil {
+			out = map[string]int64{}
+		}
+		out[strings.TrimPrefix(m[1], "wire_")] = n
+	}
+	return out
 }
 
 func (s sample) resources() string {
 	var parts []string
 	for _, k := range sortedKeys(s.CPUSeconds) {
 		parts = append(parts, fmt.Sprintf("%s %.1fs CPU %.0f MB", k, s.CPUSeconds[k], float64(s.PeakRSS[k])/1e6))
+	}
+	if len(s.StreamBytes) > 0 {
+		var by []string
+		for _, k := range sortedKeys(s.StreamBytes) {
+			by = append(by, fmt.Sprintf("%s %.1f MB", k, float64(s.StreamBytes[k])/1e6))
+		}
+		parts = append(parts, "registry bytes by "+strings.Join(by, ", "))
 	}
 	if len(parts) == 0 {
 		return ""
@@ -182,6 +216,7 @@ func runWorkloadTail(ctx context.Context, t timer, w workload, role string, argv
 		cpu -= time.Duration(max(ctrCPU.Load(), int64(ctrs.cpu())))
 		s.addProc(role, cpu, hwm.Load())
 	}
+	s.StreamBytes = parseStreamBytes(p.tail.String())
 	return s, p.tail.String(), nil
 }
 
