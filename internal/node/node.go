@@ -504,11 +504,31 @@ func (n *Node) settled(img *remote.Image) *RootFS {
 // mounted lazily under Layout.Mounts(), once per manifest, and the mount
 // stays until Close so later tasks find its data warm. An error wrapping
 // streamfs.ErrNotEligible says why the image cannot be streamed.
-func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
-	return n.held(ref, func() (*RootFS, error) { return n.counted(n.stream(ctx, ref, auth)) })
+func (n *Node) Stream(ctx context.Context, ref string, auth Auth, opts ...StreamOption) (*RootFS, error) {
+	var so streamOptions
+	for _, o := range opts {
+		o(&so)
+	}
+	return n.held(ref, func() (*RootFS, error) { return n.counted(n.stream(ctx, ref, auth, so)) })
 }
 
-func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
+// StreamOption changes how Stream mounts an image that is not mounted on
+// the node yet; a mount already there is shared as it is.
+type StreamOption func(*streamOptions)
+
+type streamOptions struct {
+	noBackground bool
+}
+
+// WithoutBackground makes the mount fetch only what its readers read (and
+// the startup profile): no whole-layer streams in the background, so the
+// image does not settle. For a task that reads little of a big image on a
+// link others need.
+func WithoutBackground() StreamOption {
+	return func(o *streamOptions) { o.noBackground = true }
+}
+
+func (n *Node) stream(ctx context.Context, ref string, auth Auth, so streamOptions) (*RootFS, error) {
 	c := n.Client(auth)
 	img, err := c.Resolve(ctx, ref, nil)
 	if err != nil {
@@ -549,7 +569,7 @@ func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 		if m != nil {
 			return result{m: m}, nil
 		}
-		m, fetched, err := n.mount(ctx, c, img)
+		m, fetched, err := n.mount(ctx, c, img, so)
 		if err != nil {
 			return nil, err
 		}
@@ -570,9 +590,9 @@ func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 
 // mount opens img for streaming and mounts it at the node's mount point
 // for it, registering the mount unless Close began meanwhile.
-func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image) (*mount, int64, error) {
+func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image, so streamOptions) (*mount, int64, error) {
 	before := c.Stats().BytesFetched
-	mp, err := n.mountAt(ctx, c, img, n.opts.Layout.Mounts()+"/"+img.Digest.Encoded())
+	mp, err := n.mountAt(ctx, c, img, n.opts.Layout.Mounts()+"/"+img.Digest.Encoded(), so)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -601,7 +621,7 @@ func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image) (
 }
 
 // mountAt mounts img at dir, creating dir.
-func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image, dir string) (*streamfs.MountPoint, error) {
+func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image, dir string, so streamOptions) (*streamfs.MountPoint, error) {
 	cc, err := n.Cache()
 	if err != nil {
 		return nil, err
@@ -623,6 +643,7 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 		return nil, fmt.Errorf("node: %w", err)
 	}
 	mo.Cache, mo.Logger, mo.Layers = cc, n.log, n.layers
+	mo.NoBackground = mo.NoBackground || so.noBackground
 	mo.Profile = <-profile
 	mp, err := streamfs.Mount(ctx, dir, simg, mo)
 	if err != nil {
@@ -645,7 +666,7 @@ func (n *Node) MountAt(ctx context.Context, ref string, auth Auth, dir string) (
 	if err != nil {
 		return nil, nil, err
 	}
-	mp, err := n.mountAt(ctx, c, img, dir)
+	mp, err := n.mountAt(ctx, c, img, dir, streamOptions{})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -123,7 +123,17 @@ func (n *Node) settle(m *mount) {
 
 // waitSettled waits until m has settled (see RootFS.WaitSettled).
 func (n *Node) waitSettled(ctx context.Context, m *mount) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
 	for {
+		if !settling(m.mp) {
+			select {
+			case <-m.settledCh: // settled just now
+				return nil
+			default:
+				return ErrNotSettling
+			}
+		}
 		select {
 		case <-m.settledCh:
 			return nil
@@ -131,15 +141,21 @@ func (n *Node) waitSettled(ctx context.Context, m *mount) error {
 			return ctx.Err()
 		case <-n.ctx.Done():
 			return fmt.Errorf("node: closed before the image settled: %w", n.ctx.Err())
-		case <-time.After(time.Second):
-			if m.mp.Complete() == nil {
-				return ErrNotSettling
-			}
-			for _, l := range m.mp.Stats().Layers {
-				if l.State == streamfs.LayerFailed || l.State == streamfs.LayerOff {
-					return ErrNotSettling
-				}
-			}
+		case <-tick.C: // a layer stream may have failed meanwhile
 		}
 	}
+}
+
+// settling reports whether mp's layer streams may still complete the
+// image: there are streams, and none is off or failed.
+func settling(mp *streamfs.MountPoint) bool {
+	if mp.Complete() == nil {
+		return false
+	}
+	for _, l := range mp.Stats().Layers {
+		if l.State == streamfs.LayerFailed || l.State == streamfs.LayerOff {
+			return false
+		}
+	}
+	return true
 }
