@@ -3,9 +3,25 @@ package main
 import (
 	"fmt"
 	"os"
+	"runtime/debug"
 	"runtime/pprof"
 	"runtime/trace"
 )
+
+// mountMemoryLimit is the Go heap's soft limit in a process that serves
+// one image's mount (riffle run, riffle mount): the image's index and
+// tree stay well below it, and past it the collector runs more often
+// instead of letting span buffers pile up. Reading every file of a 1 GB
+// image peaked at 210 MiB RSS without it and 150 MiB with it, for the same
+// CPU time. GOMEMLIMIT overrides it.
+const mountMemoryLimit = 128 << 20
+
+// limitMountMemory sets mountMemoryLimit unless GOMEMLIMIT is set.
+func limitMountMemory() {
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(mountMemoryLimit)
+	}
+}
 
 // startProfiling starts a CPU profile and an execution trace of this
 // process when RIFFLE_CPUPROFILE or RIFFLE_TRACE name a file, and writes

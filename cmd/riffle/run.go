@@ -64,6 +64,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			limitMountMemory()
 			level := slog.LevelWarn
 			if verbose {
 				level = slog.LevelInfo
