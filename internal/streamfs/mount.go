@@ -83,6 +83,11 @@ type Options struct {
 	// (MountPoint.Profile). Its spans are fetched first, in order,
 	// ProfileParallel at a time, ahead of the background stream.
 	Profile *Profile
+	// Packs gives prefetch packs: with a Profile, each profiled layer's
+	// pack is fetched in one stream (layers in parallel) instead of its
+	// spans by range; spans the pack lacks are fetched by range as
+	// without it. Nil: no packs.
+	Packs PackSource
 	// ProfileParallel bounds concurrent profile fetches (default
 	// DefaultProfileParallel).
 	ProfileParallel int
