@@ -10,7 +10,7 @@ type metrics struct {
 	spanWire, bgWire, bgBytes, bgFiles, bgErrors             prometheus.Counter
 	pauses, streamWaits, localOpens, localReads              prometheus.Counter
 	profileSpans, profileBytes, profileHits                  prometheus.Counter
-	packs, packSpans, packBytes, packWire                    prometheus.Counter
+	packs, packSpans, packBytes, packWire, packWaits         prometheus.Counter
 	latency                                                  prometheus.Histogram
 	all                                                      []prometheus.Collector
 }
@@ -40,6 +40,7 @@ func newMetrics(dir, image string) *metrics {
 		packSpans:    counter("pack_spans_total", "Spans a prefetch pack delivered into the cache (verified); profile_spans_total counts them too."),
 		packBytes:    counter("pack_bytes_total", "Uncompressed bytes prefetch packs delivered into the cache."),
 		packWire:     counter("pack_wire_bytes_total", "Compressed bytes read from prefetch packs."),
+		packWaits:    counter("pack_waits_total", "Reads that waited for a prefetch pack about to deliver their span."),
 		spans:        counter("fetched_spans_total", "Spans fetched from the registry (and verified)."),
 		hits:         counter("cache_hits_total", "Spans and whole files found in the node cache."),
 		misses:       counter("cache_misses_total", "Spans not in the node cache when read."),
@@ -58,7 +59,7 @@ func newMetrics(dir, image string) *metrics {
 		m.spanWire, m.bgWire, m.bgBytes, m.bgFiles, m.bgErrors,
 		m.pauses, m.streamWaits, m.localOpens, m.localReads,
 		m.profileSpans, m.profileBytes, m.profileHits,
-		m.packs, m.packSpans, m.packBytes, m.packWire, m.latency,
+		m.packs, m.packSpans, m.packBytes, m.packWire, m.packWaits, m.latency,
 	}
 	return m
 }
@@ -123,6 +124,9 @@ type Stats struct {
 	// (uncompressed) what they delivered into the cache, a part of
 	// ProfileSpans and ProfileBytes.
 	Packs, PackSpans, PackBytes int64
+	// PackWaits counts reads that waited for a pack about to deliver their
+	// span instead of fetching it by range.
+	PackWaits int64
 	// FallbackReads counts reads of whole files that reached this process
 	// because the kernel refused passthrough.
 	FallbackReads int64
@@ -158,6 +162,7 @@ func (m *MountPoint) Stats() Stats {
 		PackSpans:           v(mt.packSpans),
 		PackBytes:           v(mt.packBytes),
 		PackWireBytes:       v(mt.packWire),
+		PackWaits:           v(mt.packWaits),
 		FallbackReads:       m.fallbackReads.Load(),
 		Layers:              m.layerProgress(),
 	}

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -44,6 +46,15 @@ func (m *MountPoint) readPack(l int, want []int) []int {
 		return want
 	}
 	d := m.img.Layers[l].Digest()
+	x := pl.packIndex()
+	// Readers may wait for the pack from now on: until its header arrives,
+	// spans are where a pack of the profile would hold them.
+	ps := newPackStream(expectedPack(x, want))
+	m.packs[l].Store(ps)
+	defer func() {
+		m.packs[l].Store(nil)
+		ps.end()
+	}()
 	rc, err := m.opts.Packs.Pack(m.ctx, d)
 	if err != nil {
 		if !errors.Is(err, ErrNoPack) && m.ctx.Err() == nil {
@@ -56,7 +67,7 @@ func (m *MountPoint) readPack(l int, want []int) []int {
 	m.urgent.Add(1)
 	defer m.urgent.Add(-1)
 	m.metrics.packs.Inc()
-	delivered, err := m.unpack(l, pl.packIndex(), bufio.NewReaderSize(&wireCounter{r: rc, m: m}, packBufSize))
+	delivered, err := m.unpack(l, x, ps, bufio.NewReaderSize(&wireCounter{r: rc, m: m}, packBufSize))
 	if err != nil && m.ctx.Err() == nil {
 		m.log.Warn("streamfs: prefetch pack failed; fetching the rest of the profile by range", "layer", d, "delivered", len(delivered), "err", err)
 	}
@@ -70,8 +81,10 @@ func (m *MountPoint) readPack(l int, want []int) []int {
 }
 
 // unpack reads a pack of layer l from r and caches its spans. It returns
-// the spans now in the cache, and the error that ended it early.
-func (m *MountPoint) unpack(l int, x *index.Index, r *bufio.Reader) (map[int]bool, error) {
+// the spans now in the cache, and the error that ended it early. While it
+// runs, reads of spans the pack is about to deliver wait for it
+// (waitPack).
+func (m *MountPoint) unpack(l int, x *index.Index, ps *packStream, r *bufio.Reader) (map[int]bool, error) {
 	h, err := ReadPackHeader(r)
 	if err == nil {
 		err = h.Check(x)
@@ -79,32 +92,178 @@ func (m *MountPoint) unpack(l int, x *index.Index, r *bufio.Reader) (map[int]boo
 	if err != nil {
 		return nil, err
 	}
+	ps.place(h.Spans)
 	delivered := make(map[int]bool, len(h.Spans))
-	for _, ps := range h.Spans {
-		buf := make([]byte, ps.Size)
+	for _, e := range h.Spans {
+		buf := make([]byte, e.Size)
 		if _, err := io.ReadFull(r, buf); err != nil {
-			return delivered, fmt.Errorf("streamfs: pack span %d: %w", ps.Span, err)
+			return delivered, fmt.Errorf("streamfs: pack span %d: %w", e.Span, err)
 		}
-		if m.cached(l, ps.Span) {
-			delivered[ps.Span] = true
+		if m.cached(l, e.Span) {
+			ps.pass(e)
+			delivered[e.Span] = true
 			continue
 		}
-		data, err := decodePackSpan(x, ps.Span, buf)
+		data, err := decodePackSpan(x, e.Span, buf)
 		if err != nil {
 			// Verified data only: this span is fetched by range instead.
+			ps.pass(e)
 			m.metrics.corrupt.Inc()
-			m.log.Warn("streamfs: prefetch pack span does not match the index", "layer", x.BlobDigest, "span", ps.Span, "err", err)
+			m.log.Warn("streamfs: prefetch pack span does not match the index", "layer", x.BlobDigest, "span", e.Span, "err", err)
 			continue
 		}
-		if err := m.fillFromPack(l, ps.Span, data); err != nil {
+		ps.offer(e, data)
+		err = m.fillFromPack(l, e.Span, data)
+		ps.withdraw(e.Span)
+		if err != nil {
 			if m.ctx.Err() != nil {
 				return delivered, err
 			}
 			continue
 		}
-		delivered[ps.Span] = true
+		delivered[e.Span] = true
 	}
 	return delivered, nil
+}
+
+// packStream is a pack being read, as readers waiting for it see it.
+type packStream struct {
+	mu sync.Mutex
+	// pos is the pack data bytes read so far.
+	pos int64
+	// at is the data offset of each span still to come.
+	at map[int]int64
+	// ready holds decoded spans while they are being stored, so a reader
+	// whose fill of the span started first takes the data from here
+	// instead of waiting for the pack's own fill (which would wait for it).
+	ready map[int][]byte
+	// moved is closed and replaced whenever the pack moves on.
+	moved chan struct{}
+	ended bool
+}
+
+func newPackStream(spans []PackSpan) *packStream {
+	ps := &packStream{ready: map[int][]byte{}, moved: make(chan struct{})}
+	ps.place(spans)
+	return ps
+}
+
+// place sets where the pack's spans lie, from its header.
+func (ps *packStream) place(spans []PackSpan) {
+	at := make(map[int]int64, len(spans))
+	var off int64
+	for _, e := range spans {
+		at[e.Span] = off
+		off += e.Size
+	}
+	ps.mu.Lock()
+	ps.at = at
+	ps.wakeLocked()
+	ps.mu.Unlock()
+}
+
+// expectedPack is the layout of a pack of the profile spans want.
+func expectedPack(x *index.Index, want []int) []PackSpan {
+	out := make([]PackSpan, 0, len(want))
+	for _, s := range want {
+		if p, err := x.PlanSpans(s, s+1); err == nil {
+			out = append(out, PackSpan{Span: s, Size: p.Length})
+		}
+	}
+	return out
+}
+
+// pass notes that span e was read and will not be offered.
+func (ps *packStream) pass(e PackSpan) {
+	ps.mu.Lock()
+	ps.pos = ps.at[e.Span] + e.Size
+	delete(ps.at, e.Span)
+	ps.wakeLocked()
+	ps.mu.Unlock()
+}
+
+// offer makes span e's decoded data available to waiting readers.
+func (ps *packStream) offer(e PackSpan, data []byte) {
+	ps.mu.Lock()
+	ps.pos = ps.at[e.Span] + e.Size
+	delete(ps.at, e.Span)
+	ps.ready[e.Span] = data
+	ps.wakeLocked()
+	ps.mu.Unlock()
+}
+
+// withdraw drops span s's data once it is in the cache.
+func (ps *packStream) withdraw(s int) {
+	ps.mu.Lock()
+	delete(ps.ready, s)
+	ps.mu.Unlock()
+}
+
+// end wakes every waiter for good: the pack delivers nothing more.
+func (ps *packStream) end() {
+	ps.mu.Lock()
+	ps.ended = true
+	clear(ps.at)
+	ps.wakeLocked()
+	ps.mu.Unlock()
+}
+
+func (ps *packStream) wakeLocked() {
+	close(ps.moved)
+	ps.moved = make(chan struct{})
+}
+
+// next returns span s's data if the pack has it now; else, whether it is
+// still coming within window bytes, and a channel closed when the pack
+// moves on.
+func (ps *packStream) next(s int, window int64) (data []byte, coming bool, moved <-chan struct{}) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if d, ok := ps.ready[s]; ok {
+		return d, false, nil
+	}
+	off, ok := ps.at[s]
+	return nil, ok && !ps.ended && off-ps.pos <= window, ps.moved
+}
+
+// DefaultPackWait is the default Options.PackWait.
+const DefaultPackWait = 4 << 20
+
+// maxPackWait bounds one read's wait for a pack (a stalled pack must not
+// hold reads up; they fetch by range after it). A variable for tests.
+var maxPackWait = 3 * time.Second
+
+// waitPack returns span s of layer l from the layer's pack, waiting for
+// it when the pack is about to deliver it (within Options.PackWait); nil
+// when the pack will not (soon), so the caller fetches it by range.
+func (m *MountPoint) waitPack(ctx context.Context, l, s int) []byte {
+	ps := m.packs[l].Load()
+	if ps == nil {
+		return nil
+	}
+	window := m.opts.PackWait
+	if window <= 0 {
+		window = DefaultPackWait
+	}
+	var t *time.Timer
+	for {
+		data, coming, moved := ps.next(s, window)
+		if data != nil || !coming {
+			return data
+		}
+		if t == nil {
+			m.metrics.packWaits.Inc()
+			t = time.NewTimer(maxPackWait)
+			defer t.Stop()
+		}
+		select {
+		case <-moved:
+		case <-t.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
+	}
 }
 
 // decodePackSpan verifies and decodes span n's blob bytes from a pack.

@@ -146,9 +146,13 @@ func (e *packEnv) packSize(t *testing.T, l streamfs.ProfileLayer) (total, header
 }
 
 // mount mounts the image with a cold cache, the profile and the packs.
-func (e *packEnv) mount(t *testing.T) (*streamfs.MountPoint, string) {
+func (e *packEnv) mount(t *testing.T, tune ...func(*streamfs.Options)) (*streamfs.MountPoint, string) {
 	t.Helper()
-	return mount(t, e.simg, streamfs.Options{Cache: newCache(t), NoPrefetch: true, Profile: &e.prof, Packs: e.src})
+	opts := streamfs.Options{Cache: newCache(t), NoPrefetch: true, Profile: &e.prof, Packs: e.src}
+	for _, f := range tune {
+		f(&opts)
+	}
+	return mount(t, e.simg, opts)
 }
 
 // waitProfile waits (bounded) until the mount has prefetched every span
@@ -320,14 +324,10 @@ func layerIndex(t *testing.T, img streamfs.Image, l streamfs.ProfileLayer) int {
 	return -1
 }
 
-// Packs that stall after their first span do not hold reads up: reads of
-// spans later in the packs fetch them by range and return the right data
-// while the packs are still open.
-func TestPackStalledDoesNotBlockReads(t *testing.T) {
-	testutil.RequiresRoot(t)
-	e := newPackEnv(t)
-	release := make(chan struct{})
-	var stalled atomic.Int64
+// stallPacks makes every pack response stop after its header and first
+// span until release is closed. It returns the packs' total size.
+func (e *packEnv) stallPacks(t *testing.T, release chan struct{}) int64 {
+	t.Helper()
 	limits := map[string]int64{}
 	var packBytes int64
 	for _, l := range e.prof.Layers {
@@ -336,22 +336,16 @@ func TestPackStalledDoesNotBlockReads(t *testing.T) {
 		limits[l.Digest.String()] = header + e.simg.Layers[layerIndex(t, e.simg, l)].(interface{ SpanWireSize(int) int64 }).SpanWireSize(l.Spans[0])
 	}
 	wrap := func(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
-		stalled.Add(1)
 		return &cutWriter{ResponseWriter: w, ctx: r.Context(), limit: limits[strings.TrimPrefix(r.URL.Path, "/index/v1/packs/")], release: release}
 	}
 	e.wrap.Store(&wrap)
-	m, dir := e.mount(t)
-	e.checkFiles(t, dir)
-	st := m.Stats()
-	if st.PackSpans > int64(len(e.prof.Layers)) {
-		t.Errorf("%d spans from packs that stall after their first", st.PackSpans)
-	}
-	if st.FetchedSpans == 0 {
-		t.Errorf("nothing fetched by range: %+v", st)
-	}
-	// Released, the packs run to their end; the spans the reads fetched
-	// meanwhile are skipped, not stored twice.
-	close(release)
+	return packBytes
+}
+
+// waitPacksRead waits (bounded) until the mount has read packBytes of
+// packs.
+func waitPacksRead(t *testing.T, m *streamfs.MountPoint, packBytes int64) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for m.Stats().PackWireBytes < packBytes {
 		if time.Now().After(deadline) {
@@ -359,5 +353,79 @@ func TestPackStalledDoesNotBlockReads(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+}
+
+// Packs that stall after their first span do not hold up reads of spans
+// late in them: those are fetched by range and the reads return the right
+// data while the packs are still open. Released, the packs run to their
+// end and skip what the reads fetched.
+func TestPackStalledDoesNotBlockLateReads(t *testing.T) {
+	testutil.RequiresRoot(t)
+	streamfs.SetMaxPackWait(t, time.Minute) // a wait would show as a hang
+	e := newPackEnv(t)
+	release := make(chan struct{})
+	packBytes := e.stallPacks(t, release)
+	// Two files of 200 KiB lie between the stall and the last file
+	// profiled in each layer: beyond a 100 KiB wait window.
+	m, dir := e.mount(t, func(o *streamfs.Options) { o.PackWait = 100 << 10 })
+	late := []string{"a/f2", "b/g3"}
+	for _, f := range late {
+		b, err := os.ReadFile(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(b, e.want[f]) {
+			t.Errorf("%s: wrong data", f)
+		}
+	}
+	st := m.Stats()
+	if st.PackSpans > int64(len(e.prof.Layers)) || st.PackWaits != 0 || st.FetchedSpans == 0 {
+		t.Errorf("stats %+v: want reads by range, no waits, packs stalled after their first span", st)
+	}
+	close(release)
+	waitPacksRead(t, m, packBytes)
 	e.checkFiles(t, dir)
+}
+
+// A read of the span a stalled pack delivers next waits for the pack
+// instead of fetching it: once the pack goes on, the read returns its
+// data and nothing was fetched by range.
+func TestPackReadWaitsForNextSpan(t *testing.T) {
+	testutil.RequiresRoot(t)
+	streamfs.SetMaxPackWait(t, time.Minute)
+	e := newPackEnv(t)
+	release := make(chan struct{})
+	packBytes := e.stallPacks(t, release)
+	m, dir := e.mount(t)
+	// a/f4 was read first: its first span is the pack's first, its next
+	// spans follow at the stall.
+	done := make(chan error, 1)
+	var got []byte
+	go func() {
+		var err error
+		got, err = os.ReadFile(filepath.Join(dir, "a/f4"))
+		done <- err
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for m.Stats().PackWaits == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the read did not wait for the pack: %+v", m.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, e.want["a/f4"]) {
+		t.Error("a/f4: wrong data")
+	}
+	waitPacksRead(t, m, packBytes)
+	if n := e.r.rangeRequests.Load(); n != 0 {
+		t.Errorf("%d range requests; the pack delivered every span", n)
+	}
+	e.checkFiles(t, dir)
+	if st := m.Stats(); st.PackSpans != int64(e.spans) || st.FetchedSpans != 0 {
+		t.Errorf("stats %+v: want every span from the packs", st)
+	}
 }
