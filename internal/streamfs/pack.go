@@ -33,28 +33,35 @@ func (l *indexLayer) packIndex() *index.Index { return l.x }
 // packBufSize is the read buffer of a pack stream.
 const packBufSize = 256 << 10
 
-// readPack fetches layer l's prefetch pack in one stream and puts each of
-// its spans, verified against the index, into the cache, as profile
-// prefetches. It returns the spans of want (in their order) the pack did
-// not deliver: none was found, the pack ended early or broke, a span was
-// corrupt, or the pack is older than the profile. The caller fetches
-// those by range. Spans already cached are skipped (their bytes read and
-// dropped).
-func (m *MountPoint) readPack(l int, want []int) []int {
+// expectPack registers that layer l's pack of the profile spans want is
+// about to be read, so readers of those spans may wait for it from now on:
+// until its header arrives, spans are where a pack of the profile would
+// hold them. It returns nil when the layer's spans cannot come from a
+// pack.
+func (m *MountPoint) expectPack(l int, want []int) *packStream {
 	pl, ok := m.img.Layers[l].(packLayer)
 	if !ok || m.opts.Packs == nil || len(want) == 0 {
-		return want
+		return nil
 	}
-	d := m.img.Layers[l].Digest()
-	x := pl.packIndex()
-	// Readers may wait for the pack from now on: until its header arrives,
-	// spans are where a pack of the profile would hold them.
-	ps := newPackStream(expectedPack(x, want))
+	ps := newPackStream(expectedPack(pl.packIndex(), want))
 	m.packs[l].Store(ps)
+	return ps
+}
+
+// readPack fetches layer l's prefetch pack (registered by expectPack as
+// ps) in one stream and puts each of its spans, verified against the
+// index, into the cache, as profile prefetches. It returns the spans of
+// want (in their order) the pack did not deliver: none was found, the
+// pack ended early or broke, a span was corrupt, or the pack is older
+// than the profile. The caller fetches those by range. Spans already
+// cached are skipped (their bytes read and dropped).
+func (m *MountPoint) readPack(l int, want []int, ps *packStream) []int {
 	defer func() {
 		m.packs[l].Store(nil)
 		ps.end()
 	}()
+	d := m.img.Layers[l].Digest()
+	x := m.img.Layers[l].(packLayer).packIndex()
 	rc, err := m.opts.Packs.Pack(m.ctx, d)
 	if err != nil {
 		if !errors.Is(err, ErrNoPack) && m.ctx.Err() == nil {

@@ -146,11 +146,13 @@ func (m *MountPoint) profileLists() [][]profileJob {
 		byDigest[l.Digest()] = i
 	}
 	var lists [][]profileJob
+	seen := map[int]bool{} // a layer twice in an image is one blob: once
 	for _, pl := range m.opts.Profile.Layers {
 		i, ok := byDigest[pl.Digest]
-		if !ok || m.background != nil && m.background.layers[i].getState() == LayerComplete {
+		if !ok || seen[i] || m.background != nil && m.background.layers[i].getState() == LayerComplete {
 			continue
 		}
+		seen[i] = true
 		var js []profileJob
 		for _, s := range pl.Spans {
 			if s >= 0 && s < len(m.spans[i]) {
@@ -205,6 +207,14 @@ func (m *MountPoint) startProfile() {
 	if par <= 0 {
 		par = DefaultProfileParallel
 	}
+	// Packs are expected before this returns, so that no read of the
+	// mount misses them.
+	expected := make([]*packStream, len(lists))
+	if m.opts.Packs != nil {
+		for i, js := range lists {
+			expected[i] = m.expectPack(js[0].l, spansOf(js))
+		}
+	}
 	jobs := make(chan profileJob)
 	for range par {
 		m.bg.Add(1)
@@ -228,22 +238,33 @@ func (m *MountPoint) startProfile() {
 			return
 		}
 		var wg sync.WaitGroup
-		for _, js := range lists {
+		for i, js := range lists {
 			wg.Go(func() {
-				want := make([]int, len(js))
-				for k, j := range js {
-					want[k] = j.s
+				l, want := js[0].l, spansOf(js)
+				if expected[i] != nil {
+					want = m.readPack(l, want, expected[i])
 				}
-				l := js[0].l
-				var rest []profileJob
-				for _, s := range m.readPack(l, want) {
-					rest = append(rest, profileJob{l, s})
-				}
-				m.queueJobs(jobs, rest)
+				m.queueJobs(jobs, jobsOf(l, want))
 			})
 		}
 		wg.Wait()
 	}()
+}
+
+func spansOf(js []profileJob) []int {
+	out := make([]int, len(js))
+	for k, j := range js {
+		out[k] = j.s
+	}
+	return out
+}
+
+func jobsOf(l int, spans []int) []profileJob {
+	out := make([]profileJob, len(spans))
+	for k, s := range spans {
+		out[k] = profileJob{l, s}
+	}
+	return out
 }
 
 // queueJobs hands jobs to the profile's range fetchers, until unmount.
