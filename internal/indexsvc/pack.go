@@ -39,6 +39,9 @@ type packs struct {
 	closed   bool                   // Close began: no new builds
 	building map[digest.Digest]bool // a build of the layer runs
 	again    map[digest.Digest]string
+	// slots bounds builds running at once (Options.Parallel), so a node
+	// reporting many layers does not start as many registry reads.
+	slots chan struct{}
 }
 
 func (s *Service) packPath(d digest.Digest) (string, error) {
@@ -96,9 +99,14 @@ func (s *Service) schedulePack(repo string, d digest.Digest) {
 func (s *Service) packLoop(repo string, d digest.Digest) {
 	defer s.wg.Done()
 	for {
-		if err := s.BuildPack(s.ctx, repo, d); err != nil {
-			s.packsFailed.Inc()
-			s.log.Warn("building a prefetch pack failed", "layer", d, "err", err)
+		select {
+		case s.pack.slots <- struct{}{}:
+			if err := s.BuildPack(s.ctx, repo, d); err != nil {
+				s.packsFailed.Inc()
+				s.log.Warn("building a prefetch pack failed", "layer", d, "err", err)
+			}
+			<-s.pack.slots
+		case <-s.ctx.Done():
 		}
 		s.pack.mu.Lock()
 		next, ok := s.pack.again[d]

@@ -156,13 +156,15 @@ func (e *packEnv) mount(t *testing.T, tune ...func(*streamfs.Options)) (*streamf
 }
 
 // waitProfile waits (bounded) until the mount has prefetched every span
-// of the profile, by pack or by range.
+// of the profile, by pack or by range. Reads must not have fetched spans.
 func (e *packEnv) waitProfile(t *testing.T, m *streamfs.MountPoint) streamfs.Stats {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
+		// Counters are read one by one: wait until they agree (every
+		// profile span counted as a range fetch or a pack span).
 		st := m.Stats()
-		if st.ProfileSpans >= int64(e.spans) {
+		if st.ProfileSpans >= int64(e.spans) && st.FetchedSpans+st.PackSpans >= st.ProfileSpans {
 			return st
 		}
 		if time.Now().After(deadline) {
