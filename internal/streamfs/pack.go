@@ -62,7 +62,16 @@ func (m *MountPoint) readPack(l int, want []int, ps *packStream) []int {
 	}()
 	d := m.img.Layers[l].Digest()
 	x := m.img.Layers[l].(packLayer).packIndex()
-	rc, err := m.opts.Packs.Pack(m.ctx, d)
+	// A pack that stops moving for ReadTimeout is given up (the rest of
+	// the profile is fetched by range), as a span fetch would be.
+	ctx, cancel := context.WithCancel(m.ctx)
+	defer cancel()
+	idle := time.AfterFunc(m.opts.ReadTimeout, cancel)
+	defer idle.Stop()
+	ps.mu.Lock()
+	ps.onMove = func() { idle.Reset(m.opts.ReadTimeout) }
+	ps.mu.Unlock()
+	rc, err := m.opts.Packs.Pack(ctx, d)
 	if err != nil {
 		if !errors.Is(err, ErrNoPack) && m.ctx.Err() == nil {
 			m.log.Warn("streamfs: prefetch pack unavailable; fetching the profile by range", "layer", d, "err", err)
@@ -102,35 +111,46 @@ func (m *MountPoint) unpack(l int, x *index.Index, ps *packStream, r *bufio.Read
 	ps.place(h.Spans)
 	delivered := make(map[int]bool, len(h.Spans))
 	for _, e := range h.Spans {
-		buf := make([]byte, e.Size)
-		if _, err := io.ReadFull(r, buf); err != nil {
-			return delivered, fmt.Errorf("streamfs: pack span %d: %w", e.Span, err)
+		ok, err := m.unpackSpan(l, x, ps, e, r)
+		if err != nil {
+			return delivered, err
 		}
-		if m.cached(l, e.Span) {
-			ps.pass(e)
+		if ok {
 			delivered[e.Span] = true
-			continue
 		}
-		data, err := decodePackSpan(x, e.Span, buf)
-		if err != nil {
-			// Verified data only: this span is fetched by range instead.
-			ps.pass(e)
-			m.metrics.corrupt.Inc()
-			m.log.Warn("streamfs: prefetch pack span does not match the index", "layer", x.BlobDigest, "span", e.Span, "err", err)
-			continue
-		}
-		ps.offer(e, data)
-		err = m.fillFromPack(l, e.Span, data)
-		ps.withdraw(e.Span)
-		if err != nil {
-			if m.ctx.Err() != nil {
-				return delivered, err
-			}
-			continue
-		}
-		delivered[e.Span] = true
 	}
 	return delivered, nil
+}
+
+// unpackSpan reads span e's bytes from the pack and caches them, verified;
+// it reports whether the span is in the cache now. An error ends the pack.
+func (m *MountPoint) unpackSpan(l int, x *index.Index, ps *packStream, e PackSpan, r *bufio.Reader) (bool, error) {
+	buf := getWireBuf(e.Size)
+	if x.Kind != index.KindTar { // decoded tar spans alias buf
+		defer wireBufs.Put(&buf)
+	}
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return false, fmt.Errorf("streamfs: pack span %d: %w", e.Span, err)
+	}
+	if m.cached(l, e.Span) {
+		ps.pass(e)
+		return true, nil
+	}
+	data, err := decodePackSpan(x, e.Span, buf)
+	if err != nil {
+		// Verified data only: this span is fetched by range instead.
+		ps.pass(e)
+		m.metrics.corrupt.Inc()
+		m.log.Warn("streamfs: prefetch pack span does not match the index", "layer", x.BlobDigest, "span", e.Span, "err", err)
+		return false, nil
+	}
+	ps.offer(e, data)
+	err = m.fillFromPack(l, e.Span, data)
+	ps.withdraw(e.Span)
+	if err != nil && m.ctx.Err() != nil {
+		return false, err
+	}
+	return err == nil, nil
 }
 
 // packStream is a pack being read, as readers waiting for it see it.
@@ -147,6 +167,12 @@ type packStream struct {
 	// moved is closed and replaced whenever the pack moves on.
 	moved chan struct{}
 	ended bool
+	// stalled is set when a reader waited maxPackWait in vain; readers do
+	// not wait for the pack again until it moves on.
+	stalled bool
+	// onMove, if set, runs (under mu) whenever the pack moves on; set
+	// before the pack is read.
+	onMove func()
 }
 
 func newPackStream(spans []PackSpan) *packStream {
@@ -210,6 +236,7 @@ func (ps *packStream) withdraw(s int) {
 func (ps *packStream) end() {
 	ps.mu.Lock()
 	ps.ended = true
+	ps.onMove = nil
 	clear(ps.at)
 	ps.wakeLocked()
 	ps.mu.Unlock()
@@ -218,6 +245,17 @@ func (ps *packStream) end() {
 func (ps *packStream) wakeLocked() {
 	close(ps.moved)
 	ps.moved = make(chan struct{})
+	ps.stalled = false
+	if ps.onMove != nil {
+		ps.onMove()
+	}
+}
+
+// giveUp notes that a reader waited for the pack in vain.
+func (ps *packStream) giveUp() {
+	ps.mu.Lock()
+	ps.stalled = true
+	ps.mu.Unlock()
 }
 
 // next returns span s's data if the pack has it now; else, whether it is
@@ -230,7 +268,7 @@ func (ps *packStream) next(s int, window int64) (data []byte, coming bool, moved
 		return d, false, nil
 	}
 	off, ok := ps.at[s]
-	return nil, ok && !ps.ended && off-ps.pos <= window, ps.moved
+	return nil, ok && !ps.ended && !ps.stalled && off-ps.pos <= window, ps.moved
 }
 
 // DefaultPackWait is the default Options.PackWait.
@@ -266,6 +304,7 @@ func (m *MountPoint) waitPack(ctx context.Context, l, s int) []byte {
 		select {
 		case <-moved:
 		case <-t.C:
+			ps.giveUp()
 			return nil
 		case <-ctx.Done():
 			return nil

@@ -431,3 +431,23 @@ func TestPackReadWaitsForNextSpan(t *testing.T) {
 		t.Errorf("stats %+v: want every span from the packs", st)
 	}
 }
+
+// A pack that stalls right where reads need it holds each read up at most
+// a bounded time, once: after a wait in vain, reads stop waiting for that
+// pack and fetch by range, and the data is right.
+func TestPackStalledWaitGivesUp(t *testing.T) {
+	testutil.RequiresRoot(t)
+	streamfs.SetMaxPackWait(t, 200*time.Millisecond)
+	e := newPackEnv(t)
+	release := make(chan struct{})
+	defer close(release)
+	e.stallPacks(t, release)
+	m, dir := e.mount(t)
+	e.checkFiles(t, dir)
+	st := m.Stats()
+	// Without giving up, every span read after the stall (10 of them) would
+	// wait; a few reads in flight together may time out together.
+	if st.PackWaits == 0 || st.PackWaits >= 6 || st.FetchedSpans == 0 {
+		t.Errorf("stats %+v: want a few waits, then reads by range", st)
+	}
+}
