@@ -451,3 +451,62 @@ func TestPackStalledWaitGivesUp(t *testing.T) {
 		t.Errorf("stats %+v: want a few waits, then reads by range", st)
 	}
 }
+
+// notFoundWriter answers 404 in place of what the handler writes.
+type notFoundWriter struct {
+	http.ResponseWriter
+	wrote bool
+}
+
+func (n *notFoundWriter) WriteHeader(int) {
+	if !n.wrote {
+		n.wrote = true
+		n.ResponseWriter.WriteHeader(http.StatusNotFound)
+	}
+}
+
+func (n *notFoundWriter) Write(p []byte) (int, error) {
+	n.WriteHeader(0)
+	return len(p), nil
+}
+
+// A layer without a pack (404) has its profile fetched by range; a pack
+// older than the profile delivers what it has and the spans it lacks are
+// fetched by range.
+func TestPackMissingOrStale(t *testing.T) {
+	testutil.RequiresRoot(t)
+	e := newPackEnv(t)
+	missing, stale := e.prof.Layers[0], e.prof.Layers[1]
+	wrap := func(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
+		if strings.HasSuffix(r.URL.Path, missing.Digest.String()) {
+			return &notFoundWriter{ResponseWriter: w}
+		}
+		return w
+	}
+	e.wrap.Store(&wrap)
+	// The profile grew since the pack was built: one more span of the
+	// stale layer, one its pack does not have.
+	l := layerIndex(t, e.simg, stale)
+	extra := -1
+	in := map[int]bool{}
+	for _, s := range stale.Spans {
+		in[s] = true
+	}
+	for s := range e.simg.Layers[l].Spans() {
+		if !in[s] {
+			extra = s
+			break
+		}
+	}
+	if extra < 0 {
+		t.Fatalf("every span of layer %s is profiled already", stale.Digest)
+	}
+	e.prof.Layers[1].Spans = append(append([]int(nil), stale.Spans...), extra)
+	e.spans++
+	m, dir := e.mount(t)
+	st := e.waitProfile(t, m)
+	if st.Packs != 1 || st.PackSpans != int64(len(stale.Spans)) || st.FetchedSpans != int64(len(missing.Spans)+1) {
+		t.Errorf("stats %+v: want %d spans from one pack and %d by range", st, len(stale.Spans), len(missing.Spans)+1)
+	}
+	e.checkFiles(t, dir)
+}
