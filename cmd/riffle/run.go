@@ -105,10 +105,11 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 			}
 			if rfs.Stats != nil {
 				// Compressed bytes from the registry by what fetched them:
-				// span reads by range, and whole-layer background streams.
+				// span reads by range, prefetch packs, and whole-layer
+				// background streams.
 				st := rfs.Stats()
 				log.Info("container exited", "code", code, "streamed bytes fetched", st.WireBytes,
-					"wire_range", st.SpanWireBytes, "wire_background", st.BackgroundWireBytes,
+					"wire_range", st.SpanWireBytes, "wire_pack", st.PackWireBytes, "wire_background", st.BackgroundWireBytes,
 					"profile_spans", st.ProfileSpans, "profile_hits", st.ProfileHits,
 					"after", time.Since(start).Round(time.Millisecond))
 			}

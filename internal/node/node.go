@@ -133,10 +133,13 @@ type Options struct {
 }
 
 // Profiles stores startup profiles by layer digest; *indexsvc.Service
-// and indexsvc.HTTPSource are ones.
+// and indexsvc.HTTPSource are ones. AddProfile gets the repository the
+// layer was read from, so the store can build the layer's prefetch pack;
+// a Profiles that is also a streamfs.PackSource (both of those are) gives
+// the packs to stream mounts.
 type Profiles interface {
 	Profile(ctx context.Context, layer digest.Digest) (*indexsvc.LayerProfile, error)
-	AddProfile(ctx context.Context, layer digest.Digest, spans []int) error
+	AddProfile(ctx context.Context, repo string, layer digest.Digest, spans []int) error
 }
 
 // Node is a node's image engine: full pulls extracted once per image and
@@ -645,6 +648,9 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	mo.Cache, mo.Logger, mo.Layers = cc, n.log, n.layers
 	mo.NoBackground = mo.NoBackground || so.noBackground
 	mo.Profile = <-profile
+	if ps, ok := n.opts.Profiles.(streamfs.PackSource); ok && mo.Packs == nil {
+		mo.Packs = ps
+	}
 	mp, err := streamfs.Mount(ctx, dir, simg, mo)
 	if err != nil {
 		_ = os.Remove(dir)

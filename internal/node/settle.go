@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+
 	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/remote"
@@ -50,11 +52,12 @@ func (n *Node) reportProfile(m *mount) {
 	m.reported.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		repo := repository(m)
 		for _, l := range m.mp.Profile().Layers {
 			if len(l.Spans) == 0 {
 				continue
 			}
-			if err := n.opts.Profiles.AddProfile(ctx, l.Digest, l.Spans); err != nil {
+			if err := n.opts.Profiles.AddProfile(ctx, repo, l.Digest, l.Spans); err != nil {
 				n.log.Warn("node: reporting a startup profile failed", "layer", l.Digest, "err", err)
 			}
 		}
@@ -64,6 +67,20 @@ func (n *Node) reportProfile(m *mount) {
 // ReportProfile reports the startup profile of a mount made by MountAt.
 func (n *Node) ReportProfile(mp *streamfs.MountPoint) {
 	n.reportProfile(&mount{mp: mp})
+}
+
+// repository is the repository ("HOST/NAME") m's image was read from,
+// which the profile store reads the layers from to build their packs;
+// "" when unknown (no pack is built then).
+func repository(m *mount) string {
+	if m.img != nil {
+		return m.img.Repository.Name()
+	}
+	ref, err := name.ParseReference(m.mp.ImageName(), name.WeakValidation)
+	if err != nil {
+		return ""
+	}
+	return ref.Context().Name()
 }
 
 // release ends one use of m's root filesystem. The first release reports

@@ -54,6 +54,21 @@
 // ahead of the background streams; reads of spans still queued simply
 // fetch them (the cache shares the fetch).
 //
+// # Prefetch packs
+//
+// With Options.Packs as well, each profiled layer's prefetch pack (the
+// profile's spans' compressed bytes in profile order, in one blob; see
+// PackHeader) is fetched in one request, layers in parallel, before any
+// span by range. Each span is checked against the index's span digest and
+// decoded before it enters the cache, so the pack's source is not
+// trusted; spans already cached are skipped. A read of a span the pack
+// will deliver within Options.PackWait bytes waits for it (at most a few
+// seconds) instead of fetching it; a read further ahead fetches by range.
+// Spans the pack lacks, damaged ones, and the rest after a pack breaks
+// are fetched by range as without a pack. A pack counts as profile
+// prefetch (the background streams pause while it runs) and in the
+// profile's hits.
+//
 // # Warm files: passthrough
 //
 // Without a layer store, when an open file has been read from its start to

@@ -83,6 +83,15 @@ type Options struct {
 	// (MountPoint.Profile). Its spans are fetched first, in order,
 	// ProfileParallel at a time, ahead of the background stream.
 	Profile *Profile
+	// Packs gives prefetch packs: with a Profile, each profiled layer's
+	// pack is fetched in one stream (layers in parallel) instead of its
+	// spans by range; spans the pack lacks are fetched by range as
+	// without it. Nil: no packs.
+	Packs PackSource
+	// PackWait is how far ahead of a pack stream's position (compressed
+	// bytes) a span may lie for a read of it to wait for the pack instead
+	// of fetching it by range (default DefaultPackWait).
+	PackWait int64
 	// ProfileParallel bounds concurrent profile fetches (default
 	// DefaultProfileParallel).
 	ProfileParallel int
@@ -125,6 +134,8 @@ type MountPoint struct {
 	// see readers walking a layer's files in order.
 	lastSpan []atomic.Int64
 	profile  *recorder
+	// packs is, per layer, its prefetch pack while it is being read.
+	packs []atomic.Pointer[packStream]
 	// fallbackReads counts reads of whole cached files that reached this
 	// process because the kernel refused passthrough (tests check it).
 	fallbackReads atomic.Int64
@@ -188,6 +199,7 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 		m.spans[i], ends[i], tables[i] = spans, end, l.Entries()
 	}
 	m.lastSpan = make([]atomic.Int64, len(img.Layers))
+	m.packs = make([]atomic.Pointer[packStream], len(img.Layers))
 	for i := range m.lastSpan {
 		m.lastSpan[i].Store(-2)
 	}

@@ -125,6 +125,12 @@ func (m *MountPoint) span(ctx context.Context, l, s int, prio priority) (*cache.
 	}
 	m.metrics.misses.Inc()
 	e, err := m.cache.Fill(ctx, key, m.spans[l][s].Size, func(ctx context.Context, w io.Writer) error {
+		// A prefetch pack about to deliver the span saves fetching it twice.
+		data := m.waitPack(ctx, l, s)
+		if data != nil {
+			_, err := w.Write(data)
+			return err
+		}
 		data, err := m.fetch(ctx, l, s, prio)
 		if err != nil {
 			return err
