@@ -283,11 +283,38 @@ func caseStream(ctx context.Context, e *env, w workload) (sample, error) {
 	return e.streamOnce(ctx, t, data, w)
 }
 
-// clearProfiles removes the startup profiles earlier runs left with the
-// index service, so a "first run" has none to prefetch.
+// clearProfiles removes the startup profiles and prefetch packs earlier
+// runs left with the index service, so a "first run" has none to prefetch.
 func (e *env) clearProfiles() {
-	if err := os.RemoveAll(filepath.Join(e.indexDir, "profiles")); err != nil {
-		fmt.Fprintf(os.Stderr, "startbench: %v\n", err)
+	for _, d := range []string{"profiles", "packs"} {
+		if err := os.RemoveAll(filepath.Join(e.indexDir, d)); err != nil {
+			fmt.Fprintf(os.Stderr, "startbench: %v\n", err)
+		}
+	}
+}
+
+// waitPacks waits until the index service has built the prefetch pack of
+// every layer with a startup profile (it builds them in the background
+// after a node reports a profile), at most a minute, so that case d
+// measures a node that finds them, as a task started a little later would.
+func (e *env) waitPacks(ctx context.Context) {
+	deadline := time.Now().Add(time.Minute)
+	for _, d := range e.layerDigests {
+		if _, err := e.svc.Profile(ctx, d); err != nil {
+			continue // no profile for this layer, so no pack
+		}
+		for {
+			rc, err := e.svc.Pack(ctx, d)
+			if err == nil {
+				rc.Close()
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				fmt.Fprintf(os.Stderr, "startbench: no prefetch pack for layer %s after a minute: %v\n", d, err)
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }
 
@@ -368,6 +395,7 @@ func caseProfile(ctx context.Context, e *env, w workload) (sample, error) {
 	if _, err := runWorkload(ctx, e.begin(), w, "", e.riffleRunArgs(first, false, w)); err != nil {
 		return sample{}, fmt.Errorf("first run (records the profile): %w", err)
 	}
+	e.waitPacks(ctx)
 	data, err := e.scratch("riffle-profile")
 	if err != nil {
 		return sample{}, err
