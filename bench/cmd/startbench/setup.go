@@ -11,8 +11,8 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-
 	"github.com/opencontainers/go-digest"
+
 	"github.com/riffle-dev/riffle/internal/imagegen"
 
 	"github.com/riffle-dev/riffle/internal/indexsvc"
