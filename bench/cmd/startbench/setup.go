@@ -14,7 +14,6 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
-
 	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/registry"
 	"github.com/riffle-dev/riffle/internal/remote"
