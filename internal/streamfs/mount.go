@@ -96,6 +96,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Debug logs every FUSE request to Logger.
 	Debug bool
+	// KernelReadAhead is the kernel's read-ahead window on the mount, in
+	// bytes (default DefaultKernelReadAhead; negative leaves the kernel's
+	// 128 KiB).
+	KernelReadAhead int
 	// UnmountGrace is how long UnmountWithin(0) lets files in use keep a
 	// detached mount working before its connection is aborted (default
 	// DefaultUnmountGrace).
@@ -236,7 +240,13 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 			// this process for data it serves itself.
 			MaxReadAhead: 1 << 20,
 			MaxWrite:     1 << 20,
-			Debug:        opts.Debug,
+			// go-fuse tries splice for every read reply, its data in a
+			// pipe or not: for data in memory (spans) that is a pipe,
+			// a resize and a write thrown away per read, and a 1 MiB
+			// read does not fit the default pipe-max-size at all (it
+			// logs, then copies). Replies are written from memory.
+			DisableSplice: true,
+			Debug:         opts.Debug,
 			// The mount is a lower layer of overlayfs and may itself sit
 			// on the cache's filesystem by passthrough.
 			MaxStackDepth: 1,
@@ -256,6 +266,10 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 	}
 	m.server = server
 	m.conn = connOf(dir)
+	if opts.KernelReadAhead == 0 {
+		opts.KernelReadAhead = DefaultKernelReadAhead
+	}
+	m.setKernelReadAhead(opts.KernelReadAhead)
 	m.startProfile()
 	if m.background != nil {
 		m.startBackground()

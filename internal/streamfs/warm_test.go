@@ -1,0 +1,166 @@
+package streamfs_test
+
+import (
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/riffle-dev/riffle/internal/fstree"
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+	"github.com/riffle-dev/riffle/internal/testutil"
+)
+
+// A warm node whose cache holds an image's spans, but whose layer store
+// does not hold its layers (the first mount's streams never ran or were
+// cut short), extracts the layers from the cache: no layer is streamed
+// from the registry again, the spans the first mount did not read are
+// fetched by range, and the result is the full pull's tree.
+func TestWarmLayersExtractFromCache(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, want := bgImage(t, r)
+	c := newCache(t)
+	_, dir1 := mount(t, simg, streamfs.Options{Cache: c, NoPassthrough: true})
+	for _, d := range fstree.Diff(want, scan(t, dir1)) {
+		t.Error("first mount:", d)
+	}
+	if n := r.streamBytes.Load(); n != 0 {
+		t.Fatalf("the first mount streamed %d bytes without a layer store", n)
+	}
+	ranged := r.rangeBytes.Load()
+
+	store := newStore(t)
+	m, dir := mount(t, simg, streamfs.Options{Cache: c, Layers: store})
+	waitComplete(t, m)
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error("warm mount:", d)
+	}
+	st := m.Stats()
+	// The image's empty layer (the tar's two end blocks) holds nothing a
+	// reader reads, so the first mount cached none of it: it alone
+	// streams from the registry, 1 KiB.
+	var empty int64
+	for i, l := range st.Layers {
+		switch {
+		case l.Size == 1024:
+			empty += l.WireBytes
+		case l.WireBytes != 0:
+			t.Errorf("layer %d streamed %d bytes from the registry on a warm node", i, l.WireBytes)
+		}
+	}
+	if n := r.streamBytes.Load(); n != empty || st.BackgroundWireBytes != empty {
+		t.Errorf("a warm node streamed %d bytes of layers from the registry (stats %d); its empty layer is %d", n, st.BackgroundWireBytes, empty)
+	}
+	if st.BackgroundCachedBytes == 0 || st.BackgroundCachedBytes > st.BackgroundBytes {
+		t.Errorf("background bytes %d, of which from the cache %d", st.BackgroundBytes, st.BackgroundCachedBytes)
+	}
+	// Only the spans the first mount's reads did not need (tar headers,
+	// empty files) came over the wire, by range.
+	if extra := r.rangeBytes.Load() - ranged; extra != st.SpanWireBytes || extra >= ranged {
+		t.Errorf("the warm mount fetched %d bytes by range (stats %d); the cold one %d", extra, st.SpanWireBytes, ranged)
+	}
+	for i, l := range st.Layers {
+		if l.State != streamfs.LayerComplete || !store.Has(simg.DiffIDs[i]) {
+			t.Errorf("layer %d: %+v, in the store: %v", i, l, store.Has(simg.DiffIDs[i]))
+		}
+	}
+	if st.PassthroughOpens == 0 || st.FallbackReads != 0 {
+		t.Errorf("files of the settled layers are not read by passthrough: %+v", st)
+	}
+}
+
+// A file whose spans are all in the cache is read from them at once, even
+// while its layer's stream is about to reach it: on a warm node waiting
+// for the stream would only delay the read. A file whose spans are not
+// cached still waits for the stream, as before.
+func TestCachedFileDoesNotWaitForStream(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	_, ref := r.push(t, warmSpec(), "test/warm")
+	simg := r.open(t, ref, 64<<10)
+	c := newCache(t)
+	const warm, cold = "data/warm.bin", "data/cold.bin"
+	_, dir1 := mount(t, simg, streamfs.Options{Cache: c, NoPassthrough: true})
+	wantWarm := mustRead(t, filepath.Join(dir1, warm))
+
+	// Hold every layer stream at its start, so that the stream stays
+	// "about to reach" both files.
+	release := make(chan struct{})
+	var once sync.Once
+	t.Cleanup(func() { once.Do(func() { close(release) }) })
+	hold := func() { <-release }
+	r.onStream.Store(&hold)
+	m, dir := mount(t, simg, streamfs.Options{Cache: c, Layers: newStore(t)})
+	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before the unmount
+	waitStreaming(t, m)
+
+	if got := mustRead(t, filepath.Join(dir, warm)); string(got) != string(wantWarm) {
+		t.Errorf("%s: got %d bytes, want %d", warm, len(got), len(wantWarm))
+	}
+	if n := m.Stats().StreamWaits; n != 0 {
+		t.Errorf("reading a file whose spans are cached waited %d times for the stream", n)
+	}
+	mustRead(t, filepath.Join(dir, cold))
+	if n := m.Stats().StreamWaits; n == 0 {
+		t.Error("reading a file whose spans are not cached did not wait for the stream about to reach it")
+	}
+}
+
+// warmSpec is one gzip layer whose two files share no span (64 KiB
+// spans), the second much larger than the first: caching the first leaves
+// most of the layer's spans uncached.
+func warmSpec() imagegen.Spec {
+	return imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{
+		{Type: imagegen.Dir, Name: "data"},
+		{Type: imagegen.File, Name: "data/warm.bin", Size: 200 << 10, Seed: 1},
+		{Type: imagegen.File, Name: "data/cold.bin", Size: 1 << 20, Seed: 2},
+	}}}}
+}
+
+// waitStreaming waits until m's first layer is streaming.
+func waitStreaming(t *testing.T, m *streamfs.MountPoint) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if l := m.Stats().Layers; len(l) > 0 && l[0].State == streamfs.LayerStreaming {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the first layer does not stream: %+v", m.Stats().Layers)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// The kernel's read-ahead on a mount is raised from its FUSE default of
+// 128 KiB to Options.KernelReadAhead (default 1 MiB), so a reader
+// streaming a file gets 1 MiB requests; a negative value leaves it.
+func TestKernelReadAhead(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, _ := bgImage(t, r)
+	m, _ := mount(t, simg, streamfs.Options{Cache: newCache(t)})
+	if got := m.KernelReadAhead(); got != streamfs.DefaultKernelReadAhead {
+		t.Errorf("read-ahead %d, want %d", got, streamfs.DefaultKernelReadAhead)
+	}
+	m2, _ := mount(t, simg, streamfs.Options{Cache: newCache(t), KernelReadAhead: 4 << 20})
+	if got := m2.KernelReadAhead(); got != 4<<20 {
+		t.Errorf("read-ahead %d, want 4 MiB", got)
+	}
+	m3, _ := mount(t, simg, streamfs.Options{Cache: newCache(t), KernelReadAhead: -1})
+	if got := m3.KernelReadAhead(); got != 128<<10 {
+		t.Errorf("read-ahead %d with the kernel's default, want 128 KiB", got)
+	}
+}
