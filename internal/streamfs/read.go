@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/riffle-dev/riffle/internal/cache"
 )
 
@@ -210,9 +212,18 @@ func (m *MountPoint) prefetch(l, s int) {
 		defer func() { <-m.prefetchSem }()
 		ctx, cancel := context.WithTimeout(m.ctx, m.opts.ReadTimeout)
 		defer cancel()
-		if e, _, err := m.span(ctx, l, s, prioPrefetch); err == nil {
-			e.Close()
+		e, missed, err := m.span(ctx, l, s, prioPrefetch)
+		if err != nil {
+			return
 		}
+		if !missed {
+			// Cached: have the kernel read it from disk now, so that
+			// a reader streaming across span files does not wait for
+			// the disk at each one (its own read-ahead stops at the
+			// end of a span file).
+			_ = unix.Fadvise(int(e.File().Fd()), 0, 0, unix.FADV_WILLNEED)
+		}
+		e.Close()
 	}()
 }
 
