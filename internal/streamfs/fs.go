@@ -315,7 +315,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	h.mu.Lock()
 	streak := h.read.streak(off)
 	h.mu.Unlock()
-	got, err := m.readFile(ctx, n, dest, off, streak, true)
+	res, got, err := m.readResult(ctx, n, dest, off, streak)
 	if err != nil {
 		m.log.Warn("streamfs: read failed", "ino", n.ino, "offset", off, "err", err)
 		return nil, syscall.EIO
@@ -323,7 +323,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	if m.opts.Layers == nil && !m.opts.NoPassthrough {
 		h.notePromote(off, got)
 	}
-	return fuse.ReadResultData(dest[:got]), 0
+	return res, 0
 }
 
 // localFile returns the file from the layer store when the background

@@ -128,7 +128,10 @@ type MountPoint struct {
 	// lastSpan is, per layer, the span a reader read last (-2 none), to
 	// see readers walking a layer's files in order.
 	lastSpan []atomic.Int64
-	profile  *recorder
+	// advised is, per layer, the last cached span whose file the kernel
+	// was asked to read ahead (-1 none).
+	advised []atomic.Int64
+	profile *recorder
 	// fallbackReads counts reads of whole cached files that reached this
 	// process because the kernel refused passthrough (tests check it).
 	fallbackReads atomic.Int64
@@ -192,8 +195,10 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 		m.spans[i], ends[i], tables[i] = spans, end, l.Entries()
 	}
 	m.lastSpan = make([]atomic.Int64, len(img.Layers))
+	m.advised = make([]atomic.Int64, len(img.Layers))
 	for i := range m.lastSpan {
 		m.lastSpan[i].Store(-2)
+		m.advised[i].Store(-1)
 	}
 	root, nodes, err := buildTree(tables, ends)
 	if err != nil {
@@ -239,14 +244,10 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 			// Reads of up to 1 MiB per request: fewer round trips to
 			// this process for data it serves itself.
 			MaxReadAhead: 1 << 20,
-			MaxWrite:     1 << 20,
-			// go-fuse tries splice for every read reply, its data in a
-			// pipe or not: for data in memory (spans) that is a pipe,
-			// a resize and a write thrown away per read, and a 1 MiB
-			// read does not fit the default pipe-max-size at all (it
-			// logs, then copies). Replies are written from memory.
-			DisableSplice: true,
-			Debug:         opts.Debug,
+			// Reads are spliced from the cache (splice.go): a reply
+			// must fit a pipe.
+			MaxWrite: spliceMaxRead,
+			Debug:    opts.Debug,
 			// The mount is a lower layer of overlayfs and may itself sit
 			// on the cache's filesystem by passthrough.
 			MaxStackDepth: 1,

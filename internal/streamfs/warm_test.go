@@ -1,16 +1,21 @@
 package streamfs_test
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/fstree"
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/streamfs"
 	"github.com/riffle-dev/riffle/internal/testutil"
+	"github.com/riffle-dev/riffle/internal/unpack"
 )
 
 // A warm node whose cache holds an image's spans, but whose layer store
@@ -162,5 +167,69 @@ func TestKernelReadAhead(t *testing.T) {
 	m3, _ := mount(t, simg, streamfs.Options{Cache: newCache(t), KernelReadAhead: -1})
 	if got := m3.KernelReadAhead(); got != 128<<10 {
 		t.Errorf("read-ahead %d with the kernel's default, want 128 KiB", got)
+	}
+}
+
+// Reads served from cached spans by this process are spliced from the
+// span files: the data is the file's, reads within a span and across
+// spans alike, and once the replies are written no span stays pinned in
+// the cache (so settling can drop the spans and eviction can reclaim
+// them).
+func TestSplicedReadsUnpinSpans(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	img, ref := r.push(t, warmSpec(), "test/splice")
+	simg := r.open(t, ref, 64<<10)
+	want := unpacked(t, img)
+	c := newCache(t)
+	whole, err := os.ReadFile(filepath.Join(unpackedDir(t, img), "data/cold.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for pass := range 2 { // cold (fetching), then warm (cached spans)
+		// A new mount each time: the kernel has none of its pages.
+		_, dir := mount(t, simg, streamfs.Options{Cache: c, NoPassthrough: true})
+		f, err := os.Open(filepath.Join(dir, "data/cold.bin"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Odd sizes at odd offsets, before the kernel caches the file's
+		// pages: within spans and across them.
+		for _, rd := range [][2]int{{0, 1}, {65535, 2}, {70000, 200000}, {1<<20 - 10, 100}} {
+			buf := make([]byte, rd[1])
+			n, _ := f.ReadAt(buf, int64(rd[0]))
+			if want := min(rd[1], len(whole)-rd[0]); n != want || string(buf[:n]) != string(whole[rd[0]:rd[0]+n]) {
+				t.Errorf("pass %d: ReadAt(%d bytes at %d) = %d bytes, want %d (or wrong data)", pass, rd[1], rd[0], n, want)
+			}
+		}
+		f.Close()
+		for _, d := range fstree.Diff(want, scan(t, dir)) {
+			t.Errorf("pass %d: %v", pass, d)
+		}
+		waitUnpinned(t, c)
+	}
+}
+
+// unpackedDir extracts img with internal/unpack and returns the directory.
+func unpackedDir(t *testing.T, img v1.Image) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unpack.Image(context.Background(), dir, img); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// waitUnpinned waits for every cache entry to be unpinned: go-fuse
+// releases a reply's span right after writing it, which may be just after
+// the reader has its data.
+func waitUnpinned(t *testing.T, c *cache.Cache) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for c.Stats().Pinned != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("spans stay pinned after the reads: %+v", c.Stats())
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
