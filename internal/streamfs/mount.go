@@ -241,8 +241,10 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 			// The kernel checks modes and owners against the image's,
 			// as on a local filesystem.
 			Options: []string{"ro", "default_permissions"},
-			// Reads of up to 1 MiB per request: fewer round trips to
-			// this process for data it serves itself.
+			// Reads of up to about 1 MiB per request: fewer round
+			// trips to this process for data it serves itself. (The
+			// kernel caps its read-ahead at 128 KiB whatever this says;
+			// see setKernelReadAhead.)
 			MaxReadAhead: 1 << 20,
 			// Reads are spliced from the cache (splice.go): a reply
 			// must fit a pipe.

@@ -8,17 +8,19 @@ import (
 )
 
 // DefaultKernelReadAhead is the kernel's read-ahead window on a mount
-// (Options.KernelReadAhead): 1 MiB, one FUSE read request at most.
+// (Options.KernelReadAhead): one FUSE read request of the largest size
+// the mount allows (1 MiB less 8 KiB, see spliceMaxRead), so that a window
+// is never split into a large and a tiny request.
 //
 // The kernel caps a FUSE mount's read-ahead at its default of 128 KiB,
 // whatever the server asks for at init (fs.Options' MaxReadAhead), so a
 // reader streaming a file served by this process got 128 KiB requests,
 // eight round trips per MiB. The window is the mount's backing device's,
-// which root can raise after mounting. Larger windows read a big file
-// faster still, but a page fault in an mmap'ed file (shared libraries)
-// reads the whole window around it, which on a cold mount is data fetched
-// that nobody may read.
-const DefaultKernelReadAhead = 1 << 20
+// which root can raise after mounting. A 4 MiB window read a big file no
+// measurably faster (bench/streamfs), and a page fault in an mmap'ed file
+// (shared libraries) reads the whole window around it, which on a cold
+// mount is data fetched that nobody may read.
+const DefaultKernelReadAhead = spliceMaxRead
 
 // setKernelReadAhead sets the read-ahead window of the mount's FUSE
 // connection (its backing device 0:conn) to n bytes. Not being able to is

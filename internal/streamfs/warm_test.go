@@ -150,8 +150,9 @@ func mustRead(t *testing.T, p string) []byte {
 }
 
 // The kernel's read-ahead on a mount is raised from its FUSE default of
-// 128 KiB to Options.KernelReadAhead (default 1 MiB), so a reader
-// streaming a file gets 1 MiB requests; a negative value leaves it.
+// 128 KiB to Options.KernelReadAhead (default one request of the largest
+// size, about 1 MiB), so a reader streaming a file gets large requests; a
+// negative value leaves it.
 func TestKernelReadAhead(t *testing.T) {
 	testutil.RequiresRoot(t)
 	r := newTestRegistry(t)
