@@ -101,7 +101,8 @@ func median(ds []time.Duration) time.Duration {
 // (registry on loopback, mount), so its CPU time is reported for the
 // mount cases. RIFFLE_BENCH_RUNS sets the runs per case (default 3),
 // RIFFLE_BENCH_PPROF=DIR writes a CPU profile of each mount case,
-// RIFFLE_BENCH_OPS=1 adds a run that counts FUSE requests by opcode.
+// RIFFLE_BENCH_OPS=1 adds a run that counts FUSE requests by opcode,
+// RIFFLE_BENCH_COLD_RA the first run's kernel read-ahead.
 //
 //	RIFFLE_BENCH=1 go test -run TestWarmImport -v -timeout 30m ./bench/streamfs/
 func TestWarmImport(t *testing.T) {
@@ -194,8 +195,11 @@ func TestWarmImport(t *testing.T) {
 
 	// First run: fills the cache with the workload's spans; its layer
 	// streams are off, as if cut short.
-	cold, coldStats := mountRun(streamfs.Options{NoBackground: true}, false)
-	t.Logf("first run (cold, fills the cache): %v, %d spans fetched", cold.Round(time.Millisecond), coldStats.FetchedSpans)
+	// RIFFLE_BENCH_COLD_RA sets its kernel read-ahead in bytes (-1: the
+	// kernel's 128 KiB), to see what the window costs a cold start.
+	coldRA, _ := strconv.Atoi(os.Getenv("RIFFLE_BENCH_COLD_RA"))
+	cold, coldStats := mountRun(streamfs.Options{NoBackground: true, KernelReadAhead: coldRA}, false)
+	t.Logf("first run (cold, fills the cache): %v, %d spans fetched, %d bytes over the wire", cold.Round(time.Millisecond), coldStats.FetchedSpans, coldStats.WireBytes)
 
 	type result struct {
 		name  string
