@@ -273,9 +273,8 @@ func (m *MountPoint) layerSize(i int) int64 {
 // store; each file the store reports, checked against the tree, becomes
 // local at once.
 func (m *MountPoint) streamLayer(ctx context.Context, l *bgLayer) error {
-	ls := m.img.Layers[l.idx].(LayerStreamer)
 	ctx = remote.WithReceiveWindow(ctx, streamWindow)
-	rc, err := ls.OpenStream(ctx, func(r io.Reader) io.Reader { return &gatedReader{r: r, m: m, l: l, ctx: ctx} })
+	rc, err := m.openLayerStream(ctx, l) // background_warm.go
 	if err != nil {
 		return err
 	}

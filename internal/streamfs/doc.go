@@ -37,7 +37,10 @@
 // the index's digest; from then on it is "local": opens use FUSE
 // passthrough on the extracted file (no copy, no second storage), and
 // handles opened before read it from there. A layer already complete in
-// the store is not fetched at all. Complete is closed when every layer is.
+// the store is not fetched at all. A layer whose spans are mostly in the
+// node cache (a warm node whose earlier streams never completed) is
+// extracted from them, fetching only the spans it lacks, so a warm node
+// settles without the registry. Complete is closed when every layer is.
 //
 // Fetches are prioritised. Reads a process is blocked on come first: while
 // their span fetches are in flight the streams stop reading their response
@@ -70,6 +73,11 @@
 // profile's hits.
 //
 // # Warm files: passthrough
+//
+// Reads this process serves from a cached span are spliced from the span's
+// file to the kernel (no copy here), and a file whose spans are all cached
+// is read from them at once, not after waiting for a layer stream about to
+// reach it.
 //
 // Without a layer store, when an open file has been read from its start to
 // its end, its whole content is stored in the cache under its sha256 (from

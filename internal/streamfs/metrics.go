@@ -7,7 +7,7 @@ import (
 
 type metrics struct {
 	bytes, spans, hits, misses, errors, corrupt, passthrough prometheus.Counter
-	spanWire, bgWire, bgBytes, bgFiles, bgErrors             prometheus.Counter
+	spanWire, bgWire, bgBytes, bgCached, bgFiles, bgErrors   prometheus.Counter
 	pauses, streamWaits, localOpens, localReads              prometheus.Counter
 	profileSpans, profileBytes, profileHits                  prometheus.Counter
 	packs, packSpans, packBytes, packWire, packWaits         prometheus.Counter
@@ -27,6 +27,7 @@ func newMetrics(dir, image string) *metrics {
 		spanWire:     counter("span_wire_bytes_total", "Compressed bytes fetched from the registry by range requests for spans."),
 		bgWire:       counter("background_wire_bytes_total", "Compressed bytes fetched from the registry by the background layer streams."),
 		bgBytes:      counter("background_bytes_total", "Uncompressed bytes of layer streams extracted into the layer store."),
+		bgCached:     counter("background_cached_bytes_total", "Uncompressed bytes of layer streams read from spans in the node cache instead of the registry (part of background_bytes_total)."),
 		bgFiles:      counter("background_files_total", "Files the background streams made local (extracted and checked)."),
 		bgErrors:     counter("background_errors_total", "Layer streams that failed (their files stay on demand)."),
 		pauses:       counter("background_pauses_total", "Times a background stream stopped reading to leave the link to blocked reads."),
@@ -56,7 +57,7 @@ func newMetrics(dir, image string) *metrics {
 	}
 	m.all = []prometheus.Collector{
 		m.bytes, m.spans, m.hits, m.misses, m.errors, m.corrupt, m.passthrough,
-		m.spanWire, m.bgWire, m.bgBytes, m.bgFiles, m.bgErrors,
+		m.spanWire, m.bgWire, m.bgBytes, m.bgCached, m.bgFiles, m.bgErrors,
 		m.pauses, m.streamWaits, m.localOpens, m.localReads,
 		m.profileSpans, m.profileBytes, m.profileHits,
 		m.packs, m.packSpans, m.packBytes, m.packWire, m.packWaits, m.latency,
@@ -106,6 +107,10 @@ type Stats struct {
 	// FetchedBytes of spans, BackgroundBytes of layer streams and PackBytes
 	// of prefetch packs.
 	UncompressedBytes, BackgroundBytes int64
+	// BackgroundCachedBytes is the part of BackgroundBytes that layer
+	// streams read from spans already in the node cache (a warm node)
+	// rather than from the registry.
+	BackgroundCachedBytes int64
 	// BackgroundFiles counts files the layer streams made local;
 	// BackgroundErrors layer streams that failed.
 	BackgroundFiles, BackgroundErrors int64
@@ -139,32 +144,33 @@ func (m *MountPoint) Stats() Stats {
 	v := func(c prometheus.Counter) int64 { return int64(value(c)) }
 	mt := m.metrics
 	st := Stats{
-		FetchedBytes:        v(mt.bytes),
-		FetchedSpans:        v(mt.spans),
-		CacheHits:           v(mt.hits),
-		CacheMisses:         v(mt.misses),
-		FetchErrors:         v(mt.errors),
-		Corrupt:             v(mt.corrupt),
-		PassthroughOpens:    v(mt.passthrough),
-		SpanWireBytes:       v(mt.spanWire),
-		BackgroundWireBytes: v(mt.bgWire),
-		BackgroundBytes:     v(mt.bgBytes),
-		BackgroundFiles:     v(mt.bgFiles),
-		BackgroundErrors:    v(mt.bgErrors),
-		BackgroundPauses:    v(mt.pauses),
-		StreamWaits:         v(mt.streamWaits),
-		LocalOpens:          v(mt.localOpens),
-		LocalReads:          v(mt.localReads),
-		ProfileSpans:        v(mt.profileSpans),
-		ProfileBytes:        v(mt.profileBytes),
-		ProfileHits:         v(mt.profileHits),
-		Packs:               v(mt.packs),
-		PackSpans:           v(mt.packSpans),
-		PackBytes:           v(mt.packBytes),
-		PackWireBytes:       v(mt.packWire),
-		PackWaits:           v(mt.packWaits),
-		FallbackReads:       m.fallbackReads.Load(),
-		Layers:              m.layerProgress(),
+		FetchedBytes:          v(mt.bytes),
+		FetchedSpans:          v(mt.spans),
+		CacheHits:             v(mt.hits),
+		CacheMisses:           v(mt.misses),
+		FetchErrors:           v(mt.errors),
+		Corrupt:               v(mt.corrupt),
+		PassthroughOpens:      v(mt.passthrough),
+		SpanWireBytes:         v(mt.spanWire),
+		BackgroundWireBytes:   v(mt.bgWire),
+		BackgroundBytes:       v(mt.bgBytes),
+		BackgroundCachedBytes: v(mt.bgCached),
+		BackgroundFiles:       v(mt.bgFiles),
+		BackgroundErrors:      v(mt.bgErrors),
+		BackgroundPauses:      v(mt.pauses),
+		StreamWaits:           v(mt.streamWaits),
+		LocalOpens:            v(mt.localOpens),
+		LocalReads:            v(mt.localReads),
+		ProfileSpans:          v(mt.profileSpans),
+		ProfileBytes:          v(mt.profileBytes),
+		ProfileHits:           v(mt.profileHits),
+		Packs:                 v(mt.packs),
+		PackSpans:             v(mt.packSpans),
+		PackBytes:             v(mt.packBytes),
+		PackWireBytes:         v(mt.packWire),
+		PackWaits:             v(mt.packWaits),
+		FallbackReads:         m.fallbackReads.Load(),
+		Layers:                m.layerProgress(),
 	}
 	st.WireBytes = st.SpanWireBytes + st.BackgroundWireBytes + st.PackWireBytes
 	st.UncompressedBytes = st.FetchedBytes + st.BackgroundBytes + st.PackBytes
