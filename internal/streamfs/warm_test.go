@@ -28,7 +28,7 @@ func TestWarmLayersExtractFromCache(t *testing.T) {
 	r := newTestRegistry(t)
 	simg, want := bgImage(t, r)
 	c := newCache(t)
-	_, dir1 := mount(t, simg, streamfs.Options{Cache: c, NoPassthrough: true})
+	_, dir1 := mount(t, simg, streamfs.Options{Cache: c, NoPassthrough: true, NoPrefetch: true})
 	for _, d := range fstree.Diff(want, scan(t, dir1)) {
 		t.Error("first mount:", d)
 	}
@@ -88,7 +88,7 @@ func TestCachedFileDoesNotWaitForStream(t *testing.T) {
 	simg := r.open(t, ref, 64<<10)
 	c := newCache(t)
 	const warm, cold = "data/warm.bin", "data/cold.bin"
-	_, dir1 := mount(t, simg, streamfs.Options{Cache: c, NoPassthrough: true})
+	_, dir1 := mount(t, simg, streamfs.Options{Cache: c, NoPassthrough: true, NoPrefetch: true})
 	wantWarm := mustRead(t, filepath.Join(dir1, warm))
 
 	// Hold every layer stream at its start, so that the stream stays
@@ -98,7 +98,9 @@ func TestCachedFileDoesNotWaitForStream(t *testing.T) {
 	t.Cleanup(func() { once.Do(func() { close(release) }) })
 	hold := func() { <-release }
 	r.onStream.Store(&hold)
-	m, dir := mount(t, simg, streamfs.Options{Cache: c, Layers: newStore(t)})
+	// No read-ahead: reading the warm file must not fetch the cold
+	// file's spans into the cache before the cold read looks.
+	m, dir := mount(t, simg, streamfs.Options{Cache: c, Layers: newStore(t), NoPrefetch: true})
 	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before the unmount
 	waitStreaming(t, m)
 
