@@ -8,6 +8,13 @@
 // real round trip does. Bandwidth is a token bucket shared by both
 // directions of every connection (a half-duplex approximation that is
 // accurate for registry traffic, which flows almost entirely one way).
+//
+// Each direction of a connection holds at most a window of bytes that
+// have crossed the link but not been taken by the receiver, as a TCP
+// receive window does: a receiver that stops reading stops using the link
+// once its window is full, and the other connections get the bandwidth.
+// Without that bound a paused reader's data would keep crossing the
+// emulated link into the proxy's queue.
 package linkproxy
 
 import (
@@ -25,6 +32,9 @@ type Link struct {
 	bucket *bucket
 	wg     sync.WaitGroup
 	bytes  atomic.Int64
+	// entered counts the bytes that have taken the link's bandwidth (they
+	// may still be on their way to the receiver).
+	entered atomic.Int64
 }
 
 // Start listens on a free loopback port and forwards to target (a loopback
@@ -74,6 +84,14 @@ func (l *Link) serve(client net.Conn) {
 		client.Close()
 		return
 	}
+	// Bytes past the window sit in the proxy's socket buffers towards each
+	// side: keep those small, or they would widen the window by megabytes
+	// (loopback autotunes them up to tcp_wmem's maximum).
+	for _, c := range []net.Conn{client, server} {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetWriteBuffer(sockBuffer)
+		}
+	}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() { defer wg.Done(); l.pipe(server, client) }()
@@ -88,20 +106,84 @@ type chunk struct {
 	due  time.Time
 }
 
+// sockBuffer is the send buffer of the proxy's own sockets.
+const sockBuffer = 64 << 10
+
+// minWindow is the least window a direction of a connection gets: about
+// the default TCP receive buffer a connection starts with.
+const minWindow = 256 << 10
+
+// window is how many bytes one direction of a connection may have in
+// flight: twice the bandwidth-delay product of the whole link, so that
+// one connection alone can still fill it.
+func (l *Link) window() int {
+	if l.bucket == nil {
+		return 64 << 20
+	}
+	w := int(2 * l.bucket.rate * l.delay.Seconds())
+	return max(w, minWindow)
+}
+
+// credit counts the bytes of one direction in flight, bounded by a
+// window.
+type credit struct {
+	mu    sync.Mutex
+	cond  *sync.Cond
+	used  int
+	limit int
+	done  bool
+}
+
+func newCredit(limit int) *credit {
+	c := &credit{limit: limit}
+	c.cond = sync.NewCond(&c.mu)
+	return c
+}
+
+// acquire waits until n more bytes fit in the window (or the writer has
+// gone); a chunk larger than the window waits for an empty one.
+func (c *credit) acquire(n int) {
+	c.mu.Lock()
+	for !c.done && c.used > 0 && c.used+n > c.limit {
+		c.cond.Wait()
+	}
+	c.used += n
+	c.mu.Unlock()
+}
+
+func (c *credit) release(n int) {
+	c.mu.Lock()
+	c.used -= n
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
+// close stops acquire from waiting: the writer no longer drains.
+func (c *credit) close() {
+	c.mu.Lock()
+	c.done = true
+	c.cond.Broadcast()
+	c.mu.Unlock()
+}
+
 // pipe copies src to dst, delaying each chunk by l.delay and pacing by the
 // shared bucket. Reading and writing run separately so latency does not
-// reduce throughput (the pipe holds up to a bandwidth-delay product).
+// reduce throughput; the pipe holds at most a window of bytes, so a
+// receiver that stops reading stops taking the link's bandwidth.
 func (l *Link) pipe(dst, src net.Conn) {
 	q := make(chan chunk, 4096)
+	cr := newCredit(l.window())
 	go func() {
 		defer close(q)
 		for {
 			buf := make([]byte, 32<<10)
 			n, err := src.Read(buf)
 			if n > 0 {
+				cr.acquire(n)
 				if l.bucket != nil {
 					l.bucket.take(n)
 				}
+				l.entered.Add(int64(n))
 				q <- chunk{data: buf[:n], due: time.Now().Add(l.delay)}
 			}
 			if err != nil {
@@ -114,10 +196,12 @@ func (l *Link) pipe(dst, src net.Conn) {
 			time.Sleep(d)
 		}
 		if _, err := dst.Write(c.data); err != nil {
+			cr.close()
 			for range q { // drain so the reader can finish
 			}
 			break
 		}
+		cr.release(len(c.data))
 		l.bytes.Add(int64(len(c.data)))
 	}
 	if tc, ok := dst.(*net.TCPConn); ok {

@@ -50,3 +50,50 @@ func TestLatencyAndRate(t *testing.T) {
 		t.Errorf("4 MiB took %v, want at least 250ms", d)
 	}
 }
+
+// TestPausedReaderYieldsLink checks that a connection whose reader stops
+// reading stops taking the link: while another connection reads 32 MiB,
+// the paused one's data does not keep crossing the link.
+func TestPausedReaderYieldsLink(t *testing.T) {
+	const big = 64 << 20
+	chunk := make([]byte, 1<<20)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for sent := 0; sent < big; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	l, err := Start(strings.TrimPrefix(srv.URL, "http://"), 10*time.Millisecond, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+
+	// The paused connection: its response is never read past the headers.
+	paused := &http.Client{Transport: &http.Transport{}}
+	resp, err := paused.Get("http://" + l.Addr() + "/paused")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+
+	active := &http.Client{Transport: &http.Transport{}}
+	resp2, err := active.Get("http://" + l.Addr() + "/active")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = 32 << 20
+	if _, err := io.CopyN(io.Discard, resp2.Body, want); err != nil {
+		t.Fatal(err)
+	}
+	resp2.Body.Close()
+	// Shared fairly, the paused connection would have taken about as much
+	// as the active one. Bounded, it takes its window plus what the
+	// loopback sockets between proxy and client buffer (a few MiB).
+	other := l.entered.Load() - want
+	if other > 16<<20 {
+		t.Errorf("the paused connection took %d MiB of the link while the other read %d MiB; want it bounded by its window", other>>20, want>>20)
+	}
+}

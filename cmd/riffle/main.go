@@ -7,7 +7,10 @@ import (
 )
 
 func main() {
-	if err := newRootCmd().Execute(); err != nil {
+	stopProfiling := startProfiling()
+	err := newRootCmd().Execute()
+	stopProfiling()
+	if err != nil {
 		// riffle run exits with its container's code.
 		var ec exitCodeError
 		if errors.As(err, &ec) {

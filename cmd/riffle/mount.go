@@ -84,6 +84,7 @@ zstd frame) is refused with the reason; use "riffle pull" for it. Needs root.`,
 			if background {
 				return mountInBackground(cmd, args, dataDir)
 			}
+			limitMountMemory()
 			ready := func(error) {}
 			if readyFD > 0 {
 				ready = readyNotifier(readyFD)

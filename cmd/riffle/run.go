@@ -39,6 +39,7 @@ func newRunCmd() *cobra.Command {
 		volumes    []string
 		noNetwork  bool
 		verbose    bool
+		settle     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run [flags] IMAGE [-- COMMAND [ARG...]]",
@@ -63,6 +64,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			limitMountMemory()
 			level := slog.LevelWarn
 			if verbose {
 				level = slog.LevelInfo
@@ -101,8 +103,22 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 			if err != nil {
 				return err
 			}
-			if rfs.FetchedTotal != nil {
-				log.Info("container exited", "code", code, "streamed bytes fetched", rfs.FetchedTotal(), "after", time.Since(start).Round(time.Millisecond))
+			if rfs.Stats != nil {
+				// Compressed bytes from the registry by what fetched them:
+				// span reads by range, prefetch packs, and whole-layer
+				// background streams.
+				st := rfs.Stats()
+				log.Info("container exited", "code", code, "streamed bytes fetched", st.WireBytes,
+					"wire_range", st.SpanWireBytes, "wire_pack", st.PackWireBytes, "wire_background", st.BackgroundWireBytes,
+					"profile_spans", st.ProfileSpans, "profile_hits", st.ProfileHits,
+					"after", time.Since(start).Round(time.Millisecond))
+			}
+			if settle && rfs.WaitSettled != nil {
+				log.Info("waiting for the image to settle", "image", ref)
+				if err := rfs.WaitSettled(ctx); err != nil {
+					return fmt.Errorf("the container exited with %d, but the image did not settle: %w", code, err)
+				}
+				log.Info("image settled", "image", ref, "after", time.Since(start).Round(time.Millisecond))
 			}
 			if code != 0 {
 				cmd.SilenceErrors = true // the container said what went wrong
@@ -120,6 +136,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 	f.StringArrayVarP(&env, "env", "e", nil, "set an environment variable (KEY=VALUE); repeatable")
 	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind a host path (/host:/ctr[:ro]); repeatable")
 	f.BoolVar(&noNetwork, "block-external-network", false, "give the container only a loopback interface")
+	f.BoolVar(&settle, "settle", false, "after the container exits, wait until the streamed image is complete on the node, so later runs get it as overlayfs (without it, layers still streaming are left unfinished)")
 	f.BoolVar(&verbose, "verbose", false, "say how the image arrived and how long it took, on stderr")
 	return cmd
 }

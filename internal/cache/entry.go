@@ -46,3 +46,18 @@ func (en *Entry) Close() error {
 	})
 	return err
 }
+
+// Has reports whether key is stored, without opening or pinning it, and
+// without counting a hit or a miss: callers use it to choose a path (for
+// instance, not to wait for another source of data the cache already
+// holds), then Get what they read. An entry may be evicted between Has and
+// Get.
+func (c *Cache) Has(key string) bool {
+	k, err := parseKey(key)
+	if err != nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.closed && c.entries[k.String()] != nil
+}

@@ -22,9 +22,25 @@
 //     referrers API get the referrers tag schema ("sha256-<hex>"), which
 //     go-containerregistry maintains.
 //
+// # Startup profiles and prefetch packs
+//
+// Nodes report which spans of a layer their tasks read first, with the
+// repository they read the layer from (POST /index/v1/profiles/{digest});
+// the service merges the reports per layer (AddProfile) and then builds
+// the layer's prefetch pack in the background (BuildPack): the profile's
+// spans' compressed blob bytes, each exactly its index.PlanSpans range,
+// in profile order after a small header (streamfs.PackHeader), bounded by
+// MaxPackBytes. It reads them from the registry in as few range requests
+// as the profile allows (adjacent spans coalesced) and checks each against
+// its span digest before storing. A pack needs the layer's index here: the
+// profile's span numbers refer to it. Nodes fetch a pack in one request
+// (GET /index/v1/packs/{digest}, Range requests work; Service.Pack
+// in-process) and verify it again against their index.
+//
 // # Storage
 //
 // DIR/sha256/<hex>.idx holds the marshalled index of layer sha256:<hex>,
 // written to a temporary file and renamed, so a reader never sees a partial
-// index.
+// index. DIR/profiles/sha256/<hex>.json holds its startup profile and
+// DIR/packs/sha256/<hex>.pack its prefetch pack, written the same way.
 package indexsvc

@@ -25,10 +25,12 @@ const MediaTypeIndex = "application/vnd.riffle.layer.index.v1"
 //	GET  /index/v1/layers/{digest}   the index of a layer (MediaTypeIndex), 404 if none
 //	POST /index/v1/images            {"image": REF, "pushReferrer": bool}: index REF now
 //	GET  /index/v1/profiles/{digest} a layer's startup profile, 404 if none
-//	POST /index/v1/profiles/{digest} {"spans": [...]}: merge one run's profile
+//	POST /index/v1/profiles/{digest} {"spans": [...], "repository": R}: merge one run's profile
+//	GET  /index/v1/packs/{digest}    a layer's prefetch pack (Range works), 404 if none
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	s.profileHandlers(mux)
+	s.packHandlers(mux)
 	mux.HandleFunc("GET /index/v1/layers/{digest}", func(w http.ResponseWriter, r *http.Request) {
 		d, err := digest.Parse(r.PathValue("digest"))
 		if err != nil {

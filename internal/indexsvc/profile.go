@@ -72,7 +72,9 @@ func (s *Service) Profile(_ context.Context, d digest.Digest) (*LayerProfile, er
 // use over all runs (spans already known keep their place, new ones follow
 // in the order this run used them), bounded by MaxProfileSpans. Span
 // numbers must be distinct and, when the layer's index is here, inside it.
-func (s *Service) AddProfile(_ context.Context, d digest.Digest, spans []int) error {
+// With repo (the repository the layer was read from, "HOST/NAME"), the
+// layer's prefetch pack is then (re)built from it in the background.
+func (s *Service) AddProfile(_ context.Context, repo string, d digest.Digest, spans []int) error {
 	p, err := s.profilePath(d)
 	if err != nil {
 		return err
@@ -126,13 +128,17 @@ func (s *Service) AddProfile(_ context.Context, d digest.Digest, spans []int) er
 		return fmt.Errorf("indexsvc: %w", err)
 	}
 	s.profilesAdded.Inc()
+	if repo != "" {
+		s.schedulePack(repo, d)
+	}
 	return nil
 }
 
 // profileHandlers serves
 //
 //	GET  /index/v1/profiles/{digest}   {"spans": [...], "runs": N}, 404 if none
-//	POST /index/v1/profiles/{digest}   {"spans": [...]}: merge one run's profile
+//	POST /index/v1/profiles/{digest}   {"spans": [...], "repository": R}: merge one
+//	                                   run's profile; with R, (re)build the pack
 func (s *Service) profileHandlers(mux *http.ServeMux) {
 	mux.HandleFunc("GET /index/v1/profiles/{digest}", func(w http.ResponseWriter, r *http.Request) {
 		d, err := digest.Parse(r.PathValue("digest"))
@@ -159,7 +165,8 @@ func (s *Service) profileHandlers(mux *http.ServeMux) {
 			return
 		}
 		var req struct {
-			Spans []int `json:"spans"`
+			Spans      []int  `json:"spans"`
+			Repository string `json:"repository"`
 		}
 		dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 		dec.DisallowUnknownFields()
@@ -167,7 +174,7 @@ func (s *Service) profileHandlers(mux *http.ServeMux) {
 			httpError(w, http.StatusBadRequest, "body: %v; send {\"spans\": [span numbers in order of first use]}", err)
 			return
 		}
-		if err := s.AddProfile(r.Context(), d, req.Spans); err != nil {
+		if err := s.AddProfile(r.Context(), req.Repository, d, req.Spans); err != nil {
 			httpError(w, http.StatusBadRequest, "%v", err)
 			return
 		}
@@ -201,9 +208,13 @@ func (h HTTPSource) Profile(ctx context.Context, d digest.Digest) (*LayerProfile
 	return &lp, nil
 }
 
-// AddProfile reports one run's startup profile of layer d to the service.
-func (h HTTPSource) AddProfile(ctx context.Context, d digest.Digest, spans []int) error {
-	body, err := json.Marshal(map[string][]int{"spans": spans})
+// AddProfile reports one run's startup profile of layer d, read from
+// repository repo, to the service.
+func (h HTTPSource) AddProfile(ctx context.Context, repo string, d digest.Digest, spans []int) error {
+	body, err := json.Marshal(struct {
+		Spans      []int  `json:"spans"`
+		Repository string `json:"repository,omitempty"`
+	}{spans, repo})
 	if err != nil {
 		return err
 	}

@@ -37,10 +37,10 @@ func TestProfilesMergeOverRuns(t *testing.T) {
 	if _, err := src.Profile(ctx, layer.Digest); !errors.Is(err, indexsvc.ErrNoProfile) {
 		t.Fatalf("profile before any report: %v, want ErrNoProfile", err)
 	}
-	if err := src.AddProfile(ctx, layer.Digest, []int{2, 0}); err != nil {
+	if err := src.AddProfile(ctx, "", layer.Digest, []int{2, 0}); err != nil {
 		t.Fatal(err)
 	}
-	if err := src.AddProfile(ctx, layer.Digest, []int{1, 0, 2}); err != nil {
+	if err := src.AddProfile(ctx, "", layer.Digest, []int{1, 0, 2}); err != nil {
 		t.Fatal(err)
 	}
 	lp, err := src.Profile(ctx, layer.Digest)
@@ -59,7 +59,7 @@ func TestProfilesMergeOverRuns(t *testing.T) {
 		{[]int{-1}, "not a span"},
 		{[]int{layer.Spans}, "not a span"},
 	} {
-		if err := src.AddProfile(ctx, layer.Digest, bad.spans); err == nil || !strings.Contains(err.Error(), bad.msg) {
+		if err := src.AddProfile(ctx, "", layer.Digest, bad.spans); err == nil || !strings.Contains(err.Error(), bad.msg) {
 			t.Errorf("report %v: %v, want an error saying %q", bad.spans, err, bad.msg)
 		}
 	}

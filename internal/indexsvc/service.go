@@ -47,10 +47,14 @@ type Service struct {
 	wg     sync.WaitGroup
 
 	prof profiles
+	pack packs
 
 	built         prometheus.Counter
 	failed        prometheus.Counter
 	profilesAdded prometheus.Counter
+	packsBuilt    prometheus.Counter
+	packsFailed   prometheus.Counter
+	packBytes     prometheus.Counter
 	buildDur      prometheus.Histogram
 	bytesIn       prometheus.Counter
 }
@@ -103,8 +107,14 @@ func New(dir string, client *remote.Client, opts Options) (*Service, error) {
 			Name: "riffle_index_build_seconds", Help: "Time to build one layer index.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 3, 10),
 		}),
-		bytesIn: prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_blob_bytes_total", Help: "Layer blob bytes read to build indexes."}),
+		bytesIn:     prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_blob_bytes_total", Help: "Layer blob bytes read to build indexes."}),
+		packsBuilt:  prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_packs_built_total", Help: "Prefetch packs built (or rebuilt after a profile changed)."}),
+		packsFailed: prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_pack_build_failures_total", Help: "Prefetch pack builds that failed."}),
+		packBytes:   prometheus.NewCounter(prometheus.CounterOpts{Name: "riffle_index_pack_bytes_total", Help: "Compressed span bytes written into prefetch packs."}),
 	}
+	s.pack.building = map[digest.Digest]bool{}
+	s.pack.again = map[digest.Digest]string{}
+	s.pack.slots = make(chan struct{}, opts.Parallel)
 	for range opts.Workers {
 		s.wg.Add(1)
 		go s.worker()
@@ -114,12 +124,13 @@ func New(dir string, client *remote.Client, opts Options) (*Service, error) {
 
 // Collectors are the service's metrics, for registration on /metrics.
 func (s *Service) Collectors() []prometheus.Collector {
-	return []prometheus.Collector{s.built, s.failed, s.buildDur, s.bytesIn, s.profilesAdded}
+	return []prometheus.Collector{s.built, s.failed, s.buildDur, s.bytesIn, s.profilesAdded, s.packsBuilt, s.packsFailed, s.packBytes}
 }
 
-// Close stops the workers; queued images are dropped (they are indexed on
-// demand later).
+// Close stops the workers and pack builds; queued images are dropped (they
+// are indexed on demand later).
 func (s *Service) Close() error {
+	s.stopPacks()
 	s.cancel()
 	s.wg.Wait()
 	return nil

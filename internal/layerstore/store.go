@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/opencontainers/go-digest"
@@ -38,6 +39,8 @@ type Store struct {
 	// diffID; guarded by mu. The extracting call removes its entry before
 	// it closes done.
 	flights map[digest.Digest]*flight
+	// emptying is set while a goroutine removes the trash.
+	emptying atomic.Bool
 }
 
 // flight is one extraction of a layer that other callers in the process
@@ -98,7 +101,59 @@ func Open(dir string) (*Store, error) {
 	if err := s.removeIncomplete(); err != nil {
 		return nil, err
 	}
+	s.emptyTrash() // what a process that ended before emptying it left
 	return s, nil
+}
+
+// trash is where discarded trees wait to be removed.
+func (s *Store) trash() string { return filepath.Join(s.dir, "trash") }
+
+// discard removes the tree at p without waiting for it: p is renamed into
+// the trash, and a goroutine removes it there. Removing a half-extracted
+// layer of thousands of files takes seconds, which a task that ended
+// while its layers streamed should not wait for. What a process leaves in
+// the trash when it exits, the next Open removes.
+func (s *Store) discard(p string) error {
+	if err := os.MkdirAll(s.trash(), 0o700); err != nil {
+		return os.RemoveAll(p)
+	}
+	t, err := os.MkdirTemp(s.trash(), "")
+	if err != nil {
+		return os.RemoveAll(p)
+	}
+	if err := os.Rename(p, filepath.Join(t, "tree")); err != nil {
+		os.Remove(t)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return os.RemoveAll(p)
+	}
+	s.emptyTrash()
+	return nil
+}
+
+// emptyTrash removes the trash's entries in a goroutine, unless one is
+// at it already.
+func (s *Store) emptyTrash() {
+	if !s.emptying.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		for {
+			entries, _ := os.ReadDir(s.trash())
+			for _, e := range entries {
+				// Another process may be removing it too; what
+				// remains is tried again next time.
+				_ = os.RemoveAll(filepath.Join(s.trash(), e.Name()))
+			}
+			s.emptying.Store(false)
+			// An entry discarded after ReadDir, whose emptyTrash found
+			// this goroutine running, is taken now.
+			if more, _ := os.ReadDir(s.trash()); len(more) == 0 || !s.emptying.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}()
 }
 
 // Dir returns the store's directory (absolute).
@@ -201,7 +256,7 @@ func (s *Store) extract(ctx context.Context, diffID digest.Digest, r io.Reader, 
 		if err != nil {
 			// Under the lock, so no other process sees the layer half
 			// removed as anything but incomplete.
-			if rerr := os.RemoveAll(top); rerr != nil {
+			if rerr := s.discard(top); rerr != nil {
 				err = fmt.Errorf("%w (and removing what it wrote: %v)", err, rerr)
 			}
 			l.remove()
@@ -409,7 +464,7 @@ func (s *Store) removeIncomplete() error {
 			continue // a live process is extracting or removing it
 		}
 		if !s.Has(d) {
-			err = os.RemoveAll(s.top(d))
+			err = s.discard(s.top(d))
 			l.remove()
 		}
 		l.unlock()

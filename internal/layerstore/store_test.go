@@ -482,9 +482,30 @@ func TestCancelledExtractLeavesNothing(t *testing.T) {
 		t.Fatalf("Extract: %v, want context.Canceled", err)
 	}
 	assertNothingLeft(t, s, d)
+	waitTrashEmpty(t, s)
 	// And the layer extracts fine afterwards.
 	if err := s.Extract(context.Background(), d, bytes.NewReader(b), nil); err != nil || !s.Has(d) {
 		t.Fatalf("Extract after a cancelled one: %v", err)
+	}
+}
+
+// waitTrashEmpty waits until the goroutine removing discarded trees has
+// emptied the trash (it renames them there and returns at once).
+func waitTrashEmpty(t *testing.T, s *layerstore.Store) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		entries, err := os.ReadDir(filepath.Join(s.Dir(), "trash"))
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		if len(entries) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the trash still holds %d entries after a minute", len(entries))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 

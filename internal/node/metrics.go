@@ -27,11 +27,15 @@ func newMetrics(n *Node) *metrics {
 	}
 	return &metrics{n: n, starts: map[string]float64{}, descs: map[string]*prometheus.Desc{
 		"starts":       d("image_starts_total", "Root filesystems handed out, by how the image arrived (streamed, settled, pulled).", "method"),
-		"wire":         d("streamed_wire_bytes_total", "Compressed bytes stream mounts fetched from registries (by range and by background layer stream)."),
+		"wire":         d("streamed_wire_bytes_total", "Compressed bytes stream mounts fetched (by range and by background layer stream from registries, and prefetch packs)."),
 		"uncompressed": d("streamed_uncompressed_bytes_total", "Uncompressed bytes stream mounts made available."),
 		"profileBytes": d("profile_prefetched_bytes_total", "Uncompressed bytes prefetched from startup profiles."),
 		"profileSpans": d("profile_prefetched_spans_total", "Spans prefetched from startup profiles."),
 		"profileHits":  d("profile_hits_total", "First reads that found their span prefetched by a startup profile."),
+		"packs":        d("packs_fetched_total", "Prefetch packs stream mounts fetched (one request per layer)."),
+		"packSpans":    d("pack_spans_total", "Spans prefetch packs delivered (counted in profile_prefetched_spans_total too)."),
+		"packBytes":    d("pack_bytes_total", "Uncompressed bytes prefetch packs delivered."),
+		"packWire":     d("pack_wire_bytes_total", "Compressed bytes read from prefetch packs."),
 		"spansRead":    d("streamed_spans_fetched_total", "Spans stream mounts fetched (profile prefetches included)."),
 	}}
 }
@@ -57,6 +61,10 @@ func addStats(to *streamfs.Stats, st streamfs.Stats) {
 	to.ProfileSpans += st.ProfileSpans
 	to.ProfileHits += st.ProfileHits
 	to.FetchedSpans += st.FetchedSpans
+	to.Packs += st.Packs
+	to.PackSpans += st.PackSpans
+	to.PackBytes += st.PackBytes
+	to.PackWireBytes += st.PackWireBytes
 }
 
 // Describe implements prometheus.Collector.
@@ -96,4 +104,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	c("profileSpans", total.ProfileSpans)
 	c("profileHits", total.ProfileHits)
 	c("spansRead", total.FetchedSpans)
+	c("packs", total.Packs)
+	c("packSpans", total.PackSpans)
+	c("packBytes", total.PackBytes)
+	c("packWire", total.PackWireBytes)
 }

@@ -73,9 +73,20 @@ type RootFS struct {
 	// Problems, when set (a streamed mount), returns the mount's last
 	// failed span fetches (corrupt data, registry unreachable).
 	Problems func() []streamfs.Problem
+	// WaitSettled, when set (a streamed mount), waits until every layer of
+	// the image is in the layer store and the image has settled: later
+	// users get overlayfs over its layers. It returns ctx's error if ctx
+	// ends first, and ErrNotSettling when the mount's layer streams are off
+	// or one failed.
+	WaitSettled func(ctx context.Context) error
 	// Release says the caller no longer uses the root filesystem.
 	Release func()
 }
+
+// ErrNotSettling is returned by RootFS.WaitSettled for a mount that will
+// not settle: its background layer streams are off, or one failed (its
+// files stay on demand).
+var ErrNotSettling = errors.New("node: the image is not being fetched in full (background layer streams off or failed)")
 
 // Options configure a Node.
 type Options struct {
@@ -122,10 +133,13 @@ type Options struct {
 }
 
 // Profiles stores startup profiles by layer digest; *indexsvc.Service
-// and indexsvc.HTTPSource are ones.
+// and indexsvc.HTTPSource are ones. AddProfile gets the repository the
+// layer was read from, so the store can build the layer's prefetch pack;
+// a Profiles that is also a streamfs.PackSource (both of those are) gives
+// the packs to stream mounts.
 type Profiles interface {
 	Profile(ctx context.Context, layer digest.Digest) (*indexsvc.LayerProfile, error)
-	AddProfile(ctx context.Context, layer digest.Digest, spans []int) error
+	AddProfile(ctx context.Context, repo string, layer digest.Digest, spans []int) error
 }
 
 // Node is a node's image engine: full pulls extracted once per image and
@@ -163,9 +177,11 @@ type mount struct {
 	img    *remote.Image
 	spans  []int // per layer, how many spans its index has
 
-	users    int  // RootFSes handed out and not released; guarded by Node.mu
-	settled  bool // every layer is in the layer store; guarded by Node.mu
-	reported sync.Once
+	users   int  // RootFSes handed out and not released; guarded by Node.mu
+	settled bool // every layer is in the layer store; guarded by Node.mu
+	// settledCh is closed when settled is set.
+	settledCh chan struct{}
+	reported  sync.Once
 }
 
 // New returns a Node. It unmounts stream mounts a previous process left
@@ -491,11 +507,31 @@ func (n *Node) settled(img *remote.Image) *RootFS {
 // mounted lazily under Layout.Mounts(), once per manifest, and the mount
 // stays until Close so later tasks find its data warm. An error wrapping
 // streamfs.ErrNotEligible says why the image cannot be streamed.
-func (n *Node) Stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
-	return n.held(ref, func() (*RootFS, error) { return n.counted(n.stream(ctx, ref, auth)) })
+func (n *Node) Stream(ctx context.Context, ref string, auth Auth, opts ...StreamOption) (*RootFS, error) {
+	var so streamOptions
+	for _, o := range opts {
+		o(&so)
+	}
+	return n.held(ref, func() (*RootFS, error) { return n.counted(n.stream(ctx, ref, auth, so)) })
 }
 
-func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
+// StreamOption changes how Stream mounts an image that is not mounted on
+// the node yet; a mount already there is shared as it is.
+type StreamOption func(*streamOptions)
+
+type streamOptions struct {
+	noBackground bool
+}
+
+// WithoutBackground makes the mount fetch only what its readers read (and
+// the startup profile): no whole-layer streams in the background, so the
+// image does not settle. For a task that reads little of a big image on a
+// link others need.
+func WithoutBackground() StreamOption {
+	return func(o *streamOptions) { o.noBackground = true }
+}
+
+func (n *Node) stream(ctx context.Context, ref string, auth Auth, so streamOptions) (*RootFS, error) {
 	c := n.Client(auth)
 	img, err := c.Resolve(ctx, ref, nil)
 	if err != nil {
@@ -512,6 +548,7 @@ func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 			FetchedTotal: func() int64 { return m.mp.Stats().WireBytes },
 			Stats:        m.mp.Stats,
 			Problems:     m.mp.Problems,
+			WaitSettled:  func(ctx context.Context) error { return n.waitSettled(ctx, m) },
 			Release:      func() { once.Do(func() { n.release(m) }) },
 		}
 	}
@@ -535,7 +572,7 @@ func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 		if m != nil {
 			return result{m: m}, nil
 		}
-		m, fetched, err := n.mount(ctx, c, img)
+		m, fetched, err := n.mount(ctx, c, img, so)
 		if err != nil {
 			return nil, err
 		}
@@ -556,13 +593,13 @@ func (n *Node) stream(ctx context.Context, ref string, auth Auth) (*RootFS, erro
 
 // mount opens img for streaming and mounts it at the node's mount point
 // for it, registering the mount unless Close began meanwhile.
-func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image) (*mount, int64, error) {
+func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image, so streamOptions) (*mount, int64, error) {
 	before := c.Stats().BytesFetched
-	mp, err := n.mountAt(ctx, c, img, n.opts.Layout.Mounts()+"/"+img.Digest.Encoded())
+	mp, err := n.mountAt(ctx, c, img, n.opts.Layout.Mounts()+"/"+img.Digest.Encoded(), so)
 	if err != nil {
 		return nil, 0, err
 	}
-	m := &mount{mp: mp, config: img.Config.Config, img: img, spans: mp.SpanCounts()}
+	m := &mount{mp: mp, config: img.Config.Config, img: img, spans: mp.SpanCounts(), settledCh: make(chan struct{})}
 	n.mu.Lock()
 	closed := n.closed
 	if !closed {
@@ -587,10 +624,19 @@ func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image) (
 }
 
 // mountAt mounts img at dir, creating dir.
-func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image, dir string) (*streamfs.MountPoint, error) {
+func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image, dir string, so streamOptions) (*streamfs.MountPoint, error) {
 	cc, err := n.Cache()
 	if err != nil {
 		return nil, err
+	}
+	mo := n.opts.Mount
+	// The startup profile is asked for while the indexes arrive: both are
+	// round trips before the first read.
+	profile := make(chan *streamfs.Profile, 1)
+	if mo.Profile == nil {
+		go func() { profile <- n.profile(ctx, img) }()
+	} else {
+		profile <- mo.Profile
 	}
 	simg, err := streamfs.OpenImage(ctx, c, img, streamfs.OpenOptions{Indexes: n.IndexSource(c, img)})
 	if err != nil {
@@ -599,10 +645,11 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
 	}
-	mo := n.opts.Mount
 	mo.Cache, mo.Logger, mo.Layers = cc, n.log, n.layers
-	if mo.Profile == nil {
-		mo.Profile = n.profile(ctx, img)
+	mo.NoBackground = mo.NoBackground || so.noBackground
+	mo.Profile = <-profile
+	if ps, ok := n.opts.Profiles.(streamfs.PackSource); ok && mo.Packs == nil {
+		mo.Packs = ps
 	}
 	mp, err := streamfs.Mount(ctx, dir, simg, mo)
 	if err != nil {
@@ -625,7 +672,7 @@ func (n *Node) MountAt(ctx context.Context, ref string, auth Auth, dir string) (
 	if err != nil {
 		return nil, nil, err
 	}
-	mp, err := n.mountAt(ctx, c, img, dir)
+	mp, err := n.mountAt(ctx, c, img, dir, streamOptions{})
 	if err != nil {
 		return nil, nil, err
 	}

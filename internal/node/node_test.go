@@ -380,3 +380,44 @@ func TestStreamSettlesAndLearns(t *testing.T) {
 		t.Errorf("the second node prefetched no profile span: %+v", st)
 	}
 }
+
+// TestStreamWithoutBackground checks the per-job switch: a mount made
+// WithoutBackground fetches only what is read, its layers say so, and it
+// never settles; the same image mounted by default on another node does.
+func TestStreamWithoutBackground(t *testing.T) {
+	testutil.RequiresRoot(t)
+	tr := newRegistry(t)
+	ref := tr.push(t, "p/r/features", smallSpec())
+	ctx := context.Background()
+
+	n := newNode(t, t.TempDir(), nil)
+	defer n.Close()
+	rfs, err := n.Stream(ctx, ref, node.Auth{}, node.WithoutBackground())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rfs.Release()
+	st := rfs.Stats()
+	if st.BackgroundWireBytes != 0 {
+		t.Errorf("background streams fetched %d bytes", st.BackgroundWireBytes)
+	}
+	for _, l := range st.Layers {
+		if l.State != streamfs.LayerOff {
+			t.Errorf("layer %s: background state %q, want %q", l.Digest, l.State, streamfs.LayerOff)
+		}
+	}
+	if err := rfs.WaitSettled(ctx); !errors.Is(err, node.ErrNotSettling) {
+		t.Errorf("WaitSettled: %v, want ErrNotSettling", err)
+	}
+
+	n2 := newNode(t, t.TempDir(), nil)
+	defer n2.Close()
+	rfs2, err := n2.Stream(ctx, ref, node.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rfs2.Release()
+	if err := rfs2.WaitSettled(ctx); err != nil {
+		t.Errorf("default mount: WaitSettled: %v", err)
+	}
+}

@@ -3,7 +3,10 @@ package node
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
+
+	"github.com/google/go-containerregistry/pkg/name"
 
 	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
@@ -49,11 +52,12 @@ func (n *Node) reportProfile(m *mount) {
 	m.reported.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
+		repo := repository(m)
 		for _, l := range m.mp.Profile().Layers {
 			if len(l.Spans) == 0 {
 				continue
 			}
-			if err := n.opts.Profiles.AddProfile(ctx, l.Digest, l.Spans); err != nil {
+			if err := n.opts.Profiles.AddProfile(ctx, repo, l.Digest, l.Spans); err != nil {
 				n.log.Warn("node: reporting a startup profile failed", "layer", l.Digest, "err", err)
 			}
 		}
@@ -63,6 +67,20 @@ func (n *Node) reportProfile(m *mount) {
 // ReportProfile reports the startup profile of a mount made by MountAt.
 func (n *Node) ReportProfile(mp *streamfs.MountPoint) {
 	n.reportProfile(&mount{mp: mp})
+}
+
+// repository is the repository ("HOST/NAME") m's image was read from,
+// which the profile store reads the layers from to build their packs;
+// "" when unknown (no pack is built then).
+func repository(m *mount) string {
+	if m.img != nil {
+		return m.img.Repository.Name()
+	}
+	ref, err := name.ParseReference(m.mp.ImageName(), name.WeakValidation)
+	if err != nil {
+		return ""
+	}
+	return ref.Context().Name()
 }
 
 // release ends one use of m's root filesystem. The first release reports
@@ -108,6 +126,7 @@ func (n *Node) settle(m *mount) {
 	}
 	n.mu.Lock()
 	m.settled = true
+	close(m.settledCh)
 	drop := m.users == 0 && n.mounts[m.img.Digest] == m
 	if drop {
 		n.forgetLocked(m)
@@ -117,4 +136,43 @@ func (n *Node) settle(m *mount) {
 		n.reportProfile(m)
 		n.unmount(m)
 	}
+}
+
+// waitSettled waits until m has settled (see RootFS.WaitSettled).
+func (n *Node) waitSettled(ctx context.Context, m *mount) error {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		if !settling(m.mp) {
+			select {
+			case <-m.settledCh: // settled just now
+				return nil
+			default:
+				return ErrNotSettling
+			}
+		}
+		select {
+		case <-m.settledCh:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-n.ctx.Done():
+			return fmt.Errorf("node: closed before the image settled: %w", n.ctx.Err())
+		case <-tick.C: // a layer stream may have failed meanwhile
+		}
+	}
+}
+
+// settling reports whether mp's layer streams may still complete the
+// image: there are streams, and none is off or failed.
+func settling(mp *streamfs.MountPoint) bool {
+	if mp.Complete() == nil {
+		return false
+	}
+	for _, l := range mp.Stats().Layers {
+		if l.State == streamfs.LayerFailed || l.State == streamfs.LayerOff {
+			return false
+		}
+	}
+	return true
 }

@@ -257,7 +257,7 @@ func (s *blobStream) connect() error {
 		req.Header.Set("Range", fmt.Sprintf("bytes=%d-", s.off))
 		want = http.StatusPartialContent
 	}
-	resp, err := s.b.hc.Do(req)
+	resp, err := s.b.hc.Do(receiveWindow(req))
 	if err != nil {
 		return fmt.Errorf("remote: blob %s: %w", s.b.digest, err)
 	}

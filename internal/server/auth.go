@@ -147,7 +147,19 @@ func (s *Server) classify(r *http.Request) (access, error) {
 	case strings.HasPrefix(p, "/riffle/v1/auth/"):
 		return access{api: "auth", project: auth.AllProjects, need: auth.RoleAdmin, mutating: write}, nil
 	case p == "/index/v1/images" && r.Method == http.MethodPost:
-		return access{api: "index", project: indexRequestProject(r), need: auth.RoleEditor, mutating: true}, nil
+		return access{api: "index", project: indexRequestProject(r, "image"), need: auth.RoleEditor, mutating: true}, nil
+	case strings.HasPrefix(p, "/index/v1/profiles/") && r.Method == http.MethodPost:
+		// Reporting a startup profile makes the service read the layer
+		// from the repository named in the body (to build its prefetch
+		// pack): editor in that repository's project, as for indexing.
+		return access{api: "index", project: indexRequestProject(r, "repository"), need: auth.RoleEditor, mutating: true}, nil
+	case strings.HasPrefix(p, "/index/v1/packs/"):
+		// A pack holds layer data, not just metadata as an index does,
+		// and is addressed by digest alone: only a caller that may read
+		// every project's images (a node's token) may read it. Others
+		// get 403 and their nodes fetch the same spans by range from the
+		// registry, under its own per-project checks.
+		return access{api: "index", project: auth.AllProjects, need: auth.RoleViewer}, nil
 	case strings.HasPrefix(p, "/index/"):
 		// Layer indexes are addressed by digest and belong to no
 		// project: any role anywhere may read them.
@@ -186,29 +198,45 @@ func registryAccess(r *http.Request, role auth.Role, write bool) access {
 	return a
 }
 
-// indexRequestProject reads the image of a POST /index/v1/images body (and
-// puts the body back): indexing an image reads it and may push an index
-// artifact next to it, so it needs editor in the image's project.
-func indexRequestProject(r *http.Request) string {
-	body, err := io.ReadAll(io.LimitReader(r.Body, 64<<10))
+// indexRequestProject reads the image or repository named by field of a
+// POST /index/v1/... JSON body (and puts the body back): indexing an image
+// or building a prefetch pack reads it (and indexing may push an index
+// artifact next to it), so it needs editor in that project. A body that
+// names none needs every project.
+func indexRequestProject(r *http.Request, field string) string {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxIndexBody))
 	r.Body.Close()
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	if err != nil {
 		return auth.AllProjects
 	}
-	var req struct {
-		Image string `json:"image"`
-	}
+	var req map[string]any
 	if json.Unmarshal(body, &req) != nil {
 		return auth.AllProjects
 	}
-	ref, err := name.ParseReference(req.Image, name.Insecure)
-	if err != nil {
-		return auth.AllProjects
+	v, _ := req[field].(string)
+	var repo string
+	if field == "repository" {
+		rp, err := name.NewRepository(v, name.Insecure)
+		if err != nil {
+			return auth.AllProjects
+		}
+		repo = rp.RepositoryStr()
+	} else {
+		ref, err := name.ParseReference(v, name.Insecure)
+		if err != nil {
+			return auth.AllProjects
+		}
+		repo = ref.Context().RepositoryStr()
 	}
-	proj, _, _ := strings.Cut(ref.Context().RepositoryStr(), "/")
+	proj, _, _ := strings.Cut(repo, "/")
 	return proj
 }
+
+// maxIndexBody bounds the index request bodies read to find their project;
+// the handlers take at most this much (a profile of MaxProfileSpans spans
+// is far smaller).
+const maxIndexBody = 1 << 20
 
 // metricsAccess applies auth.metrics.
 func (s *Server) metricsAccess(r *http.Request) access {

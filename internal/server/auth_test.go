@@ -258,6 +258,10 @@ func authOps(f *authFixture) []op {
 		httpOp("logs", "read", "p", auth.RoleViewer, "GET", "/riffle/v1/logs/"+parent+"/jobs/nope", nil),
 		httpOp("index", "layer index", "", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64), nil),
 		httpOp("index", "index image", "p", auth.RoleEditor, "POST", "/index/v1/images", func(caller) any { return map[string]any{"image": f.addr + "/p/r/base:v1"} }),
+		httpOp("index", "report profile", "p", auth.RoleEditor, "POST", "/index/v1/profiles/sha256:"+strings.Repeat("0", 64), func(caller) any {
+			return map[string]any{"spans": []int{0}, "repository": f.addr + "/p/r/base"}
+		}),
+		httpOp("index", "read pack", "*", auth.RoleViewer, "GET", "/index/v1/packs/sha256:"+strings.Repeat("0", 64), nil),
 		httpOp("metrics", "scrape", "*", auth.RoleViewer, "GET", "/metrics", nil),
 		httpOp("tokens", "list", "*", auth.RoleAdmin, "GET", "/riffle/v1/auth/tokens", nil),
 		httpOp("tokens", "create", "*", auth.RoleAdmin, "POST", "/riffle/v1/auth/tokens", func(c caller) any {

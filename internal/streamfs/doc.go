@@ -37,7 +37,10 @@
 // the index's digest; from then on it is "local": opens use FUSE
 // passthrough on the extracted file (no copy, no second storage), and
 // handles opened before read it from there. A layer already complete in
-// the store is not fetched at all. Complete is closed when every layer is.
+// the store is not fetched at all. A layer whose spans are mostly in the
+// node cache (a warm node whose earlier streams never completed) is
+// extracted from them, fetching only the spans it lacks, so a warm node
+// settles without the registry. Complete is closed when every layer is.
 //
 // Fetches are prioritised. Reads a process is blocked on come first: while
 // their span fetches are in flight the streams stop reading their response
@@ -54,7 +57,27 @@
 // ahead of the background streams; reads of spans still queued simply
 // fetch them (the cache shares the fetch).
 //
+// # Prefetch packs
+//
+// With Options.Packs as well, each profiled layer's prefetch pack (the
+// profile's spans' compressed bytes in profile order, in one blob; see
+// PackHeader) is fetched in one request, layers in parallel, before any
+// span by range. Each span is checked against the index's span digest and
+// decoded before it enters the cache, so the pack's source is not
+// trusted; spans already cached are skipped. A read of a span the pack
+// will deliver within Options.PackWait bytes waits for it (at most a few
+// seconds) instead of fetching it; a read further ahead fetches by range.
+// Spans the pack lacks, damaged ones, and the rest after a pack breaks
+// are fetched by range as without a pack. A pack counts as profile
+// prefetch (the background streams pause while it runs) and in the
+// profile's hits.
+//
 // # Warm files: passthrough
+//
+// Reads this process serves from a cached span are spliced from the span's
+// file to the kernel (no copy here), and a file whose spans are all cached
+// is read from them at once, not after waiting for a layer stream about to
+// reach it.
 //
 // Without a layer store, when an open file has been read from its start to
 // its end, its whole content is stored in the cache under its sha256 (from

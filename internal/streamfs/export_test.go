@@ -1,5 +1,15 @@
 package streamfs
 
+import "time"
+
 // FallbackReads reports reads of whole cached files that passthrough
 // should have served.
 func (m *MountPoint) FallbackReads() int64 { return m.fallbackReads.Load() }
+
+// SetMaxPackWait sets how long a read waits for a pack at most, for the
+// length of a test.
+func SetMaxPackWait(t interface{ Cleanup(func()) }, d time.Duration) {
+	old := maxPackWait
+	maxPackWait = d
+	t.Cleanup(func() { maxPackWait = old })
+}

@@ -10,6 +10,8 @@ import (
 	"github.com/hanwen/go-fuse/v2/fs"
 	"github.com/hanwen/go-fuse/v2/fuse"
 	"golang.org/x/sys/unix"
+
+	"github.com/riffle-dev/riffle/internal/cache"
 )
 
 // fsNode is the FUSE side of one inode of the merged tree. Hard links are
@@ -199,7 +201,7 @@ func (m *MountPoint) wholeFile(ctx context.Context, n *node) backing {
 		m.metrics.localOpens.Inc()
 		return localFile{lf}
 	}
-	if m.waitLocal(ctx, n) {
+	if m.waitStream(ctx, n) {
 		if lf := m.openLocal(n); lf != nil {
 			m.metrics.localOpens.Inc()
 			return localFile{lf}
@@ -210,6 +212,31 @@ func (m *MountPoint) wholeFile(ctx context.Context, n *node) backing {
 		return e
 	}
 	return nil
+}
+
+// waitStream waits, briefly, for the background stream to store file n
+// when its layer's stream is about to reach it and the file's spans are
+// not all in the cache; it reports whether n may now be local. A file
+// whose spans are cached is read from them at once: on a warm node that
+// has not settled, waiting for the stream would only delay it.
+func (m *MountPoint) waitStream(ctx context.Context, n *node) bool {
+	b := m.background
+	if b == nil || n.size == 0 || !m.streamNear(b.layers[n.layer], n.off) || m.spansCached(n) {
+		return false
+	}
+	return m.waitLocal(ctx, n)
+}
+
+// spansCached reports whether every span holding file n's data is in the
+// cache.
+func (m *MountPoint) spansCached(n *node) bool {
+	spans, d := m.spans[n.layer], m.img.Layers[n.layer].Digest()
+	for i := spanAt(spans, n.off); i < len(spans) && spans[i].Offset < n.off+n.size; i++ {
+		if !m.cache.Has(cache.SpanKey(d, i)) {
+			return false
+		}
+	}
+	return true
 }
 
 // handle is an open regular file.
@@ -288,7 +315,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	h.mu.Lock()
 	streak := h.read.streak(off)
 	h.mu.Unlock()
-	got, err := m.readFile(ctx, n, dest, off, streak, true)
+	res, got, err := m.readResult(ctx, n, dest, off, streak)
 	if err != nil {
 		m.log.Warn("streamfs: read failed", "ino", n.ino, "offset", off, "err", err)
 		return nil, syscall.EIO
@@ -296,7 +323,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 	if m.opts.Layers == nil && !m.opts.NoPassthrough {
 		h.notePromote(off, got)
 	}
-	return fuse.ReadResultData(dest[:got]), 0
+	return res, 0
 }
 
 // localFile returns the file from the layer store when the background
@@ -309,7 +336,7 @@ func (h *handle) localFile(ctx context.Context) *os.File {
 		return lf
 	}
 	lf = h.f.m.openLocal(h.f.n)
-	if lf == nil && h.f.m.waitLocal(ctx, h.f.n) {
+	if lf == nil && h.f.m.waitStream(ctx, h.f.n) {
 		lf = h.f.m.openLocal(h.f.n)
 	}
 	if lf == nil {

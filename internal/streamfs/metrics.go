@@ -7,9 +7,10 @@ import (
 
 type metrics struct {
 	bytes, spans, hits, misses, errors, corrupt, passthrough prometheus.Counter
-	spanWire, bgWire, bgBytes, bgFiles, bgErrors             prometheus.Counter
+	spanWire, bgWire, bgBytes, bgCached, bgFiles, bgErrors   prometheus.Counter
 	pauses, streamWaits, localOpens, localReads              prometheus.Counter
 	profileSpans, profileBytes, profileHits                  prometheus.Counter
+	packs, packSpans, packBytes, packWire, packWaits         prometheus.Counter
 	latency                                                  prometheus.Histogram
 	all                                                      []prometheus.Collector
 }
@@ -26,6 +27,7 @@ func newMetrics(dir, image string) *metrics {
 		spanWire:     counter("span_wire_bytes_total", "Compressed bytes fetched from the registry by range requests for spans."),
 		bgWire:       counter("background_wire_bytes_total", "Compressed bytes fetched from the registry by the background layer streams."),
 		bgBytes:      counter("background_bytes_total", "Uncompressed bytes of layer streams extracted into the layer store."),
+		bgCached:     counter("background_cached_bytes_total", "Uncompressed bytes of layer streams read from spans in the node cache instead of the registry (part of background_bytes_total)."),
 		bgFiles:      counter("background_files_total", "Files the background streams made local (extracted and checked)."),
 		bgErrors:     counter("background_errors_total", "Layer streams that failed (their files stay on demand)."),
 		pauses:       counter("background_pauses_total", "Times a background stream stopped reading to leave the link to blocked reads."),
@@ -35,6 +37,11 @@ func newMetrics(dir, image string) *metrics {
 		profileSpans: counter("profile_spans_total", "Spans prefetched because the startup profile lists them."),
 		profileBytes: counter("profile_bytes_total", "Uncompressed bytes prefetched because the startup profile lists them."),
 		profileHits:  counter("profile_hits_total", "First reads of a span that found it prefetched by the profile."),
+		packs:        counter("packs_total", "Prefetch packs fetched (one request per layer)."),
+		packSpans:    counter("pack_spans_total", "Spans a prefetch pack delivered into the cache (verified); profile_spans_total counts them too."),
+		packBytes:    counter("pack_bytes_total", "Uncompressed bytes prefetch packs delivered into the cache."),
+		packWire:     counter("pack_wire_bytes_total", "Compressed bytes read from prefetch packs."),
+		packWaits:    counter("pack_waits_total", "Reads that waited for a prefetch pack about to deliver their span."),
 		spans:        counter("fetched_spans_total", "Spans fetched from the registry (and verified)."),
 		hits:         counter("cache_hits_total", "Spans and whole files found in the node cache."),
 		misses:       counter("cache_misses_total", "Spans not in the node cache when read."),
@@ -50,9 +57,10 @@ func newMetrics(dir, image string) *metrics {
 	}
 	m.all = []prometheus.Collector{
 		m.bytes, m.spans, m.hits, m.misses, m.errors, m.corrupt, m.passthrough,
-		m.spanWire, m.bgWire, m.bgBytes, m.bgFiles, m.bgErrors,
+		m.spanWire, m.bgWire, m.bgBytes, m.bgCached, m.bgFiles, m.bgErrors,
 		m.pauses, m.streamWaits, m.localOpens, m.localReads,
-		m.profileSpans, m.profileBytes, m.profileHits, m.latency,
+		m.profileSpans, m.profileBytes, m.profileHits,
+		m.packs, m.packSpans, m.packBytes, m.packWire, m.packWaits, m.latency,
 	}
 	return m
 }
@@ -91,13 +99,18 @@ type Stats struct {
 	// the cache) whose reads the kernel serves from that file directly.
 	PassthroughOpens int64
 
-	// WireBytes is every compressed byte this mount fetched from the
-	// registry: SpanWireBytes by range requests for spans plus
-	// BackgroundWireBytes by the layer streams.
-	WireBytes, SpanWireBytes, BackgroundWireBytes int64
+	// WireBytes is every compressed byte this mount fetched: SpanWireBytes
+	// by range requests for spans, BackgroundWireBytes by the layer streams
+	// and PackWireBytes from prefetch packs.
+	WireBytes, SpanWireBytes, BackgroundWireBytes, PackWireBytes int64
 	// UncompressedBytes is every uncompressed byte made available:
-	// FetchedBytes of spans plus BackgroundBytes of layer streams.
+	// FetchedBytes of spans, BackgroundBytes of layer streams and PackBytes
+	// of prefetch packs.
 	UncompressedBytes, BackgroundBytes int64
+	// BackgroundCachedBytes is the part of BackgroundBytes that layer
+	// streams read from spans already in the node cache (a warm node)
+	// rather than from the registry.
+	BackgroundCachedBytes int64
 	// BackgroundFiles counts files the layer streams made local;
 	// BackgroundErrors layer streams that failed.
 	BackgroundFiles, BackgroundErrors int64
@@ -112,6 +125,13 @@ type Stats struct {
 	// from Options.Profile; ProfileHits first reads that found their span
 	// so prefetched.
 	ProfileSpans, ProfileBytes, ProfileHits int64
+	// Packs counts prefetch packs fetched; PackSpans and PackBytes
+	// (uncompressed) what they delivered into the cache, a part of
+	// ProfileSpans and ProfileBytes.
+	Packs, PackSpans, PackBytes int64
+	// PackWaits counts reads that waited for a pack about to deliver their
+	// span instead of fetching it by range.
+	PackWaits int64
 	// FallbackReads counts reads of whole files that reached this process
 	// because the kernel refused passthrough.
 	FallbackReads int64
@@ -124,30 +144,36 @@ func (m *MountPoint) Stats() Stats {
 	v := func(c prometheus.Counter) int64 { return int64(value(c)) }
 	mt := m.metrics
 	st := Stats{
-		FetchedBytes:        v(mt.bytes),
-		FetchedSpans:        v(mt.spans),
-		CacheHits:           v(mt.hits),
-		CacheMisses:         v(mt.misses),
-		FetchErrors:         v(mt.errors),
-		Corrupt:             v(mt.corrupt),
-		PassthroughOpens:    v(mt.passthrough),
-		SpanWireBytes:       v(mt.spanWire),
-		BackgroundWireBytes: v(mt.bgWire),
-		BackgroundBytes:     v(mt.bgBytes),
-		BackgroundFiles:     v(mt.bgFiles),
-		BackgroundErrors:    v(mt.bgErrors),
-		BackgroundPauses:    v(mt.pauses),
-		StreamWaits:         v(mt.streamWaits),
-		LocalOpens:          v(mt.localOpens),
-		LocalReads:          v(mt.localReads),
-		ProfileSpans:        v(mt.profileSpans),
-		ProfileBytes:        v(mt.profileBytes),
-		ProfileHits:         v(mt.profileHits),
-		FallbackReads:       m.fallbackReads.Load(),
-		Layers:              m.layerProgress(),
+		FetchedBytes:          v(mt.bytes),
+		FetchedSpans:          v(mt.spans),
+		CacheHits:             v(mt.hits),
+		CacheMisses:           v(mt.misses),
+		FetchErrors:           v(mt.errors),
+		Corrupt:               v(mt.corrupt),
+		PassthroughOpens:      v(mt.passthrough),
+		SpanWireBytes:         v(mt.spanWire),
+		BackgroundWireBytes:   v(mt.bgWire),
+		BackgroundBytes:       v(mt.bgBytes),
+		BackgroundCachedBytes: v(mt.bgCached),
+		BackgroundFiles:       v(mt.bgFiles),
+		BackgroundErrors:      v(mt.bgErrors),
+		BackgroundPauses:      v(mt.pauses),
+		StreamWaits:           v(mt.streamWaits),
+		LocalOpens:            v(mt.localOpens),
+		LocalReads:            v(mt.localReads),
+		ProfileSpans:          v(mt.profileSpans),
+		ProfileBytes:          v(mt.profileBytes),
+		ProfileHits:           v(mt.profileHits),
+		Packs:                 v(mt.packs),
+		PackSpans:             v(mt.packSpans),
+		PackBytes:             v(mt.packBytes),
+		PackWireBytes:         v(mt.packWire),
+		PackWaits:             v(mt.packWaits),
+		FallbackReads:         m.fallbackReads.Load(),
+		Layers:                m.layerProgress(),
 	}
-	st.WireBytes = st.SpanWireBytes + st.BackgroundWireBytes
-	st.UncompressedBytes = st.FetchedBytes + st.BackgroundBytes
+	st.WireBytes = st.SpanWireBytes + st.BackgroundWireBytes + st.PackWireBytes
+	st.UncompressedBytes = st.FetchedBytes + st.BackgroundBytes + st.PackBytes
 	return st
 }
 

@@ -83,6 +83,15 @@ type Options struct {
 	// (MountPoint.Profile). Its spans are fetched first, in order,
 	// ProfileParallel at a time, ahead of the background stream.
 	Profile *Profile
+	// Packs gives prefetch packs: with a Profile, each profiled layer's
+	// pack is fetched in one stream (layers in parallel) instead of its
+	// spans by range; spans the pack lacks are fetched by range as
+	// without it. Nil: no packs.
+	Packs PackSource
+	// PackWait is how far ahead of a pack stream's position (compressed
+	// bytes) a span may lie for a read of it to wait for the pack instead
+	// of fetching it by range (default DefaultPackWait).
+	PackWait int64
 	// ProfileParallel bounds concurrent profile fetches (default
 	// DefaultProfileParallel).
 	ProfileParallel int
@@ -96,6 +105,10 @@ type Options struct {
 	Logger *slog.Logger
 	// Debug logs every FUSE request to Logger.
 	Debug bool
+	// KernelReadAhead is the kernel's read-ahead window on the mount, in
+	// bytes (default DefaultKernelReadAhead; negative leaves the kernel's
+	// 128 KiB).
+	KernelReadAhead int
 	// UnmountGrace is how long UnmountWithin(0) lets files in use keep a
 	// detached mount working before its connection is aborted (default
 	// DefaultUnmountGrace).
@@ -124,7 +137,12 @@ type MountPoint struct {
 	// lastSpan is, per layer, the span a reader read last (-2 none), to
 	// see readers walking a layer's files in order.
 	lastSpan []atomic.Int64
-	profile  *recorder
+	// advised is, per layer, the last cached span whose file the kernel
+	// was asked to read ahead (-1 none).
+	advised []atomic.Int64
+	profile *recorder
+	// packs is, per layer, its prefetch pack while it is being read.
+	packs []atomic.Pointer[packStream]
 	// fallbackReads counts reads of whole cached files that reached this
 	// process because the kernel refused passthrough (tests check it).
 	fallbackReads atomic.Int64
@@ -188,8 +206,11 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 		m.spans[i], ends[i], tables[i] = spans, end, l.Entries()
 	}
 	m.lastSpan = make([]atomic.Int64, len(img.Layers))
+	m.packs = make([]atomic.Pointer[packStream], len(img.Layers))
+	m.advised = make([]atomic.Int64, len(img.Layers))
 	for i := range m.lastSpan {
 		m.lastSpan[i].Store(-2)
+		m.advised[i].Store(-1)
 	}
 	root, nodes, err := buildTree(tables, ends)
 	if err != nil {
@@ -232,11 +253,15 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 			// The kernel checks modes and owners against the image's,
 			// as on a local filesystem.
 			Options: []string{"ro", "default_permissions"},
-			// Reads of up to 1 MiB per request: fewer round trips to
-			// this process for data it serves itself.
+			// Reads of up to about 1 MiB per request: fewer round
+			// trips to this process for data it serves itself. (The
+			// kernel caps its read-ahead at 128 KiB whatever this says;
+			// see setKernelReadAhead.)
 			MaxReadAhead: 1 << 20,
-			MaxWrite:     1 << 20,
-			Debug:        opts.Debug,
+			// Reads are spliced from the cache (splice.go): a reply
+			// must fit a pipe.
+			MaxWrite: spliceMaxRead,
+			Debug:    opts.Debug,
 			// The mount is a lower layer of overlayfs and may itself sit
 			// on the cache's filesystem by passthrough.
 			MaxStackDepth: 1,
@@ -256,6 +281,10 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 	}
 	m.server = server
 	m.conn = connOf(dir)
+	if opts.KernelReadAhead == 0 {
+		opts.KernelReadAhead = DefaultKernelReadAhead
+	}
+	m.setKernelReadAhead(opts.KernelReadAhead)
 	m.startProfile()
 	if m.background != nil {
 		m.startBackground()

@@ -134,33 +134,42 @@ func (m *MountPoint) Profile() Profile {
 	return p
 }
 
-// startProfile fetches the spans of Options.Profile that this image has,
-// in order (layers interleaved), ProfileParallel at a time, ahead of the
-// background streams. Layers complete in the layer store are skipped.
-func (m *MountPoint) startProfile() {
-	if m.opts.Profile == nil {
-		return
-	}
+// profileJob is one span of the profile to fetch: span s of layer l.
+type profileJob struct{ l, s int }
+
+// profileLists returns, per layer of Options.Profile that this image has
+// (and whose layer is not complete in the layer store), its spans in
+// profile order.
+func (m *MountPoint) profileLists() [][]profileJob {
 	byDigest := map[digest.Digest]int{}
 	for i, l := range m.img.Layers {
 		byDigest[l.Digest()] = i
 	}
-	type job struct{ l, s int }
-	var lists [][]job
+	var lists [][]profileJob
+	seen := map[int]bool{} // a layer twice in an image is one blob: once
 	for _, pl := range m.opts.Profile.Layers {
 		i, ok := byDigest[pl.Digest]
-		if !ok || m.background != nil && m.background.layers[i].getState() == LayerComplete {
+		if !ok || seen[i] || m.background != nil && m.background.layers[i].getState() == LayerComplete {
 			continue
 		}
-		var js []job
+		seen[i] = true
+		var js []profileJob
 		for _, s := range pl.Spans {
 			if s >= 0 && s < len(m.spans[i]) {
-				js = append(js, job{i, s})
+				js = append(js, profileJob{i, s})
 			}
 		}
-		lists = append(lists, js)
+		if len(js) > 0 {
+			lists = append(lists, js)
+		}
 	}
-	var queue []job
+	return lists
+}
+
+// interleave orders the lists' jobs round-robin, so every layer's first
+// spans come early.
+func interleave(lists [][]profileJob) []profileJob {
+	var queue []profileJob
 	for k := 0; ; k++ {
 		added := false
 		for _, js := range lists {
@@ -170,14 +179,43 @@ func (m *MountPoint) startProfile() {
 			}
 		}
 		if !added {
-			break
+			return queue
 		}
+	}
+}
+
+// ImageName is the name of the mounted image (Image.Name), usually the
+// reference it was opened from.
+func (m *MountPoint) ImageName() string { return m.img.Name }
+
+// startProfile fetches the spans of Options.Profile that this image has,
+// ahead of the background streams. With Options.Packs, each layer's pack
+// is read in one stream (layers in parallel) and only what the packs did
+// not deliver is fetched by range; without, every span is fetched by
+// range in profile order (layers interleaved). Range fetches run
+// ProfileParallel at a time. Layers complete in the layer store are
+// skipped.
+func (m *MountPoint) startProfile() {
+	if m.opts.Profile == nil {
+		return
+	}
+	lists := m.profileLists()
+	if len(lists) == 0 {
+		return
 	}
 	par := m.opts.ProfileParallel
 	if par <= 0 {
 		par = DefaultProfileParallel
 	}
-	jobs := make(chan job)
+	// Packs are expected before this returns, so that no read of the
+	// mount misses them.
+	expected := make([]*packStream, len(lists))
+	if m.opts.Packs != nil {
+		for i, js := range lists {
+			expected[i] = m.expectPack(js[0].l, spansOf(js))
+		}
+	}
+	jobs := make(chan profileJob)
 	for range par {
 		m.bg.Add(1)
 		go func() {
@@ -195,12 +233,47 @@ func (m *MountPoint) startProfile() {
 	go func() {
 		defer m.bg.Done()
 		defer close(jobs)
-		for _, j := range queue {
-			select {
-			case jobs <- j:
-			case <-m.ctx.Done():
-				return
-			}
+		if m.opts.Packs == nil {
+			m.queueJobs(jobs, interleave(lists))
+			return
 		}
+		var wg sync.WaitGroup
+		for i, js := range lists {
+			wg.Go(func() {
+				l, want := js[0].l, spansOf(js)
+				if expected[i] != nil {
+					want = m.readPack(l, want, expected[i])
+				}
+				m.queueJobs(jobs, jobsOf(l, want))
+			})
+		}
+		wg.Wait()
 	}()
+}
+
+func spansOf(js []profileJob) []int {
+	out := make([]int, len(js))
+	for k, j := range js {
+		out[k] = j.s
+	}
+	return out
+}
+
+func jobsOf(l int, spans []int) []profileJob {
+	out := make([]profileJob, len(spans))
+	for k, s := range spans {
+		out[k] = profileJob{l, s}
+	}
+	return out
+}
+
+// queueJobs hands jobs to the profile's range fetchers, until unmount.
+func (m *MountPoint) queueJobs(jobs chan<- profileJob, queue []profileJob) {
+	for _, j := range queue {
+		select {
+		case jobs <- j:
+		case <-m.ctx.Done():
+			return
+		}
+	}
 }

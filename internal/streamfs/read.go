@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/riffle-dev/riffle/internal/cache"
 )
 
@@ -38,31 +40,44 @@ func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off, st
 		prio = prioBlocked
 	}
 	for pos < stop {
-		if i >= len(spans) {
-			return done, fmt.Errorf("streamfs: offset %d is past the layer's spans", pos)
-		}
-		sp := spans[i]
-		if reader {
-			m.profile.recordSpan(n.layer, i)
-		}
-		e, missed, err := m.span(ctx, n.layer, i, prio)
+		e, k, err := m.readSpan(ctx, n, i, pos, stop, streak, prio)
 		if err != nil {
 			return done, err
 		}
-		k := min(stop, sp.Offset+sp.Size) - pos
-		_, err = e.ReadAt(dest[done:done+int(k)], pos-sp.Offset)
+		_, err = e.ReadAt(dest[done:done+int(k)], pos-spans[i].Offset)
 		e.Close()
 		if err != nil {
 			return done, fmt.Errorf("streamfs: read cached span: %w", err)
-		}
-		if !m.opts.NoPrefetch {
-			m.readAhead(n, i, pos+k, streak, reader && missed)
 		}
 		pos += k
 		done += int(k)
 		i++
 	}
 	return done, nil
+}
+
+// readSpan returns span i of file n's layer, open, for a read of the
+// layer's [pos, stop), and how many of those bytes it holds. It records
+// the span in the profile and starts read-ahead for readers (prio
+// prioBlocked).
+func (m *MountPoint) readSpan(ctx context.Context, n *node, i int, pos, stop, streak int64, prio priority) (*cache.Entry, int64, error) {
+	spans := m.spans[n.layer]
+	if i >= len(spans) {
+		return nil, 0, fmt.Errorf("streamfs: offset %d is past the layer's spans", pos)
+	}
+	reader := prio == prioBlocked
+	if reader {
+		m.profile.recordSpan(n.layer, i)
+	}
+	e, missed, err := m.span(ctx, n.layer, i, prio)
+	if err != nil {
+		return nil, 0, err
+	}
+	k := min(stop, spans[i].Offset+spans[i].Size) - pos
+	if !m.opts.NoPrefetch {
+		m.readAhead(n, i, pos+k, streak, reader && missed)
+	}
+	return e, k, nil
 }
 
 // readAhead starts fetching spans a reader is likely to want next, after
@@ -125,6 +140,12 @@ func (m *MountPoint) span(ctx context.Context, l, s int, prio priority) (*cache.
 	}
 	m.metrics.misses.Inc()
 	e, err := m.cache.Fill(ctx, key, m.spans[l][s].Size, func(ctx context.Context, w io.Writer) error {
+		// A prefetch pack about to deliver the span saves fetching it twice.
+		data := m.waitPack(ctx, l, s)
+		if data != nil {
+			_, err := w.Write(data)
+			return err
+		}
 		data, err := m.fetch(ctx, l, s, prio)
 		if err != nil {
 			return err
@@ -210,10 +231,34 @@ func (m *MountPoint) prefetch(l, s int) {
 		defer func() { <-m.prefetchSem }()
 		ctx, cancel := context.WithTimeout(m.ctx, m.opts.ReadTimeout)
 		defer cancel()
-		if e, _, err := m.span(ctx, l, s, prioPrefetch); err == nil {
-			e.Close()
+		e, missed, err := m.span(ctx, l, s, prioPrefetch)
+		if err != nil {
+			return
 		}
+		if !missed && m.advise(l, s) {
+			// Cached: have the kernel read it from disk now, so that
+			// a reader streaming across span files does not wait for
+			// the disk at each one (its own read-ahead stops at the
+			// end of a span file). A hint: its failure changes nothing.
+			_ = unix.Fadvise(int(e.File().Fd()), 0, 0, unix.FADV_WILLNEED)
+		}
+		e.Close()
 	}()
+}
+
+// advise reports whether span s of layer l is past the last span the
+// kernel was asked to read ahead for that layer, and records it: a reader
+// streaming a layer's spans asks once per span, not at every read.
+func (m *MountPoint) advise(l, s int) bool {
+	for {
+		prev := m.advised[l].Load()
+		if int64(s) <= prev {
+			return false
+		}
+		if m.advised[l].CompareAndSwap(prev, int64(s)) {
+			return true
+		}
+	}
 }
 
 // copyBufs holds the buffers promotion copies through: one per running

@@ -65,6 +65,12 @@ type treeBuilder struct {
 	root     *node
 	layer    int
 	unpacked map[dirent]bool
+	// lastDir is the parent directory name of the entry added last and
+	// lastParent what it resolved to. Tar entries come grouped by
+	// directory, and adding D/x cannot change what D resolves to (x is
+	// below D), so the next entry in D skips the walk.
+	lastDir    string
+	lastParent *node
 }
 
 // buildTree merges the layers' file tables. It returns the root and every
@@ -74,6 +80,7 @@ func buildTree(layers [][]Entry, streamEnds []int64) (*node, []*node, error) {
 	for i, entries := range layers {
 		b.layer = i
 		b.unpacked = map[dirent]bool{}
+		b.lastParent = nil
 		for _, e := range entries {
 			if err := b.add(e, streamEnds[i]); err != nil {
 				return nil, nil, fmt.Errorf("layer %d: %w", i, err)
@@ -173,12 +180,17 @@ func (b *treeBuilder) add(e Entry, streamEnd int64) error {
 	case ocilayer.Root, ocilayer.Meta:
 		return nil // the root is the mount's; AUFS metadata is skipped
 	case ocilayer.Whiteout, ocilayer.Opaque:
+		b.lastParent = nil
 		return b.whiteout(name, cn)
 	}
 	dirName, base := cn.Dir, cn.Base
-	parent, err := b.walk(dirName, true)
-	if err != nil {
-		return fmt.Errorf("streamfs: %s: %w", name, err)
+	parent := b.lastParent
+	if parent == nil || b.lastDir != dirName {
+		if parent, err = b.walk(dirName, true); err != nil {
+			b.lastParent = nil
+			return fmt.Errorf("streamfs: %s: %w", name, err)
+		}
+		b.lastDir, b.lastParent = dirName, parent
 	}
 	old := parent.children[base]
 	if old != nil && ocilayer.Replaces(old.typ == unix.S_IFDIR, e.Type == tar.TypeDir) {

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -78,12 +80,44 @@ type sample struct {
 	// "riffle pull", "riffle mount", "riffle run".
 	CPUSeconds map[string]float64 `json:"cpuSeconds,omitempty"`
 	PeakRSS    map[string]int64   `json:"peakRSSBytes,omitempty"`
+	// StreamBytes splits a streamed run's compressed bytes from the
+	// registry by what fetched them, as riffle run --verbose reports at the
+	// container's exit: "range" (span reads: blocked reads, read-ahead and
+	// profile prefetch by range), "pack" (prefetch packs), "background"
+	// (whole-layer streams).
+	StreamBytes map[string]int64 `json:"streamBytes,omitempty"`
+}
+
+// streamBytesRe matches riffle run's byte counts at the container's exit.
+var streamBytesRe = regexp.MustCompile(`\b(wire_range|wire_pack|wire_background)=(\d+)`)
+
+// parseStreamBytes reads the byte counts riffle run --verbose printed.
+func parseStreamBytes(tail string) map[string]int64 {
+	var out map[string]int64
+	for _, m := range streamBytesRe.FindAllStringSubmatch(tail, -1) {
+		n, err := strconv.ParseInt(m[2], 10, 64)
+		if err != nil {
+			continue
+		}
+		if out == nil {
+			out = map[string]int64{}
+		}
+		out[strings.TrimPrefix(m[1], "wire_")] = n
+	}
+	return out
 }
 
 func (s sample) resources() string {
 	var parts []string
 	for _, k := range sortedKeys(s.CPUSeconds) {
 		parts = append(parts, fmt.Sprintf("%s %.1fs CPU %.0f MB", k, s.CPUSeconds[k], float64(s.PeakRSS[k])/1e6))
+	}
+	if len(s.StreamBytes) > 0 {
+		var by []string
+		for _, k := range sortedKeys(s.StreamBytes) {
+			by = append(by, fmt.Sprintf("%s %.1f MB", k, float64(s.StreamBytes[k])/1e6))
+		}
+		parts = append(parts, "registry bytes by "+strings.Join(by, ", "))
 	}
 	if len(parts) == 0 {
 		return ""
@@ -182,6 +216,7 @@ func runWorkloadTail(ctx context.Context, t timer, w workload, role string, argv
 		cpu -= time.Duration(max(ctrCPU.Load(), int64(ctrs.cpu())))
 		s.addProc(role, cpu, hwm.Load())
 	}
+	s.StreamBytes = parseStreamBytes(p.tail.String())
 	return s, p.tail.String(), nil
 }
 
@@ -201,8 +236,9 @@ func chrootArgs(root string, w workload) []string {
 
 // riffleRunArgs is the `riffle run` command line of cases b, c and e
 // (and d, f). Keep the flags here, in one place, in step with the CLI.
-func (e *env) riffleRunArgs(dataDir string, pull bool, w workload) []string {
+func (e *env) riffleRunArgs(dataDir string, pull bool, w workload, flags ...string) []string {
 	args := []string{e.bin, "run", "--data-dir", dataDir, "--verbose", "--env", "PYTHONDONTWRITEBYTECODE=1"}
+	args = append(args, flags...)
 	if pull {
 		args = append(args, "--pull")
 	} else if strings.Contains(e.runHelp, "--index-service") {
@@ -247,11 +283,38 @@ func caseStream(ctx context.Context, e *env, w workload) (sample, error) {
 	return e.streamOnce(ctx, t, data, w)
 }
 
-// clearProfiles removes the startup profiles earlier runs left with the
-// index service, so a "first run" has none to prefetch.
+// clearProfiles removes the startup profiles and prefetch packs earlier
+// runs left with the index service, so a "first run" has none to prefetch.
 func (e *env) clearProfiles() {
-	if err := os.RemoveAll(filepath.Join(e.indexDir, "profiles")); err != nil {
-		fmt.Fprintf(os.Stderr, "startbench: %v\n", err)
+	for _, d := range []string{"profiles", "packs"} {
+		if err := os.RemoveAll(filepath.Join(e.indexDir, d)); err != nil {
+			fmt.Fprintf(os.Stderr, "startbench: %v\n", err)
+		}
+	}
+}
+
+// waitPacks waits until the index service has built the prefetch pack of
+// every layer with a startup profile (it builds them in the background
+// after a node reports a profile), at most a minute, so that case d
+// measures a node that finds them, as a task started a little later would.
+func (e *env) waitPacks(ctx context.Context) {
+	deadline := time.Now().Add(time.Minute)
+	for _, d := range e.layerDigests {
+		if _, err := e.svc.Profile(ctx, d); err != nil {
+			continue // no profile for this layer, so no pack
+		}
+		for {
+			rc, err := e.svc.Pack(ctx, d)
+			if err == nil {
+				rc.Close()
+				break
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				fmt.Fprintf(os.Stderr, "startbench: no prefetch pack for layer %s after a minute: %v\n", d, err)
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
 	}
 }
 
@@ -332,6 +395,7 @@ func caseProfile(ctx context.Context, e *env, w workload) (sample, error) {
 	if _, err := runWorkload(ctx, e.begin(), w, "", e.riffleRunArgs(first, false, w)); err != nil {
 		return sample{}, fmt.Errorf("first run (records the profile): %w", err)
 	}
+	e.waitPacks(ctx)
 	data, err := e.scratch("riffle-profile")
 	if err != nil {
 		return sample{}, err
@@ -351,13 +415,15 @@ func caseSettled(ctx context.Context, e *env, w workload) (sample, error) {
 		return sample{}, err
 	}
 	defer os.RemoveAll(data)
-	readAll := workload{Name: "readall", Cmd: "find / -xdev -type f -exec cat {} + > /dev/null"}
-	if _, err := runWorkload(ctx, e.begin(), readAll, "", e.riffleRunArgs(data, false, readAll)); err != nil {
-		return sample{}, fmt.Errorf("filling the node (to settle): %w", err)
+	// The first task runs w; --settle keeps riffle run until the layers
+	// streaming in the background are complete, as riffle serve's node
+	// would go on streaming them after the task.
+	if _, err := runWorkload(ctx, e.begin(), w, "", e.riffleRunArgs(data, false, w, "--settle")); err != nil {
+		return sample{}, fmt.Errorf("first run, until the image settled: %w", err)
 	}
 	s, tail, err := runWorkloadTail(ctx, e.begin(), w, "riffle run", e.riffleRunArgs(data, false, w))
 	if err == nil && !strings.Contains(tail, "method=settled") {
-		err = fmt.Errorf("startbench: the image had not settled after a run that read every file (riffle run --verbose said:\n%s)", tail)
+		err = fmt.Errorf("startbench: the image had not settled after a run with --settle (riffle run --verbose said:\n%s)", tail)
 	}
 	return s, err
 }

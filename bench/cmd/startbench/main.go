@@ -89,6 +89,7 @@ type flags struct {
 	cases     string
 	workloads string
 	quick     bool
+	hold      bool
 	riffleBin string
 	riffleRun bool
 	fixtures  string
@@ -115,6 +116,7 @@ func parseFlags() flags {
 	flag.Int64Var(&f.spanSize, "span-size", 0, "uncompressed bytes per index span (0: the index default)")
 	flag.DurationVar(&f.timeout, "timeout", 10*time.Minute, "limit for one timed run")
 	flag.IntVar(&f.tasks, "tasks", 50, "tasks of the concurrent Batch job through riffle serve (0: skip it)")
+	flag.BoolVar(&f.hold, "hold", false, "for experiments by hand: set up the image, registry, index service and first link, print their addresses, and wait for Ctrl-C (no case is run)")
 	flag.StringVar(&f.results, "results", "bench/results", "directory for the JSON results (empty: write none)")
 	flag.Parse()
 	if f.quick {
@@ -188,6 +190,12 @@ func run(ctx context.Context, f flags) error {
 		}
 		e := &env{setupState: s, f: f, link: link, lk: l,
 			ref: link.Addr() + "/" + s.repo + ":v1", indexURL: "http://" + link.Addr()}
+		if f.hold {
+			fmt.Printf("holding: image %s, index service %s, link %d Mbit/s %v RTT (Ctrl-C ends)\n", e.ref, e.indexURL, int(l.mbit), l.rtt)
+			<-ctx.Done()
+			link.Close()
+			return nil
+		}
 		rep := newReport(f, s, l, cases, wls)
 		err = measureAll(ctx, e, cases, wls, rep)
 		if err == nil && f.tasks > 0 && ctx.Err() == nil {

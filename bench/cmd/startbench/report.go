@@ -170,6 +170,18 @@ func summarize(ss []sample) (med, lo, hi *sample) {
 		lo.addProc(k, time.Duration(c2*1e9), int64(r2))
 		hi.addProc(k, time.Duration(c3*1e9), int64(r3))
 	}
+	for _, k := range sortedKeys(ss[0].StreamBytes) {
+		b1, b2, b3 := pick(func(s sample) float64 { return float64(s.StreamBytes[k]) })
+		for _, x := range []struct {
+			s *sample
+			v float64
+		}{{med, b1}, {lo, b2}, {hi, b3}} {
+			if x.s.StreamBytes == nil {
+				x.s.StreamBytes = map[string]int64{}
+			}
+			x.s.StreamBytes[k] = int64(x.v)
+		}
+	}
 	return med, lo, hi
 }
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
@@ -34,6 +35,7 @@ type setupState struct {
 	indexBytes        int64
 	srv               *http.Server
 	svc               *indexsvc.Service
+	layerDigests      []digest.Digest
 }
 
 func setup(ctx context.Context, f flags, dir string) (*setupState, error) {
@@ -72,6 +74,7 @@ func setup(ctx context.Context, f flags, dir string) (*setupState, error) {
 	}
 	for _, l := range res.Layers {
 		s.indexBytes += int64(l.IndexBytes)
+		s.layerDigests = append(s.layerDigests, l.Digest)
 	}
 	d, err := img.Digest()
 	if err != nil {

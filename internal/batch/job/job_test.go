@@ -104,7 +104,7 @@ logs_policy:
 }
 
 func TestValidate(t *testing.T) {
-	j, err := Parse([]byte(`{"taskGroups":[{"taskCount":-1,"taskSpec":{"maxRetryCount":11,"runnables":[
+	j, err := Parse([]byte(`{"labels":{"riffle-background-stream":"no"},"taskGroups":[{"taskCount":-1,"taskSpec":{"maxRetryCount":11,"runnables":[
 		{"script":{"text":"true"}},{"container":{"imageUri":"","volumes":["tmp:/tmp"]}},{"timeout":"0s"}],
 		"volumes":[{"mountPath":"rel","nfs":{"server":"s"}}]}}]}`), Strict)
 	if err != nil {
@@ -124,6 +124,7 @@ func TestValidate(t *testing.T) {
 		"taskGroups[0].taskSpec.runnables[2].timeout: must be a positive duration",
 		`taskGroups[0].taskSpec.volumes[0].mountPath: "rel" must be an absolute path`,
 		"taskGroups[0].taskSpec.volumes[0].nfs.remotePath: must not be empty",
+		`labels["riffle-background-stream"]: is "no"; use "off" to stream only what the tasks read, or "on" (the default)`,
 	} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("missing %q in\n%v", want, err)

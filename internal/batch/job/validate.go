@@ -85,6 +85,15 @@ const (
 	MaxRunnableCount = 1000
 )
 
+// BackgroundStreamLabel set to "off" on a job makes the node mount the
+// job's streamed images without whole-layer background streams: only what
+// its tasks read (and the image's startup profile) is fetched, and the
+// image does not settle. It applies when the node mounts an image for this
+// job; a mount already on the node is shared as it is. "on" is the
+// default; the node's stream.noBackground config switches the streams off
+// for every job.
+const BackgroundStreamLabel = "riffle-background-stream"
+
 // Validate checks a parsed job for what the schema alone cannot express:
 // required fields, ranges, one-of choices and formats. Output-only fields
 // (name, uid, status, times) are ignored, as Batch ignores them on create.
@@ -108,6 +117,9 @@ func Validate(j *batchpb.Job) error {
 		if k == "" || len(k) > MaxLabelLen {
 			bad(fmt.Sprintf("labels[%q]", k), "label keys must be 1 to %d characters", MaxLabelLen)
 		}
+	}
+	if v, ok := j.GetLabels()[BackgroundStreamLabel]; ok && v != "on" && v != "off" {
+		bad(fmt.Sprintf("labels[%q]", BackgroundStreamLabel), "is %q; use \"off\" to stream only what the tasks read, or \"on\" (the default)", v)
 	}
 	for gi, g := range j.GetTaskGroups() {
 		gp := fmt.Sprintf("taskGroups[%d]", gi)

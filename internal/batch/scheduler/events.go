@@ -118,6 +118,9 @@ func imageStreamedBytesEvent(ri int, d streamfs.Stats) event {
 	if d.ProfileSpans > 0 {
 		msg += fmt.Sprintf("; its startup profile prefetched %d spans (%s uncompressed) and %d first reads found theirs prefetched", d.ProfileSpans, byteSize(d.ProfileBytes), d.ProfileHits)
 	}
+	if d.Packs > 0 {
+		msg += fmt.Sprintf("; %d prefetch packs (one request per layer, %s compressed) delivered %d of those spans", d.Packs, byteSize(d.PackWireBytes), d.PackSpans)
+	}
 	return event{evImageStreamedBytes, msg + "."}
 }
 
@@ -184,6 +187,8 @@ func statsDelta(a, b streamfs.Stats) streamfs.Stats {
 		UncompressedBytes:   b.UncompressedBytes - a.UncompressedBytes,
 		ProfileSpans:        b.ProfileSpans - a.ProfileSpans, ProfileBytes: b.ProfileBytes - a.ProfileBytes,
 		ProfileHits: b.ProfileHits - a.ProfileHits,
+		Packs:       b.Packs - a.Packs, PackSpans: b.PackSpans - a.PackSpans, PackBytes: b.PackBytes - a.PackBytes,
+		PackWireBytes: b.PackWireBytes - a.PackWireBytes,
 	}
 }
 

@@ -16,7 +16,7 @@ type ImageSource interface {
 	// Pull makes the whole image available locally.
 	Pull(ctx context.Context, ref string, auth Auth) (*RootFS, error)
 	// Stream mounts the image lazily; file data arrives as it is read.
-	Stream(ctx context.Context, ref string, auth Auth) (*RootFS, error)
+	Stream(ctx context.Context, ref string, auth Auth, opts ...node.StreamOption) (*RootFS, error)
 }
 
 // Auth and RootFS are the node's: the scheduler passes a runnable's

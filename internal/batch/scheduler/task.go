@@ -18,6 +18,7 @@ import (
 	"cloud.google.com/go/batch/apiv1/batchpb"
 
 	"github.com/riffle-dev/riffle/internal/batch/job"
+	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/runtime"
 	"github.com/riffle-dev/riffle/internal/streamfs"
 )
@@ -504,7 +505,11 @@ func (r *jobRun) rootfs(ctx context.Context, idx int64, ri int, c *batchpb.Runna
 	s := r.s
 	auth := Auth{Username: c.GetUsername(), Password: c.GetPassword()}
 	if c.GetEnableImageStreaming() {
-		rfs, err := s.opts.Images.Stream(ctx, c.GetImageUri(), auth)
+		var opts []node.StreamOption
+		if r.job.GetLabels()[job.BackgroundStreamLabel] == "off" {
+			opts = append(opts, node.WithoutBackground())
+		}
+		rfs, err := s.opts.Images.Stream(ctx, c.GetImageUri(), auth, opts...)
 		if err == nil {
 			return rfs, nil
 		}
