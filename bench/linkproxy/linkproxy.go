@@ -196,6 +196,10 @@ func (l *Link) pipe(dst, src net.Conn) {
 			time.Sleep(d)
 		}
 		if _, err := dst.Write(c.data); err != nil {
+			// The receiver is gone: stop reading from the sender, or the
+			// rest of its response (a whole layer, when a client closes a
+			// stream early) would keep taking the link's bandwidth.
+			src.Close()
 			cr.close()
 			for range q { // drain so the reader can finish
 			}

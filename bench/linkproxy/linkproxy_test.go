@@ -97,3 +97,49 @@ func TestPausedReaderYieldsLink(t *testing.T) {
 		t.Errorf("the paused connection took %d MiB of the link while the other read %d MiB; want it bounded by its window", other>>20, want>>20)
 	}
 }
+
+// TestClosedReceiverFreesLink checks that a response whose client has
+// gone stops crossing the link: the proxy stops reading it from the
+// server instead of taking the rest of a large body at the link's rate.
+func TestClosedReceiverFreesLink(t *testing.T) {
+	const big = 256 << 20
+	chunk := make([]byte, 1<<20)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for sent := 0; sent < big; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	defer srv.Close()
+	l, err := Start(strings.TrimPrefix(srv.URL, "http://"), 5*time.Millisecond, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	tr := &http.Transport{}
+	resp, err := (&http.Client{Transport: tr}).Get("http://" + l.Addr() + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.CopyN(io.Discard, resp.Body, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close() // before the end: the transport closes the connection
+	tr.CloseIdleConnections()
+	// Wait until the link is idle: its count of bytes taken stops growing.
+	last := l.entered.Load()
+	for {
+		time.Sleep(200 * time.Millisecond)
+		now := l.entered.Load()
+		if now == last {
+			break
+		}
+		last = now
+	}
+	// At 64 MiB/s the whole body would take 4 s of link; stopped, the
+	// link carried what was read plus what was in flight.
+	if last > 64<<20 {
+		t.Errorf("the link carried %d MiB of a body whose client read 4 MiB and left", last>>20)
+	}
+}
