@@ -106,6 +106,12 @@ func serveJob(ctx context.Context, e *env, n int, cmd string) (*fanoutInfo, erro
 	if err != nil {
 		return nil, err
 	}
+	// Written by riffle serve at its first start, for the local CLI.
+	tok, err := os.ReadFile(filepath.Join(data, "admin.token"))
+	if err != nil {
+		return nil, fmt.Errorf("startbench: riffle serve's admin token: %w", err)
+	}
+	token := strings.TrimSpace(string(tok))
 	const parent = "/v1/projects/bench/locations/us-central1/jobs"
 	job := map[string]any{"taskGroups": []any{map[string]any{
 		"taskCount": strconv.Itoa(n), "parallelism": strconv.Itoa(n),
@@ -119,7 +125,7 @@ func serveJob(ctx context.Context, e *env, n int, cmd string) (*fanoutInfo, erro
 	// "riffle" group outlives them and keeps their CPU, which is taken out.
 	ctrs := group(filepath.Join(string(p.grp), "riffle"))
 	b0, t0, cpu0, ctr0 := e.link.Bytes(), time.Now(), p.grp.cpu(), ctrs.cpu()
-	if err := call(ctx, http.MethodPost, base+parent+"?jobId=fanout", body, nil); err != nil {
+	if err := call(ctx, token, http.MethodPost, base+parent+"?jobId=fanout", body, nil); err != nil {
 		return nil, err
 	}
 	var done time.Duration
@@ -127,7 +133,7 @@ func serveJob(ctx context.Context, e *env, n int, cmd string) (*fanoutInfo, erro
 		var j struct {
 			Status struct{ State string } `json:"status"`
 		}
-		if err := call(ctx, http.MethodGet, base+parent+"/fanout", nil, &j); err != nil {
+		if err := call(ctx, token, http.MethodGet, base+parent+"/fanout", nil, &j); err != nil {
 			return nil, err
 		}
 		if j.Status.State == "SUCCEEDED" || j.Status.State == "FAILED" {
@@ -145,7 +151,7 @@ func serveJob(ctx context.Context, e *env, n int, cmd string) (*fanoutInfo, erro
 	}
 	info := &fanoutInfo{Tasks: n, Bytes: e.link.Bytes() - b0, AllDoneSeconds: done.Seconds(),
 		ServeCPUSeconds: (p.grp.cpu() - cpu0 - (ctrs.cpu() - ctr0)).Seconds(), ServePeakRSS: vmHWM(p.cmd.Process.Pid)}
-	if err := taskTimes(ctx, base+parent+"/fanout/taskGroups/group0/tasks?pageSize=1000", t0, info); err != nil {
+	if err := taskTimes(ctx, token, base+parent+"/fanout/taskGroups/group0/tasks?pageSize=1000", t0, info); err != nil {
 		return nil, err
 	}
 	fmt.Printf("  fanout: %d tasks: %.1f MB over the link, all started %.1fs, done %.1fs\n", n, float64(info.Bytes)/1e6, info.AllStartedSeconds, info.AllDoneSeconds)
@@ -177,7 +183,7 @@ func waitServe(ctx context.Context, p *proc, data string) (string, error) {
 
 // taskTimes reads every task's events: when its container started and when
 // it ended, relative to t0.
-func taskTimes(ctx context.Context, url string, t0 time.Time, info *fanoutInfo) error {
+func taskTimes(ctx context.Context, token, url string, t0 time.Time, info *fanoutInfo) error {
 	var list struct {
 		Tasks []struct {
 			Status struct {
@@ -189,7 +195,7 @@ func taskTimes(ctx context.Context, url string, t0 time.Time, info *fanoutInfo) 
 			} `json:"status"`
 		} `json:"tasks"`
 	}
-	if err := call(ctx, http.MethodGet, url, nil, &list); err != nil {
+	if err := call(ctx, token, http.MethodGet, url, nil, &list); err != nil {
 		return err
 	}
 	type span struct{ start, end time.Time }
@@ -243,12 +249,15 @@ func taskTimes(ctx context.Context, url string, t0 time.Time, info *fanoutInfo) 
 }
 
 // call does one JSON request; out may be nil.
-func call(ctx context.Context, method, url string, body []byte, out any) error {
+// call makes a Batch REST call to riffle serve with token (its local admin
+// token: every endpoint needs a role).
+func call(ctx context.Context, token, method, url string, body []byte, out any) error {
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
