@@ -42,7 +42,10 @@ type fanoutInfo struct {
 	ServePeakRSS    int64   `json:"servePeakRSSBytes"`
 	Streamed        int     `json:"streamed"`
 	Pulled          int     `json:"pulled"`
-	Note            string  `json:"note"`
+	// Settled counts tasks that started after the image had settled on the
+	// node (overlayfs over its extracted layers, IMAGE_SETTLED).
+	Settled int    `json:"settled"`
+	Note    string `json:"note"`
 }
 
 // fanout runs the one-task job and the n-task job, each on a fresh
@@ -68,7 +71,7 @@ func fanout(ctx context.Context, e *env, n int) (*fanoutInfo, error) {
 	if one.Bytes > 0 {
 		all.BytesRatio = float64(all.Bytes) / float64(one.Bytes)
 	}
-	all.Note = fmt.Sprintf("at most %d containers ran at once (nproc %d); %d streamed, %d pulled", all.MaxRunning, nproc(), all.Streamed, all.Pulled)
+	all.Note = fmt.Sprintf("at most %d containers ran at once (nproc %d); %d streamed, %d settled, %d pulled", all.MaxRunning, nproc(), all.Streamed, all.Settled, all.Pulled)
 	return all, nil
 }
 
@@ -204,11 +207,14 @@ func taskTimes(ctx context.Context, token, url string, t0 time.Time, info *fanou
 		var sp span
 		for _, ev := range t.Status.StatusEvents {
 			switch {
-			case ev.Type == "IMAGE_STREAMED" || ev.Type == "IMAGE_PULLED":
+			case ev.Type == "IMAGE_STREAMED" || ev.Type == "IMAGE_PULLED" || ev.Type == "IMAGE_SETTLED":
 				sp.start = ev.EventTime
-				if ev.Type == "IMAGE_STREAMED" {
+				switch ev.Type {
+				case "IMAGE_STREAMED":
 					info.Streamed++
-				} else {
+				case "IMAGE_SETTLED":
+					info.Settled++
+				default:
 					info.Pulled++
 				}
 			case ev.TaskState == "SUCCEEDED" || ev.TaskState == "FAILED":
