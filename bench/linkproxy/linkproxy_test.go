@@ -55,21 +55,7 @@ func TestLatencyAndRate(t *testing.T) {
 // reading stops taking the link: while another connection reads 32 MiB,
 // the paused one's data does not keep crossing the link.
 func TestPausedReaderYieldsLink(t *testing.T) {
-	const big = 64 << 20
-	chunk := make([]byte, 1<<20)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for sent := 0; sent < big; sent += len(chunk) {
-			if _, err := w.Write(chunk); err != nil {
-				return
-			}
-		}
-	}))
-	defer srv.Close()
-	l, err := Start(strings.TrimPrefix(srv.URL, "http://"), 10*time.Millisecond, 64<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := bigBodyLink(t, 64<<20, 10*time.Millisecond)
 
 	// The paused connection: its response is never read past the headers.
 	paused := &http.Client{Transport: &http.Transport{}}
@@ -102,21 +88,7 @@ func TestPausedReaderYieldsLink(t *testing.T) {
 // gone stops crossing the link: the proxy stops reading it from the
 // server instead of taking the rest of a large body at the link's rate.
 func TestClosedReceiverFreesLink(t *testing.T) {
-	const big = 256 << 20
-	chunk := make([]byte, 1<<20)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		for sent := 0; sent < big; sent += len(chunk) {
-			if _, err := w.Write(chunk); err != nil {
-				return
-			}
-		}
-	}))
-	defer srv.Close()
-	l, err := Start(strings.TrimPrefix(srv.URL, "http://"), 5*time.Millisecond, 64<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := bigBodyLink(t, 256<<20, 5*time.Millisecond)
 	tr := &http.Transport{}
 	resp, err := (&http.Client{Transport: tr}).Get("http://" + l.Addr() + "/big")
 	if err != nil {
@@ -142,4 +114,25 @@ func TestClosedReceiverFreesLink(t *testing.T) {
 	if last > 64<<20 {
 		t.Errorf("the link carried %d MiB of a body whose client read 4 MiB and left", last>>20)
 	}
+}
+
+// bigBodyLink serves a body of size bytes to every request, behind a link
+// of 64 MiB/s with one-way delay.
+func bigBodyLink(t *testing.T, size int, delay time.Duration) *Link {
+	t.Helper()
+	chunk := make([]byte, 1<<20)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	l, err := Start(strings.TrimPrefix(srv.URL, "http://"), delay, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
 }
