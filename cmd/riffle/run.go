@@ -111,6 +111,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 				log.Info("container exited", "code", code, "streamed bytes fetched", st.WireBytes,
 					"wire_range", st.SpanWireBytes, "wire_pack", st.PackWireBytes, "wire_background", st.BackgroundWireBytes,
 					"profile_spans", st.ProfileSpans, "profile_hits", st.ProfileHits,
+					"span_misses", st.CacheMisses, "stream_waits", st.StreamWaits, "background_pauses", st.BackgroundPauses,
 					"after", time.Since(start).Round(time.Millisecond))
 			}
 			if settle && rfs.WaitSettled != nil {

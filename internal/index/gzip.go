@@ -247,12 +247,17 @@ func decodeWindow(w []byte) ([]byte, error) {
 // span starts at a checkpoint, so each is inflated on its own: with
 // klauspost/compress when it can (decodeGzipFast), else with the resumable
 // fork, which runs across member boundaries as needed.
-func (x *Index) decodeGzip(p Plan, fetched []byte) ([][]byte, error) {
+func (x *Index) decodeGzip(p Plan, fetched, buf []byte) ([][]byte, error) {
 	var total int64
 	for i := p.First; i < p.End; i++ {
 		total += x.Spans[i].USize
 	}
-	out := make([]byte, total)
+	var out, scratch []byte
+	if int64(cap(buf)) >= x.DecodeSize(p) {
+		out, scratch = buf[:total], buf[total:cap(buf)]
+	} else {
+		out = make([]byte, total)
+	}
 	var n int64
 	for i := p.First; i < p.End; i++ {
 		s := &x.Spans[i]
@@ -262,7 +267,7 @@ func (x *Index) decodeGzip(p Plan, fetched []byte) ([][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		if decodeGzipFast(s, in, dst) {
+		if decodeGzipFast(s, in, dst, scratch) {
 			continue
 		}
 		if err := x.inflateFork(Plan{First: i, End: i + 1, Offset: p.Offset}, fetched, dst); err != nil {
@@ -347,21 +352,21 @@ func splitSpans(x *Index, p Plan, out []byte) [][]byte {
 // then fails (or a gzip member ends inside out) and decodeGzipFast
 // reports false, and the caller uses the fork. in starts at s.COffset and
 // was verified against the span digests.
-func decodeGzipFast(s *Span, in []byte, out []byte) bool {
+func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 	var dict []byte
 	if s.Header {
 		fin := flate.NewInputBytes(in, 0)
 		if readGzipHeader(fin) != nil {
 			return false
 		}
-		in = shiftBits(in[fin.Offset():], 0)
+		in = shiftBits(in[fin.Offset():], 0, scratch)
 	} else {
 		w, err := decodeWindow(s.Window)
 		if err != nil {
 			return false
 		}
 		dict = w
-		in = shiftBits(in, uint(s.Bits))
+		in = shiftBits(in, uint(s.Bits), scratch)
 	}
 	fr := kflate.NewReaderDict(bytes.NewReader(in), dict)
 	defer fr.Close()
@@ -379,9 +384,14 @@ const inflatePad = 8
 
 // shiftBits returns a copy of b shifted right by n bits (0-7) as a
 // little-endian bit stream (the bit at position n of b[0] becomes bit 0),
-// followed by inflatePad zero bytes.
-func shiftBits(b []byte, n uint) []byte {
-	out := make([]byte, len(b)+inflatePad)
+// followed by inflatePad zero bytes, in scratch when it is big enough.
+func shiftBits(b []byte, n uint, scratch []byte) []byte {
+	out := scratch[:0]
+	if cap(out) < len(b)+inflatePad {
+		out = make([]byte, len(b)+inflatePad)
+	}
+	out = out[:len(b)+inflatePad]
+	clear(out[len(b):])
 	if n == 0 {
 		copy(out, b)
 		return out

@@ -40,7 +40,7 @@ func TestDecodeGzipFastPath(t *testing.T) {
 				want := tc.tar[s.UOffset : s.UOffset+s.USize]
 				in := blob[s.COffset : s.COffset+s.CSize]
 				out := make([]byte, s.USize)
-				if decodeGzipFast(s, in, out) {
+				if decodeGzipFast(s, in, out, nil) {
 					fast++
 					if !bytes.Equal(out, want) {
 						t.Fatalf("span %d: the fast path inflated different bytes", i)

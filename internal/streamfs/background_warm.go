@@ -5,6 +5,7 @@ import (
 	"io"
 
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/remote"
 )
 
 // A warm node (an earlier mount's readers left most of a layer's spans in
@@ -22,9 +23,13 @@ import (
 // layer), else from the registry with one request, gated so that blocked
 // reads get the link first.
 func (m *MountPoint) openLayerStream(ctx context.Context, l *bgLayer) (io.ReadCloser, error) {
+	if f, ok := m.img.Layers[l.idx].(spanRunFetcher); ok && f.StreamsBySpans() && !m.opts.SingleStream {
+		return m.openChunked(ctx, l, f), nil // background_chunks.go
+	}
 	if m.mostlyCached(l.idx) {
 		return &cachedLayer{m: m, ctx: ctx, l: l.idx}, nil
 	}
+	ctx = remote.WithReceiveWindow(ctx, streamWindow)
 	ls := m.img.Layers[l.idx].(LayerStreamer)
 	return ls.OpenStream(ctx, func(r io.Reader) io.Reader { return &gatedReader{r: r, m: m, l: l, ctx: ctx} })
 }

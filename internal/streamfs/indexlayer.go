@@ -123,6 +123,53 @@ func (l *indexLayer) FetchSpan(ctx context.Context, n int) ([]byte, error) {
 	return spans[0], nil
 }
 
+// FetchSpans fetches spans [first, end) with one request, into buf when
+// it has FetchSpansSize(first, end) bytes of capacity.
+func (l *indexLayer) FetchSpans(ctx context.Context, first, end int, buf []byte) ([][]byte, int64, error) {
+	plan, err := l.x.PlanSpans(first, end)
+	if err != nil {
+		return nil, 0, err
+	}
+	var wire, out []byte
+	if int64(cap(buf)) >= plan.Length+l.x.DecodeSize(plan) {
+		wire, out = buf[:plan.Length], buf[plan.Length:cap(buf)]
+	} else {
+		wire = make([]byte, plan.Length)
+	}
+	got, err := l.blob.ReadAtContext(ctx, wire, plan.Offset)
+	if err != nil && !(errors.Is(err, io.EOF) && int64(got) == plan.Length) {
+		return nil, int64(got), fmt.Errorf("streamfs: fetch [%d, +%d) of %s: %w", plan.Offset, plan.Length, l.x.BlobDigest, err)
+	}
+	spans, err := l.x.DecodeInto(plan, wire, out)
+	if err != nil {
+		if errors.Is(err, index.ErrCorrupt) {
+			return nil, int64(got), fmt.Errorf("%w: %w", ErrCorrupt, err)
+		}
+		return nil, int64(got), err
+	}
+	return spans, int64(got), nil
+}
+
+// FetchSpansSize is the buffer FetchSpans needs to allocate nothing.
+func (l *indexLayer) FetchSpansSize(first, end int) int64 {
+	plan, err := l.x.PlanSpans(first, end)
+	if err != nil {
+		return 0
+	}
+	return plan.Length + l.x.DecodeSize(plan)
+}
+
+// StreamsBySpans reports whether the spans, in order, are the layer's tar
+// stream: not for layers indexed from a table of contents, whose spans
+// address a virtual stream.
+func (l *indexLayer) StreamsBySpans() bool {
+	switch l.x.Kind {
+	case index.KindTar, index.KindGzip, index.KindZstd:
+		return true
+	}
+	return false
+}
+
 // blobOpener is a BlobReader that can also stream the whole blob
 // (*remote.Blob), checking its digest at the end.
 type blobOpener interface {

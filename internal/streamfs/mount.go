@@ -59,8 +59,9 @@ type Options struct {
 	// passthrough; every read is served by this process from spans.
 	NoPassthrough bool
 	// Layers is the node's layer store. With it, a mount streams every
-	// layer whole in the background (one request per layer,
-	// BackgroundLayers at a time) and extracts it there; each file becomes
+	// layer whole in the background (BackgroundLayers at a time: in chunks
+	// of spans decoded in parallel when the layer's index allows, else
+	// with one request) and extracts it there; each file becomes
 	// local as soon as it is extracted and checked, and is then opened by
 	// passthrough on the extracted file. Layers already complete in the
 	// store are not fetched at all. Image.DiffIDs must be set. Without it,
@@ -69,6 +70,10 @@ type Options struct {
 	// NoBackground turns the background stream off; with Layers set,
 	// layers already in the store are still used.
 	NoBackground bool
+	// SingleStream streams every layer with one request and one
+	// decompressor, even where its index would allow chunks (to compare
+	// the two).
+	SingleStream bool
 	// MaxBackgroundBytes turns the background stream off for images whose
 	// layers are larger than this, uncompressed (0: no limit).
 	MaxBackgroundBytes int64

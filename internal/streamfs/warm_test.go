@@ -38,7 +38,7 @@ func TestWarmLayersExtractFromCache(t *testing.T) {
 	ranged := r.rangeBytes.Load()
 
 	store := newStore(t)
-	m, dir := mount(t, simg, streamfs.Options{Cache: c, Layers: store})
+	m, dir := mount(t, simg, streamfs.Options{Cache: c, Layers: store, SingleStream: true})
 	waitComplete(t, m)
 	for _, d := range fstree.Diff(want, scan(t, dir)) {
 		t.Error("warm mount:", d)

@@ -1,0 +1,339 @@
+package streamfs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/riffle-dev/riffle/internal/cache"
+)
+
+// A layer whose index addresses its blob span by span (tar, gzip, zstd)
+// is streamed into the store in chunks rather than with one request: runs
+// of consecutive spans fetched by range and decoded by chunkWorkers
+// goroutines at once, each from its span's checkpoint, and put back in
+// order for the store. This gives a node of two cores two decompressors
+// on one big layer, where a single stream is bound by one core, and it
+// lets the stream skip what readers already fetched: a span in the node
+// cache is copied from there, neither fetched nor decoded again. Every
+// chunk is verified against the span digests as a span fetch is; the
+// store checks the diffID of the whole stream, as always.
+
+// spanRunFetcher is a Layer that can fetch a run of consecutive spans with
+// one request (indexLayer).
+type spanRunFetcher interface {
+	// FetchSpans fetches spans [first, end), verified and decoded, and
+	// the compressed bytes that took. With FetchSpansSize(first, end)
+	// bytes of capacity in buf it works in buf, and the spans alias it.
+	FetchSpans(ctx context.Context, first, end int, buf []byte) (spans [][]byte, wire int64, err error)
+	FetchSpansSize(first, end int) int64
+	// SpanWireSize is how many blob bytes fetching span n takes.
+	SpanWireSize(n int) int64
+	// StreamsBySpans reports whether the spans, in order, are the layer's
+	// tar stream (not so for layers read through a table of contents).
+	StreamsBySpans() bool
+}
+
+const (
+	// chunkBytes is about how many compressed bytes one chunk request
+	// fetches: big enough that the round trip is small beside the
+	// transfer, small enough that a read blocked meanwhile waits little
+	// behind it (chunks start only when no read is blocked).
+	chunkBytes = 1 << 20
+	// chunkWorkers fetch and decode chunks of one layer at once.
+	chunkWorkers = 2
+	// chunkDepth is how many chunks may be planned ahead of the store;
+	// it bounds the decoded data held in memory to about
+	// chunkDepth*chunkBytes times the compression ratio.
+	chunkDepth = 3
+)
+
+// chunk is a run of spans [first, end) of the layer stream: in the cache
+// (cached), or fetched and decoded into spans by a worker.
+type chunk struct {
+	first, end int
+	cached     bool
+	spans      [][]byte
+	buf        *[]byte // the spans' memory (chunkedLayer.getBuf)
+	err        error
+	done       chan struct{} // closed once spans or err is set
+}
+
+// chunkedLayer reads a layer's uncompressed stream chunk by chunk.
+type chunkedLayer struct {
+	m      *MountPoint
+	l      *bgLayer
+	f      spanRunFetcher
+	ctx    context.Context
+	cancel context.CancelFunc
+	queue  chan *chunk  // planned chunks in stream order; closed after the last
+	free   chan *[]byte // chunk memory to reuse
+	mu     sync.Mutex
+	bufs   []*[]byte // every chunk buffer mapped, to unmap at Close
+	wg     sync.WaitGroup
+
+	cur  *chunk
+	next int               // the span of cur to read next
+	data []byte            // unread part of a fetched span
+	e    *cache.Entry      // the cached span being read, else nil
+	sr   *io.SectionReader // reads e
+}
+
+func (m *MountPoint) openChunked(ctx context.Context, l *bgLayer, f spanRunFetcher) *chunkedLayer {
+	ctx, cancel := context.WithCancel(ctx)
+	c := &chunkedLayer{m: m, l: l, f: f, ctx: ctx, cancel: cancel, queue: make(chan *chunk, chunkDepth),
+		free: make(chan *[]byte, chunkDepth+1)}
+	jobs := make(chan *chunk)
+	c.wg.Add(1 + chunkWorkers)
+	go c.plan(jobs)
+	for range chunkWorkers {
+		go c.work(jobs)
+	}
+	return c
+}
+
+func (c *chunkedLayer) cached(s int) bool {
+	return c.m.cache.Has(cache.SpanKey(c.m.img.Layers[c.l.idx].Digest(), s))
+}
+
+// plan cuts the layer into chunks, deciding for each span as late as it
+// can (chunkDepth ahead of the store) whether it is cached.
+func (c *chunkedLayer) plan(jobs chan<- *chunk) {
+	defer c.wg.Done()
+	defer close(c.queue)
+	defer close(jobs)
+	n := len(c.m.spans[c.l.idx])
+	for s := 0; s < n; {
+		ch := &chunk{first: s, cached: c.cached(s), done: make(chan struct{})}
+		var size int64
+		e := s
+		for e < n && (e == s || c.cached(e) == ch.cached) && (ch.cached || size < chunkBytes) {
+			size += c.f.SpanWireSize(e)
+			e++
+		}
+		ch.end = e
+		if ch.cached {
+			close(ch.done)
+		}
+		select {
+		case c.queue <- ch:
+		case <-c.ctx.Done():
+			return
+		}
+		if !ch.cached {
+			select {
+			case jobs <- ch:
+			case <-c.ctx.Done():
+				return
+			}
+		}
+		s = e
+	}
+}
+
+// work fetches and decodes chunks, at background CPU priority, each once
+// no read is blocked on the link.
+func (c *chunkedLayer) work(jobs <-chan *chunk) {
+	defer c.wg.Done()
+	t := lowerThreadPriority()
+	for ch := range jobs {
+		t.follow(c.m)
+		ch.err = c.fetch(ch)
+		close(ch.done)
+	}
+}
+
+func (c *chunkedLayer) fetch(ch *chunk) error {
+	retries := max(c.m.opts.Retries, 1)
+	var err error
+	for range retries {
+		if err = c.m.pauseForReads(c.ctx); err != nil {
+			return err
+		}
+		var wire int64
+		if ch.buf == nil {
+			ch.buf = c.getBuf(c.f.FetchSpansSize(ch.first, ch.end))
+		}
+		ch.spans, wire, err = c.f.FetchSpans(c.ctx, ch.first, ch.end, *ch.buf)
+		c.l.wire.Add(wire)
+		c.m.metrics.bgWire.Add(float64(wire))
+		c.m.metrics.bgChunks.Inc()
+		if err == nil || c.ctx.Err() != nil {
+			return err
+		}
+		if errors.Is(err, ErrCorrupt) {
+			c.m.metrics.corrupt.Inc()
+		}
+	}
+	return err
+}
+
+// Read implements io.Reader for the store.
+func (c *chunkedLayer) Read(p []byte) (int, error) {
+	for {
+		if len(c.data) > 0 {
+			n := copy(p, c.data)
+			c.data = c.data[n:]
+			return n, nil
+		}
+		if c.sr != nil {
+			n, err := c.sr.Read(p)
+			if err == io.EOF {
+				c.closeSpan()
+				err = nil
+			}
+			if n > 0 || err != nil {
+				return n, err
+			}
+			continue
+		}
+		if err := c.nextSpan(); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// nextSpan makes the next span of the stream the one Read reads.
+func (c *chunkedLayer) nextSpan() error {
+	if c.cur == nil || c.next >= c.cur.end {
+		var ch *chunk
+		var ok bool
+		select {
+		case ch, ok = <-c.queue:
+		case <-c.ctx.Done():
+			return c.ctx.Err()
+		}
+		if !ok {
+			if err := c.ctx.Err(); err != nil {
+				return err
+			}
+			return io.EOF
+		}
+		select {
+		case <-ch.done:
+		case <-c.ctx.Done():
+			return c.ctx.Err()
+		}
+		if ch.err != nil {
+			return fmt.Errorf("streamfs: spans [%d, %d): %w", ch.first, ch.end, ch.err)
+		}
+		c.release()
+		c.cur, c.next = ch, ch.first
+	}
+	s := c.next
+	c.next++
+	if !c.cur.cached {
+		i := s - c.cur.first
+		c.data, c.cur.spans[i] = c.cur.spans[i], nil
+		if int64(len(c.data)) != c.m.spans[c.l.idx][s].Size {
+			return fmt.Errorf("streamfs: span %d: %d bytes, the index says %d", s, len(c.data), c.m.spans[c.l.idx][s].Size)
+		}
+		return nil
+	}
+	return c.openCached(s)
+}
+
+// openCached opens span s from the cache, or fetches it when it left the
+// cache since it was planned.
+func (c *chunkedLayer) openCached(s int) error {
+	m := c.m
+	e, err := m.cache.Get(c.ctx, cache.SpanKey(m.img.Layers[c.l.idx].Digest(), s))
+	if err == nil {
+		m.metrics.bgCached.Add(float64(e.Size()))
+	} else {
+		ctx, cancel := context.WithTimeout(c.ctx, m.opts.ReadTimeout)
+		e, _, err = m.span(ctx, c.l.idx, s, prioPrefetch)
+		cancel()
+		if err != nil {
+			return err
+		}
+	}
+	c.e, c.sr = e, io.NewSectionReader(e, 0, e.Size())
+	return nil
+}
+
+func (c *chunkedLayer) closeSpan() {
+	if c.e != nil {
+		c.e.Close()
+	}
+	c.e, c.sr = nil, nil
+}
+
+// getBuf returns a buffer of at least n bytes of capacity, for a chunk:
+// one that a chunk read earlier gave back, else a new one. Chunk memory
+// is mapped outside the Go heap and reused: chunks pass about three times
+// the image's size through memory, and on the heap that many bytes, under
+// the mount's soft memory limit, made the garbage collector run most of
+// the time (10 s of CPU while a task read the bench image whole).
+func (c *chunkedLayer) getBuf(n int64) *[]byte {
+	var b *[]byte
+	select {
+	case b = <-c.free:
+	default:
+		b = new([]byte)
+		c.mu.Lock()
+		c.bufs = append(c.bufs, b)
+		c.mu.Unlock()
+	}
+	if int64(cap(*b)) < n {
+		c.mu.Lock()
+		unmapBuf(*b)
+		*b = mapBuf(int((n + chunkRound - 1) / chunkRound * chunkRound))
+		c.mu.Unlock()
+	}
+	return b
+}
+
+// chunkRound rounds chunk buffers up, so that one fits most chunks.
+const chunkRound = 1 << 20
+
+// mapBuf returns n bytes of anonymous memory outside the Go heap, or of
+// heap when mapping fails.
+func mapBuf(n int) []byte {
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return make([]byte, n)
+	}
+	return b[:0]
+}
+
+// unmapBuf releases a buffer from mapBuf (heap ones are left to the GC).
+func unmapBuf(b []byte) {
+	if cap(b) > 0 {
+		_ = unix.Munmap(b[:cap(b)])
+	}
+}
+
+// release gives the memory of the chunk read last back, for the next
+// chunk. Every span of it has been read.
+func (c *chunkedLayer) release() {
+	if c.cur == nil || c.cur.buf == nil {
+		return
+	}
+	select {
+	case c.free <- c.cur.buf:
+	default:
+	}
+	c.cur.buf = nil
+}
+
+// Close stops the workers, waits for them and unmaps the chunk memory;
+// nothing reads the stream afterwards.
+func (c *chunkedLayer) Close() error {
+	c.cancel()
+	c.wg.Wait()
+	c.closeSpan()
+	c.data, c.cur = nil, nil
+	c.mu.Lock()
+	for _, b := range c.bufs {
+		unmapBuf(*b)
+		*b = nil
+	}
+	c.bufs = nil
+	c.mu.Unlock()
+	return nil
+}
