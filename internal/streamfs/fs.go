@@ -198,12 +198,12 @@ func (l localFile) Close() error   { return l.f.Close() }
 // when its layer's stream is about to reach it), else from the cache.
 func (m *MountPoint) wholeFile(ctx context.Context, n *node) backing {
 	if lf := m.openLocal(n); lf != nil {
-		m.metrics.localOpens.Inc()
+		m.localOpened()
 		return localFile{lf}
 	}
 	if m.waitStream(ctx, n) {
 		if lf := m.openLocal(n); lf != nil {
-			m.metrics.localOpens.Inc()
+			m.localOpened()
 			return localFile{lf}
 		}
 	}

@@ -125,7 +125,7 @@ func (l *indexLayer) FetchSpan(ctx context.Context, n int) ([]byte, error) {
 
 // FetchSpans fetches spans [first, end) with one request, into buf when
 // it has FetchSpansSize(first, end) bytes of capacity.
-func (l *indexLayer) FetchSpans(ctx context.Context, first, end int, buf []byte) ([][]byte, int64, error) {
+func (l *indexLayer) FetchSpans(ctx context.Context, first, end int, buf []byte, fetched func()) ([][]byte, int64, error) {
 	plan, err := l.x.PlanSpans(first, end)
 	if err != nil {
 		return nil, 0, err
@@ -137,6 +137,7 @@ func (l *indexLayer) FetchSpans(ctx context.Context, first, end int, buf []byte)
 		wire = make([]byte, plan.Length)
 	}
 	got, err := l.blob.ReadAtContext(ctx, wire, plan.Offset)
+	fetched()
 	if err != nil && !(errors.Is(err, io.EOF) && int64(got) == plan.Length) {
 		return nil, int64(got), fmt.Errorf("streamfs: fetch [%d, +%d) of %s: %w", plan.Offset, plan.Length, l.x.BlobDigest, err)
 	}

@@ -139,6 +139,19 @@ type MountPoint struct {
 	// urgent counts span fetches readers are blocked on (and profile
 	// fetches): the background streams pause while there are any.
 	urgent atomic.Int64
+	// lastUrgent is when (UnixNano) an urgent fetch last ended.
+	lastUrgent atomic.Int64
+	// quietSlot is held by the one chunk fetch of the layer streams that
+	// may run while readers are busy (background_chunks.go).
+	quietSlot chan struct{}
+	lastChunk atomic.Int64 // when (UnixNano) the last chunk fetch took its turn
+	// localOpens counts opens of files the streams made local; following
+	// samples its rate.
+	localOpens  atomic.Int64
+	followMu    sync.Mutex
+	followAt    time.Time
+	followOpens int64
+	followRate  float64
 	// lastSpan is, per layer, the span a reader read last (-2 none), to
 	// see readers walking a layer's files in order.
 	lastSpan []atomic.Int64
@@ -192,7 +205,9 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 		dir: dir, img: img, opts: opts, cache: opts.Cache, log: log,
 		metrics:     newMetrics(dir, img.Name),
 		prefetchSem: make(chan struct{}, opts.Prefetchers),
+		quietSlot:   make(chan struct{}, 1),
 	}
+	m.lastUrgent.Store(time.Now().UnixNano()) // the task is about to start
 	tables := make([][]Entry, len(img.Layers))
 	ends := make([]int64, len(img.Layers))
 	m.spans = make([][]Span, len(img.Layers))

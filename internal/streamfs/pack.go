@@ -81,7 +81,7 @@ func (m *MountPoint) readPack(l int, want []int, ps *packStream) []int {
 	defer rc.Close()
 	// The pack is profile data: background streams pause while it runs.
 	m.urgent.Add(1)
-	defer m.urgent.Add(-1)
+	defer m.endUrgent()
 	m.metrics.packs.Inc()
 	delivered, err := m.unpack(l, x, ps, bufio.NewReaderSize(&wireCounter{r: rc, m: m}, packBufSize))
 	if err != nil && m.ctx.Err() == nil {

@@ -171,7 +171,7 @@ func (m *MountPoint) fetch(ctx context.Context, l, s int, prio priority) ([]byte
 	layer, want := m.img.Layers[l], m.spans[l][s].Size
 	if prio != prioPrefetch {
 		m.urgent.Add(1)
-		defer m.urgent.Add(-1)
+		defer m.endUrgent()
 	}
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
