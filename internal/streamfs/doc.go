@@ -30,24 +30,32 @@
 // # Background streams into the layer store
 //
 // With a layer store (Options.Layers, internal/layerstore), a mount also
-// streams every layer whole in the background: one GET per layer, a few
-// layers at once, decompressed by klauspost/compress and extracted by the
-// store, which checks the layer's diffID. Each regular file the store
-// reports is matched to the tree by layer and offset and checked against
-// the index's digest; from then on it is "local": opens use FUSE
-// passthrough on the extracted file (no copy, no second storage), and
-// handles opened before read it from there. A layer already complete in
-// the store is not fetched at all. A layer whose spans are mostly in the
-// node cache (a warm node whose earlier streams never completed) is
-// extracted from them, fetching only the spans it lacks, so a warm node
-// settles without the registry. Complete is closed when every layer is.
+// streams every layer whole in the background, a few layers at once, and
+// the store extracts it, checking the layer's diffID. A layer whose index
+// addresses its blob span by span (tar, gzip, zstd) streams in chunks: runs
+// of about 1 MiB of spans fetched by range and decoded by two workers at
+// once from their checkpoints (two cores on one big layer, verified
+// against the span digests), put back in order; spans already in the node
+// cache (read by the task, or from a pack) are copied from there instead,
+// so nothing is fetched or decoded twice and a warm node settles without
+// the registry. Chunk memory lives outside the Go heap and is reused.
+// Other layers (or Options.SingleStream) stream with one GET each,
+// decompressed by klauspost/compress. Each regular file the store reports
+// is matched to the tree by layer and offset and checked against the
+// index's digest; from then on it is "local": opens use FUSE passthrough
+// on the extracted file (no copy, no second storage), and handles opened
+// before read it from there. A layer already complete in the store is not
+// fetched at all. Complete is closed when every layer is.
 //
-// Fetches are prioritised. Reads a process is blocked on come first: while
-// their span fetches are in flight the streams stop reading their response
-// bodies (at most maxPause at a time, so connections do not time out), and
-// TCP gives the link to the blocked reads. A read of a file the stream is
-// about to reach (Options.StreamWait) waits for the stream instead of
-// fetching spans. Between the two sits the startup profile.
+// Fetches are prioritised. Reads a process is blocked on come first. While
+// their span fetches are in flight, or were within the last second, and
+// the task is not walking files the streams made local, the chunk fetches
+// of the mount take turns, one at a time and 200 ms apart (a single
+// stream instead stops reading its response body, at most maxPause at a
+// time, and TCP gives the link to the blocked reads). A read of a file the
+// stream is about to reach (Options.StreamWait) waits for the stream
+// instead of fetching spans, and the stream's threads, otherwise at nice
+// 10, run at nice 0 meanwhile. Between the two sits the startup profile.
 //
 // # Startup profile
 //
