@@ -345,13 +345,15 @@ func splitSpans(x *Index, p Plan, out []byte) [][]byte {
 
 // decodeGzipFast fills out from span s's checkpoint with klauspost's
 // inflate, about twice as fast as the resumable fork in index/flate, which
-// can start at any bit but is otherwise the standard library's inflate. A
-// checkpoint sits at bit s.Bits of its first byte; klauspost starts at a
-// byte, so the input is shifted by s.Bits first. That is exact except
-// across a stored block, which is aligned to the unshifted bytes: inflate
-// then fails (or a gzip member ends inside out) and decodeGzipFast
-// reports false, and the caller uses the fork. in starts at s.COffset and
-// was verified against the span digests.
+// can start at any bit but is otherwise the standard library's inflate.
+// klauspost starts at a byte, so only checkpoints at bit 0 of their first
+// byte (and member headers) qualify; the caller uses the fork for the
+// rest. Shifting the input by s.Bits would let every span qualify, but it
+// is not exact: a stored block is aligned to the unshifted bytes, and at
+// the shifted alignment its length check passes one time in 2^Bits (the
+// low Bits bits of the byte after it decide), after which inflate copies
+// misaligned bytes into out. That is silent corruption, so it is not done.
+// in starts at s.COffset and was verified against the span digests.
 func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 	var dict []byte
 	if s.Header {
@@ -361,12 +363,15 @@ func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 		}
 		in = shiftBits(in[fin.Offset():], 0, scratch)
 	} else {
+		if s.Bits != 0 {
+			return false
+		}
 		w, err := decodeWindow(s.Window)
 		if err != nil {
 			return false
 		}
 		dict = w
-		in = shiftBits(in, uint(s.Bits), scratch)
+		in = shiftBits(in, 0, scratch)
 	}
 	br := bytes.NewReader(in)
 	fr := kflate.NewReaderDict(br, dict)
@@ -376,12 +381,10 @@ func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 	if _, err := io.ReadFull(fr, out); err != nil {
 		return false
 	}
-	// A stored block read at the shifted alignment fails its length check
-	// but for one time in 65536; inflating the rest of the span from such
-	// garbage would then have to produce exactly len(out) bytes and also
-	// end where the span's input ends. Inflate reads at most a few bytes
-	// past the last symbol it needs (the bench layer: 3 to 8; the last
-	// span of a member also leaves its 8-byte trailer).
+	// A correct inflate ends where the span's input ends: it reads at
+	// most a few bytes past the last symbol it needs (the bench layer: 3
+	// to 8), and the last span of a member leaves its 8-byte trailer.
+	// Anything else means the span is not what this path assumes.
 	left := br.Len() - inflatePad
 	return left >= -inflatePad && left <= maxInflateLeft
 }
