@@ -361,7 +361,7 @@ func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 		if readGzipHeader(fin) != nil {
 			return false
 		}
-		in = shiftBits(in[fin.Offset():], 0, scratch)
+		in = padded(in[fin.Offset():], scratch)
 	} else {
 		if s.Bits != 0 {
 			return false
@@ -371,7 +371,7 @@ func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 			return false
 		}
 		dict = w
-		in = shiftBits(in, 0, scratch)
+		in = padded(in, scratch)
 	}
 	br := bytes.NewReader(in)
 	fr := kflate.NewReaderDict(br, dict)
@@ -399,31 +399,15 @@ const maxInflateLeft = 16
 // never part of the output: only total bytes are read.
 const inflatePad = 8
 
-// shiftBits returns a copy of b shifted right by n bits (0-7) as a
-// little-endian bit stream (the bit at position n of b[0] becomes bit 0),
-// followed by inflatePad zero bytes, in scratch when it is big enough.
-func shiftBits(b []byte, n uint, scratch []byte) []byte {
+// padded returns a copy of b followed by inflatePad zero bytes, in
+// scratch when it is big enough.
+func padded(b, scratch []byte) []byte {
 	out := scratch[:0]
 	if cap(out) < len(b)+inflatePad {
 		out = make([]byte, len(b)+inflatePad)
 	}
 	out = out[:len(b)+inflatePad]
+	copy(out, b)
 	clear(out[len(b):])
-	if n == 0 {
-		copy(out, b)
-		return out
-	}
-	i := 0
-	for ; i+9 <= len(b); i += 8 {
-		w := binary.LittleEndian.Uint64(b[i:])
-		binary.LittleEndian.PutUint64(out[i:], w>>n|uint64(b[i+8])<<(64-n))
-	}
-	for ; i < len(b); i++ {
-		c := b[i] >> n
-		if i+1 < len(b) {
-			c |= b[i+1] << (8 - n)
-		}
-		out[i] = c
-	}
 	return out
 }
