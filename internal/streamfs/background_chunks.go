@@ -196,12 +196,6 @@ const busyGap = 200 * time.Millisecond
 // the streams then go at full speed even while some reads block.
 const followRate = 50
 
-// endUrgent ends an urgent fetch (see urgent).
-func (m *MountPoint) endUrgent() {
-	m.lastUrgent.Store(time.Now().UnixNano())
-	m.urgent.Add(-1)
-}
-
 // localOpened counts an open of a file the streams made local.
 func (m *MountPoint) localOpened() {
 	m.metrics.localOpens.Inc()
@@ -327,17 +321,9 @@ func (c *chunkedLayer) nextSpan() error {
 // openCached opens span s from the cache, or fetches it when it left the
 // cache since it was planned.
 func (c *chunkedLayer) openCached(s int) error {
-	m := c.m
-	e, err := m.cache.Get(c.ctx, cache.SpanKey(m.img.Layers[c.l.idx].Digest(), s))
-	if err == nil {
-		m.metrics.bgCached.Add(float64(e.Size()))
-	} else {
-		ctx, cancel := context.WithTimeout(c.ctx, m.opts.ReadTimeout)
-		e, _, err = m.span(ctx, c.l.idx, s, prioPrefetch)
-		cancel()
-		if err != nil {
-			return err
-		}
+	e, err := c.m.streamSpan(c.ctx, c.l.idx, s) // background_warm.go
+	if err != nil {
+		return err
 	}
 	c.e, c.sr = e, io.NewSectionReader(e, 0, e.Size())
 	return nil

@@ -81,17 +81,9 @@ func (c *cachedLayer) Read(p []byte) (int, error) {
 // few holes does not wait one round trip per hole.
 func (c *cachedLayer) open(s int) error {
 	m := c.m
-	key := cache.SpanKey(m.img.Layers[c.l].Digest(), s)
-	e, err := m.cache.Get(c.ctx, key)
-	if err == nil {
-		m.metrics.bgCached.Add(float64(e.Size()))
-	} else {
-		ctx, cancel := context.WithTimeout(c.ctx, m.opts.ReadTimeout)
-		e, _, err = m.span(ctx, c.l, s, prioPrefetch)
-		cancel()
-		if err != nil {
-			return err
-		}
+	e, err := m.streamSpan(c.ctx, c.l, s)
+	if err != nil {
+		return err
 	}
 	for j := s + 1; j <= s+m.opts.ReadAhead && j < len(m.spans[c.l]); j++ {
 		if !m.cache.Has(cache.SpanKey(m.img.Layers[c.l].Digest(), j)) {
@@ -113,4 +105,17 @@ func (c *cachedLayer) closeSpan() {
 func (c *cachedLayer) Close() error {
 	c.closeSpan()
 	return nil
+}
+
+// streamSpan returns span s of layer l for a layer stream: from the cache
+// (counted in background_cached_bytes), else fetched and cached.
+func (m *MountPoint) streamSpan(ctx context.Context, l, s int) (*cache.Entry, error) {
+	if e, err := m.cache.Get(ctx, cache.SpanKey(m.img.Layers[l].Digest(), s)); err == nil {
+		m.metrics.bgCached.Add(float64(e.Size()))
+		return e, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, m.opts.ReadTimeout)
+	defer cancel()
+	e, _, err := m.span(ctx, l, s, prioPrefetch)
+	return e, err
 }

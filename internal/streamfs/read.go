@@ -165,6 +165,12 @@ type wireSizer interface {
 	SpanWireSize(n int) int64
 }
 
+// endUrgent ends an urgent fetch (see MountPoint.urgent), noting when.
+func (m *MountPoint) endUrgent() {
+	m.lastUrgent.Store(time.Now().UnixNano())
+	m.urgent.Add(-1)
+}
+
 // fetch gets span s of layer l from the registry, retrying failures
 // (corrupt data included) up to Options.Retries times while ctx lasts.
 func (m *MountPoint) fetch(ctx context.Context, l, s int, prio priority) ([]byte, error) {
