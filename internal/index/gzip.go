@@ -346,14 +346,14 @@ func splitSpans(x *Index, p Plan, out []byte) [][]byte {
 // decodeGzipFast fills out from span s's checkpoint with klauspost's
 // inflate, about twice as fast as the resumable fork in index/flate, which
 // can start at any bit but is otherwise the standard library's inflate.
-// klauspost starts at a byte, so only checkpoints at bit 0 of their first
-// byte (and member headers) qualify; the caller uses the fork for the
-// rest. Shifting the input by s.Bits would let every span qualify, but it
-// is not exact: a stored block is aligned to the unshifted bytes, and at
-// the shifted alignment its length check passes one time in 2^Bits (the
-// low Bits bits of the byte after it decide), after which inflate copies
-// misaligned bytes into out. That is silent corruption, so it is not done.
-// in starts at s.COffset and was verified against the span digests.
+// klauspost starts at a byte; a checkpoint mid-byte gets empty blocks in
+// front (alignedInput), which keeps every byte of the span where it was.
+// (Shifting the input by s.Bits instead is not exact: a stored block is
+// aligned to the unshifted bytes, and at the shifted alignment its length
+// check passes one time in 2^Bits, after which inflate copies misaligned
+// bytes into out.) It returns false when klauspost fails; the caller then
+// uses the fork. in starts at s.COffset and was verified against the span
+// digests.
 func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 	var dict []byte
 	if s.Header {
@@ -363,15 +363,16 @@ func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 		}
 		in = padded(in[fin.Offset():], scratch)
 	} else {
-		if s.Bits != 0 {
-			return false
-		}
 		w, err := decodeWindow(s.Window)
-		if err != nil {
+		if err != nil || len(in) == 0 {
 			return false
 		}
 		dict = w
-		in = padded(in, scratch)
+		if s.Bits != 0 {
+			in = alignedInput(s.Bits, in, scratch)
+		} else {
+			in = padded(in, scratch)
+		}
 	}
 	br := bytes.NewReader(in)
 	fr := kflate.NewReaderDict(br, dict)

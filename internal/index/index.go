@@ -317,7 +317,7 @@ func (x *Index) DecodeSize(p Plan) int64 {
 	if x.Kind != KindGzip {
 		return total
 	}
-	return total + maxC + inflatePad
+	return total + maxC + maxAlignPrefix + inflatePad
 }
 
 // spanBytes returns the part of fetched that holds span s.
