@@ -40,6 +40,7 @@ func newRunCmd() *cobra.Command {
 		noNetwork  bool
 		verbose    bool
 		settle     bool
+		noBg       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "run [flags] IMAGE [-- COMMAND [ARG...]]",
@@ -77,7 +78,14 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 				return err
 			}
 			defer n.Close()
-			rfs, err := runImage(ctx, n, ref, pullFirst, log)
+			if settle && noBg {
+				return fmt.Errorf("--settle needs the background streams that --no-background switches off; give one of them")
+			}
+			var so []node.StreamOption
+			if noBg {
+				so = append(so, node.WithoutBackground())
+			}
+			rfs, err := runImage(ctx, n, ref, pullFirst, log, so...)
 			if err != nil {
 				return err
 			}
@@ -137,15 +145,16 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 	f.StringArrayVarP(&env, "env", "e", nil, "set an environment variable (KEY=VALUE); repeatable")
 	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind a host path (/host:/ctr[:ro]); repeatable")
 	f.BoolVar(&noNetwork, "block-external-network", false, "give the container only a loopback interface")
+	f.BoolVar(&noBg, "no-background", false, "stream only what the container reads (and its startup profile): no whole layers in the background, so the image does not settle")
 	f.BoolVar(&settle, "settle", false, "after the container exits, wait until the streamed image is complete on the node, so later runs get it as overlayfs (without it, layers still streaming are left unfinished)")
 	f.BoolVar(&verbose, "verbose", false, "say how the image arrived and how long it took, on stderr")
 	return cmd
 }
 
 // runImage streams ref, or pulls it when asked or when it cannot stream.
-func runImage(ctx context.Context, n *node.Node, ref string, pull bool, log *slog.Logger) (*node.RootFS, error) {
+func runImage(ctx context.Context, n *node.Node, ref string, pull bool, log *slog.Logger, so ...node.StreamOption) (*node.RootFS, error) {
 	if !pull {
-		rfs, err := n.Stream(ctx, ref, node.Auth{})
+		rfs, err := n.Stream(ctx, ref, node.Auth{}, so...)
 		if err == nil || !errors.Is(err, streamfs.ErrNotEligible) {
 			return rfs, err
 		}

@@ -141,6 +141,7 @@ func (f *fsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 	if f.n.typ != unix.S_IFREG {
 		return nil, 0, syscall.EINVAL
 	}
+	f.m.active()
 	// The mount is read-only: flush has nothing to do, so the kernel need
 	// not send one at every close.
 	const cachedFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH
@@ -312,6 +313,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		m.profile.recordRead(n, off, int64(len(dest)))
 		return fuse.ReadResultFd(lf.Fd(), off, len(dest)), 0
 	}
+	m.active()
 	h.mu.Lock()
 	streak := h.read.streak(off)
 	h.mu.Unlock()

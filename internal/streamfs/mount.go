@@ -141,10 +141,16 @@ type MountPoint struct {
 	urgent atomic.Int64
 	// lastUrgent is when (UnixNano) an urgent fetch last ended.
 	lastUrgent atomic.Int64
+	// lastActive is when (UnixNano) the task last opened a file, or read
+	// one through this process, that the streams had not made local.
+	lastActive atomic.Int64
 	// quietSlot is held by the one chunk fetch of the layer streams that
 	// may run while readers are busy (background_chunks.go).
 	quietSlot chan struct{}
 	lastChunk atomic.Int64 // when (UnixNano) the last chunk fetch took its turn
+	// packsDone is closed once the mount's prefetch packs are read (at
+	// once when it has none): until then no chunk fetch starts.
+	packsDone chan struct{}
 	// localOpens counts opens of files the streams made local; following
 	// samples its rate.
 	localOpens  atomic.Int64
@@ -206,6 +212,7 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 		metrics:     newMetrics(dir, img.Name),
 		prefetchSem: make(chan struct{}, opts.Prefetchers),
 		quietSlot:   make(chan struct{}, 1),
+		packsDone:   make(chan struct{}),
 	}
 	m.lastUrgent.Store(time.Now().UnixNano()) // the task is about to start
 	tables := make([][]Entry, len(img.Layers))

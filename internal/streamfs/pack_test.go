@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/streamfs"
@@ -510,3 +511,92 @@ func TestPackMissingOrStale(t *testing.T) {
 	}
 	e.checkFiles(t, dir)
 }
+
+// A warm node fetches only the profile spans its cache lacks: nothing
+// when it holds them all, and a span by range, not the whole pack, when
+// it lacks less than half of a layer's profile.
+func TestPackWarmCache(t *testing.T) {
+	testutil.RequiresRoot(t)
+	e := newPackEnv(t)
+	c := newCache(t)
+	m1, _ := e.mount(t, func(o *streamfs.Options) { o.Cache = c })
+	e.waitProfile(t, m1)
+	e.packGets.Store(0)
+	e.r.rangeRequests.Store(0)
+
+	m2, dir2 := e.mount(t, func(o *streamfs.Options) { o.Cache = c })
+	e.checkFiles(t, dir2)
+	if st := m2.Stats(); e.packGets.Load() != 0 || e.r.rangeRequests.Load() != 0 || st.WireBytes != 0 {
+		t.Errorf("a warm mount fetched %d packs, %d ranges (stats %+v); its cache holds the whole profile",
+			e.packGets.Load(), e.r.rangeRequests.Load(), st)
+	}
+
+	// Another node, whose cache got the profile without reads (the
+	// kernel's read-ahead of m2's reads could still refill a span of c),
+	// then lost one span of it.
+	c = newCache(t)
+	e.waitProfile(t, first(e.mount(t, func(o *streamfs.Options) { o.Cache = c })))
+	e.packGets.Store(0)
+	e.r.rangeRequests.Store(0)
+	l := e.prof.Layers[0]
+	if len(l.Spans) < 3 {
+		t.Fatalf("layer %s has %d profile spans; the test needs 3", l.Digest, len(l.Spans))
+	}
+	if c.Delete(cache.SpanKey(l.Digest, l.Spans[len(l.Spans)-1])) == 0 {
+		t.Fatal("the span was not in the cache")
+	}
+	m3, dir3 := e.mount(t, func(o *streamfs.Options) { o.Cache = c })
+	e.checkFiles(t, dir3)
+	// The span is fetched once, by range: by the profile in the
+	// background, or by a read that got there first. Wait for it.
+	deadline := time.Now().Add(30 * time.Second)
+	for m3.Stats().FetchedSpans == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the missing profile span was not fetched: %+v", m3.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := m3.Stats(); e.packGets.Load() != 0 || e.r.rangeRequests.Load() != 1 || st.FetchedSpans != 1 {
+		t.Errorf("with one profile span missing: %d packs, %d ranges (stats %+v); want the span alone by range",
+			e.packGets.Load(), e.r.rangeRequests.Load(), st)
+	}
+}
+
+// The profile comes before the rest of the layers: while a mount's packs
+// are being read, its layer streams fetch no chunk. Then they complete.
+func TestPackBeforeChunks(t *testing.T) {
+	testutil.RequiresRoot(t)
+	e := newPackEnv(t)
+	release := make(chan struct{})
+	e.stallPacks(t, release)
+	var released atomic.Bool
+	var early atomic.Int64
+	onRange := func() {
+		if !released.Load() {
+			early.Add(1)
+		}
+	}
+	e.r.onRange.Store(&onRange)
+	t.Cleanup(func() { e.r.onRange.Store(nil) })
+	m, _ := e.mount(t, func(o *streamfs.Options) { o.Layers = newStore(t) })
+	// Give chunk fetches time to start, if they would.
+	deadline := time.Now().Add(30 * time.Second)
+	for m.Stats().PackWireBytes == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the packs did not start: %+v", m.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(300 * time.Millisecond)
+	released.Store(true)
+	close(release)
+	waitComplete(t, m)
+	if n := early.Load(); n != 0 {
+		t.Errorf("%d range requests while the packs were being read", n)
+	}
+	if st := m.Stats(); st.BackgroundChunks == 0 {
+		t.Errorf("no chunks: %+v", st)
+	}
+}
+
+func first[A, B any](a A, _ B) A { return a }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+
+	"github.com/riffle-dev/riffle/internal/cache"
 )
 
 // Profile is a startup profile: per layer, the spans readers needed first,
@@ -137,15 +139,25 @@ func (m *MountPoint) Profile() Profile {
 // profileJob is one span of the profile to fetch: span s of layer l.
 type profileJob struct{ l, s int }
 
+// profileList is one layer's profile spans that are not in the cache yet,
+// in profile order, and whether to fetch them as the layer's pack.
+type profileList struct {
+	jobs []profileJob
+	pack bool
+}
+
 // profileLists returns, per layer of Options.Profile that this image has
 // (and whose layer is not complete in the layer store), its spans in
-// profile order.
-func (m *MountPoint) profileLists() [][]profileJob {
+// profile order that the cache lacks. A warm node fetches only those: by
+// the pack while they are at least half of the profile's bytes (the pack
+// streams all of them, so less than that would waste more of the link than
+// it saves in requests), else by range.
+func (m *MountPoint) profileLists() []profileList {
 	byDigest := map[digest.Digest]int{}
 	for i, l := range m.img.Layers {
 		byDigest[l.Digest()] = i
 	}
-	var lists [][]profileJob
+	var lists []profileList
 	seen := map[int]bool{} // a layer twice in an image is one blob: once
 	for _, pl := range m.opts.Profile.Layers {
 		i, ok := byDigest[pl.Digest]
@@ -154,13 +166,22 @@ func (m *MountPoint) profileLists() [][]profileJob {
 		}
 		seen[i] = true
 		var js []profileJob
+		var all, missing int64
+		d := m.img.Layers[i].Digest()
 		for _, s := range pl.Spans {
-			if s >= 0 && s < len(m.spans[i]) {
-				js = append(js, profileJob{i, s})
+			if s < 0 || s >= len(m.spans[i]) {
+				continue
 			}
+			size := m.spans[i][s].Size
+			all += size
+			if m.cache.Has(cache.SpanKey(d, s)) {
+				continue
+			}
+			missing += size
+			js = append(js, profileJob{i, s})
 		}
 		if len(js) > 0 {
-			lists = append(lists, js)
+			lists = append(lists, profileList{jobs: js, pack: 2*missing >= all})
 		}
 	}
 	return lists
@@ -188,8 +209,8 @@ func interleave(lists [][]profileJob) []profileJob {
 // reference it was opened from.
 func (m *MountPoint) ImageName() string { return m.img.Name }
 
-// startProfile fetches the spans of Options.Profile that this image has,
-// ahead of the background streams. With Options.Packs, each layer's pack
+// startProfile fetches the spans of Options.Profile that this image has
+// and the cache lacks, ahead of the background streams. With Options.Packs, each layer's pack
 // is read in one stream (layers in parallel) and only what the packs did
 // not deliver is fetched by range; without, every span is fetched by
 // range in profile order (layers interleaved). Range fetches run
@@ -197,10 +218,12 @@ func (m *MountPoint) ImageName() string { return m.img.Name }
 // skipped.
 func (m *MountPoint) startProfile() {
 	if m.opts.Profile == nil {
+		close(m.packsDone)
 		return
 	}
 	lists := m.profileLists()
 	if len(lists) == 0 {
+		close(m.packsDone)
 		return
 	}
 	par := m.opts.ProfileParallel
@@ -211,8 +234,10 @@ func (m *MountPoint) startProfile() {
 	// mount misses them.
 	expected := make([]*packStream, len(lists))
 	if m.opts.Packs != nil {
-		for i, js := range lists {
-			expected[i] = m.expectPack(js[0].l, spansOf(js))
+		for i, pl := range lists {
+			if pl.pack {
+				expected[i] = m.expectPack(pl.jobs[0].l, spansOf(pl.jobs))
+			}
 		}
 	}
 	jobs := make(chan profileJob)
@@ -234,19 +259,28 @@ func (m *MountPoint) startProfile() {
 		defer m.bg.Done()
 		defer close(jobs)
 		if m.opts.Packs == nil {
-			m.queueJobs(jobs, interleave(lists))
+			close(m.packsDone)
+			all := make([][]profileJob, len(lists))
+			for i, pl := range lists {
+				all[i] = pl.jobs
+			}
+			m.queueJobs(jobs, interleave(all))
 			return
 		}
-		var wg sync.WaitGroup
-		for i, js := range lists {
+		var wg, packs sync.WaitGroup
+		for i, pl := range lists {
+			packs.Add(1)
 			wg.Go(func() {
-				l, want := js[0].l, spansOf(js)
+				l, want := pl.jobs[0].l, spansOf(pl.jobs)
 				if expected[i] != nil {
 					want = m.readPack(l, want, expected[i])
 				}
+				packs.Done()
 				m.queueJobs(jobs, jobsOf(l, want))
 			})
 		}
+		packs.Wait()
+		close(m.packsDone)
 		wg.Wait()
 	}()
 }

@@ -171,6 +171,16 @@ func (m *MountPoint) endUrgent() {
 	m.urgent.Add(-1)
 }
 
+// active notes that the task opened or read a file the streams had not
+// made local (see readersBusy). It stores at most once a millisecond: it
+// runs on every open and read.
+func (m *MountPoint) active() {
+	now := time.Now().UnixNano()
+	if now-m.lastActive.Load() > int64(time.Millisecond) {
+		m.lastActive.Store(now)
+	}
+}
+
 // fetch gets span s of layer l from the registry, retrying failures
 // (corrupt data included) up to Options.Retries times while ctx lasts.
 func (m *MountPoint) fetch(ctx context.Context, l, s int, prio priority) ([]byte, error) {
