@@ -49,7 +49,10 @@
 // fetched bytes go to [Index.Decode], which checks each span's digest
 // before decompressing anything and returns each span's uncompressed
 // bytes, ready to be cached under (layer digest, span index). A digest
-// mismatch wraps [ErrCorrupt]: refetch, never use the data.
+// mismatch wraps [ErrCorrupt]: refetch, never use the data. A gzip span
+// is inflated by klauspost/compress from its checkpoint: empty deflate
+// blocks in front align a checkpoint that is mid-byte without moving any
+// of the span's bytes (align.go); the fork in flate is the fallback.
 //
 // # Trust
 //

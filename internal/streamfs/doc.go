@@ -71,8 +71,11 @@
 // profile's spans' compressed bytes in profile order, in one blob; see
 // PackHeader) is fetched in one request, layers in parallel, before any
 // span by range. Each span is checked against the index's span digest and
-// decoded before it enters the cache, so the pack's source is not
-// trusted; spans already cached are skipped. A read of a span the pack
+// decoded (two spans at a time, while the next arrive) before it enters
+// the cache, so the pack's source is not trusted. A warm node fetches only
+// the profile spans its cache lacks: by the pack while they are at least
+// half of the layer's profile, else by range. Until the packs are read,
+// the layer streams fetch no chunk. A read of a span the pack
 // will deliver within Options.PackWait bytes waits for it (at most a few
 // seconds) instead of fetching it; a read further ahead fetches by range.
 // Spans the pack lacks, damaged ones, and the rest after a pack breaks
