@@ -84,6 +84,17 @@ func TestRun(t *testing.T) {
 	if out, err := runRiffle(ctx, "run", "--data-dir", dataDir, ref, "true"); err == nil || !strings.Contains(err.Error(), "after --") {
 		t.Errorf("a command without --: err = %v\n%s", err, out)
 	}
+
+	// --no-background streams only what the container reads: on a fresh
+	// node the image is streamed, and it cannot be asked to settle.
+	fresh := filepath.Join(t.TempDir(), "data")
+	out, err := runRiffle(ctx, "run", "--verbose", "--no-background", "--data-dir", fresh, ref, "--", "cat", "/data/hello.txt")
+	if err != nil || !strings.Contains(out, "hello from a streamed image") || !strings.Contains(out, "method=streamed") || !strings.Contains(out, "wire_background=0") {
+		t.Errorf("--no-background: err = %v\n%s", err, out)
+	}
+	if out, err := runRiffle(ctx, "run", "--no-background", "--settle", "--data-dir", fresh, ref, "--", "true"); err == nil || !strings.Contains(err.Error(), "--no-background") {
+		t.Errorf("--no-background --settle: err = %v\n%s", err, out)
+	}
 }
 
 // TestMountBackground checks riffle mount --background: the command
