@@ -74,9 +74,9 @@ var alignPrefixes = func() (p [8]struct {
 const maxAlignPrefix = 16
 
 // alignedInput returns, in scratch when it is big enough, an input for a
-// byte-aligned inflate that decodes like span s: empty blocks up to bit
-// s.Bits of a byte, that byte's upper bits from in[0], the rest of in, then
-// inflatePad zero bytes. in starts at s.COffset; s.Bits is not 0.
+// byte-aligned inflate that starts at bit bits of in[0]: empty blocks up to
+// bit bits of a byte, that byte's upper bits from in[0], the rest of in,
+// then inflatePad zero bytes. With bits 0 it is a padded copy of in.
 func alignedInput(bits uint8, in, scratch []byte) []byte {
 	pre := alignPrefixes[bits]
 	whole := pre.bits / 8 // bytes of the prefix before the shared byte
@@ -87,9 +87,11 @@ func alignedInput(bits uint8, in, scratch []byte) []byte {
 	}
 	out = out[:n]
 	copy(out, pre.b[:whole])
-	low := byte(1)<<bits - 1
-	out[whole] = pre.b[whole]&low | in[0]&^low
-	copy(out[whole+1:], in[1:])
+	copy(out[whole:], in)
+	if bits != 0 {
+		low := byte(1)<<bits - 1
+		out[whole] = pre.b[whole]&low | in[0]&^low
+	}
 	clear(out[whole+len(in):])
 	return out
 }

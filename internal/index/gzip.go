@@ -361,18 +361,14 @@ func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 		if readGzipHeader(fin) != nil {
 			return false
 		}
-		in = padded(in[fin.Offset():], scratch)
+		in = alignedInput(0, in[fin.Offset():], scratch)
 	} else {
 		w, err := decodeWindow(s.Window)
 		if err != nil || len(in) == 0 {
 			return false
 		}
 		dict = w
-		if s.Bits != 0 {
-			in = alignedInput(s.Bits, in, scratch)
-		} else {
-			in = padded(in, scratch)
-		}
+		in = alignedInput(s.Bits, in, scratch)
 	}
 	br := bytes.NewReader(in)
 	fr := kflate.NewReaderDict(br, dict)
@@ -399,16 +395,3 @@ const maxInflateLeft = 16
 // wanted symbols, and fails where the fetch ends instead. The padding is
 // never part of the output: only total bytes are read.
 const inflatePad = 8
-
-// padded returns a copy of b followed by inflatePad zero bytes, in
-// scratch when it is big enough.
-func padded(b, scratch []byte) []byte {
-	out := scratch[:0]
-	if cap(out) < len(b)+inflatePad {
-		out = make([]byte, len(b)+inflatePad)
-	}
-	out = out[:len(b)+inflatePad]
-	copy(out, b)
-	clear(out[len(b):])
-	return out
-}

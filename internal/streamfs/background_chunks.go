@@ -179,9 +179,9 @@ func (c *chunkedLayer) fetch(ch *chunk) error {
 	return err
 }
 
-// busyWindow is how long after its last blocked fetch, or its last open or
-// read of a file not yet local (or after it was mounted, while the task
-// starts), a mount's readers count as busy.
+// busyWindow is how long after its last blocked fetch, open, or read from
+// the cache (or after it was mounted, while the task starts), a mount's
+// readers count as busy.
 const busyWindow = time.Second
 
 // busyGap is the least time between two chunk fetches of a mount while its
@@ -204,8 +204,9 @@ func (m *MountPoint) localOpened() {
 }
 
 // readersBusy reports whether a read is blocked on a fetch now or was
-// within busyWindow, or the task opened or read files the streams have not
-// made local within busyWindow. The latter is a task starting from a warm
+// within busyWindow, or the task opened files or read them from the cache
+// within busyWindow (opens of files the streams made local count too;
+// following then lets the streams run). The latter is a task starting from a warm
 // cache: none of its reads block, but chunks streamed at full speed would
 // take CPU and disk from it (a warm python import took 3.4 to 4.4 s with
 // them, 2.0 to 2.5 s without).

@@ -37,10 +37,10 @@ func (m *MountPoint) openLayerStream(ctx context.Context, l *bgLayer) (io.ReadCl
 // mostlyCached reports whether the cache holds at least half of layer i's
 // spans.
 func (m *MountPoint) mostlyCached(i int) bool {
-	spans, d := m.spans[i], m.img.Layers[i].Digest()
+	spans := m.spans[i]
 	have := 0
 	for s := range spans {
-		if m.cache.Has(cache.SpanKey(d, s)) {
+		if m.cached(i, s) {
 			have++
 		}
 	}

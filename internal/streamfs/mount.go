@@ -142,7 +142,7 @@ type MountPoint struct {
 	// lastUrgent is when (UnixNano) an urgent fetch last ended.
 	lastUrgent atomic.Int64
 	// lastActive is when (UnixNano) the task last opened a file, or read
-	// one through this process, that the streams had not made local.
+	// one through this process from the cache (readersBusy).
 	lastActive atomic.Int64
 	// quietSlot is held by the one chunk fetch of the layer streams that
 	// may run while readers are busy (background_chunks.go).

@@ -145,7 +145,6 @@ func (m *MountPoint) unpack(l int, x *index.Index, ps *packStream, r *bufio.Read
 			}
 		})
 	}
-	err = nil
 read:
 	for _, e := range h.Spans {
 		buf := getWireBuf(e.Size)
@@ -368,21 +367,17 @@ func (m *MountPoint) waitPack(ctx context.Context, l, s int) []byte {
 }
 
 // decodePackSpan verifies and decodes span n's blob bytes from a pack.
-// With scratch (*[]byte, grown as needed) it decodes into that buffer
-// (Index.DecodeInto), which the result then aliases.
+// It decodes into *scratch (Index.DecodeInto), grown as needed, which the
+// result then aliases.
 func decodePackSpan(x *index.Index, n int, b []byte, scratch *[]byte) ([]byte, error) {
 	p, err := x.PlanSpans(n, n+1)
 	if err != nil {
 		return nil, err
 	}
-	var buf []byte
-	if scratch != nil {
-		if size := x.DecodeSize(p); int64(cap(*scratch)) < size {
-			*scratch = make([]byte, size)
-		}
-		buf = *scratch
+	if size := x.DecodeSize(p); int64(cap(*scratch)) < size {
+		*scratch = make([]byte, size)
 	}
-	out, err := x.DecodeInto(p, b, buf)
+	out, err := x.DecodeInto(p, b, *scratch)
 	if err != nil {
 		if errors.Is(err, index.ErrCorrupt) {
 			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
@@ -395,14 +390,10 @@ func decodePackSpan(x *index.Index, n int, b []byte, scratch *[]byte) ([]byte, e
 	return out[0], nil
 }
 
-// cached reports whether span s of layer l is in the cache.
+// cached reports whether span s of layer l is in the cache (without
+// counting a cache hit or miss: callers choose a path by it).
 func (m *MountPoint) cached(l, s int) bool {
-	e, err := m.cache.Get(m.ctx, cache.SpanKey(m.img.Layers[l].Digest(), s))
-	if err != nil {
-		return false
-	}
-	e.Close()
-	return true
+	return m.cache.Has(cache.SpanKey(m.img.Layers[l].Digest(), s))
 }
 
 // fillFromPack stores a pack's decoded span s of layer l in the cache and

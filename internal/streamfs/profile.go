@@ -6,8 +6,6 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
-
-	"github.com/riffle-dev/riffle/internal/cache"
 )
 
 // Profile is a startup profile: per layer, the spans readers needed first,
@@ -167,14 +165,13 @@ func (m *MountPoint) profileLists() []profileList {
 		seen[i] = true
 		var js []profileJob
 		var all, missing int64
-		d := m.img.Layers[i].Digest()
 		for _, s := range pl.Spans {
 			if s < 0 || s >= len(m.spans[i]) {
 				continue
 			}
 			size := m.spans[i][s].Size
 			all += size
-			if m.cache.Has(cache.SpanKey(d, s)) {
+			if m.cached(i, s) {
 				continue
 			}
 			missing += size
@@ -210,9 +207,9 @@ func interleave(lists [][]profileJob) []profileJob {
 func (m *MountPoint) ImageName() string { return m.img.Name }
 
 // startProfile fetches the spans of Options.Profile that this image has
-// and the cache lacks, ahead of the background streams. With Options.Packs, each layer's pack
-// is read in one stream (layers in parallel) and only what the packs did
-// not deliver is fetched by range; without, every span is fetched by
+// and the cache lacks, ahead of the background streams. With
+// Options.Packs, each layer's pack is read in one stream (layers in
+// parallel) and only what the packs did not deliver is fetched by range; without, every span is fetched by
 // range in profile order (layers interleaved). Range fetches run
 // ProfileParallel at a time. Layers complete in the layer store are
 // skipped.

@@ -171,8 +171,8 @@ func (m *MountPoint) endUrgent() {
 	m.urgent.Add(-1)
 }
 
-// active notes that the task opened or read a file the streams had not
-// made local (see readersBusy). It stores at most once a millisecond: it
+// active notes that the task opened a file, or read one from the cache
+// (see readersBusy). It stores at most once a millisecond: it
 // runs on every open and read.
 func (m *MountPoint) active() {
 	now := time.Now().UnixNano()
