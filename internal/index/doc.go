@@ -78,7 +78,8 @@
 //	  mediaType    str
 //	  blobDigest   d32 (sha256 of the blob)
 //	  blobSize     uvar
-//	  flags        1 byte: bit 0 = diffID present
+//	  flags        1 byte: bit 0 = diffID present; bit 1 = detached
+//	               (windows kept apart, see Index.Detach)
 //	  diffID       d32, if flagged
 //	  uncompressed uvar (length of the tar stream)
 //	  spanSize     uvar (the build option)
@@ -91,8 +92,10 @@
 //	    csize      uvar (blob bytes to fetch)
 //	    flags      1 byte: bits 0-2 = bits of the first byte that belong
 //	               to the previous block; bit 3 = starts at a gzip member
-//	               header
-//	    window     str (zstd frame of the preceding <= 32 KiB; gzip only)
+//	               header; bit 4 (detached only) = a window digest follows
+//	    window     str (zstd frame of the preceding <= 32 KiB; gzip
+//	               only), if not detached
+//	    wsum       d32 (sha256 of that window), if detached and flagged
 //	    digest     d32 (sha256 of the csize fetched bytes)
 //	files (in tar order, one entry per name; see ocilayer.Dedup):
 //	  count        uvar

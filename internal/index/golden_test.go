@@ -255,6 +255,8 @@ func FuzzUnmarshal(f *testing.F) {
 			f.Fatal(err)
 		}
 		f.Add(x.encode())
+		d, _ := x.Detach()
+		f.Add(d.encode())
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		check := func(b []byte) {

@@ -247,7 +247,7 @@ func decodeWindow(w []byte) ([]byte, error) {
 // span starts at a checkpoint, so each is inflated on its own: with
 // klauspost/compress when it can (decodeGzipFast), else with the resumable
 // fork, which runs across member boundaries as needed.
-func (x *Index) decodeGzip(p Plan, fetched, buf []byte) ([][]byte, error) {
+func (x *Index) decodeGzip(p Plan, window, fetched, buf []byte) ([][]byte, error) {
 	var total int64
 	for i := p.First; i < p.End; i++ {
 		total += x.Spans[i].USize
@@ -262,15 +262,35 @@ func (x *Index) decodeGzip(p Plan, fetched, buf []byte) ([][]byte, error) {
 	for i := p.First; i < p.End; i++ {
 		s := &x.Spans[i]
 		dst := out[n : n+s.USize]
-		n += s.USize
 		in, err := spanBytes(s, p, fetched)
 		if err != nil {
 			return nil, err
 		}
-		if decodeGzipFast(s, in, dst, scratch) {
+		// The first span's history is the plan's window; a later span's
+		// is the output before it, which saves decoding its window (and
+		// lets a detached index decode a plan with one window).
+		var dict []byte
+		switch {
+		case s.Header:
+		case i == p.First || n < WindowSize:
+			w := x.Spans[i].Window
+			if i == p.First && window != nil {
+				w = window
+			} else if i != p.First && x.NeedsWindow(i) {
+				// Builders never cut a span this short.
+				return nil, fmt.Errorf("index: span %d follows only %d bytes of the plan; decode it on its own", i, n)
+			}
+			if dict, err = decodeWindow(w); err != nil {
+				return nil, fmt.Errorf("index: span %d: %w", i, err)
+			}
+		default:
+			dict = out[n-WindowSize : n]
+		}
+		n += s.USize
+		if decodeGzipFast(s, dict, in, dst, scratch) {
 			continue
 		}
-		if err := x.inflateFork(Plan{First: i, End: i + 1, Offset: p.Offset}, fetched, dst); err != nil {
+		if err := x.inflateFork(Plan{First: i, End: i + 1, Offset: p.Offset}, dict, fetched, dst); err != nil {
 			return nil, err
 		}
 	}
@@ -281,17 +301,14 @@ func (x *Index) decodeGzip(p Plan, fetched, buf []byte) ([][]byte, error) {
 // index/flate, starting at the first span's checkpoint and running across
 // member boundaries as needed. fetched starts at p.Offset and may run past
 // the plan's spans.
-func (x *Index) inflateFork(p Plan, fetched []byte, out []byte) error {
+func (x *Index) inflateFork(p Plan, win, fetched []byte, out []byte) error {
 	s0 := &x.Spans[p.First]
 	total := int64(len(out))
 	in := flate.NewInputBytes(fetched[s0.COffset-p.Offset:], s0.COffset)
 	header := s0.Header
 	var f *flate.Decompressor
 	if !header {
-		win, err := decodeWindow(s0.Window)
-		if err != nil {
-			return fmt.Errorf("index: span %d: %w", p.First, err)
-		}
+		var err error
 		if f, err = flate.Resume(in, uint(s0.Bits), win); err != nil {
 			return fmt.Errorf("%w: span %d: %v", ErrCorrupt, p.First, err)
 		}
@@ -354,8 +371,7 @@ func splitSpans(x *Index, p Plan, out []byte) [][]byte {
 // bytes into out.) It returns false when klauspost fails; the caller then
 // uses the fork. in starts at s.COffset and was verified against the span
 // digests.
-func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
-	var dict []byte
+func decodeGzipFast(s *Span, dict, in, out, scratch []byte) bool {
 	if s.Header {
 		fin := flate.NewInputBytes(in, 0)
 		if readGzipHeader(fin) != nil {
@@ -363,11 +379,9 @@ func decodeGzipFast(s *Span, in, out, scratch []byte) bool {
 		}
 		in = alignedInput(0, in[fin.Offset():], scratch)
 	} else {
-		w, err := decodeWindow(s.Window)
-		if err != nil || len(in) == 0 {
+		if len(in) == 0 {
 			return false
 		}
-		dict = w
 		in = alignedInput(s.Bits, in, scratch)
 	}
 	br := bytes.NewReader(in)

@@ -46,7 +46,7 @@ func TestDecodeGzipFastPath(t *testing.T) {
 				want := tc.tar[s.UOffset : s.UOffset+s.USize]
 				in := blob[s.COffset : s.COffset+s.CSize]
 				out := make([]byte, s.USize)
-				if !decodeGzipFast(s, in, out, nil) {
+				if !decodeGzipFast(s, window(t, s), in, out, nil) {
 					t.Fatalf("span %d (checkpoint at bit %d): the fast path failed", i, s.Bits)
 				}
 				if !bytes.Equal(out, want) {
@@ -58,7 +58,7 @@ func TestDecodeGzipFastPath(t *testing.T) {
 					t.Fatal(err)
 				}
 				clear(out)
-				if err := x.inflateFork(p, blob[p.Offset:p.Offset+p.Length], out); err != nil {
+				if err := x.inflateFork(p, window(t, s), blob[p.Offset:p.Offset+p.Length], out); err != nil {
 					t.Fatalf("span %d: fork: %v", i, err)
 				}
 				if !bytes.Equal(out, want) {
@@ -161,10 +161,20 @@ func FuzzDecodeGzipFast(f *testing.F) {
 		for i := range x.Spans {
 			s := &x.Spans[i]
 			out := make([]byte, s.USize)
-			if decodeGzipFast(s, blob[s.COffset:s.COffset+s.CSize], out, nil) &&
+			if decodeGzipFast(s, window(t, s), blob[s.COffset:s.COffset+s.CSize], out, nil) &&
 				!bytes.Equal(out, tarb[s.UOffset:s.UOffset+s.USize]) {
 				t.Fatalf("span %d (checkpoint at bit %d): wrong bytes", i, s.Bits)
 			}
 		}
 	})
+}
+
+// window returns span s's decoded stored window.
+func window(t testing.TB, s *Span) []byte {
+	t.Helper()
+	w, err := decodeWindow(s.Window)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
 }

@@ -219,11 +219,19 @@ func TestBuildKinds(t *testing.T) {
 				t.Fatal(err)
 			}
 			if name == "zstd-single" {
-				if x.Streamable() {
-					t.Fatal("single-frame zstd layer is streamable")
+				// Under maxSingleFrame: one span, however small SpanSize.
+				if len(g.tar) > maxSingleFrame || len(x.Spans) != 1 {
+					t.Fatalf("a %d-byte single-frame zstd layer has %d spans, want 1", len(g.tar), len(x.Spans))
 				}
-				_, err := x.PlanRange(0, 1)
-				if !errors.Is(err, ErrNotStreamable) {
+				big := makeLayer(t, 2, maxSingleFrame+1<<20)
+				y, err := Build(bytes.NewReader(compress(t, big.tar)), "", Options{SpanSize: testSpan})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if y.Streamable() {
+					t.Fatalf("a %d-byte single-frame zstd layer is streamable", len(big.tar))
+				}
+				if _, err := y.PlanRange(0, 1); !errors.Is(err, ErrNotStreamable) {
 					t.Fatalf("PlanRange error = %v, want ErrNotStreamable", err)
 				}
 				return

@@ -24,7 +24,7 @@ const (
 
 	// The smallest encodings of a span and a file; they bound the counts
 	// Unmarshal accepts by the input length.
-	minSpanLen = 1 + 1 + 1 + 1 + 1 + sha256.Size
+	minSpanLen = 1 + 1 + 1 + 1 + sha256.Size // a detached span has no window length
 	minFileLen = 15
 
 	maxWindowLen = 2 * WindowSize // a stored window never compresses to more
@@ -38,7 +38,9 @@ const (
 const (
 	spanBitsMask   = 0x07
 	spanHeaderFlag = 0x08
+	spanWindowFlag = 0x10 // detached: a window sum follows
 	flagDiffID     = 0x01
+	flagDetached   = 0x02
 )
 
 // MarshalBinary encodes x in the format described in FORMAT.md. The
@@ -66,6 +68,9 @@ func (x *Index) encode() []byte {
 	if x.DiffID != "" {
 		flags |= flagDiffID
 	}
+	if x.Detached {
+		flags |= flagDetached
+	}
 	e.b = append(e.b, flags)
 	if x.DiffID != "" {
 		e.b = append(e.b, digestBytes(x.DiffID)...)
@@ -85,8 +90,16 @@ func (x *Index) encode() []byte {
 		if s.Header {
 			fl |= spanHeaderFlag
 		}
+		hasSum := s.WindowSum != [32]byte{}
+		if hasSum {
+			fl |= spanWindowFlag
+		}
 		e.b = append(e.b, fl)
-		e.str(string(s.Window))
+		if !x.Detached {
+			e.str(string(s.Window))
+		} else if hasSum {
+			e.b = append(e.b, s.WindowSum[:]...)
+		}
 		e.b = append(e.b, s.Digest[:]...)
 	}
 	e.uvarint(uint64(len(x.Files)))
@@ -180,9 +193,10 @@ func Unmarshal(b []byte) (*Index, error) {
 	x.BlobDigest = d.digest()
 	x.BlobSize = d.size("blob size")
 	flags := d.byte()
-	if flags&^flagDiffID != 0 {
+	if flags&^(flagDiffID|flagDetached) != 0 {
 		d.fail("unknown header flags %#x", flags)
 	}
+	x.Detached = flags&flagDetached != 0
 	if flags&flagDiffID != 0 {
 		x.DiffID = d.digest()
 	}
@@ -202,13 +216,24 @@ func Unmarshal(b []byte) (*Index, error) {
 		s.COffset = c
 		s.CSize = d.size("span length")
 		fl := d.byte()
-		if fl&^(spanBitsMask|spanHeaderFlag) != 0 {
+		known := byte(spanBitsMask | spanHeaderFlag)
+		if x.Detached {
+			known |= spanWindowFlag
+		}
+		if fl&^known != 0 {
 			d.fail("span %d: unknown flags %#x", i, fl)
 		}
 		s.Bits = fl & spanBitsMask
 		s.Header = fl&spanHeaderFlag != 0
-		if w := d.str(); w != "" {
-			s.Window = []byte(w)
+		if !x.Detached {
+			if w := d.str(); w != "" {
+				s.Window = []byte(w)
+			}
+		} else if fl&spanWindowFlag != 0 {
+			copy(s.WindowSum[:], d.bytes(sha256.Size))
+			if s.WindowSum == [32]byte{} {
+				d.fail("span %d: zero window digest", i)
+			}
 		}
 		copy(s.Digest[:], d.bytes(sha256.Size))
 		u += s.USize
@@ -424,8 +449,12 @@ func (x *Index) validateSpans() error {
 		if s.Bits > 7 {
 			return fmt.Errorf("index: span %d: bit offset %d is more than 7", i, s.Bits)
 		}
-		if !gz && (s.Bits != 0 || s.Header || len(s.Window) != 0) {
+		hasSum := s.WindowSum != [32]byte{}
+		if !gz && (s.Bits != 0 || s.Header || len(s.Window) != 0 || hasSum) {
 			return fmt.Errorf("index: span %d has gzip checkpoint fields in a %s layer", i, x.Kind)
+		}
+		if x.Detached && len(s.Window) != 0 || !x.Detached && hasSum {
+			return fmt.Errorf("index: span %d: a window and a window digest belong to an index that is detached (digest) or not (window), not both", i)
 		}
 		if i == 0 && !x.Kind.fromTOC() && s.COffset != 0 {
 			return fmt.Errorf("index: span 0 starts at blob offset %d, want 0", s.COffset)
@@ -433,7 +462,7 @@ func (x *Index) validateSpans() error {
 		if i == 0 && gz && !s.Header {
 			return errors.New("index: span 0 of a gzip layer must start at the member header")
 		}
-		if s.Header && (s.Bits != 0 || len(s.Window) != 0) {
+		if s.Header && (s.Bits != 0 || len(s.Window) != 0 || hasSum) {
 			return fmt.Errorf("index: span %d starts at a gzip header but has a bit offset or window", i)
 		}
 		if i > 0 {
@@ -450,16 +479,9 @@ func (x *Index) validateSpans() error {
 				return fmt.Errorf("index: span %d starts at blob offset %d, want %d (spans must be contiguous)", i, s.COffset, want)
 			}
 		}
-		if len(s.Window) > maxWindowLen {
-			return fmt.Errorf("index: span %d: bad window: %d bytes stored", i, len(s.Window))
-		}
 		if len(s.Window) > 0 {
-			w, err := decodeWindow(s.Window)
-			if err != nil {
+			if err := checkWindow(s, s.Window); err != nil {
 				return fmt.Errorf("index: span %d: %w", i, err)
-			}
-			if int64(len(w)) > s.UOffset || len(w) == 0 {
-				return fmt.Errorf("index: span %d: bad window: %d bytes at offset %d", i, len(w), s.UOffset)
 			}
 		}
 		u += s.USize
@@ -474,6 +496,23 @@ func (x *Index) validateSpans() error {
 		if last := &x.Spans[len(x.Spans)-1]; !x.Kind.fromTOC() && last.COffset+last.CSize != x.BlobSize {
 			return fmt.Errorf("index: spans end at blob offset %d, the blob has %d bytes", last.COffset+last.CSize, x.BlobSize)
 		}
+	}
+	return nil
+}
+
+// checkWindow reports whether w is a well-formed stored window for span
+// s: at most maxWindowLen bytes that decode to 1 to WindowSize bytes, no
+// more than the stream holds before the span.
+func checkWindow(s *Span, w []byte) error {
+	if len(w) > maxWindowLen {
+		return fmt.Errorf("bad window: %d bytes stored", len(w))
+	}
+	d, err := decodeWindow(w)
+	if err != nil {
+		return err
+	}
+	if int64(len(d)) > s.UOffset || len(d) == 0 {
+		return fmt.Errorf("bad window: %d bytes at offset %d", len(d), s.UOffset)
 	}
 	return nil
 }

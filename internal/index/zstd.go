@@ -48,13 +48,18 @@ func buildZstd(x *Index, r *bufio.Reader) error {
 	if x.NotStreamable != "" {
 		x.Spans = nil
 	}
-	if s.frames == 1 && x.UncompressedSize > x.SpanSize {
+	if s.frames == 1 && x.UncompressedSize > max(x.SpanSize, maxSingleFrame) {
 		// Reading any byte would mean decompressing from the layer's start.
 		x.NotStreamable = fmt.Sprintf("the zstd layer is a single %d-byte frame, so any read would decompress it from the start; recompress it with many frames (for example as zstd:chunked)", x.BlobSize)
 		x.Spans = nil
 	}
 	return nil
 }
+
+// maxSingleFrame is the largest zstd layer of one frame that is still
+// streamable (as one span) with spans smaller than it: reading any of it
+// costs about what a 4 MiB span did before spans shrank to 1 MiB.
+const maxSingleFrame = 4 << 20
 
 // zstdStream is the uncompressed stream of a zstd blob, decoded frame by
 // frame so that frame boundaries are known in both offsets.

@@ -14,7 +14,16 @@
 //
 // # How nodes find indexes
 //
-//   - From the service: GET /index/v1/layers/{digest} (HTTPSource).
+//   - From the service: GET /index/v1/layers/{digest} (HTTPSource). A node
+//     asks for it detached (?windows=detached, index.Index.Detach): the
+//     file table and the spans, each with the digest of its gzip window
+//     instead of the window (~12 KB a span, most of a gzip layer's index).
+//     It fetches a span's window (GET /index/v1/layers/{digest}/windows/{n},
+//     Service.Window in-process) only when it reads that span by range,
+//     alongside the range request, so no round trip is added and the index
+//     read before the first file is small whatever the span size. The
+//     service keeps the detached form and the windows of recently asked
+//     layers in memory (64 MiB).
 //   - From any registry, without the service: PushReferrer stores an image's
 //     indexes beside it as an OCI artifact whose subject is the image
 //     manifest (artifactType application/vnd.riffle.index.v1, one blob per
@@ -28,8 +37,9 @@
 // repository they read the layer from (POST /index/v1/profiles/{digest});
 // the service merges the reports per layer (AddProfile) and then builds
 // the layer's prefetch pack in the background (BuildPack): the profile's
-// spans' compressed blob bytes, each exactly its index.PlanSpans range,
-// in profile order after a small header (streamfs.PackHeader), bounded by
+// spans' gzip windows and compressed blob bytes, each exactly its
+// index.PlanSpans range, in profile order after a small header
+// (streamfs.PackHeader, version 2; older packs are rebuilt), bounded by
 // MaxPackBytes. It reads them from the registry in as few range requests
 // as the profile allows (adjacent spans coalesced) and checks each against
 // its span digest before storing. A pack needs the layer's index here: the

@@ -22,7 +22,9 @@ const MediaTypeIndex = "application/vnd.riffle.layer.index.v1"
 
 // Handler serves the index API:
 //
-//	GET  /index/v1/layers/{digest}   the index of a layer (MediaTypeIndex), 404 if none
+//	GET  /index/v1/layers/{digest}   the index of a layer (MediaTypeIndex), 404 if none;
+//	                                 ?windows=detached: without its windows
+//	GET  /index/v1/layers/{digest}/windows/{span}  one span's window (detached indexes)
 //	POST /index/v1/images            {"image": REF, "pushReferrer": bool}: index REF now
 //	GET  /index/v1/profiles/{digest} a layer's startup profile, 404 if none
 //	POST /index/v1/profiles/{digest} {"spans": [...], "repository": R}: merge one run's profile
@@ -31,13 +33,26 @@ func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	s.profileHandlers(mux)
 	s.packHandlers(mux)
+	mux.HandleFunc("GET /index/v1/layers/{digest}/windows/{span}", s.windowHandler)
 	mux.HandleFunc("GET /index/v1/layers/{digest}", func(w http.ResponseWriter, r *http.Request) {
 		d, err := digest.Parse(r.PathValue("digest"))
 		if err != nil {
 			httpError(w, http.StatusBadRequest, "digest %q: use the layer's digest, like sha256:<64 hex digits>", r.PathValue("digest"))
 			return
 		}
-		_, raw, err := s.Get(d)
+		var raw []byte
+		switch v := r.URL.Query().Get("windows"); v {
+		case "":
+			_, raw, err = s.Get(d)
+		case "detached":
+			var l *detachedLayer
+			if l, err = s.detached(d); err == nil {
+				raw = l.raw
+			}
+		default:
+			httpError(w, http.StatusBadRequest, "windows=%q: leave it out for the whole index, or say windows=detached", v)
+			return
+		}
 		if errors.Is(err, streamfs.ErrNoIndex) {
 			httpError(w, http.StatusNotFound, "no index for layer %s; POST /index/v1/images with an image that has it", d)
 			return
@@ -105,13 +120,11 @@ type HTTPSource struct {
 
 var _ streamfs.IndexSource = HTTPSource{}
 
-// LayerIndex fetches and validates the index of desc.
+// LayerIndex fetches and validates the index of desc, detached (see
+// Window): the node fetches the window of a span only when it reads it.
 func (h HTTPSource) LayerIndex(ctx context.Context, _ string, desc ocispec.Descriptor) (*index.Index, error) {
-	c := h.Client
-	if c == nil {
-		c = http.DefaultClient
-	}
-	u := strings.TrimSuffix(h.BaseURL, "/") + "/index/v1/layers/" + desc.Digest.String()
+	c := h.client()
+	u := strings.TrimSuffix(h.BaseURL, "/") + "/index/v1/layers/" + desc.Digest.String() + "?windows=detached"
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, err

@@ -193,11 +193,12 @@ func packHeader(x *index.Index, spans []int) *streamfs.PackHeader {
 	var total int64
 	for _, n := range spans {
 		p, err := x.PlanSpans(n, n+1)
-		if err != nil || total+p.Length > MaxPackBytes || len(h.Spans) == streamfs.MaxPackSpans {
+		w := int64(len(x.Spans[n].Window))
+		if err != nil || total+p.Length+w > MaxPackBytes || len(h.Spans) == streamfs.MaxPackSpans {
 			continue
 		}
-		total += p.Length
-		h.Spans = append(h.Spans, streamfs.PackSpan{Span: n, Size: p.Length})
+		total += p.Length + w
+		h.Spans = append(h.Spans, streamfs.PackSpan{Span: n, Size: p.Length + w, Window: w})
 	}
 	return h
 }
@@ -227,10 +228,13 @@ func writePack(ctx context.Context, f *os.File, x *index.Index, h *streamfs.Pack
 	if _, err := f.Write(hb); err != nil {
 		return err
 	}
-	at := make(map[int]int64, len(h.Spans)) // span -> offset in the pack
+	at := make(map[int]int64, len(h.Spans)) // span -> offset of its blob bytes in the pack
 	off := int64(len(hb))
 	for _, ps := range h.Spans {
-		at[ps.Span] = off
+		if _, err := f.WriteAt(x.Spans[ps.Span].Window, off); err != nil {
+			return err
+		}
+		at[ps.Span] = off + ps.Window
 		off += ps.Size
 	}
 	sorted := make([]int, 0, len(h.Spans))

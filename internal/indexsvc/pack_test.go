@@ -144,7 +144,10 @@ func checkPack(t *testing.T, f *fixture, d digest.Digest, pack []byte, order []i
 		if _, err := io.ReadFull(r, got); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(got, want) {
+		if !bytes.Equal(got[:ps.Window], x.Spans[ps.Span].Window) {
+			t.Errorf("span %d: the pack's window (%d bytes) is not the index's (%d)", ps.Span, ps.Window, len(x.Spans[ps.Span].Window))
+		}
+		if !bytes.Equal(got[ps.Window:], want) {
 			t.Errorf("span %d: pack bytes differ from the blob range [%d, +%d)", ps.Span, p.Offset, p.Length)
 		}
 	}

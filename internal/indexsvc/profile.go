@@ -17,9 +17,9 @@ import (
 )
 
 // MaxProfileSpans bounds a layer's stored startup profile. At the default
-// 4 MiB span size that is 4 GiB of layer data, more than any start needs;
+// 1 MiB span size that is 4 GiB of layer data, more than any start needs;
 // spans past it are dropped (the latest first-uses are the least useful).
-const MaxProfileSpans = 1024
+const MaxProfileSpans = 4096
 
 // ErrNoProfile is returned (wrapped) for a layer nobody has reported a
 // profile of.

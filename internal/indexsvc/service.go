@@ -46,8 +46,9 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	prof profiles
-	pack packs
+	prof   profiles
+	detach detachedCache
+	pack   packs
 
 	built         prometheus.Counter
 	failed        prometheus.Counter
@@ -297,6 +298,7 @@ func (s *Service) store(d digest.Digest, x *index.Index) (*index.Index, []byte, 
 	if err := os.Rename(tmp.Name(), p); err != nil {
 		return nil, nil, fmt.Errorf("indexsvc: %w", err)
 	}
+	s.detach.forget(d)
 	return x, raw, nil
 }
 

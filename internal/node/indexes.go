@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/riffle-dev/riffle/internal/cache"
@@ -49,7 +50,7 @@ func (ch *chain) LayerIndex(ctx context.Context, repo string, desc ocispec.Descr
 	if err != nil {
 		return nil, err
 	}
-	if x := cachedIndex(ctx, cc, desc); x != nil {
+	if x := cachedIndex(ctx, cc, desc); x != nil && (!x.Detached || n.windows() != nil) {
 		return x, nil
 	}
 	x, err := ch.find(ctx, repo, desc)
@@ -60,6 +61,23 @@ func (ch *chain) LayerIndex(ctx context.Context, repo string, desc ocispec.Descr
 		n.log.Warn("node: keeping a layer index in the cache failed", "layer", desc.Digest, "err", err)
 	}
 	return x, nil
+}
+
+// Window gives the windows of the detached indexes the chain returns
+// (streamfs.WindowSource): they come from Options.Indexes, the only
+// source that detaches them.
+func (ch *chain) Window(ctx context.Context, layer digest.Digest, n int) ([]byte, error) {
+	ws := ch.n.windows()
+	if ws == nil {
+		return nil, fmt.Errorf("node: layer %s: no index service to fetch windows from", layer)
+	}
+	return ws.Window(ctx, layer, n)
+}
+
+// windows is Options.Indexes as a window source, or nil.
+func (n *Node) windows() streamfs.WindowSource {
+	ws, _ := n.opts.Indexes.(streamfs.WindowSource)
+	return ws
 }
 
 // find asks the sources after the cache, in order.
@@ -122,6 +140,26 @@ func storeIndex(ctx context.Context, cc *cache.Cache, desc ocispec.Descriptor, x
 		return err
 	}
 	return e.Close()
+}
+
+// Window asks each source that gives windows in turn (see
+// streamfs.WindowSource), returning the first window found.
+func (s IndexSources) Window(ctx context.Context, layer digest.Digest, n int) ([]byte, error) {
+	err := fmt.Errorf("node: layer %s: no source gives windows", layer)
+	for _, src := range s {
+		ws, ok := src.(streamfs.WindowSource)
+		if !ok {
+			continue
+		}
+		var w []byte
+		if w, err = ws.Window(ctx, layer, n); err == nil {
+			return w, nil
+		}
+		if ctx.Err() != nil {
+			return nil, err
+		}
+	}
+	return nil, err
 }
 
 // IndexSources asks each source in turn, moving on when one has no index

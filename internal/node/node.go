@@ -638,7 +638,9 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	} else {
 		profile <- mo.Profile
 	}
-	simg, err := streamfs.OpenImage(ctx, c, img, streamfs.OpenOptions{Indexes: n.IndexSource(c, img)})
+	src := n.IndexSource(c, img)
+	ws, _ := src.(streamfs.WindowSource)
+	simg, err := streamfs.OpenImage(ctx, c, img, streamfs.OpenOptions{Indexes: src, Windows: ws})
 	if err != nil {
 		return nil, err
 	}

@@ -22,6 +22,10 @@
 // from the node cache (internal/cache) under cache.SpanKey(layer, n), or
 // fetched, verified by the index's digests and stored there; concurrent
 // reads of a missing span share one fetch (cache.Fill is a singleflight).
+// A layer whose index came detached (index.Index.Detach, from a remote
+// index service) fetches the gzip window the first span of a request
+// needs from OpenOptions.Windows at the same time as the range
+// request, checks it against the index, and keeps it for the mount.
 // A sequential read that reaches the last quarter of a span starts
 // fetching the next span of the same file; a reader that misses span k of
 // a layer right after reading span k-1 (walking many small files in layer
@@ -68,7 +72,8 @@
 // # Prefetch packs
 //
 // With Options.Packs as well, each profiled layer's prefetch pack (the
-// profile's spans' compressed bytes in profile order, in one blob; see
+// profile's spans' windows and compressed bytes in profile order, in one
+// blob; see
 // PackHeader) is fetched in one request, layers in parallel, before any
 // span by range. Each span is checked against the index's span digest and
 // decoded (two spans at a time, while the next arrive) before it enters

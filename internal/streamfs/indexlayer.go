@@ -22,9 +22,10 @@ type BlobReader interface {
 }
 
 // IndexLayer returns the Layer that index x describes, reading spans from
-// blob. A layer that x says cannot be read lazily gives a
+// blob, and the windows of a detached x from windows. A layer that x says
+// cannot be read lazily, or a detached x without windows, gives a
 // *NotEligibleError.
-func IndexLayer(x *index.Index, blob BlobReader) (Layer, error) {
+func IndexLayer(x *index.Index, blob BlobReader, windows WindowSource) (Layer, error) {
 	if x == nil {
 		return nil, NotEligible("", "the layer has no index")
 	}
@@ -35,12 +36,80 @@ func IndexLayer(x *index.Index, blob BlobReader) (Layer, error) {
 		}
 		return nil, NotEligible(x.BlobDigest, "%s", reason)
 	}
-	return &indexLayer{x: x, blob: blob}, nil
+	if x.Detached && windows == nil {
+		return nil, NotEligible(x.BlobDigest, "its index came without windows and no service to fetch them from is configured")
+	}
+	return &indexLayer{x: x, blob: blob, windows: windows}, nil
 }
 
 type indexLayer struct {
-	x    *index.Index
-	blob BlobReader
+	x       *index.Index
+	blob    BlobReader
+	windows WindowSource // for a detached x
+
+	wmu  sync.Mutex
+	wins map[int][]byte // windows fetched, by span
+}
+
+// window returns the stored window span n needs to be decoded first in a
+// plan: nil for a whole index (Decode takes it from x), else fetched from
+// l.windows once and kept (about 12 KB each, only for spans read by range).
+func (l *indexLayer) window(ctx context.Context, n int) ([]byte, error) {
+	if !l.x.NeedsWindow(n) {
+		return nil, nil
+	}
+	l.wmu.Lock()
+	w, ok := l.wins[n]
+	l.wmu.Unlock()
+	if ok {
+		return w, nil
+	}
+	w, err := l.windows.Window(ctx, l.x.BlobDigest, n)
+	if err != nil {
+		return nil, fmt.Errorf("streamfs: window of span %d of %s: %w", n, l.x.BlobDigest, err)
+	}
+	if err := l.x.CheckWindow(n, w); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	l.wmu.Lock()
+	if l.wins == nil {
+		l.wins = make(map[int][]byte)
+	}
+	l.wins[n] = w
+	l.wmu.Unlock()
+	return w, nil
+}
+
+// readPlan fetches plan p's blob bytes into wire and, at the same time,
+// the window its first span needs (so a detached index costs no extra
+// round trip). fetched is called when the blob bytes are in.
+func (l *indexLayer) readPlan(ctx context.Context, p index.Plan, wire []byte, fetched func()) ([]byte, int, error) {
+	var (
+		win  []byte
+		werr error
+		done chan struct{}
+	)
+	if l.x.NeedsWindow(p.First) {
+		done = make(chan struct{})
+		go func() {
+			defer close(done)
+			win, werr = l.window(ctx, p.First)
+		}()
+	}
+	got, err := l.blob.ReadAtContext(ctx, wire, p.Offset)
+	if fetched != nil {
+		fetched()
+	}
+	if done != nil {
+		<-done
+	}
+	if err != nil && !(errors.Is(err, io.EOF) && int64(got) == p.Length) {
+		return nil, got, fmt.Errorf("streamfs: fetch [%d, +%d) of %s: %w", p.Offset, p.Length, l.x.BlobDigest, err)
+	}
+	if werr != nil {
+		return nil, got, werr
+	}
+	return win, got, nil
 }
 
 func (l *indexLayer) Digest() digest.Digest { return l.x.BlobDigest }
@@ -109,11 +178,11 @@ func (l *indexLayer) FetchSpan(ctx context.Context, n int) ([]byte, error) {
 	if l.x.Kind != index.KindTar {
 		defer wireBufs.Put(&buf)
 	}
-	got, err := l.blob.ReadAtContext(ctx, buf, plan.Offset)
-	if err != nil && !(errors.Is(err, io.EOF) && int64(got) == plan.Length) {
-		return nil, fmt.Errorf("streamfs: fetch [%d, +%d) of %s: %w", plan.Offset, plan.Length, l.x.BlobDigest, err)
+	win, _, err := l.readPlan(ctx, plan, buf, nil)
+	if err != nil {
+		return nil, err
 	}
-	spans, err := l.x.Decode(plan, buf)
+	spans, err := l.x.DecodeWindow(plan, win, buf, nil)
 	if err != nil {
 		if errors.Is(err, index.ErrCorrupt) {
 			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
@@ -136,12 +205,11 @@ func (l *indexLayer) FetchSpans(ctx context.Context, first, end int, buf []byte,
 	} else {
 		wire = make([]byte, plan.Length)
 	}
-	got, err := l.blob.ReadAtContext(ctx, wire, plan.Offset)
-	fetched()
-	if err != nil && !(errors.Is(err, io.EOF) && int64(got) == plan.Length) {
-		return nil, int64(got), fmt.Errorf("streamfs: fetch [%d, +%d) of %s: %w", plan.Offset, plan.Length, l.x.BlobDigest, err)
+	win, got, err := l.readPlan(ctx, plan, wire, fetched)
+	if err != nil {
+		return nil, int64(got), err
 	}
-	spans, err := l.x.DecodeInto(plan, wire, out)
+	spans, err := l.x.DecodeWindow(plan, win, wire, out)
 	if err != nil {
 		if errors.Is(err, index.ErrCorrupt) {
 			return nil, int64(got), fmt.Errorf("%w: %w", ErrCorrupt, err)

@@ -26,6 +26,13 @@ type IndexSource interface {
 	LayerIndex(ctx context.Context, repo string, layer ocispec.Descriptor) (*index.Index, error)
 }
 
+// WindowSource gives the stored gzip window of span n of a layer whose
+// index came detached (index.Index.Detach), for example the index service
+// of riffle serve. The layer checks it against the index.
+type WindowSource interface {
+	Window(ctx context.Context, layer digest.Digest, n int) ([]byte, error)
+}
+
 // OpenOptions configures Open.
 type OpenOptions struct {
 	// Platform selects the image of a multi-platform index (nil: the
@@ -33,6 +40,10 @@ type OpenOptions struct {
 	Platform *v1.Platform
 	// Indexes is asked first for each layer's index; nil asks nobody.
 	Indexes IndexSource
+	// Windows gives the windows of detached indexes (usually the same
+	// service as Indexes). A detached index without it makes the layer
+	// not eligible.
+	Windows WindowSource
 	// Build indexes layers the source has none for by reading each such
 	// layer once from the registry. Without it a missing index makes the
 	// image not eligible.
@@ -110,7 +121,7 @@ func OpenImage(ctx context.Context, client *remote.Client, img *remote.Image, op
 			if x.BlobDigest != desc.Digest {
 				return fmt.Errorf("streamfs: the index for layer %s describes blob %s", desc.Digest, x.BlobDigest)
 			}
-			l, err := IndexLayer(x, blob)
+			l, err := IndexLayer(x, blob, opts.Windows)
 			if err != nil {
 				return err
 			}

@@ -182,7 +182,7 @@ func (m *MountPoint) unpackSpan(l int, x *index.Index, ps *packStream, e PackSpa
 		ps.pass(e)
 		return true, nil
 	}
-	data, err := decodePackSpan(x, e.Span, buf, scratch)
+	data, err := decodePackSpan(x, e, buf, scratch)
 	if err != nil {
 		// Verified data only: this span is fetched by range instead.
 		ps.pass(e)
@@ -369,7 +369,8 @@ func (m *MountPoint) waitPack(ctx context.Context, l, s int) []byte {
 // decodePackSpan verifies and decodes span n's blob bytes from a pack.
 // It decodes into *scratch (Index.DecodeInto), grown as needed, which the
 // result then aliases.
-func decodePackSpan(x *index.Index, n int, b []byte, scratch *[]byte) ([]byte, error) {
+func decodePackSpan(x *index.Index, e PackSpan, b []byte, scratch *[]byte) ([]byte, error) {
+	n := e.Span
 	p, err := x.PlanSpans(n, n+1)
 	if err != nil {
 		return nil, err
@@ -377,7 +378,11 @@ func decodePackSpan(x *index.Index, n int, b []byte, scratch *[]byte) ([]byte, e
 	if size := x.DecodeSize(p); int64(cap(*scratch)) < size {
 		*scratch = make([]byte, size)
 	}
-	out, err := x.DecodeInto(p, b, *scratch)
+	var window []byte
+	if x.NeedsWindow(n) {
+		window = b[:e.Window]
+	}
+	out, err := x.DecodeWindow(p, window, b[e.Window:], *scratch)
 	if err != nil {
 		if errors.Is(err, index.ErrCorrupt) {
 			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)

@@ -31,12 +31,14 @@ type packEnv struct {
 	r    *testRegistry
 	svc  *indexsvc.Service
 	src  indexsvc.HTTPSource
+	ref  string
 	simg streamfs.Image
 	prof streamfs.Profile
 	// want is each read file's content, as the first mount read it.
 	want     map[string][]byte
 	spans    int // spans in the profile
 	packGets atomic.Int64
+	winGets  atomic.Int64 // window requests (detached indexes)
 	wrap     atomic.Pointer[func(w http.ResponseWriter, r *http.Request) http.ResponseWriter]
 }
 
@@ -61,6 +63,7 @@ func newPackEnv(t *testing.T) *packEnv {
 	ctx := context.Background()
 	e := &packEnv{r: newTestRegistry(t), want: map[string][]byte{}}
 	_, ref := e.r.push(t, packSpec(), "test/pack")
+	e.ref = ref
 	svc, err := indexsvc.New(t.TempDir(), e.r.client(), indexsvc.Options{SpanSize: 64 << 10})
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +73,11 @@ func newPackEnv(t *testing.T) *packEnv {
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/index/v1/packs/") {
 			e.packGets.Add(1)
+		}
+		if strings.Contains(r.URL.Path, "/windows/") {
+			e.winGets.Add(1)
+		}
+		if strings.HasPrefix(r.URL.Path, "/index/v1/packs/") || strings.Contains(r.URL.Path, "/windows/") {
 			if f := e.wrap.Load(); f != nil {
 				w = (*f)(w, r)
 			}
@@ -108,6 +116,7 @@ func newPackEnv(t *testing.T) *packEnv {
 	}
 	e.r.rangeRequests.Store(0)
 	e.packGets.Store(0)
+	e.winGets.Store(0)
 	return e
 }
 
@@ -128,7 +137,9 @@ func (e *packEnv) waitPack(t *testing.T, l streamfs.ProfileLayer) {
 }
 
 // packSize is the size of layer l's stored pack, and of its header.
-func (e *packEnv) packSize(t *testing.T, l streamfs.ProfileLayer) (total, header int64) {
+// packSize returns the size of layer l's pack, of its header, and of its
+// first span (window included).
+func (e *packEnv) packSize(t *testing.T, l streamfs.ProfileLayer) (total, header, first int64) {
 	t.Helper()
 	rc, err := e.svc.Pack(context.Background(), l.Digest)
 	if err != nil {
@@ -143,7 +154,7 @@ func (e *packEnv) packSize(t *testing.T, l streamfs.ProfileLayer) (total, header
 	if err != nil {
 		t.Fatal(err)
 	}
-	return int64(len(b)), int64(len(b)) - h.DataSize()
+	return int64(len(b)), int64(len(b)) - h.DataSize(), h.Spans[0].Size
 }
 
 // mount mounts the image with a cold cache, the profile and the packs.
@@ -234,7 +245,7 @@ func TestPackCorruptSpanFetchedByRange(t *testing.T) {
 	testutil.RequiresRoot(t)
 	e := newPackEnv(t)
 	target := e.prof.Layers[0]
-	total, _ := e.packSize(t, target)
+	total, _, _ := e.packSize(t, target)
 	wrap := func(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 		if strings.HasSuffix(r.URL.Path, target.Digest.String()) {
 			return &flipWriter{ResponseWriter: w, at: total - 1}
@@ -298,8 +309,7 @@ func TestPackBrokenMidwayFallsBackToRanges(t *testing.T) {
 	if len(target.Spans) < 2 {
 		t.Fatalf("layer %s has %d profiled spans; need 2", target.Digest, len(target.Spans))
 	}
-	_, header := e.packSize(t, target)
-	first := e.simg.Layers[layerIndex(t, e.simg, target)].(interface{ SpanWireSize(int) int64 }).SpanWireSize(target.Spans[0])
+	_, header, first := e.packSize(t, target)
 	wrap := func(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 		if strings.HasSuffix(r.URL.Path, target.Digest.String()) {
 			return &cutWriter{ResponseWriter: w, ctx: r.Context(), limit: header + first}
@@ -334,9 +344,9 @@ func (e *packEnv) stallPacks(t *testing.T, release chan struct{}) int64 {
 	limits := map[string]int64{}
 	var packBytes int64
 	for _, l := range e.prof.Layers {
-		total, header := e.packSize(t, l)
+		total, header, first := e.packSize(t, l)
 		packBytes += total
-		limits[l.Digest.String()] = header + e.simg.Layers[layerIndex(t, e.simg, l)].(interface{ SpanWireSize(int) int64 }).SpanWireSize(l.Spans[0])
+		limits[l.Digest.String()] = header + first
 	}
 	wrap := func(w http.ResponseWriter, r *http.Request) http.ResponseWriter {
 		return &cutWriter{ResponseWriter: w, ctx: r.Context(), limit: limits[strings.TrimPrefix(r.URL.Path, "/index/v1/packs/")], release: release}

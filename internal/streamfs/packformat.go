@@ -14,22 +14,25 @@ import (
 )
 
 // A prefetch pack is one layer's startup-profile data in one blob: a
-// header, then the compressed blob bytes of each listed span (exactly the
-// range index.PlanSpans(n, n+1) gives), back to back in profile order.
-// The header says only where each span lies; the data is trusted through
-// the index's span digests, never through the pack, so a pack from
-// anywhere can be used.
+// header, then for each listed span, back to back in profile order, the
+// span's stored gzip window (if it has one), then its compressed blob
+// bytes (exactly the range index.PlanSpans(n, n+1) gives). The window
+// lets a node whose index is detached (index.Index.Detach) decode the
+// span without asking for it; a node with the whole index skips it. The
+// header says only where each span lies; the data is trusted through the
+// index's span and window digests, never through the pack, so a pack
+// from anywhere can be used.
 //
 //	magic   "RIFFLEPK"
 //	version 1 byte (PackVersion)
 //	layer   32 bytes: sha256 of the layer blob
 //	count   uvarint
-//	count × (span uvarint, size uvarint)
-//	data
+//	count × (span uvarint, window uvarint, size uvarint)
+//	data    size bytes per span: window bytes, then blob bytes
 const (
 	packMagic = "RIFFLEPK"
 	// PackVersion is the pack format version this package reads and writes.
-	PackVersion = 1
+	PackVersion = 2
 	// MaxPackSpans bounds the spans of one pack's header, so a hostile
 	// header cannot make a reader allocate much.
 	MaxPackSpans = 1 << 16
@@ -56,11 +59,16 @@ type PackHeader struct {
 }
 
 // PackSpan is one span in a pack: its number in the layer's index and the
-// number of compressed bytes it takes.
+// number of bytes it takes, Window of them its stored window.
 type PackSpan struct {
-	Span int
-	Size int64
+	Span   int
+	Size   int64
+	Window int64
 }
+
+// maxPackWindow bounds a pack span's window (a stored window is a zstd
+// frame of at most 32 KiB).
+const maxPackWindow = 64 << 10
 
 // DataSize is the number of data bytes after the header.
 func (h *PackHeader) DataSize() int64 {
@@ -87,10 +95,11 @@ func (h *PackHeader) MarshalBinary() ([]byte, error) {
 	b = append(b, raw...)
 	b = binary.AppendUvarint(b, uint64(len(h.Spans)))
 	for _, s := range h.Spans {
-		if s.Span < 0 || s.Size <= 0 || s.Size > maxPackSpanSize {
-			return nil, fmt.Errorf("streamfs: pack span %d of %d bytes is out of range", s.Span, s.Size)
+		if s.Span < 0 || s.Window < 0 || s.Window > maxPackWindow || s.Size <= s.Window || s.Size > maxPackSpanSize+s.Window {
+			return nil, fmt.Errorf("streamfs: pack span %d of %d bytes (window %d) is out of range", s.Span, s.Size, s.Window)
 		}
 		b = binary.AppendUvarint(b, uint64(s.Span))
+		b = binary.AppendUvarint(b, uint64(s.Window))
 		b = binary.AppendUvarint(b, uint64(s.Size))
 	}
 	return b, nil
@@ -127,25 +136,24 @@ func ReadPackHeader(r *bufio.Reader) (*PackHeader, error) {
 	}
 	h.Spans = make([]PackSpan, 0, n)
 	for i := range n {
-		span, err := binary.ReadUvarint(r)
-		if err != nil {
-			return nil, fmt.Errorf("%w: span %d: %w", ErrBadPack, i, err)
+		var v [3]uint64 // span, window, size
+		for k := range v {
+			if v[k], err = binary.ReadUvarint(r); err != nil {
+				return nil, fmt.Errorf("%w: span %d: %w", ErrBadPack, i, err)
+			}
 		}
-		size, err := binary.ReadUvarint(r)
-		if err != nil {
-			return nil, fmt.Errorf("%w: span %d: %w", ErrBadPack, i, err)
+		span, window, size := v[0], v[1], v[2]
+		if span > MaxPackSpans*1024 || window > maxPackWindow || size <= window || size > maxPackSpanSize+window {
+			return nil, fmt.Errorf("%w: entry %d (span %d, %d bytes, window %d) is out of range", ErrBadPack, i, span, size, window)
 		}
-		if span > MaxPackSpans*1024 || size == 0 || size > maxPackSpanSize {
-			return nil, fmt.Errorf("%w: entry %d (span %d, %d bytes) is out of range", ErrBadPack, i, span, size)
-		}
-		h.Spans = append(h.Spans, PackSpan{Span: int(span), Size: int64(size)})
+		h.Spans = append(h.Spans, PackSpan{Span: int(span), Size: int64(size), Window: int64(window)})
 	}
 	return h, nil
 }
 
 // Check makes sure the header describes spans of x: the same layer, each
 // span inside the index, listed once, with exactly the size of its blob
-// range.
+// range after its window, and a window where a detached x needs one.
 func (h *PackHeader) Check(x *index.Index) error {
 	if h.Layer != x.BlobDigest {
 		return fmt.Errorf("%w: it packs layer %s, not %s", ErrBadPack, h.Layer, x.BlobDigest)
@@ -160,8 +168,11 @@ func (h *PackHeader) Check(x *index.Index) error {
 		if err != nil {
 			return fmt.Errorf("%w: entry %d: %w", ErrBadPack, i, err)
 		}
-		if p.Length != s.Size {
-			return fmt.Errorf("%w: entry %d: span %d has %d bytes, the index says %d", ErrBadPack, i, s.Span, s.Size, p.Length)
+		if p.Length != s.Size-s.Window {
+			return fmt.Errorf("%w: entry %d: span %d has %d bytes, the index says %d", ErrBadPack, i, s.Span, s.Size-s.Window, p.Length)
+		}
+		if x.NeedsWindow(s.Span) && s.Window == 0 {
+			return fmt.Errorf("%w: entry %d: span %d comes without the window the index needs", ErrBadPack, i, s.Span)
 		}
 	}
 	return nil

@@ -99,8 +99,10 @@ func TestCachedFileDoesNotWaitForStream(t *testing.T) {
 	hold := func() { <-release }
 	r.onStream.Store(&hold)
 	// No read-ahead: reading the warm file must not fetch the cold
-	// file's spans into the cache before the cold read looks.
-	m, dir := mount(t, simg, streamfs.Options{Cache: c, Layers: newStore(t), NoPrefetch: true})
+	// file's spans into the cache before the cold read looks. One stream
+	// per layer, which onStream holds (chunks are range requests, and
+	// would cache the cold file's spans whenever they got there first).
+	m, dir := mount(t, simg, streamfs.Options{Cache: c, Layers: newStore(t), NoPrefetch: true, SingleStream: true})
 	t.Cleanup(func() { once.Do(func() { close(release) }) }) // before the unmount
 	waitStreaming(t, m)
 

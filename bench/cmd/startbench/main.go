@@ -179,8 +179,8 @@ func run(ctx context.Context, f flags) error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("image %s: %d layers, %.1f MB compressed, %.1f MB uncompressed; indexes %.1f KB\n",
-		f.imageKind, s.layers, float64(s.compressed)/1e6, float64(s.uncompressed)/1e6, float64(s.indexBytes)/1e3)
+	fmt.Printf("image %s: %d layers, %.1f MB compressed, %.1f MB uncompressed; indexes %.1f KB (detached, as nodes fetch them: %.1f KB)\n",
+		f.imageKind, s.layers, float64(s.compressed)/1e6, float64(s.uncompressed)/1e6, float64(s.indexBytes)/1e3, float64(s.detachedBytes)/1e3)
 	fmt.Printf("riffle: %s (riffle run: %s); containerd: %s\n\n", s.bin, yesNo(s.runHelp != ""), s.containerdVersion)
 
 	for _, l := range links {

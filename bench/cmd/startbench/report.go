@@ -46,6 +46,9 @@ type imageInfo struct {
 	CompressedBytes   int64  `json:"compressedBytes"`
 	UncompressedBytes int64  `json:"uncompressedBytes"`
 	IndexBytes        int64  `json:"indexBytes"`
+	// DetachedIndexBytes is what a node fetches before the first read:
+	// the indexes without their windows.
+	DetachedIndexBytes int64 `json:"detachedIndexBytes"`
 }
 
 type linkInfo struct {
@@ -84,7 +87,7 @@ func newReport(f flags, s *setupState, l link, cases []benchCase, wls []workload
 			Containerd: s.containerdVersion, Runc: firstLine(output("runc", "--version")),
 			Riffle: firstLine(output(s.bin, "version"))},
 		Image: imageInfo{Kind: f.imageKind, Digest: s.digest, Layers: s.layers, CompressedBytes: s.compressed,
-			UncompressedBytes: s.uncompressed, IndexBytes: s.indexBytes},
+			UncompressedBytes: s.uncompressed, IndexBytes: s.indexBytes, DetachedIndexBytes: s.detachedBytes},
 		Link: linkInfo{Mbit: l.mbit, RTTms: float64(l.rtt) / float64(time.Millisecond)},
 		Runs: f.runs,
 	}

@@ -33,6 +33,7 @@ type setupState struct {
 	compressed        int64
 	uncompressed      int64
 	indexBytes        int64
+	detachedBytes     int64 // the indexes as nodes fetch them (index.Index.Detach)
 	srv               *http.Server
 	svc               *indexsvc.Service
 	layerDigests      []digest.Digest
@@ -75,6 +76,17 @@ func setup(ctx context.Context, f flags, dir string) (*setupState, error) {
 	for _, l := range res.Layers {
 		s.indexBytes += int64(l.IndexBytes)
 		s.layerDigests = append(s.layerDigests, l.Digest)
+		// What a node reads before the first file: the index detached.
+		x, _, err := s.svc.Get(l.Digest)
+		if err != nil {
+			return nil, err
+		}
+		y, _ := x.Detach()
+		raw, err := y.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		s.detachedBytes += int64(len(raw))
 	}
 	d, err := img.Digest()
 	if err != nil {
