@@ -13,3 +13,7 @@ func SetMaxPackWait(t interface{ Cleanup(func()) }, d time.Duration) {
 	maxPackWait = d
 	t.Cleanup(func() { maxPackWait = old })
 }
+
+// PacksDone is closed once the mount's packs are read and their spans
+// counted.
+func (m *MountPoint) PacksDone() <-chan struct{} { return m.packsDone }

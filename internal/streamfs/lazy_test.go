@@ -75,13 +75,14 @@ func TestLaziness(t *testing.T) {
 		served, r.rangeRequests.Load(), st.FetchedSpans, st.FetchedBytes, st)
 	// The read's spans, the kernel's read-ahead and ours past them (a
 	// span or two each), and the small file's span: a few MiB of the
-	// 1 GiB layer, each span in its own request at most.
+	// 1 GiB layer. (A read-ahead may still be in flight, its request
+	// made and its span not yet counted: requests are bounded like spans.)
 	var near int64 // the largest span around the read
 	for _, s := range spans[max(len(spans)/2-8, 0):min(len(spans)/2+8, len(spans))] {
 		near = max(near, s.Size)
 	}
 	maxSpans := int64(2 + streamfs.DefaultKernelReadAhead/int(mid.Size) + 1 + streamfs.DefaultReadAhead + 1)
-	if st.FetchedSpans > maxSpans || st.FetchedBytes > maxSpans*near || r.rangeRequests.Load() > st.FetchedSpans || served > st.FetchedBytes {
+	if st.FetchedSpans > maxSpans || st.FetchedBytes > maxSpans*near || r.rangeRequests.Load() > maxSpans || served > st.FetchedBytes {
 		t.Errorf("not lazy: %d spans (at most %d wanted) of %d bytes, %d requests, %d bytes served", st.FetchedSpans, maxSpans, st.FetchedBytes, r.rangeRequests.Load(), served)
 	}
 }

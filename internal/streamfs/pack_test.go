@@ -366,6 +366,13 @@ func waitPacksRead(t *testing.T, m *streamfs.MountPoint, packBytes int64) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	// The last spans off the wire may still be decoding: wait until
+	// every span is counted.
+	select {
+	case <-m.PacksDone():
+	case <-time.After(time.Until(deadline)):
+		t.Fatalf("packs read but not done: %+v", m.Stats())
+	}
 }
 
 // Packs that stall after their first span do not hold up reads of spans
