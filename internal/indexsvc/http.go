@@ -114,7 +114,8 @@ func httpError(w http.ResponseWriter, code int, format string, args ...any) {
 type HTTPSource struct {
 	// BaseURL is the server's URL, like http://127.0.0.1:8080.
 	BaseURL string
-	// Client defaults to http.DefaultClient.
+	// Client defaults to a client like http.DefaultClient that keeps up
+	// to 64 idle connections to the service.
 	Client *http.Client
 }
 

@@ -240,5 +240,15 @@ func (h HTTPSource) client() *http.Client {
 	if h.Client != nil {
 		return h.Client
 	}
-	return http.DefaultClient
+	return defaultClient
 }
+
+// defaultClient is HTTPSource's client when none is given. A node fetches
+// windows alongside its range reads, several at once: more than the two
+// idle connections per host of http.DefaultTransport, past which each
+// request would open a new connection (a round trip more).
+var defaultClient = &http.Client{Transport: func() http.RoundTripper {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	return t
+}()}
