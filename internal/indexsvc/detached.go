@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -26,11 +25,10 @@ import (
 // layers most recently asked for, within maxDetachedBytes, so a window
 // request does not parse the whole index again.
 type detachedCache struct {
-	mu      sync.Mutex
-	layers  map[digest.Digest]*detachedLayer
-	order   []digest.Digest // least recently used first
-	bytes   int64
-	maxSize int64
+	mu     sync.Mutex
+	layers map[digest.Digest]*detachedLayer
+	order  []digest.Digest // least recently used first
+	bytes  int64
 }
 
 type detachedLayer struct {
@@ -43,7 +41,8 @@ type detachedLayer struct {
 // 1 MiB spans has about 12 MB of windows).
 const maxDetachedBytes = 64 << 20
 
-// detached returns layer d's detached index and windows.
+// detached returns layer d's detached index and windows. A node's first
+// window requests come several at once: one of them parses the index.
 func (s *Service) detached(d digest.Digest) (*detachedLayer, error) {
 	c := &s.detach
 	c.mu.Lock()
@@ -53,6 +52,16 @@ func (s *Service) detached(d digest.Digest) (*detachedLayer, error) {
 		return l, nil
 	}
 	c.mu.Unlock()
+	v, err, _ := s.group.Do("detached "+d.String(), func() (any, error) { return s.loadDetached(d) })
+	if err != nil {
+		return nil, err
+	}
+	return v.(*detachedLayer), nil
+}
+
+// loadDetached detaches layer d's stored index and keeps it in s.detach.
+func (s *Service) loadDetached(d digest.Digest) (*detachedLayer, error) {
+	c := &s.detach
 	x, _, err := s.Get(d)
 	if err != nil {
 		return nil, err
@@ -70,7 +79,6 @@ func (s *Service) detached(d digest.Digest) (*detachedLayer, error) {
 	defer c.mu.Unlock()
 	if c.layers == nil {
 		c.layers = map[digest.Digest]*detachedLayer{}
-		c.maxSize = maxDetachedBytes
 	}
 	if old, ok := c.layers[d]; ok {
 		c.touch(d)
@@ -79,7 +87,7 @@ func (s *Service) detached(d digest.Digest) (*detachedLayer, error) {
 	c.layers[d] = l
 	c.order = append(c.order, d)
 	c.bytes += l.size
-	for c.bytes > c.maxSize && len(c.order) > 1 {
+	for c.bytes > maxDetachedBytes && len(c.order) > 1 {
 		old := c.order[0]
 		c.order = c.order[1:]
 		c.bytes -= c.layers[old].size
@@ -155,18 +163,13 @@ func (s *Service) windowHandler(w http.ResponseWriter, r *http.Request) {
 // service, for a node that took the layer's index detached. The caller
 // checks it against the index (index.Index.CheckWindow).
 func (h HTTPSource) Window(ctx context.Context, d digest.Digest, n int) ([]byte, error) {
-	u := strings.TrimSuffix(h.BaseURL, "/") + "/index/v1/layers/" + d.String() + "/windows/" + strconv.Itoa(n)
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := h.get(ctx, "/index/v1/layers/"+d.String()+"/windows/"+strconv.Itoa(n))
 	if err != nil {
 		return nil, err
 	}
-	resp, err := h.client().Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("indexsvc: %w", err)
-	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("indexsvc: GET %s: %s", u, resp.Status)
+		return nil, statusError(resp)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxWindowBytes+1))
 	if err != nil {

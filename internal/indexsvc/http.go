@@ -124,22 +124,16 @@ var _ streamfs.IndexSource = HTTPSource{}
 // LayerIndex fetches and validates the index of desc, detached (see
 // Window): the node fetches the window of a span only when it reads it.
 func (h HTTPSource) LayerIndex(ctx context.Context, _ string, desc ocispec.Descriptor) (*index.Index, error) {
-	c := h.client()
-	u := strings.TrimSuffix(h.BaseURL, "/") + "/index/v1/layers/" + desc.Digest.String() + "?windows=detached"
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := h.get(ctx, "/index/v1/layers/"+desc.Digest.String()+"?windows=detached")
 	if err != nil {
 		return nil, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("indexsvc: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotFound {
 		return nil, fmt.Errorf("indexsvc: layer %s: %w", desc.Digest, streamfs.ErrNoIndex)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("indexsvc: GET %s: %s", u, resp.Status)
+		return nil, statusError(resp)
 	}
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxIndexBytes+1))
 	if err != nil {
@@ -149,6 +143,24 @@ func (h HTTPSource) LayerIndex(ctx context.Context, _ string, desc ocispec.Descr
 		return nil, fmt.Errorf("indexsvc: index of %s is larger than %d bytes", desc.Digest, maxIndexBytes)
 	}
 	return checked(raw, desc)
+}
+
+// get sends GET BaseURL+path to the service; the caller closes the body.
+func (h HTTPSource) get(ctx context.Context, path string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(h.BaseURL, "/")+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := h.client().Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("indexsvc: %w", err)
+	}
+	return resp, nil
+}
+
+// statusError reports a response of get with an unexpected status.
+func statusError(resp *http.Response) error {
+	return fmt.Errorf("indexsvc: GET %s: %s", resp.Request.URL, resp.Status)
 }
 
 // maxIndexBytes bounds an index read from elsewhere. A layer with a million

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/opencontainers/go-digest"
@@ -314,14 +313,9 @@ func (s *Service) packHandlers(mux *http.ServeMux) {
 // Pack fetches layer d's prefetch pack from the service as one stream; an
 // error wrapping streamfs.ErrNoPack when it has none.
 func (h HTTPSource) Pack(ctx context.Context, d digest.Digest) (io.ReadCloser, error) {
-	u := strings.TrimSuffix(h.BaseURL, "/") + "/index/v1/packs/" + d.String()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := h.get(ctx, "/index/v1/packs/"+d.String())
 	if err != nil {
 		return nil, err
-	}
-	resp, err := h.client().Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("indexsvc: %w", err)
 	}
 	switch resp.StatusCode {
 	case http.StatusOK:
@@ -331,7 +325,7 @@ func (h HTTPSource) Pack(ctx context.Context, d digest.Digest) (io.ReadCloser, e
 		return nil, fmt.Errorf("indexsvc: layer %s: %w", d, streamfs.ErrNoPack)
 	}
 	resp.Body.Close()
-	return nil, fmt.Errorf("indexsvc: GET %s: %s", u, resp.Status)
+	return nil, statusError(resp)
 }
 
 var _ streamfs.PackSource = HTTPSource{}

@@ -185,21 +185,16 @@ func (s *Service) profileHandlers(mux *http.ServeMux) {
 // Profile fetches layer d's startup profile from the service; an error
 // wrapping ErrNoProfile when it has none.
 func (h HTTPSource) Profile(ctx context.Context, d digest.Digest) (*LayerProfile, error) {
-	u := strings.TrimSuffix(h.BaseURL, "/") + "/index/v1/profiles/" + d.String()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	resp, err := h.get(ctx, "/index/v1/profiles/"+d.String())
 	if err != nil {
 		return nil, err
-	}
-	resp, err := h.client().Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("indexsvc: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusNotFound {
 		return nil, fmt.Errorf("%w %s", ErrNoProfile, d)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("indexsvc: GET %s: %s", u, resp.Status)
+		return nil, statusError(resp)
 	}
 	var lp LayerProfile
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&lp); err != nil {

@@ -257,6 +257,8 @@ func authOps(f *authFixture) []op {
 		}},
 		httpOp("logs", "read", "p", auth.RoleViewer, "GET", "/riffle/v1/logs/"+parent+"/jobs/nope", nil),
 		httpOp("index", "layer index", "", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64), nil),
+		httpOp("index", "layer index detached", "", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64)+"?windows=detached", nil),
+		httpOp("index", "span window", "", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64)+"/windows/1", nil),
 		httpOp("index", "index image", "p", auth.RoleEditor, "POST", "/index/v1/images", func(caller) any { return map[string]any{"image": f.addr + "/p/r/base:v1"} }),
 		httpOp("index", "report profile", "p", auth.RoleEditor, "POST", "/index/v1/profiles/sha256:"+strings.Repeat("0", 64), func(caller) any {
 			return map[string]any{"spans": []int{0}, "repository": f.addr + "/p/r/base"}
@@ -363,6 +365,7 @@ func TestDefaultOpenEndpoints(t *testing.T) {
 		{"/v2/", http.StatusUnauthorized},
 		{"/v1/projects/p/locations/us-central1/jobs", http.StatusUnauthorized},
 		{"/index/v1/layers/sha256:" + strings.Repeat("0", 64), http.StatusUnauthorized},
+		{"/index/v1/layers/sha256:" + strings.Repeat("0", 64) + "/windows/1", http.StatusUnauthorized},
 		{"/riffle/v1/auth/tokens", http.StatusUnauthorized},
 		// A path that would be classified under one project and routed
 		// to another is refused before any token is looked at.
