@@ -1,14 +1,16 @@
 package streamfs_test
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"os"
-
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 
 	"github.com/riffle-dev/riffle/internal/fstree"
 	"github.com/riffle-dev/riffle/internal/imagegen"
@@ -277,8 +279,7 @@ func TestBackgroundPausesForBlockedReads(t *testing.T) {
 	}
 }
 
-// NoBackground streams nothing: reads come from spans as without a store,
-// and no whole file is copied into the cache.
+// NoBackground streams nothing: reads come from spans as without a store.
 func TestNoBackground(t *testing.T) {
 	testutil.RequiresRoot(t)
 	r := newTestRegistry(t)
@@ -300,6 +301,65 @@ func TestNoBackground(t *testing.T) {
 	case <-m.Complete():
 		t.Error("Complete closed without streams")
 	default:
+	}
+}
+
+// Without a stream a layer never settles, so a file read whole is stored
+// whole in the cache, as on a mount without a layer store: also when the
+// mount is unmounted as soon as the read ends (riffle run, its container
+// exiting). The next mount opens it by passthrough and fetches nothing.
+func TestNoBackgroundStoresReadFilesWhole(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, _ := bgImage(t, r)
+	var dgst string
+	for _, l := range simg.Layers {
+		for _, e := range l.Entries() {
+			if e.Name == "data/big.bin" {
+				dgst = e.Digest.String()
+			}
+		}
+	}
+	if dgst == "" {
+		t.Fatal("no data/big.bin in the image")
+	}
+	c := newCache(t)
+	opts := streamfs.Options{Cache: c, Layers: newStore(t), NoBackground: true}
+	dir := filepath.Join(t.TempDir(), "mnt")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m1, err := streamfs.Mount(context.Background(), dir, simg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join(dir, "data/big.bin"))
+	if err != nil {
+		m1.Unmount()
+		t.Fatal(err)
+	}
+	if err := m1.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	e, err := c.Get(context.Background(), dgst)
+	if err != nil {
+		t.Fatalf("data/big.bin is not whole in the cache after unmounting: %v", err)
+	}
+	e.Close()
+	fetched := r.rangeRequests.Load()
+	m2, dir2 := mount(t, simg, opts)
+	got, err := os.ReadFile(filepath.Join(dir2, "data/big.bin"))
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("second mount read %d bytes (want %d): %v", len(got), len(want), err)
+	}
+	if n := m2.Stats().PassthroughOpens; n != 1 {
+		t.Errorf("%d passthrough opens, want 1", n)
+	}
+	if n := m2.FallbackReads(); n != 0 {
+		t.Errorf("%d reads reached the daemon instead of passthrough", n)
+	}
+	if n := r.rangeRequests.Load() - fetched; n != 0 {
+		t.Errorf("the second mount made %d range requests", n)
 	}
 }
 

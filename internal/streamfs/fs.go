@@ -322,7 +322,7 @@ func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadRes
 		m.log.Warn("streamfs: read failed", "ino", n.ino, "offset", off, "err", err)
 		return nil, syscall.EIO
 	}
-	if m.opts.Layers == nil && !m.opts.NoPassthrough {
+	if m.promotes(n) {
 		h.notePromote(off, got)
 	}
 	return res, 0

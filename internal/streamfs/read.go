@@ -283,16 +283,19 @@ var copyBufs = sync.Pool{New: func() any { b := make([]byte, 256<<10); return &b
 
 // promote stores file n's whole content in the cache under its digest, in
 // the background, from the (now cached) spans, so that later opens use
-// passthrough. The cache checks the digest. Mounts with a layer store never
-// promote: the store holds whole files already.
+// passthrough. The cache checks the digest.
 func (m *MountPoint) promote(n *node) {
-	if m.opts.NoPassthrough || m.opts.Layers != nil || n.size == 0 {
+	if !m.promotes(n) {
 		return
 	}
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
-		ctx, cancel := context.WithTimeout(m.ctx, m.opts.ReadTimeout+time.Duration(n.size/(1<<20))*time.Second)
+		// Not cancelled by unmounting: a mount shutting down (riffle run
+		// when its container exits) finishes the copies it has begun, from
+		// cached spans only (copyFile), so the next mount opens the file by
+		// passthrough. Unmounting waits for them.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(m.ctx), m.opts.ReadTimeout+time.Duration(n.size/(1<<20))*time.Second)
 		defer cancel()
 		e, err := m.cache.Fill(ctx, n.digest.String(), n.size, func(ctx context.Context, w io.Writer) error {
 			return m.copyFile(ctx, n, w)
@@ -303,6 +306,25 @@ func (m *MountPoint) promote(n *node) {
 		}
 		e.Close()
 	}()
+}
+
+// promotes reports whether file n is stored whole in the cache once it has
+// been read whole. Files of a layer that streams in the background are not:
+// the layer store will hold them whole (and settle the image). Files of a
+// layer with no stream (switched off, too big, failed) are, or a warm node
+// that never settles would serve them from spans forever.
+func (m *MountPoint) promotes(n *node) bool {
+	if m.opts.NoPassthrough || n.size == 0 {
+		return false
+	}
+	if m.background == nil {
+		return true
+	}
+	switch m.background.layers[n.layer].getState() {
+	case LayerOff, LayerFailed:
+		return true
+	}
+	return false
 }
 
 // copyFile writes file n's content to w straight from its cached spans.
@@ -316,7 +338,14 @@ func (m *MountPoint) copyFile(ctx context.Context, n *node, w io.Writer) error {
 			return fmt.Errorf("streamfs: offset %d is past the layer's spans", pos)
 		}
 		sp := spans[i]
-		e, _, err := m.span(ctx, n.layer, i, prioPrefetch)
+		var e *cache.Entry
+		var err error
+		if m.ctx.Err() != nil {
+			// Unmounting: nothing more is fetched.
+			e, err = m.cache.Get(ctx, cache.SpanKey(m.img.Layers[n.layer].Digest(), i))
+		} else {
+			e, _, err = m.span(ctx, n.layer, i, prioPrefetch)
+		}
 		if err != nil {
 			return err
 		}

@@ -49,6 +49,9 @@ var allCases = []benchCase{
 }
 
 func selectCases(s string) ([]benchCase, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil // only the other measurements (--tasks, --cached-read)
+	}
 	want := map[string]bool{}
 	for _, id := range strings.Split(s, ",") {
 		want[strings.TrimSpace(id)] = true

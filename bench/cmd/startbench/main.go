@@ -55,6 +55,12 @@
 // ctr, riffle pull, riffle mount or riffle run; not the workload) and their
 // peak RSS.
 //
+// --cached-read (1 GiB by default, on the first link only) times a
+// sequential read of one big file whose data is in a warm node cache of an
+// image that has not settled, against the same file extracted on disk
+// (busybox dd in both, page cache dropped; the container's start is not
+// timed).
+//
 // --tasks 50 also starts `riffle serve` and submits one Batch job of 50
 // streamed tasks of the image, against a job of one task: bytes over the
 // link and time until every container has started.
@@ -98,6 +104,9 @@ type flags struct {
 	timeout   time.Duration
 	tasks     int
 	results   string
+	// cachedRead is the size of the file read from a warm node cache
+	// (0: skip that measurement).
+	cachedRead int64
 }
 
 func parseFlags() flags {
@@ -112,17 +121,19 @@ func parseFlags() flags {
 	// riffleRunArgs holds the command lines of cases b to f.
 	flag.BoolVar(&f.riffleRun, "riffle-run", true, "run cases b to f through `riffle run` (false: riffle pull/mount + chroot; d and f need riffle run)")
 	flag.StringVar(&f.fixtures, "fixtures", "/var/cache/riffle-test", "where built images are cached")
-	flag.StringVar(&f.work, "work", "", "scratch directory (default: a new directory in /var/tmp, removed at the end)")
+	flag.StringVar(&f.work, "work", "", "scratch directory (default: a new directory in /var/tmp, removed at the end; a given one is kept, with the cached-read node and tree)")
 	flag.Int64Var(&f.spanSize, "span-size", 0, "uncompressed bytes per index span (0: the index default)")
 	flag.DurationVar(&f.timeout, "timeout", 10*time.Minute, "limit for one timed run")
 	flag.IntVar(&f.tasks, "tasks", 50, "tasks of the concurrent Batch job through riffle serve (0: skip it)")
 	flag.BoolVar(&f.hold, "hold", false, "for experiments by hand: set up the image, registry, index service and first link, print their addresses, and wait for Ctrl-C (no case is run)")
 	flag.StringVar(&f.results, "results", "bench/results", "directory for the JSON results (empty: write none)")
+	flag.Int64Var(&f.cachedRead, "cached-read", 1<<30, "bytes of the one file read from a warm, unsettled node cache against the same file on disk, on the first link (0: skip it)")
 	flag.Parse()
 	if f.quick {
 		f.runs = 1
 		f.links, _, _ = strings.Cut(f.links, ",")
 		f.tasks = 0
+		f.cachedRead = 0
 	}
 	return f
 }
@@ -183,7 +194,7 @@ func run(ctx context.Context, f flags) error {
 		f.imageKind, s.layers, float64(s.compressed)/1e6, float64(s.uncompressed)/1e6, float64(s.indexBytes)/1e3, float64(s.detachedBytes)/1e3)
 	fmt.Printf("riffle: %s (riffle run: %s); containerd: %s\n\n", s.bin, yesNo(s.runHelp != ""), s.containerdVersion)
 
-	for _, l := range links {
+	for i, l := range links {
 		link, err := linkproxy.Start(s.regAddr, l.rtt/2, int64(l.mbit*1e6/8))
 		if err != nil {
 			return err
@@ -207,6 +218,14 @@ func run(ctx context.Context, f flags) error {
 			}
 		}
 		link.Close()
+		if err == nil && i == 0 && f.cachedRead > 0 && ctx.Err() == nil {
+			rep.CachedRead, err = measureCachedRead(ctx, s, f.cachedRead, f.runs, f.work != "")
+			if err != nil {
+				fmt.Printf("cached read: %v\n", err)
+				rep.CachedReadError = err.Error()
+				err = nil
+			}
+		}
 		rep.print(os.Stdout)
 		if f.results != "" && ctx.Err() == nil {
 			if p, werr := rep.write(f.results); werr != nil {

@@ -28,6 +28,9 @@ type report struct {
 	Fanout  *fanoutInfo `json:"fanout,omitempty"`
 	// FanoutError says why the concurrent-tasks job has no figures.
 	FanoutError string `json:"fanoutError,omitempty"`
+	// CachedRead is the warm-cache sequential read (first link only).
+	CachedRead      *cachedRead `json:"cachedRead,omitempty"`
+	CachedReadError string      `json:"cachedReadError,omitempty"`
 }
 
 type machine struct {
@@ -221,6 +224,9 @@ func (r *report) print(out io.Writer) {
 		fmt.Fprintf(out, "%d streamed tasks of one image through riffle serve: %.1f MB over the link against %.1f MB for one task (×%.2f); all %d containers started %.1fs after submit, all done %.1fs (one task: started %.1fs, done %.1fs); %s\n",
 			f.Tasks, float64(f.Bytes)/1e6, float64(f.OneTaskBytes)/1e6, f.BytesRatio, f.Started, f.AllStartedSeconds,
 			f.AllDoneSeconds, f.OneTaskStartedSeconds, f.OneTaskDoneSeconds, f.Note)
+	}
+	if r.CachedRead != nil {
+		fmt.Fprintln(out, r.CachedRead)
 	}
 	fmt.Fprintln(out)
 }
