@@ -3,6 +3,7 @@ package streamfs
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -133,7 +134,9 @@ func (l *indexLayer) Entries() []Entry {
 			Offset:   f.Offset,
 		}
 		if f.IsRegular() {
-			e.Digest = digest.NewDigestFromBytes(digest.SHA256, f.Digest[:])
+			// As digest.NewDigestFromBytes, without its Sprintf: an
+			// image has tens of thousands of files.
+			e.Digest = digest.Digest("sha256:" + hex.EncodeToString(f.Digest[:]))
 		}
 		out = append(out, e)
 	}

@@ -68,6 +68,11 @@ const (
 // trailing slashes go; the root is ".". A ".." component, NUL or an empty
 // name is refused with a *PathError.
 func CleanName(name string) (string, error) {
+	if isClean(name) {
+		// The common case (every name of an index, most of a layer's):
+		// no allocation.
+		return name, nil
+	}
 	if name == "" {
 		return "", &PathError{name, "is an empty name"}
 	}
@@ -84,6 +89,29 @@ func CleanName(name string) (string, error) {
 		return ".", nil
 	}
 	return p[1:], nil
+}
+
+// isClean reports whether name is already what CleanName makes of it: "."
+// or relative components, none empty, "." or "..", and no NUL.
+func isClean(name string) bool {
+	if name == "." {
+		return true
+	}
+	start := 0
+	for i := 0; i <= len(name); i++ {
+		if i < len(name) && name[i] != '/' {
+			if name[i] == 0 {
+				return false
+			}
+			continue
+		}
+		switch name[start:i] {
+		case "", ".", "..":
+			return false
+		}
+		start = i + 1
+	}
+	return true
 }
 
 // Kind is what a cleaned entry name means when applied.

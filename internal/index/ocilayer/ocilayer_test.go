@@ -26,6 +26,32 @@ func TestCleanName(t *testing.T) {
 	}
 }
 
+// FuzzCleanName checks CleanName's fast path for names already clean
+// against the general rules: the same result, and the result is clean.
+func FuzzCleanName(f *testing.F) {
+	for _, s := range []string{"a", "./a/", "/a", "//a//b/./c/", "/", ".", "", "..", "a/../b", "a\x00b", "a/b/c", "a/.", "a/..b", ".a/b.", "a//b"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		got, err := CleanName(name)
+		if err != nil {
+			if isClean(name) {
+				t.Fatalf("isClean(%q) but CleanName refuses it: %v", name, err)
+			}
+			return
+		}
+		if isClean(name) && got != name {
+			t.Fatalf("isClean(%q) but CleanName makes it %q", name, got)
+		}
+		if !isClean(got) {
+			t.Fatalf("CleanName(%q) = %q, which is not clean", name, got)
+		}
+		if again, err := CleanName(got); err != nil || again != got {
+			t.Fatalf("CleanName(CleanName(%q)) = %q, %v", name, again, err)
+		}
+	})
+}
+
 func TestClassify(t *testing.T) {
 	for in, want := range map[string]Name{
 		".":                 {Kind: Root, Dir: ".", Base: "."},
