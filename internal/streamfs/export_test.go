@@ -17,3 +17,7 @@ func SetMaxPackWait(t interface{ Cleanup(func()) }, d time.Duration) {
 // PacksDone is closed once the mount's packs are read and their spans
 // counted.
 func (m *MountPoint) PacksDone() <-chan struct{} { return m.packsDone }
+
+// MissAheadAfter is how many blocked misses a mount has before each miss
+// also fetches the spans after it.
+const MissAheadAfter = missAheadAfter

@@ -2,6 +2,7 @@ package streamfs_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -84,5 +85,74 @@ func TestLaziness(t *testing.T) {
 	maxSpans := int64(2 + streamfs.DefaultKernelReadAhead/int(mid.Size) + 1 + streamfs.DefaultReadAhead + 1)
 	if st.FetchedSpans > maxSpans || st.FetchedBytes > maxSpans*near || r.rangeRequests.Load() > maxSpans || served > st.FetchedBytes {
 		t.Errorf("not lazy: %d spans (at most %d wanted) of %d bytes, %d requests, %d bytes served", st.FetchedSpans, maxSpans, st.FetchedBytes, r.rangeRequests.Load(), served)
+	}
+}
+
+// Once a mount's readers have missed a few times, each miss also fetches
+// the next spans of its layer (files read together sit together); before
+// that, a miss fetches its own span alone.
+func TestMissAhead(t *testing.T) {
+	testutil.RequiresRoot(t)
+	const fileSize, spanSize = 16 << 10, 64 << 10
+	var entries []imagegen.Entry
+	entries = append(entries, imagegen.Entry{Type: imagegen.Dir, Name: "f"})
+	for i := range 600 {
+		entries = append(entries, imagegen.Entry{Type: imagegen.File, Name: fmt.Sprintf("f/%03d", i),
+			Size: fileSize, Seed: uint64(i + 1), Fill: imagegen.Random})
+	}
+	r := newTestRegistry(t)
+	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: entries}}}, "test/missahead")
+	img := r.open(t, ref, spanSize)
+	m, dir := mount(t, img, streamfs.Options{Cache: newCache(t)})
+
+	// One file wholly inside each span, by span.
+	spans := img.Layers[0].Spans()
+	inSpan := map[int]string{}
+	for _, e := range img.Layers[0].Entries() {
+		if e.Size == 0 {
+			continue
+		}
+		for i, s := range spans {
+			if e.Offset >= s.Offset && e.Offset+e.Size <= s.Offset+s.Size {
+				if _, ok := inSpan[i]; !ok {
+					inSpan[i] = e.Name
+				}
+			}
+		}
+	}
+	read := func(span int) {
+		t.Helper()
+		name, ok := inSpan[span]
+		if !ok {
+			t.Fatalf("no file lies wholly in span %d", span)
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || len(b) != fileSize {
+			t.Fatalf("read %s: %d bytes, %v", name, len(b), err)
+		}
+	}
+	// Misses far apart: neither a layer walk nor a file read on.
+	const gap = 6
+	for k := range streamfs.MissAheadAfter {
+		read(k * gap)
+	}
+	last := streamfs.MissAheadAfter * gap
+	read(last) // the miss after MissAheadAfter: its span and the next ones
+	want := int64(streamfs.MissAheadAfter + 1 + streamfs.DefaultMissAhead)
+	deadline := time.Now().Add(20 * time.Second)
+	for m.Stats().FetchedSpans < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d spans fetched, want %d: the spans after the last miss were not fetched", m.Stats().FetchedSpans, want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	requests := r.rangeRequests.Load()
+	for i := 1; i <= streamfs.DefaultMissAhead; i++ {
+		read(last + i)
+	}
+	if n := r.rangeRequests.Load() - requests; n != 0 {
+		t.Errorf("reading the spans after the miss made %d range requests", n)
+	}
+	if n := m.Stats().FetchedSpans; n != want {
+		t.Errorf("%d spans fetched, want %d (the first %d misses fetched their own span alone)", n, want, streamfs.MissAheadAfter)
 	}
 }

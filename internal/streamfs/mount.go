@@ -25,6 +25,8 @@ const (
 	DefaultRetries     = 3
 	DefaultPrefetchers = 4
 	DefaultReadAhead   = 2
+	// DefaultMissAhead is Options.MissAhead's default.
+	DefaultMissAhead = 4
 	// DefaultUnmountGrace bounds MountPoint.UnmountWithin.
 	DefaultUnmountGrace = 10 * time.Second
 )
@@ -53,6 +55,10 @@ type Options struct {
 	// ReadAhead is how many spans ahead of a reader streaming a file are
 	// fetched in the background (default DefaultReadAhead).
 	ReadAhead int
+	// MissAhead is how many spans of its layer after a blocked miss are
+	// fetched in the background, once the mount's readers have missed
+	// missAheadAfter times (default DefaultMissAhead; see readAhead).
+	MissAhead int
 	// NoPrefetch turns read-ahead of spans off.
 	NoPrefetch bool
 	// NoPassthrough never stores whole files nor opens them by FUSE
@@ -161,6 +167,8 @@ type MountPoint struct {
 	// lastSpan is, per layer, the span a reader read last (-2 none), to
 	// see readers walking a layer's files in order.
 	lastSpan []atomic.Int64
+	// blockedMisses counts reads that waited for a span fetch.
+	blockedMisses atomic.Int64
 	// advised is, per layer, the last cached span whose file the kernel
 	// was asked to read ahead (-1 none).
 	advised []atomic.Int64
@@ -199,6 +207,9 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 	}
 	if opts.ReadAhead <= 0 {
 		opts.ReadAhead = DefaultReadAhead
+	}
+	if opts.MissAhead <= 0 {
+		opts.MissAhead = DefaultMissAhead
 	}
 	if opts.Prefetchers <= 0 {
 		opts.Prefetchers = DefaultPrefetchers

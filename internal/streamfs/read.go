@@ -86,6 +86,17 @@ func (m *MountPoint) readSpan(ctx context.Context, n *node, i int, pos, stop, st
 // reader streaming the file gets more ahead; a reader that missed span i
 // right after reading span i-1 of the same layer is walking the layer's
 // files in order (many small files) and gets the next spans of the layer.
+//
+// And once a mount's readers have missed missAheadAfter times, every miss
+// fetches the next MissAhead spans of the layer: files read together mostly
+// sit together in a layer (a package's modules and libraries, a
+// directory's files), and a cold reader that opens them one after another,
+// as an interpreter importing modules does, otherwise waits a round trip
+// for each. Cold python3 importing numpy, scipy and pandas missed about 160
+// times; 41 % of those were the span right after an earlier miss, 65 %
+// within four. Not from the first miss: a short start (a shell, its
+// libraries) is done in a few misses, and on a slow link spans it does not
+// read would only delay them.
 func (m *MountPoint) readAhead(n *node, i int, pos, streak int64, missed bool) {
 	spans := m.spans[n.layer]
 	sp := spans[i]
@@ -99,12 +110,19 @@ func (m *MountPoint) readAhead(n *node, i int, pos, streak int64, missed bool) {
 	if missed && prev == int64(i-1) {
 		ahead, last = m.opts.ReadAhead, m.layerSize(n.layer)
 	}
+	if missed && m.blockedMisses.Add(1) > missAheadAfter {
+		ahead, last = max(ahead, m.opts.MissAhead), m.layerSize(n.layer)
+	}
 	for j := i + 1; j <= i+ahead && j < len(spans) && spans[j].Offset < last; j++ {
 		if !m.streamCovers(n.layer, spans[j].Offset) {
 			m.prefetch(n.layer, j)
 		}
 	}
 }
+
+// missAheadAfter is how many blocked misses a mount has before each miss
+// also fetches the spans after it (see readAhead).
+const missAheadAfter = 8
 
 // streamingStreak is how much a reader must have read contiguously to be
 // treated as streaming the file.
