@@ -325,10 +325,7 @@ func TestNoBackgroundStoresReadFilesWhole(t *testing.T) {
 	}
 	c := newCache(t)
 	opts := streamfs.Options{Cache: c, Layers: newStore(t), NoBackground: true}
-	dir := filepath.Join(t.TempDir(), "mnt")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir := mountDir(t)
 	m1, err := streamfs.Mount(context.Background(), dir, simg, opts)
 	if err != nil {
 		t.Fatal(err)

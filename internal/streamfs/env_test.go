@@ -203,12 +203,19 @@ func newCache(t testing.TB) *cache.Cache {
 	return c
 }
 
-func mount(t testing.TB, img streamfs.Image, opts streamfs.Options) (*streamfs.MountPoint, string) {
+// mountDir makes an empty mount point.
+func mountDir(t testing.TB) string {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "mnt")
 	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	return dir
+}
+
+func mount(t testing.TB, img streamfs.Image, opts streamfs.Options) (*streamfs.MountPoint, string) {
+	t.Helper()
+	dir := mountDir(t)
 	m, err := streamfs.Mount(context.Background(), dir, img, opts)
 	if err != nil {
 		t.Fatal(err)

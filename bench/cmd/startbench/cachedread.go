@@ -8,7 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"sort"
+
 	"strconv"
 	"strings"
 
@@ -151,8 +151,10 @@ func measureCachedRead(ctx context.Context, s *setupState, size int64, runs int,
 		r.RiffleSeconds = append(r.RiffleSeconds, sec)
 		r.Verbose = tail(rout, 1500)
 	}
-	if m := median(r.RiffleSeconds); m > 0 {
-		r.SpeedRatio = median(r.DiskSeconds) / m
+	rmed, _, _ := medMinMax(append([]float64(nil), r.RiffleSeconds...))
+	dmed, _, _ := medMinMax(append([]float64(nil), r.DiskSeconds...))
+	if rmed > 0 {
+		r.SpeedRatio = dmed / rmed
 	}
 	return r, nil
 }
@@ -177,34 +179,10 @@ func findFile(root, name string) (string, error) {
 	return found, err
 }
 
-func median(xs []float64) float64 {
-	if len(xs) == 0 {
-		return 0
-	}
-	s := append([]float64(nil), xs...)
-	sort.Float64s(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
 func (c *cachedRead) String() string {
-	lo, hi := minMax(c.RiffleSeconds)
-	dlo, dhi := minMax(c.DiskSeconds)
+	rmed, lo, hi := medMinMax(append([]float64(nil), c.RiffleSeconds...))
+	dmed, dlo, dhi := medMinMax(append([]float64(nil), c.DiskSeconds...))
 	mb := float64(c.Bytes) / 1e6
 	return fmt.Sprintf("cached read of %.0f MB before settling: riffle %.2f s (%.2f-%.2f, %.0f MB/s), disk %.2f s (%.2f-%.2f, %.0f MB/s): %.2f× disk speed",
-		mb, median(c.RiffleSeconds), lo, hi, mb/median(c.RiffleSeconds), median(c.DiskSeconds), dlo, dhi, mb/median(c.DiskSeconds), c.SpeedRatio)
-}
-
-func minMax(xs []float64) (lo, hi float64) {
-	for i, x := range xs {
-		if i == 0 || x < lo {
-			lo = x
-		}
-		if i == 0 || x > hi {
-			hi = x
-		}
-	}
-	return lo, hi
+		mb, rmed, lo, hi, mb/rmed, dmed, dlo, dhi, mb/dmed, c.SpeedRatio)
 }

@@ -321,16 +321,6 @@ func (e *env) waitPacks(ctx context.Context) {
 	}
 }
 
-// quietAfterPrep waits, after an untimed run that reported a startup
-// profile, until the index service has built the prefetch packs it builds
-// from it. It reads the layers' data through the link to do so (about 230 MB
-// for a run that read every file), and in the timed run after it that took
-// the link and a core: readall e and f counted 140-240 MB "over the link"
-// and ran 1.2-1.4 times as long as on containerd's overlayfs.
-func (e *env) quietAfterPrep(ctx context.Context) {
-	e.waitPacks(ctx)
-}
-
 // caseWarmCache is case e: the same workload ran once on this node (its
 // spans are in the node cache), and a later task mounts the image anew.
 func caseWarmCache(ctx context.Context, e *env, w workload) (sample, error) {
@@ -343,7 +333,12 @@ func caseWarmCache(ctx context.Context, e *env, w workload) (sample, error) {
 	if _, err := e.streamOnce(ctx, e.begin(), data, w); err != nil {
 		return sample{}, fmt.Errorf("filling the node cache: %w", err)
 	}
-	e.quietAfterPrep(ctx)
+	// The untimed run reported a startup profile, and the index service
+	// builds its packs by reading the layers through the link (about 230
+	// MB after reading every file): let it finish, or the timed run shares
+	// the link and a core with it (readall e and f counted 140-240 MB over
+	// the link and ran 1.2-1.4 times as long as containerd's overlayfs).
+	e.waitPacks(ctx)
 	// The warm node has no learned profile: it has its cache.
 	e.clearProfiles()
 	t := e.begin()
@@ -437,7 +432,12 @@ func caseSettled(ctx context.Context, e *env, w workload) (sample, error) {
 	if _, err := runWorkload(ctx, e.begin(), w, "", e.riffleRunArgs(data, false, w, "--settle")); err != nil {
 		return sample{}, fmt.Errorf("first run, until the image settled: %w", err)
 	}
-	e.quietAfterPrep(ctx)
+	// The untimed run reported a startup profile, and the index service
+	// builds its packs by reading the layers through the link (about 230
+	// MB after reading every file): let it finish, or the timed run shares
+	// the link and a core with it (readall e and f counted 140-240 MB over
+	// the link and ran 1.2-1.4 times as long as containerd's overlayfs).
+	e.waitPacks(ctx)
 	s, tail, err := runWorkloadTail(ctx, e.begin(), w, "riffle run", e.riffleRunArgs(data, false, w))
 	if err == nil && !strings.Contains(tail, "method=settled") {
 		err = fmt.Errorf("startbench: the image had not settled after a run with --settle (riffle run --verbose said:\n%s)", tail)

@@ -151,6 +151,17 @@ func (r *report) summarize() {
 	}
 }
 
+// medMinMax returns the median, least and greatest of v (not empty); it
+// sorts v.
+func medMinMax(v []float64) (med, lo, hi float64) {
+	sort.Float64s(v)
+	med = v[len(v)/2]
+	if len(v)%2 == 0 {
+		med = (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	return med, v[0], v[len(v)-1]
+}
+
 // summarize takes the median, min and max of every field on its own.
 func summarize(ss []sample) (med, lo, hi *sample) {
 	med, lo, hi = &sample{}, &sample{}, &sample{}
@@ -159,12 +170,7 @@ func summarize(ss []sample) (med, lo, hi *sample) {
 		for i, s := range ss {
 			v[i] = get(s)
 		}
-		sort.Float64s(v)
-		m := v[len(v)/2]
-		if len(v)%2 == 0 {
-			m = (v[len(v)/2-1] + v[len(v)/2]) / 2
-		}
-		return m, v[0], v[len(v)-1]
+		return medMinMax(v)
 	}
 	med.Seconds, lo.Seconds, hi.Seconds = pick(func(s sample) float64 { return s.Seconds })
 	b1, b2, b3 := pick(func(s sample) float64 { return float64(s.LinkBytes) })
