@@ -88,6 +88,14 @@ type bgLayer struct {
 	// them all (an image may hold one layer twice).
 	followers []*bgLayer
 	leader    bool
+	lead      *bgLayer // the layer whose stream serves this one (itself for a leader)
+	// waiters counts reads waiting for this layer's stream (on the
+	// leader): its chunks then neither pause nor take turns.
+	waiters atomic.Int64
+	// planned is the uncompressed offset (on the leader) up to which the
+	// stream has planned its fetches: a read ahead of it is fetched by
+	// range, not waited for (see waitLocal).
+	planned atomic.Int64
 
 	state atomic.Pointer[string]
 	// pos is how many uncompressed bytes the store has consumed.
@@ -136,6 +144,33 @@ type background struct {
 	// waiters counts reads waiting for a stream: streams do not pause
 	// while someone waits on them.
 	waiters atomic.Int64
+	// waited is closed (and replaced) when a read starts waiting for a
+	// stream, waking chunk fetches that wait for their turn: the chunk
+	// the read needs may be one of them.
+	waitedMu sync.Mutex
+	waited   chan struct{}
+}
+
+// waitedCh is closed when the next read starts waiting for a stream.
+func (b *background) waitedCh() <-chan struct{} {
+	b.waitedMu.Lock()
+	defer b.waitedMu.Unlock()
+	return b.waited
+}
+
+// addWaiter counts a read waiting for layer l's stream and wakes the
+// chunk fetches waiting for their turn; the returned func uncounts it.
+func (b *background) addWaiter(l *bgLayer) (done func()) {
+	b.waiters.Add(1)
+	l.lead.waiters.Add(1)
+	b.waitedMu.Lock()
+	close(b.waited)
+	b.waited = make(chan struct{})
+	b.waitedMu.Unlock()
+	return func() {
+		l.lead.waiters.Add(-1)
+		b.waiters.Add(-1)
+	}
 }
 
 // setupBackground plans the streams. Layers already complete in the store
@@ -144,7 +179,7 @@ func (m *MountPoint) setupBackground() error {
 	if len(m.img.DiffIDs) != len(m.img.Layers) {
 		return fmt.Errorf("streamfs: Options.Layers needs Image.DiffIDs for every layer (%d for %d layers)", len(m.img.DiffIDs), len(m.img.Layers))
 	}
-	b := &background{store: m.opts.Layers, complete: make(chan struct{})}
+	b := &background{store: m.opts.Layers, complete: make(chan struct{}), waited: make(chan struct{})}
 	b.layers = make([]*bgLayer, len(m.img.Layers))
 	for i := range b.layers {
 		b.layers[i] = &bgLayer{idx: i, diffID: m.img.DiffIDs[i], advance: make(chan struct{}), dirfd: -1}
@@ -169,6 +204,7 @@ func (m *MountPoint) setupBackground() error {
 	for i, l := range b.layers {
 		_, streamable := m.img.Layers[i].(LayerStreamer)
 		if f := first[l.diffID]; f != nil {
+			l.lead = f
 			f.followers = append(f.followers, l)
 			if f.getState() == LayerComplete {
 				m.layerComplete(l, b.store)
@@ -181,7 +217,7 @@ func (m *MountPoint) setupBackground() error {
 			continue
 		}
 		first[l.diffID] = l
-		l.leader = true
+		l.leader, l.lead = true, l
 		switch {
 		case b.store.Has(l.diffID):
 			m.layerComplete(l, b.store)
@@ -418,11 +454,13 @@ func (m *MountPoint) waitLocal(ctx context.Context, n *node) bool {
 		return false
 	}
 	l := b.layers[n.layer]
-	if !m.streamNear(l, n.off) {
+	// Only data the stream has planned to fetch is worth waiting for:
+	// a range fetch of a span past that is quicker than the stream's
+	// chunks up to it, and the stream then skips the span.
+	if !m.streamNear(l, n.off) || n.off >= l.lead.planned.Load() {
 		return false
 	}
-	b.waiters.Add(1)
-	defer b.waiters.Add(-1)
+	defer b.addWaiter(l)()
 	m.metrics.streamWaits.Inc()
 	t := time.NewTimer(maxStreamWait)
 	defer t.Stop()
@@ -513,7 +551,7 @@ func (g *gatedReader) Read(p []byte) (int, error) {
 	if len(p) > gateChunk {
 		p = p[:gateChunk]
 	}
-	if err := g.m.pauseForReads(g.ctx); err != nil {
+	if err := g.m.pauseForReads(g.ctx, g.l); err != nil {
 		return 0, err
 	}
 	n, err := g.r.Read(p)
@@ -523,15 +561,14 @@ func (g *gatedReader) Read(p []byte) (int, error) {
 }
 
 // pauseForReads waits while urgent fetches are in flight, at most
-// maxPause.
-func (m *MountPoint) pauseForReads(ctx context.Context) error {
-	b := m.background
-	if m.urgent.Load() == 0 || b.waiters.Load() > 0 {
+// maxPause, unless a read waits for the stream of layer l.
+func (m *MountPoint) pauseForReads(ctx context.Context, l *bgLayer) error {
+	if m.urgent.Load() == 0 || l.waiters.Load() > 0 {
 		return nil
 	}
 	m.metrics.pauses.Inc()
 	deadline := time.Now().Add(maxPause)
-	for m.urgent.Load() > 0 && b.waiters.Load() == 0 && time.Now().Before(deadline) {
+	for m.urgent.Load() > 0 && l.waiters.Load() == 0 && time.Now().Before(deadline) {
 		t := time.NewTimer(pauseStep)
 		select {
 		case <-ctx.Done():

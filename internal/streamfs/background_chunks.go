@@ -126,6 +126,8 @@ func (c *chunkedLayer) plan(jobs chan<- *chunk) {
 		case <-c.ctx.Done():
 			return
 		}
+		last := c.m.spans[c.l.idx][e-1]
+		c.l.planned.Store(last.Offset + last.Size)
 		if !ch.cached {
 			select {
 			case jobs <- ch:
@@ -153,11 +155,11 @@ func (c *chunkedLayer) fetch(ch *chunk) error {
 	retries := max(c.m.opts.Retries, 1)
 	var err error
 	for range retries {
-		if err = c.m.pauseForReads(c.ctx); err != nil {
+		if err = c.m.pauseForReads(c.ctx, c.l); err != nil {
 			return err
 		}
 		var release func()
-		if release, err = c.m.chunkTurn(c.ctx); err != nil {
+		if release, err = c.m.chunkTurn(c.ctx, c.l); err != nil {
 			return err
 		}
 		var wire int64
@@ -233,40 +235,62 @@ func (m *MountPoint) following() bool {
 // chunkTurn waits until a chunk fetch may start: after the mount's packs
 // are read, and then, while the mount's readers are busy and do not follow
 // the streams, chunk fetches of all its layers take turns, one at a time
-// and busyGap apart; else they start at once. release ends the turn.
-func (m *MountPoint) chunkTurn(ctx context.Context) (release func(), err error) {
+// and busyGap apart; else, and for a layer a read waits for, they start
+// at once. release ends the turn.
+func (m *MountPoint) chunkTurn(ctx context.Context, l *bgLayer) (release func(), err error) {
+	b := m.background
 	// The profile comes before the rest of the layers: no chunk while
 	// the packs are read (they are what the task reads first; chunks
 	// beside them took 0.6 to 0.8 s from a 4.4 s python import), unless a
 	// reader waits for a stream.
-	if m.background == nil || m.background.waiters.Load() == 0 {
+	for l.waiters.Load() == 0 {
+		waited := b.waitedCh()
+		if l.waiters.Load() > 0 {
+			break
+		}
 		select {
 		case <-m.packsDone:
+		case <-waited:
+			continue
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
+		break
 	}
-	if !m.readersBusy() || m.following() || (m.background != nil && m.background.waiters.Load() > 0) {
-		return func() {}, nil
-	}
-	select {
-	case m.quietSlot <- struct{}{}:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	if wait := busyGap - time.Since(time.Unix(0, m.lastChunk.Load())); wait > 0 {
-		t := time.NewTimer(wait)
+	// A read waiting for a stream ends any wait for a turn: the chunk it
+	// needs may be this one (a shell waited 0.4 s for its first chunk,
+	// queued behind the turns of other layers' chunks).
+	free := func() bool { return !m.readersBusy() || m.following() || l.waiters.Load() > 0 }
+	for {
+		waited := b.waitedCh()
+		if free() {
+			return func() {}, nil
+		}
 		select {
-		case <-t.C:
+		case m.quietSlot <- struct{}{}:
+		case <-waited:
+			continue
 		case <-ctx.Done():
-			t.Stop()
-			<-m.quietSlot
 			return nil, ctx.Err()
 		}
+		if wait := busyGap - time.Since(time.Unix(0, m.lastChunk.Load())); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-waited:
+				t.Stop()
+				<-m.quietSlot
+				continue
+			case <-ctx.Done():
+				t.Stop()
+				<-m.quietSlot
+				return nil, ctx.Err()
+			}
+		}
+		m.lastChunk.Store(time.Now().UnixNano())
+		var once sync.Once
+		return func() { once.Do(func() { <-m.quietSlot }) }, nil
 	}
-	m.lastChunk.Store(time.Now().UnixNano())
-	var once sync.Once
-	return func() { once.Do(func() { <-m.quietSlot }) }, nil
 }
 
 // Read implements io.Reader for the store.

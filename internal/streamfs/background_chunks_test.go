@@ -1,9 +1,17 @@
 package streamfs_test
 
 import (
+	"fmt"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/riffle-dev/riffle/internal/fstree"
+	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/streamfs"
 	"github.com/riffle-dev/riffle/internal/testutil"
 )
@@ -80,5 +88,136 @@ func TestChunkedStreamCorrupt(t *testing.T) {
 	}
 	if st := m.Stats(); st.FetchedSpans == 0 || st.LocalOpens != 0 {
 		t.Errorf("reads not served from verified spans: %+v", st)
+	}
+}
+
+// streamWaitImage pushes an image of two gzip layers, 64 KiB spans, each
+// a small file, then size bytes of random data, then another small file.
+func streamWaitImage(t *testing.T, r *testRegistry, size int64) streamfs.Image {
+	t.Helper()
+	layer := func(p string, seed uint64) imagegen.Layer {
+		return imagegen.Layer{Entries: []imagegen.Entry{
+			{Type: imagegen.Dir, Name: p},
+			{Type: imagegen.File, Name: p + "/head.txt", Data: []byte("head of " + p + "\n")},
+			{Type: imagegen.File, Name: p + "/big.bin", Size: size, Seed: seed, Fill: imagegen.Random},
+			{Type: imagegen.File, Name: p + "/tail.txt", Data: []byte("tail of " + p + "\n")},
+		}}
+	}
+	spec := imagegen.Spec{Layers: []imagegen.Layer{layer("a", 1), layer("b", 2)}}.Docker()
+	_, ref := r.push(t, spec, "test/streamwait")
+	return r.open(t, ref, 64<<10)
+}
+
+// chunkRequest reports whether req is a layer stream's chunk (a range of
+// many 64 KiB spans), not one span's fetch.
+func chunkRequest(req *http.Request) bool {
+	var from, to int64
+	if _, err := fmt.Sscanf(req.Header.Get("Range"), "bytes=%d-%d", &from, &to); err != nil {
+		return false
+	}
+	return to-from+1 > 512<<10
+}
+
+// A read waiting for its layer's stream does not wait for the streams'
+// turns: while the task is busy, chunks of all layers take turns, and the
+// chunk a read waits for must not queue behind another layer's (a shell
+// waited 0.4 s for its first chunk that way). Here the first chunk
+// requested is held at the registry, keeping its turn; a file at the
+// start of the other layer is still read from that layer's stream, with
+// no span fetched.
+func TestStreamWaitSkipsTurns(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg := streamWaitImage(t, r, 2<<20)
+	hold := make(chan struct{})
+	held := make(chan string, 1)
+	var once sync.Once
+	onReq := func(req *http.Request) {
+		if !chunkRequest(req) {
+			return
+		}
+		first := false
+		once.Do(func() { first = true })
+		if first {
+			held <- path.Base(req.URL.Path)
+			select {
+			case <-hold:
+			case <-req.Context().Done():
+			}
+		}
+	}
+	r.onRangeReq.Store(&onReq)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: newStore(t), NoPrefetch: true})
+	t.Cleanup(func() { close(hold) }) // before the unmount
+	other, layer := "a", 0
+	select {
+	case d := <-held:
+		if d == simg.Layers[0].Digest().String() {
+			other, layer = "b", 1
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no chunk was requested")
+	}
+	// The other layer's stream has planned its first chunk, which waits
+	// for its turn: reads of it wait for the stream.
+	for i := 0; m.StreamPlanned(layer) == 0; i++ {
+		if i == 3000 {
+			t.Fatal("the other layer's stream planned nothing")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	got, err := os.ReadFile(filepath.Join(dir, other, "head.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "head of " + other + "\n"; string(got) != want {
+		t.Fatalf("%s/head.txt = %q, want %q", other, got, want)
+	}
+	if st := m.Stats(); st.FetchedSpans != 0 {
+		t.Errorf("%d spans fetched for a file the stream brings (stream waits %d)", st.FetchedSpans, st.StreamWaits)
+	}
+}
+
+// A read of data past what a layer's stream has planned to fetch does not
+// wait for the stream: fetching its span by range is quicker than the
+// chunks up to it, and the stream skips the span later. Here every chunk
+// is held at the registry; the file at the end of a layer is read at once.
+func TestReadPastStreamPlanFetches(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	// 6 MiB of random data: more than the chunks a stream plans ahead
+	// (3 of about 1 MiB), less than Options.StreamWait (8 MiB).
+	simg := streamWaitImage(t, r, 6<<20)
+	hold := make(chan struct{})
+	requested := make(chan struct{}, 1)
+	onReq := func(req *http.Request) {
+		if chunkRequest(req) {
+			select {
+			case requested <- struct{}{}:
+			default:
+			}
+			select {
+			case <-hold:
+			case <-req.Context().Done():
+			}
+		}
+	}
+	r.onRangeReq.Store(&onReq)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: newStore(t), NoPrefetch: true})
+	t.Cleanup(func() { close(hold) })
+	select { // the streams are running
+	case <-requested:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no chunk was requested")
+	}
+	got, err := os.ReadFile(filepath.Join(dir, "a/tail.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "tail of a\n" {
+		t.Fatalf("a/tail.txt = %q", got)
+	}
+	if st := m.Stats(); st.StreamWaits != 0 || st.FetchedSpans == 0 {
+		t.Errorf("stream waits %d, spans fetched %d: want 0 and at least 1", st.StreamWaits, st.FetchedSpans)
 	}
 }

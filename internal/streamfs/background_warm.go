@@ -3,6 +3,7 @@ package streamfs
 import (
 	"context"
 	"io"
+	"math"
 
 	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/remote"
@@ -26,6 +27,7 @@ func (m *MountPoint) openLayerStream(ctx context.Context, l *bgLayer) (io.ReadCl
 	if f, ok := m.img.Layers[l.idx].(spanRunFetcher); ok && f.StreamsBySpans() && !m.opts.SingleStream {
 		return m.openChunked(ctx, l, f), nil // background_chunks.go
 	}
+	l.planned.Store(math.MaxInt64) // one stream, in order: all of it
 	if m.mostlyCached(l.idx) {
 		return &cachedLayer{m: m, ctx: ctx, l: l.idx}, nil
 	}

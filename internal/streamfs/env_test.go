@@ -46,6 +46,8 @@ type testRegistry struct {
 	corruptStream atomic.Bool            // flip a byte near the start of whole-blob GETs
 	onStream      atomic.Pointer[func()] // runs before a whole-blob GET is served
 	onRange       atomic.Pointer[func()] // runs before a ranged blob GET is served
+	// onRangeReq runs before a ranged blob GET is served, with the request.
+	onRangeReq atomic.Pointer[func(*http.Request)]
 }
 
 func newTestRegistry(t testing.TB) *testRegistry {
@@ -112,6 +114,9 @@ func (r *testRegistry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	if req.Method == http.MethodGet && strings.Contains(req.URL.Path, "/blobs/sha256:") && req.Header.Get("Range") != "" {
 		if f := r.onRange.Load(); f != nil {
 			(*f)()
+		}
+		if f := r.onRangeReq.Load(); f != nil {
+			(*f)(req)
 		}
 		r.rangeRequests.Add(1)
 		if r.stall.Load() {

@@ -21,3 +21,9 @@ func (m *MountPoint) PacksDone() <-chan struct{} { return m.packsDone }
 // MissAheadAfter is how many blocked misses a mount has before each miss
 // also fetches the spans after it.
 const MissAheadAfter = missAheadAfter
+
+// StreamPlanned is how far (uncompressed) layer l's stream has planned its
+// fetches.
+func (m *MountPoint) StreamPlanned(l int) int64 {
+	return m.background.layers[l].lead.planned.Load()
+}
