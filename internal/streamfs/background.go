@@ -145,17 +145,25 @@ type background struct {
 	// while someone waits on them.
 	waiters atomic.Int64
 	// waited is closed (and replaced) when a read starts waiting for a
-	// stream, waking chunk fetches that wait for their turn: the chunk
-	// the read needs may be one of them.
+	// stream, or the task starts walking the image, waking chunk fetches
+	// that wait for their turn: they may now go.
 	waitedMu sync.Mutex
 	waited   chan struct{}
 }
 
-// waitedCh is closed when the next read starts waiting for a stream.
+// waitedCh is closed at the next wake.
 func (b *background) waitedCh() <-chan struct{} {
 	b.waitedMu.Lock()
 	defer b.waitedMu.Unlock()
 	return b.waited
+}
+
+// wake wakes the chunk fetches waiting for their turn, to look again.
+func (b *background) wake() {
+	b.waitedMu.Lock()
+	close(b.waited)
+	b.waited = make(chan struct{})
+	b.waitedMu.Unlock()
 }
 
 // addWaiter counts a read waiting for layer l's stream and wakes the
@@ -163,10 +171,7 @@ func (b *background) waitedCh() <-chan struct{} {
 func (b *background) addWaiter(l *bgLayer) (done func()) {
 	b.waiters.Add(1)
 	l.lead.waiters.Add(1)
-	b.waitedMu.Lock()
-	close(b.waited)
-	b.waited = make(chan struct{})
-	b.waitedMu.Unlock()
+	b.wake()
 	return func() {
 		l.lead.waiters.Add(-1)
 		b.waiters.Add(-1)

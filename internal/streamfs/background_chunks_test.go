@@ -7,6 +7,7 @@ import (
 	"path"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,4 +221,53 @@ func TestReadPastStreamPlanFetches(t *testing.T) {
 	if st := m.Stats(); st.StreamWaits != 0 || st.FetchedSpans == 0 {
 		t.Errorf("stream waits %d, spans fetched %d: want 0 and at least 1", st.StreamWaits, st.FetchedSpans)
 	}
+}
+
+// A task that opens many files (a copy, a scan, reading every file) walks
+// the image: the streams then run at full speed even while it is busy,
+// without taking turns. Here the first chunk requested is held at the
+// registry, keeping its turn, and the task keeps opening files; another
+// chunk starts once it has opened more than the walking threshold.
+func TestWalkingTaskFreesStreams(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	const files = 3000 // more than streamfs's walkOpens, more than an eighth of the image's files
+	a := imagegen.Layer{Entries: []imagegen.Entry{{Type: imagegen.Dir, Name: "a"}}}
+	for i := range files {
+		a.Entries = append(a.Entries, imagegen.Entry{Type: imagegen.File, Name: fmt.Sprintf("a/f%04d", i), Data: []byte("x\n")})
+	}
+	a.Entries = append(a.Entries, imagegen.Entry{Type: imagegen.File, Name: "a/big.bin", Size: 2 << 20, Seed: 1, Fill: imagegen.Random})
+	b := imagegen.Layer{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "big.bin", Size: 2 << 20, Seed: 2, Fill: imagegen.Random}}}
+	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{a, b}}.Docker(), "test/walk")
+	simg := r.open(t, ref, 64<<10)
+
+	hold := make(chan struct{})
+	var chunks atomic.Int64
+	onReq := func(req *http.Request) {
+		if chunkRequest(req) && chunks.Add(1) == 1 {
+			select {
+			case <-hold:
+			case <-req.Context().Done():
+			}
+		}
+	}
+	r.onRangeReq.Store(&onReq)
+	// NoPassthrough: opens fetch nothing; they only count.
+	_, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: newStore(t), NoPrefetch: true, NoPassthrough: true})
+	t.Cleanup(func() { close(hold) })
+	for chunks.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	opens := 0
+	for ; chunks.Load() < 2 && opens < 2*files; opens++ {
+		f, err := os.Open(filepath.Join(dir, fmt.Sprintf("a/f%04d", opens%files)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	if chunks.Load() < 2 {
+		t.Fatalf("no other chunk started while the first held its turn, after %d opens", opens)
+	}
+	t.Logf("another chunk started after %d opens", opens)
 }

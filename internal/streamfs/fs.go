@@ -142,6 +142,7 @@ func (f *fsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 		return nil, 0, syscall.EINVAL
 	}
 	f.m.active()
+	f.m.opened()
 	// The mount is read-only: flush has nothing to do, so the kernel need
 	// not send one at every close.
 	const cachedFlags = fuse.FOPEN_KEEP_CACHE | fuse.FOPEN_NOFLUSH

@@ -159,7 +159,9 @@ type MountPoint struct {
 	packsDone chan struct{}
 	// localOpens counts opens of files the streams made local; following
 	// samples its rate.
-	localOpens  atomic.Int64
+	localOpens atomic.Int64
+	// opens counts the task's opens of regular files (see walking).
+	opens       atomic.Int64
 	followMu    sync.Mutex
 	followAt    time.Time
 	followOpens int64
