@@ -279,6 +279,18 @@ func (ps *packStream) advanceLocked(e PackSpan) {
 	}
 }
 
+// coming reports whether the pack is still being read (not ended, not
+// stalled), and whether span s is among the spans it has still to bring.
+func (ps *packStream) coming(s int) (reading, brings bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.ended || ps.stalled {
+		return false, false
+	}
+	_, brings = ps.at[s]
+	return true, brings
+}
+
 // withdraw drops span s's data once it is in the cache.
 func (ps *packStream) withdraw(s int) {
 	ps.mu.Lock()

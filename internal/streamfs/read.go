@@ -97,7 +97,23 @@ func (m *MountPoint) readSpan(ctx context.Context, n *node, i int, pos, stop, st
 // within four. Not from the first miss: a short start (a shell, its
 // libraries) is done in a few misses, and on a slow link spans it does not
 // read would only delay them.
+//
+// While the layer's prefetch pack is still coming, a miss (mostly a wait
+// for the pack) fetches nothing ahead, and no span the pack brings is
+// fetched: the pack holds what readers of the image read first, in order,
+// and guesses beside it only take the link from it (with a learned
+// profile at 100 Mbit/s, miss-ahead fetched 24 MB by range that the task
+// never read or that the pack brought later, and the import took 7.5 s
+// instead of 5.5 s).
 func (m *MountPoint) readAhead(n *node, i int, pos, streak int64, missed bool) {
+	ps := m.packs[n.layer].Load()
+	if ps != nil {
+		if reading, _ := ps.coming(i); reading {
+			missed = false
+		} else {
+			ps = nil
+		}
+	}
 	spans := m.spans[n.layer]
 	sp := spans[i]
 	ahead, last := 0, n.off+n.size
@@ -114,6 +130,11 @@ func (m *MountPoint) readAhead(n *node, i int, pos, streak int64, missed bool) {
 		ahead, last = max(ahead, m.opts.MissAhead), m.layerSize(n.layer)
 	}
 	for j := i + 1; j <= i+ahead && j < len(spans) && spans[j].Offset < last; j++ {
+		if ps != nil {
+			if _, brings := ps.coming(j); brings {
+				continue
+			}
+		}
 		if !m.streamCovers(n.layer, spans[j].Offset) {
 			m.prefetch(n.layer, j)
 		}
