@@ -29,7 +29,10 @@
 // A sequential read that reaches the last quarter of a span starts
 // fetching the next span of the same file; a reader that misses span k of
 // a layer right after reading span k-1 (walking many small files in layer
-// order) gets the next spans of the layer fetched.
+// order) gets the next spans of the layer fetched; and once a mount's
+// readers have missed a few times, every miss fetches the next
+// Options.MissAhead spans of its layer. While a layer's prefetch pack is
+// coming, none of these guesses is made for it.
 //
 // # Background streams into the layer store
 //
@@ -53,13 +56,17 @@
 //
 // Fetches are prioritised. Reads a process is blocked on come first. While
 // their span fetches are in flight, or were within the last second, and
-// the task is not walking files the streams made local, the chunk fetches
+// the task neither follows the streams (opens files they made local) nor
+// walks the image (has opened an eighth of its files), the chunk fetches
 // of the mount take turns, one at a time and 200 ms apart (a single
 // stream instead stops reading its response body, at most maxPause at a
-// time, and TCP gives the link to the blocked reads). A read of a file the
-// stream is about to reach (Options.StreamWait) waits for the stream
-// instead of fetching spans, and the stream's threads, otherwise at nice
-// 10, run at nice 0 meanwhile. Between the two sits the startup profile.
+// time, and TCP gives the link to the blocked reads). A read of a file
+// within Options.StreamWait of its layer's stream, in a chunk the stream
+// has already planned, waits for the stream instead of fetching spans;
+// that layer's chunks then skip their turns, and the stream's threads,
+// otherwise at nice 10, run at nice 0. A read further ahead fetches its
+// spans by range, and the stream skips them. Between the two sits the
+// startup profile.
 //
 // # Startup profile
 //
