@@ -97,10 +97,11 @@
 //
 // # Warm files: passthrough
 //
-// Reads this process serves from a cached span are spliced from the span's
-// file to the kernel (no copy here), and a file whose spans are all cached
-// is read from them at once, not after waiting for a layer stream about to
-// reach it.
+// Reads this process serves are copied from the span's file (pread) into
+// the reply, never spliced: go-fuse takes a short splice(2) for the end of
+// the file, and a splice from disk stops short when a signal arrives. A
+// file whose spans are all cached is read from them at once, not after
+// waiting for a layer stream about to reach it.
 //
 // Without a layer store, when an open file has been read from its start to
 // its end, its whole content is stored in the cache under its sha256 (from

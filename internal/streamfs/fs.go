@@ -2,6 +2,8 @@ package streamfs
 
 import (
 	"context"
+	"errors"
+	"io"
 	"os"
 	"sort"
 	"sync"
@@ -302,17 +304,28 @@ func (h *handle) PassthroughFd() (int, bool) {
 	return int(h.back.File().Fd()), true
 }
 
+// preadResult reads f at off into dest, as a reply. Not fuse.ReadResultFd:
+// go-fuse splices that with one splice(2) call and takes a short count as
+// the end of the file (see readResult).
+func preadResult(f *os.File, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
+	n, err := f.ReadAt(dest, off)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, syscall.EIO
+	}
+	return fuse.ReadResultVector([][]byte{dest[:n]}), 0
+}
+
 func (h *handle) Read(ctx context.Context, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
 	if h.back != nil {
 		// Passthrough was refused by the kernel; serve the whole file.
 		h.f.m.fallbackReads.Add(1)
-		return fuse.ReadResultFd(h.back.File().Fd(), off, len(dest)), 0
+		return preadResult(h.back.File(), dest, off)
 	}
 	m, n := h.f.m, h.f.n
 	if lf := h.localFile(ctx); lf != nil {
 		m.metrics.localReads.Inc()
 		m.profile.recordRead(n, off, int64(len(dest)))
-		return fuse.ReadResultFd(lf.Fd(), off, len(dest)), 0
+		return preadResult(lf, dest, off)
 	}
 	m.active()
 	h.mu.Lock()

@@ -298,9 +298,8 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 			// kernel caps its read-ahead at 128 KiB whatever this says;
 			// see setKernelReadAhead.)
 			MaxReadAhead: 1 << 20,
-			// Reads are spliced from the cache (splice.go): a reply
-			// must fit a pipe.
-			MaxWrite: spliceMaxRead,
+			// Reads of up to about 1 MiB (see maxRead).
+			MaxWrite: maxRead,
 			Debug:    opts.Debug,
 			// The mount is a lower layer of overlayfs and may itself sit
 			// on the cache's filesystem by passthrough.

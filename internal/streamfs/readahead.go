@@ -9,7 +9,7 @@ import (
 
 // DefaultKernelReadAhead is the kernel's read-ahead window on a mount
 // (Options.KernelReadAhead): one FUSE read request of the largest size
-// the mount allows (1 MiB less 8 KiB, see spliceMaxRead), so that a window
+// the mount allows (1 MiB less 8 KiB, see maxRead), so that a window
 // is never split into a large and a tiny request.
 //
 // The kernel caps a FUSE mount's read-ahead at its default of 128 KiB,
@@ -20,7 +20,7 @@ import (
 // measurably faster (bench/streamfs), and a page fault in an mmap'ed file
 // (shared libraries) reads the whole window around it, which on a cold
 // mount is data fetched that nobody may read.
-const DefaultKernelReadAhead = spliceMaxRead
+const DefaultKernelReadAhead = maxRead
 
 // setKernelReadAhead sets the read-ahead window of the mount's FUSE
 // connection (its backing device 0:conn) to n bytes. Not being able to is
