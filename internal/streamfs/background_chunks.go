@@ -265,20 +265,19 @@ func (m *MountPoint) chunkTurn(ctx context.Context, l *bgLayer) (release func(),
 	// The profile comes before the rest of the layers: no chunk while
 	// the packs are read (they are what the task reads first; chunks
 	// beside them took 0.6 to 0.8 s from a 4.4 s python import), unless a
-	// reader waits for a stream.
-	for l.waiters.Load() == 0 {
+	// reader waits for this layer's stream.
+	for packs := false; !packs; {
 		waited := b.waitedCh()
 		if l.waiters.Load() > 0 {
 			break
 		}
 		select {
 		case <-m.packsDone:
+			packs = true
 		case <-waited:
-			continue
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
-		break
 	}
 	// A read waiting for a stream ends any wait for a turn: the chunk it
 	// needs may be this one (a shell waited 0.4 s for its first chunk,

@@ -407,18 +407,13 @@ func TestPackStalledDoesNotBlockLateReads(t *testing.T) {
 	e.checkFiles(t, dir)
 }
 
-// A read of the span a stalled pack delivers next waits for the pack
-// instead of fetching it: once the pack goes on, the read returns its
-// data and nothing was fetched by range.
-func TestPackReadWaitsForNextSpan(t *testing.T) {
-	testutil.RequiresRoot(t)
-	streamfs.SetMaxPackWait(t, time.Minute)
-	e := newPackEnv(t)
-	release := make(chan struct{})
-	packBytes := e.stallPacks(t, release)
-	m, dir := e.mount(t)
-	// a/f4 was read first: its first span is the pack's first, its next
-	// spans follow at the stall.
+// readStalledFirst reads a/f4 whole from a mount whose packs stall
+// (stallPacks): a/f4 was read first, so its first span is the pack's
+// first and its next spans follow at the stall. Once the read waits for
+// the pack, release lets the packs go on; it checks the data and waits
+// for the packs to be read.
+func (e *packEnv) readStalledFirst(t *testing.T, m *streamfs.MountPoint, dir string, release chan struct{}, packBytes int64) {
+	t.Helper()
 	done := make(chan error, 1)
 	var got []byte
 	go func() {
@@ -441,6 +436,19 @@ func TestPackReadWaitsForNextSpan(t *testing.T) {
 		t.Error("a/f4: wrong data")
 	}
 	waitPacksRead(t, m, packBytes)
+}
+
+// A read of the span a stalled pack delivers next waits for the pack
+// instead of fetching it: once the pack goes on, the read returns its
+// data and nothing was fetched by range.
+func TestPackReadWaitsForNextSpan(t *testing.T) {
+	testutil.RequiresRoot(t)
+	streamfs.SetMaxPackWait(t, time.Minute)
+	e := newPackEnv(t)
+	release := make(chan struct{})
+	packBytes := e.stallPacks(t, release)
+	m, dir := e.mount(t)
+	e.readStalledFirst(t, m, dir, release, packBytes)
 	if n := e.r.rangeRequests.Load(); n != 0 {
 		t.Errorf("%d range requests; the pack delivered every span", n)
 	}
@@ -624,7 +632,8 @@ func first[A, B any](a A, _ B) A { return a }
 // layer's next files, which the profile says the task did not read first.
 // With a learned profile at 100 Mbit/s such guesses took 24 MB of the
 // link from the pack. Here the packs stall after their first span while
-// a/f4, whose first span is the pack's first, is read whole.
+// a/f4, whose first span is the pack's first, is read whole
+// (readStalledFirst).
 func TestPackNoGuessesBesideIt(t *testing.T) {
 	testutil.RequiresRoot(t)
 	streamfs.SetMaxPackWait(t, time.Minute)
@@ -635,28 +644,7 @@ func TestPackNoGuessesBesideIt(t *testing.T) {
 		o.NoPrefetch = false
 		o.PackWait = 100 << 10 // a/f4's last spans lie past it
 	})
-	done := make(chan error, 1)
-	var got []byte
-	go func() {
-		var err error
-		got, err = os.ReadFile(filepath.Join(dir, "a/f4"))
-		done <- err
-	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for m.Stats().PackWaits == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the read did not wait for the pack: %+v", m.Stats())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	close(release)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, e.want["a/f4"]) {
-		t.Error("a/f4: wrong data")
-	}
-	waitPacksRead(t, m, packBytes)
+	e.readStalledFirst(t, m, dir, release, packBytes)
 	if n := e.r.rangeRequests.Load(); n != 0 {
 		t.Errorf("%d range requests beside the packs (stats %+v)", n, m.Stats())
 	}
