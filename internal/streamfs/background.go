@@ -568,12 +568,12 @@ func (g *gatedReader) Read(p []byte) (int, error) {
 // pauseForReads waits while urgent fetches are in flight, at most
 // maxPause, unless a read waits for the stream of layer l.
 func (m *MountPoint) pauseForReads(ctx context.Context, l *bgLayer) error {
-	if m.urgent.Load() == 0 || l.waiters.Load() > 0 {
+	if m.urgent.Load() == 0 || l.waiters.Load() > 0 || m.walking() {
 		return nil
 	}
 	m.metrics.pauses.Inc()
 	deadline := time.Now().Add(maxPause)
-	for m.urgent.Load() > 0 && l.waiters.Load() == 0 && time.Now().Before(deadline) {
+	for m.urgent.Load() > 0 && l.waiters.Load() == 0 && !m.walking() && time.Now().Before(deadline) {
 		t := time.NewTimer(pauseStep)
 		select {
 		case <-ctx.Done():

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -270,4 +271,47 @@ func TestWalkingTaskFreesStreams(t *testing.T) {
 		t.Fatalf("no other chunk started while the first held its turn, after %d opens", opens)
 	}
 	t.Logf("another chunk started after %d opens", opens)
+}
+
+// Readdir lists a directory's entries in the order their data lies in the
+// layers, not by name or at random: a task walking the tree then reads
+// each layer in order, just behind its stream. A subdirectory sits where
+// its first file's data does, and entries without data come last, by
+// name. The order is the same at every mount.
+func TestReaddirFollowsLayerOrder(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	file := func(name string) imagegen.Entry {
+		return imagegen.Entry{Type: imagegen.File, Name: name, Data: []byte(name + "\n")}
+	}
+	lower := imagegen.Layer{Entries: []imagegen.Entry{
+		{Type: imagegen.Dir, Name: "d"},
+		file("d/zeta"), file("d/alpha"),
+		{Type: imagegen.Dir, Name: "d/sub"}, file("d/sub/x"),
+		file("d/mu"),
+		{Type: imagegen.Symlink, Name: "d/link", Linkname: "mu"},
+		{Type: imagegen.File, Name: "d/empty", Data: []byte{}},
+	}}
+	upper := imagegen.Layer{Entries: []imagegen.Entry{
+		{Type: imagegen.Dir, Name: "d"},
+		file("d/beta"), file("d/alpha"), // alpha now lies in the upper layer
+	}}
+	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{lower, upper}}.Docker(), "test/order")
+	simg := r.open(t, ref, 64<<10)
+	want := []string{"zeta", "sub", "mu", "beta", "alpha", "empty", "link"}
+	for range 3 {
+		_, dir := mount(t, simg, streamfs.Options{Cache: newCache(t)})
+		f, err := os.Open(filepath.Join(dir, "d"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := f.Readdirnames(-1)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("readdir d = %q, want %q", got, want)
+		}
+	}
 }

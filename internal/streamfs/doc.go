@@ -16,7 +16,11 @@
 // parents, hard-link metadata applied to the shared inode). So stat,
 // readdir, readlink, getxattr and statfs never touch the network, and the
 // kernel may cache entries and attributes for a day (the tree never
-// changes).
+// changes). readdir lists a directory's entries in the order their data
+// lies in the layers (a directory where its first file's data is, entries
+// without data last, by name), so a reader walking the tree reads each
+// layer front to back, as its stream arrives, and every mount of an image
+// lists it the same way.
 //
 // A read maps the file's range to spans of its layer. Each span is taken
 // from the node cache (internal/cache) under cache.SpanKey(layer, n), or

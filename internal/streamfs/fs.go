@@ -1,11 +1,15 @@
 package streamfs
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
+	"math"
 	"os"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"syscall"
 
@@ -55,15 +59,63 @@ func (r *fsNode) OnAdd(ctx context.Context) {
 	for i, n := range r.m.nodes[1:] {
 		inodes[i+1] = r.NewPersistentInode(ctx, &fsNode{n: n, m: r.m}, fs.StableAttr{Mode: n.typ, Ino: n.ino})
 	}
+	// Children are added in the order their data lies in the layer
+	// streams, which is the order readdir lists them in: a task walking
+	// the tree (find, cp -r, a scan) then reads the layers in order, just
+	// behind the streams and their read-ahead, instead of jumping about.
+	keys := streamOrder(r.m.nodes)
+	var kids []dirent
 	for _, n := range r.m.nodes {
 		if n.typ != unix.S_IFDIR {
 			continue
 		}
-		parent := inodes[n.ino-1]
+		kids = kids[:0]
 		for name, ch := range n.children {
-			parent.AddChild(name, inodes[ch.ino-1], false)
+			kids = append(kids, dirent{dir: ch, name: name})
+		}
+		slices.SortFunc(kids, func(a, b dirent) int {
+			if c := cmp.Compare(keys[a.dir.ino-1], keys[b.dir.ino-1]); c != 0 {
+				return c
+			}
+			return strings.Compare(a.name, b.name)
+		})
+		parent := inodes[n.ino-1]
+		for _, k := range kids {
+			parent.AddChild(k.name, inodes[k.dir.ino-1], false)
 		}
 	}
+}
+
+// streamOrder returns, by inode number - 1, where each node's data lies in
+// the layers' streams (layer, then offset): a regular file's own data, a
+// directory's first file's. Nodes without data sort last.
+func streamOrder(nodes []*node) []uint64 {
+	keys := make([]uint64, len(nodes))
+	done := make([]bool, len(nodes))
+	var key func(n *node) uint64
+	key = func(n *node) uint64 {
+		i := n.ino - 1
+		if done[i] {
+			return keys[i]
+		}
+		k := uint64(math.MaxUint64)
+		switch n.typ {
+		case unix.S_IFREG:
+			if n.size > 0 {
+				k = uint64(n.layer)<<48 | uint64(n.off)
+			}
+		case unix.S_IFDIR:
+			for _, ch := range n.children {
+				k = min(k, key(ch))
+			}
+		}
+		keys[i], done[i] = k, true
+		return k
+	}
+	for _, n := range nodes {
+		key(n)
+	}
+	return keys
 }
 
 func (n *node) fill(a *fuse.Attr) {
