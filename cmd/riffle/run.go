@@ -119,7 +119,8 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 				log.Info("container exited", "code", code, "streamed bytes fetched", st.WireBytes,
 					"wire_range", st.SpanWireBytes, "wire_pack", st.PackWireBytes, "wire_background", st.BackgroundWireBytes,
 					"profile_spans", st.ProfileSpans, "profile_hits", st.ProfileHits,
-					"span_misses", st.CacheMisses, "stream_waits", st.StreamWaits, "background_pauses", st.BackgroundPauses,
+					"span_misses", st.CacheMisses, "span_hits", st.CacheHits, "stream_waits", st.StreamWaits, "background_pauses", st.BackgroundPauses,
+					"passthrough_opens", st.PassthroughOpens, "local_opens", st.LocalOpens, "fuse_reads_local", st.LocalReads,
 					"after", time.Since(start).Round(time.Millisecond))
 			}
 			if settle && rfs.WaitSettled != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -26,16 +27,32 @@ func (n *Node) profile(ctx context.Context, img *remote.Image) *streamfs.Profile
 	}
 	ctx, cancel := context.WithTimeout(ctx, profileTimeout)
 	defer cancel()
-	var p streamfs.Profile
-	for _, l := range img.Manifest.Layers {
-		lp, err := n.opts.Profiles.Profile(ctx, l.Digest)
-		if err != nil {
-			if !errors.Is(err, indexsvc.ErrNoProfile) {
-				n.log.Warn("node: startup profile unavailable", "layer", l.Digest, "err", err)
+	// One request per layer, all at once: asked one after another, they
+	// cost a round trip each before the mount (5 layers at 60 ms RTT kept
+	// a warm start waiting 0.15 s after its indexes were in).
+	layers := img.Manifest.Layers
+	found := make([]*indexsvc.LayerProfile, len(layers))
+	var wg sync.WaitGroup
+	for i, l := range layers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			lp, err := n.opts.Profiles.Profile(ctx, l.Digest)
+			if err != nil {
+				if !errors.Is(err, indexsvc.ErrNoProfile) {
+					n.log.Warn("node: startup profile unavailable", "layer", l.Digest, "err", err)
+				}
+				return
 			}
-			continue
+			found[i] = lp
+		}()
+	}
+	wg.Wait()
+	var p streamfs.Profile
+	for i, lp := range found {
+		if lp != nil {
+			p.Layers = append(p.Layers, streamfs.ProfileLayer{Digest: layers[i].Digest, Spans: lp.Spans})
 		}
-		p.Layers = append(p.Layers, streamfs.ProfileLayer{Digest: l.Digest, Spans: lp.Spans})
 	}
 	if len(p.Layers) == 0 {
 		return nil
