@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -436,7 +437,7 @@ func (n *Node) counted(rfs *RootFS, err error) (*RootFS, error) {
 
 func (n *Node) pull(ctx context.Context, ref string, auth Auth) (*RootFS, error) {
 	c := n.Client(auth)
-	img, err := c.Resolve(ctx, ref, nil)
+	img, err := n.resolve(ctx, c, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -533,7 +534,7 @@ func WithoutBackground() StreamOption {
 
 func (n *Node) stream(ctx context.Context, ref string, auth Auth, so streamOptions) (*RootFS, error) {
 	c := n.Client(auth)
-	img, err := c.Resolve(ctx, ref, nil)
+	img, err := n.resolve(ctx, c, ref)
 	if err != nil {
 		return nil, err
 	}
@@ -670,7 +671,7 @@ func (n *Node) MountAt(ctx context.Context, ref string, auth Auth, dir string) (
 	}
 	defer n.wg.Done()
 	c := n.Client(auth)
-	img, err := c.Resolve(ctx, ref, nil)
+	img, err := n.resolve(ctx, c, ref)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -679,4 +680,46 @@ func (n *Node) MountAt(ctx context.Context, ref string, auth Auth, dir string) (
 		return nil, nil, err
 	}
 	return mp, img, nil
+}
+
+// resolve resolves ref to its manifest and config for this platform. The
+// config is content-addressed and small: the node cache keeps it by digest
+// (the cache checks the digest when storing it), so a warm start asks the
+// registry for the manifest alone, a round trip less.
+func (n *Node) resolve(ctx context.Context, c *remote.Client, ref string) (*remote.Image, error) {
+	r, err := c.ParseReference(ref)
+	if err != nil {
+		return nil, err
+	}
+	img, err := c.ResolveManifest(ctx, r, nil)
+	if err != nil {
+		return nil, err
+	}
+	cc, cerr := n.Cache()
+	key := img.Manifest.Config.Digest.String()
+	if cerr == nil {
+		if e, err := cc.Get(ctx, key); err == nil {
+			raw := make([]byte, e.Size())
+			_, err := e.ReadAt(raw, 0)
+			e.Close()
+			if err == nil && img.SetConfig(raw) == nil {
+				return img, nil
+			}
+		}
+	}
+	if err := c.FetchConfig(ctx, img); err != nil {
+		return nil, err
+	}
+	if cerr == nil {
+		e, err := cc.Fill(ctx, key, int64(len(img.RawConfig)), func(_ context.Context, w io.Writer) error {
+			_, err := w.Write(img.RawConfig)
+			return err
+		})
+		if err != nil {
+			n.log.Warn("node: keeping an image config in the cache failed", "config", key, "err", err)
+		} else {
+			e.Close()
+		}
+	}
+	return img, nil
 }

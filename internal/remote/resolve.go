@@ -183,9 +183,20 @@ func (c *Client) FetchConfig(ctx context.Context, img *Image) error {
 	if err != nil {
 		return fmt.Errorf("remote: %s: config: %w", ref, explain(err, repo.RegistryStr()))
 	}
-	img.RawConfig = cfg
-	if err := json.Unmarshal(cfg, &img.Config); err != nil {
-		return fmt.Errorf("remote: %s: malformed image config %s: %w", ref, img.Manifest.Config.Digest, err)
+	return img.SetConfig(cfg)
+}
+
+// SetConfig gives img the config raw, for example kept from an earlier
+// FetchConfig: it must be the manifest's config blob (its digest and size
+// are checked) and parse.
+func (img *Image) SetConfig(raw []byte) error {
+	want := img.Manifest.Config
+	if int64(len(raw)) != want.Size || !want.Digest.Algorithm().Available() || want.Digest.Algorithm().FromBytes(raw) != want.Digest {
+		return fmt.Errorf("remote: %s: config: %w (want %s, %d bytes)", img.Reference, ErrDigestMismatch, want.Digest, want.Size)
+	}
+	img.RawConfig = raw
+	if err := json.Unmarshal(raw, &img.Config); err != nil {
+		return fmt.Errorf("remote: %s: malformed image config %s: %w", img.Reference, want.Digest, err)
 	}
 	if img.Platform.OS == "" && img.Platform.Architecture == "" {
 		img.Platform = img.Config.Platform

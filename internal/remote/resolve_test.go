@@ -311,3 +311,46 @@ func TestPlainHTTPPolicy(t *testing.T) {
 		t.Errorf("RFC 1918 host over http: err = %v, want the plain-HTTP refusal", err)
 	}
 }
+
+// TestSetConfig: a config kept from an earlier fetch is taken only if it is
+// the manifest's config blob.
+func TestSetConfig(t *testing.T) {
+	r := startRegistry(t, registry.Options{}, nil)
+	c := newClient(remote.Options{})
+	ctx := context.Background()
+	ref := r.host + "/p/cfg:v1"
+	if err := c.Push(ctx, ref, build(t, smallSpec(3)), nil); err != nil {
+		t.Fatal(err)
+	}
+	full, err := c.Resolve(ctx, ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, err := c.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := c.ResolveManifest(ctx, pr, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img.RawConfig != nil {
+		t.Fatal("ResolveManifest fetched the config")
+	}
+	changed := append([]byte(nil), full.RawConfig...)
+	changed[len(changed)-2] ^= 1
+	for _, bad := range [][]byte{changed, full.RawConfig[:len(full.RawConfig)-1], nil} {
+		if err := img.SetConfig(bad); !errors.Is(err, remote.ErrDigestMismatch) {
+			t.Errorf("SetConfig(%d bytes, not the config): %v, want ErrDigestMismatch", len(bad), err)
+		}
+	}
+	if img.RawConfig != nil {
+		t.Error("a refused config was kept")
+	}
+	if err := img.SetConfig(full.RawConfig); err != nil {
+		t.Fatal(err)
+	}
+	if img.Config.RootFS.DiffIDs[0] != full.Config.RootFS.DiffIDs[0] || img.Platform.OS != full.Platform.OS || img.Platform.Architecture != full.Platform.Architecture {
+		t.Errorf("SetConfig: config %+v platform %+v, want %+v %+v", img.Config.RootFS, img.Platform, full.Config.RootFS, full.Platform)
+	}
+}
