@@ -16,7 +16,8 @@
 // parents, hard-link metadata applied to the shared inode). So stat,
 // readdir, readlink, getxattr and statfs never touch the network, and the
 // kernel may cache entries and attributes for a day (the tree never
-// changes). readdir lists a directory's entries in the order their data
+// changes). go-fuse's inodes are made on first lookup, not at mount.
+// readdir lists a directory's entries in the order their data
 // lies in the layers (a directory where its first file's data is, entries
 // without data last, by name), so a reader walking the tree reads each
 // layer front to back, as its stream arrives, and every mount of an image

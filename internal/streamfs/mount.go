@@ -136,6 +136,7 @@ type MountPoint struct {
 	server *fuse.Server
 
 	nodes      []*node  // inode order; nodes[0] is the root
+	order      []uint64 // readdir's sort key by inode number - 1 (streamOrder)
 	spans      [][]Span // per layer
 	totalBytes int64
 
@@ -256,7 +257,7 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 	if err != nil {
 		return nil, fmt.Errorf("streamfs: %s: %w", img.Name, err)
 	}
-	m.nodes = nodes
+	m.nodes, m.order = nodes, streamOrder(nodes)
 	for _, n := range nodes {
 		if n.typ == unix.S_IFREG {
 			m.totalBytes += n.size

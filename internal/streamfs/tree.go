@@ -29,22 +29,21 @@ var epoch = time.Unix(0, 0).UTC()
 // node is one inode of the merged tree. Hard links are one node under
 // several names.
 type node struct {
-	typ       uint32 // S_IFMT bits
-	perm      uint32 // mode & 07777
-	uid, gid  uint32
-	mtime     time.Time
-	size      int64
-	link      string
-	rdev      uint32 // the kernel's new_encode_dev form, as FUSE carries it
-	xattrs    map[string]string
-	children  map[string]*node // directories only
-	nlink     uint32
-	ino       uint64
-	layer     int   // regular files: index into Image.Layers
-	off       int64 // regular files: data offset in the uncompressed stream
-	digest    digest.Digest
-	name      string // regular files: the entry's cleaned name in its layer
-	fuseInode any    // *fs.Inode once mounted; set by the fs code
+	typ      uint32 // S_IFMT bits
+	perm     uint32 // mode & 07777
+	uid, gid uint32
+	mtime    time.Time
+	size     int64
+	link     string
+	rdev     uint32 // the kernel's new_encode_dev form, as FUSE carries it
+	xattrs   map[string]string
+	children map[string]*node // directories only
+	nlink    uint32
+	ino      uint64
+	layer    int   // regular files: index into Image.Layers
+	off      int64 // regular files: data offset in the uncompressed stream
+	digest   digest.Digest
+	name     string // regular files: the entry's cleaned name in its layer
 	// local is the path of the file extracted whole into the layer store
 	// (nil until the background stream has written and checked it).
 	local      atomic.Pointer[string]
