@@ -111,13 +111,8 @@ func (ch *chain) find(ctx context.Context, repo string, desc ocispec.Descriptor)
 // does not parse or describes another blob is ignored (and replaced by the
 // next store).
 func cachedIndex(ctx context.Context, cc *cache.Cache, desc ocispec.Descriptor) *index.Index {
-	e, err := cc.Get(ctx, cache.IndexKey(desc.Digest))
-	if err != nil {
-		return nil
-	}
-	defer e.Close()
-	raw := make([]byte, e.Size())
-	if _, err := e.ReadAt(raw, 0); err != nil {
+	raw, ok := cachedBytes(ctx, cc, cache.IndexKey(desc.Digest))
+	if !ok {
 		return nil
 	}
 	x, err := index.Unmarshal(raw)
@@ -132,7 +127,26 @@ func storeIndex(ctx context.Context, cc *cache.Cache, desc ocispec.Descriptor, x
 	if err != nil {
 		return err
 	}
-	e, err := cc.Fill(ctx, cache.IndexKey(desc.Digest), int64(len(raw)), func(_ context.Context, w io.Writer) error {
+	return cacheBytes(ctx, cc, cache.IndexKey(desc.Digest), raw)
+}
+
+// cachedBytes returns the whole cache entry under key.
+func cachedBytes(ctx context.Context, cc *cache.Cache, key string) ([]byte, bool) {
+	e, err := cc.Get(ctx, key)
+	if err != nil {
+		return nil, false
+	}
+	defer e.Close()
+	raw := make([]byte, e.Size())
+	if _, err := e.ReadAt(raw, 0); err != nil {
+		return nil, false
+	}
+	return raw, true
+}
+
+// cacheBytes stores raw in the cache under key.
+func cacheBytes(ctx context.Context, cc *cache.Cache, key string, raw []byte) error {
+	e, err := cc.Fill(ctx, key, int64(len(raw)), func(_ context.Context, w io.Writer) error {
 		_, err := w.Write(raw)
 		return err
 	})

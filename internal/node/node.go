@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"strings"
@@ -698,27 +697,16 @@ func (n *Node) resolve(ctx context.Context, c *remote.Client, ref string) (*remo
 	cc, cerr := n.Cache()
 	key := img.Manifest.Config.Digest.String()
 	if cerr == nil {
-		if e, err := cc.Get(ctx, key); err == nil {
-			raw := make([]byte, e.Size())
-			_, err := e.ReadAt(raw, 0)
-			e.Close()
-			if err == nil && img.SetConfig(raw) == nil {
-				return img, nil
-			}
+		if raw, ok := cachedBytes(ctx, cc, key); ok && img.SetConfig(raw) == nil {
+			return img, nil
 		}
 	}
 	if err := c.FetchConfig(ctx, img); err != nil {
 		return nil, err
 	}
 	if cerr == nil {
-		e, err := cc.Fill(ctx, key, int64(len(img.RawConfig)), func(_ context.Context, w io.Writer) error {
-			_, err := w.Write(img.RawConfig)
-			return err
-		})
-		if err != nil {
+		if err := cacheBytes(ctx, cc, key, img.RawConfig); err != nil {
 			n.log.Warn("node: keeping an image config in the cache failed", "config", key, "err", err)
-		} else {
-			e.Close()
 		}
 	}
 	return img, nil
