@@ -38,6 +38,9 @@ type packs struct {
 	closed   bool                   // Close began: no new builds
 	building map[digest.Digest]bool // a build of the layer runs
 	again    map[digest.Digest]string
+	// idle is closed while no build runs or waits; a new build replaces
+	// it with an open one (see WaitPacks).
+	idle chan struct{}
 	// slots bounds builds running at once (Options.Parallel), so a node
 	// reporting many layers does not start as many registry reads.
 	slots chan struct{}
@@ -90,6 +93,9 @@ func (s *Service) schedulePack(repo string, d digest.Digest) {
 		s.pack.again[d] = repo
 		return
 	}
+	if len(s.pack.building) == 0 {
+		s.pack.idle = make(chan struct{})
+	}
 	s.pack.building[d] = true
 	s.wg.Add(1)
 	go s.packLoop(repo, d)
@@ -112,11 +118,29 @@ func (s *Service) packLoop(repo string, d digest.Digest) {
 		delete(s.pack.again, d)
 		if !ok || s.pack.closed {
 			delete(s.pack.building, d)
+			if len(s.pack.building) == 0 {
+				close(s.pack.idle)
+			}
 			s.pack.mu.Unlock()
 			return
 		}
 		s.pack.mu.Unlock()
 		repo = next
+	}
+}
+
+// WaitPacks waits until no pack build runs or waits to run: every
+// profile reported so far has its pack (or failed to get one). A build
+// scheduled after it returns is not waited for.
+func (s *Service) WaitPacks(ctx context.Context) error {
+	s.pack.mu.Lock()
+	idle := s.pack.idle
+	s.pack.mu.Unlock()
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

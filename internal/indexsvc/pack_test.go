@@ -101,6 +101,50 @@ func TestPackBuiltFromProfile(t *testing.T) {
 	}
 }
 
+// TestWaitPacks: WaitPacks returns once every reported profile has its
+// pack, including the rebuild a report made during a build asks for.
+func TestWaitPacks(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	if err := f.svc.WaitPacks(ctx); err != nil {
+		t.Fatalf("WaitPacks with no build: %v", err)
+	}
+	res, err := f.svc.IndexImage(ctx, f.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := res.Layers[0]
+	for _, l := range res.Layers {
+		if l.Spans > layer.Spans {
+			layer = l
+		}
+	}
+	if layer.Spans < 3 {
+		t.Fatalf("the test image's biggest layer has %d spans; need 3", layer.Spans)
+	}
+	repo := f.host + "/proj/repo/features"
+	for _, spans := range [][]int{{2, 0}, {1, 2}} {
+		if err := f.svc.AddProfile(ctx, repo, layer.Digest, spans); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := f.svc.WaitPacks(wctx); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := f.svc.Pack(ctx, layer.Digest)
+	if err != nil {
+		t.Fatalf("no pack after WaitPacks: %v", err)
+	}
+	pack, err := io.ReadAll(rc)
+	rc.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkPack(t, f, layer.Digest, pack, []int{2, 0, 1})
+}
+
 // checkPack parses pack and compares each span with its range of the blob
 // read straight from the registry.
 func checkPack(t *testing.T, f *fixture, d digest.Digest, pack []byte, order []int) {

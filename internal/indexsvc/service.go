@@ -115,6 +115,8 @@ func New(dir string, client *remote.Client, opts Options) (*Service, error) {
 	}
 	s.pack.building = map[digest.Digest]bool{}
 	s.pack.again = map[digest.Digest]string{}
+	s.pack.idle = make(chan struct{})
+	close(s.pack.idle)
 	s.pack.slots = make(chan struct{}, opts.Parallel)
 	for range opts.Workers {
 		s.wg.Add(1)

@@ -158,6 +158,9 @@ type Node struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// reports are startup profiles being reported after a release; Close
+	// waits for them. Added to under mu, only before closed is set.
+	reports sync.WaitGroup
 
 	layers  *layerstore.Store
 	metrics *metrics
@@ -267,6 +270,7 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	n.cancel()
 	n.wg.Wait()
+	n.reports.Wait()
 	n.mu.Lock()
 	mounts := make([]*mount, 0, len(n.mounts))
 	for _, m := range n.mounts {
@@ -533,12 +537,16 @@ func WithoutBackground() StreamOption {
 
 func (n *Node) stream(ctx context.Context, ref string, auth Auth, so streamOptions) (*RootFS, error) {
 	c := n.Client(auth)
-	img, err := n.resolve(ctx, c, ref)
+	img, err := n.resolveManifest(ctx, c, ref)
 	if err != nil {
 		return nil, err
 	}
-	if rfs := n.settled(img); rfs != nil {
-		return rfs, nil
+	// Without its config in the node cache, the image never ran on this
+	// node, so it has not settled: the config comes with the indexes.
+	if img.RawConfig != nil {
+		if rfs := n.settled(img); rfs != nil {
+			return rfs, nil
+		}
 	}
 	rootfs := func(m *mount, reused bool, fetched int64) *RootFS {
 		var once sync.Once
@@ -640,9 +648,13 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	}
 	src := n.IndexSource(c, img)
 	ws, _ := src.(streamfs.WindowSource)
+	fetchConfig := img.RawConfig == nil
 	simg, err := streamfs.OpenImage(ctx, c, img, streamfs.OpenOptions{Indexes: src, Windows: ws})
 	if err != nil {
 		return nil, err
+	}
+	if fetchConfig {
+		n.keepConfig(ctx, img)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("node: %w", err)
@@ -670,7 +682,7 @@ func (n *Node) MountAt(ctx context.Context, ref string, auth Auth, dir string) (
 	}
 	defer n.wg.Done()
 	c := n.Client(auth)
-	img, err := n.resolve(ctx, c, ref)
+	img, err := n.resolveManifest(ctx, c, ref)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -681,11 +693,26 @@ func (n *Node) MountAt(ctx context.Context, ref string, auth Auth, dir string) (
 	return mp, img, nil
 }
 
-// resolve resolves ref to its manifest and config for this platform. The
-// config is content-addressed and small: the node cache keeps it by digest
-// (the cache checks the digest when storing it), so a warm start asks the
-// registry for the manifest alone, a round trip less.
+// resolve resolves ref to its manifest and config for this platform.
 func (n *Node) resolve(ctx context.Context, c *remote.Client, ref string) (*remote.Image, error) {
+	img, err := n.resolveManifest(ctx, c, ref)
+	if err != nil || img.RawConfig != nil {
+		return img, err
+	}
+	if err := c.FetchConfig(ctx, img); err != nil {
+		return nil, err
+	}
+	n.keepConfig(ctx, img)
+	return img, nil
+}
+
+// resolveManifest resolves ref to its manifest for this platform, with the
+// config when the node cache has it. The config is content-addressed and
+// small: the node cache keeps it by digest (the cache checks the digest
+// when storing it), so a warm start asks the registry for the manifest
+// alone, a round trip less. A stream on a cold node leaves the config to
+// streamfs.OpenImage, which fetches it beside the layers' indexes.
+func (n *Node) resolveManifest(ctx context.Context, c *remote.Client, ref string) (*remote.Image, error) {
 	r, err := c.ParseReference(ref)
 	if err != nil {
 		return nil, err
@@ -694,20 +721,24 @@ func (n *Node) resolve(ctx context.Context, c *remote.Client, ref string) (*remo
 	if err != nil {
 		return nil, err
 	}
-	cc, cerr := n.Cache()
-	key := img.Manifest.Config.Digest.String()
-	if cerr == nil {
-		if raw, ok := cachedBytes(ctx, cc, key); ok && img.SetConfig(raw) == nil {
-			return img, nil
-		}
-	}
-	if err := c.FetchConfig(ctx, img); err != nil {
-		return nil, err
-	}
-	if cerr == nil {
-		if err := cacheBytes(ctx, cc, key, img.RawConfig); err != nil {
-			n.log.Warn("node: keeping an image config in the cache failed", "config", key, "err", err)
+	if cc, err := n.Cache(); err == nil {
+		if raw, ok := cachedBytes(ctx, cc, img.Manifest.Config.Digest.String()); ok {
+			if img.SetConfig(raw) != nil {
+				img.RawConfig = nil // fetched again, and the entry replaced
+			}
 		}
 	}
 	return img, nil
+}
+
+// keepConfig keeps img's config in the node cache by digest.
+func (n *Node) keepConfig(ctx context.Context, img *remote.Image) {
+	cc, err := n.Cache()
+	if err != nil {
+		return
+	}
+	key := img.Manifest.Config.Digest.String()
+	if err := cacheBytes(ctx, cc, key, img.RawConfig); err != nil {
+		n.log.Warn("node: keeping an image config in the cache failed", "config", key, "err", err)
+	}
 }

@@ -31,6 +31,8 @@ type testRegistry struct {
 	url       string
 	blobGets  atomic.Int64
 	manifests atomic.Int64
+	// beforeBlob, when set, runs before the registry serves a blob GET.
+	beforeBlob atomic.Pointer[func(*http.Request)]
 }
 
 func newRegistry(t *testing.T) *testRegistry {
@@ -43,6 +45,9 @@ func newRegistry(t *testing.T) *testRegistry {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
 			tr.blobGets.Add(1)
+			if f := tr.beforeBlob.Load(); f != nil {
+				(*f)(r)
+			}
 		}
 		if strings.Contains(r.URL.Path, "/manifests/") {
 			tr.manifests.Add(1)

@@ -101,10 +101,23 @@ func repository(m *mount) string {
 }
 
 // release ends one use of m's root filesystem. The first release reports
-// the startup profile; the last one of a settled image unmounts it.
+// the startup profile, in the background; Close waits for the report (a
+// `riffle run` that exits right after its task would lose it, or hand it
+// to the index service after the caller thought it was in). The last
+// release of a settled image unmounts it.
 func (n *Node) release(m *mount) {
-	go n.reportProfile(m)
 	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		n.reportProfile(m)
+		n.mu.Lock()
+	} else {
+		n.reports.Add(1)
+		go func() {
+			defer n.reports.Done()
+			n.reportProfile(m)
+		}()
+	}
 	m.users--
 	drop := m.users == 0 && m.settled && n.mounts[m.img.Digest] == m
 	if drop {

@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
@@ -36,7 +35,6 @@ type setupState struct {
 	detachedBytes     int64 // the indexes as nodes fetch them (index.Index.Detach)
 	srv               *http.Server
 	svc               *indexsvc.Service
-	layerDigests      []digest.Digest
 }
 
 func setup(ctx context.Context, f flags, dir string) (*setupState, error) {
@@ -75,7 +73,6 @@ func setup(ctx context.Context, f flags, dir string) (*setupState, error) {
 	}
 	for _, l := range res.Layers {
 		s.indexBytes += int64(l.IndexBytes)
-		s.layerDigests = append(s.layerDigests, l.Digest)
 		// What a node reads before the first file: the index detached.
 		x, _, err := s.svc.Get(l.Digest)
 		if err != nil {
