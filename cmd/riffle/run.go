@@ -81,7 +81,11 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 			if settle && noBg {
 				return fmt.Errorf("--settle needs the background streams that --no-background switches off; give one of them")
 			}
-			var so []node.StreamOption
+			argv := command
+			if entrypoint != "" {
+				argv = append([]string{entrypoint}, command...)
+			}
+			so := []node.StreamOption{node.WithExec(argv...)}
 			if noBg {
 				so = append(so, node.WithoutBackground())
 			}
@@ -118,7 +122,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 				st := rfs.Stats()
 				log.Info("container exited", "code", code, "streamed bytes fetched", st.WireBytes,
 					"wire_range", st.SpanWireBytes, "wire_pack", st.PackWireBytes, "wire_background", st.BackgroundWireBytes,
-					"profile_spans", st.ProfileSpans, "profile_hits", st.ProfileHits,
+					"profile_spans", st.ProfileSpans, "profile_hits", st.ProfileHits, "hint_spans", st.HintSpans,
 					"span_misses", st.CacheMisses, "span_hits", st.CacheHits, "stream_waits", st.StreamWaits, "background_pauses", st.BackgroundPauses,
 					"passthrough_opens", st.PassthroughOpens, "local_opens", st.LocalOpens, "fuse_reads_local", st.LocalReads,
 					"after", time.Since(start).Round(time.Millisecond))

@@ -525,6 +525,17 @@ type StreamOption func(*streamOptions)
 
 type streamOptions struct {
 	noBackground bool
+	exec         []string
+}
+
+// WithExec names the command the task runs (its argv; empty when it runs
+// the image's own entrypoint). A mount without a startup profile fetches
+// the spans of the program, of the program a shell's -c script starts
+// with, and of the dynamic loader and libc as it starts, so that the
+// container's first reads find them instead of waiting a round trip each
+// (streamfs.Options.Hints).
+func WithExec(argv ...string) StreamOption {
+	return func(o *streamOptions) { o.exec = argv }
 }
 
 // WithoutBackground makes the mount fetch only what its readers read (and
@@ -661,6 +672,7 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	}
 	mo.Cache, mo.Logger, mo.Layers = cc, n.log, n.layers
 	mo.NoBackground = mo.NoBackground || so.noBackground
+	mo.Hints = append(execHints(so.exec), mo.Hints...)
 	mo.Profile = <-profile
 	if ps, ok := n.opts.Profiles.(streamfs.PackSource); ok && mo.Packs == nil {
 		mo.Packs = ps

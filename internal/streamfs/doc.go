@@ -81,6 +81,12 @@
 // ahead of the background streams; reads of spans still queued simply
 // fetch them (the cache shares the fetch).
 //
+// Without a profile, a mount fetches the same way the spans of the files
+// Options.Hints name (the program the task executes, the dynamic loader,
+// libc; up to MaxHintBytes each): a container's first reads are a chain
+// of them, one round trip each, and the mount can start them while the
+// runtime is still creating the container.
+//
 // # Prefetch packs
 //
 // With Options.Packs as well, each profiled layer's prefetch pack (the

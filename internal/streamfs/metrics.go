@@ -10,6 +10,7 @@ type metrics struct {
 	spanWire, bgWire, bgBytes, bgCached, bgFiles, bgErrors   prometheus.Counter
 	pauses, streamWaits, localOpens, localReads, bgChunks    prometheus.Counter
 	profileSpans, profileBytes, profileHits                  prometheus.Counter
+	hintSpans                                                prometheus.Counter
 	packs, packSpans, packBytes, packWire, packWaits         prometheus.Counter
 	latency                                                  prometheus.Histogram
 	all                                                      []prometheus.Collector
@@ -36,6 +37,7 @@ func newMetrics(dir, image string) *metrics {
 		localOpens:   counter("local_opens_total", "Opens of files served from the layer store."),
 		localReads:   counter("local_reads_total", "Reads this process served from the layer store (files not opened by passthrough)."),
 		profileSpans: counter("profile_spans_total", "Spans prefetched because the startup profile lists them."),
+		hintSpans:    counter("hint_spans_total", "Spans prefetched as the mount started because they hold a file the task was about to execute (Options.Hints)."),
 		profileBytes: counter("profile_bytes_total", "Uncompressed bytes prefetched because the startup profile lists them."),
 		profileHits:  counter("profile_hits_total", "First reads of a span that found it prefetched by the profile."),
 		packs:        counter("packs_total", "Prefetch packs fetched (one request per layer)."),
@@ -60,7 +62,7 @@ func newMetrics(dir, image string) *metrics {
 		m.bytes, m.spans, m.hits, m.misses, m.errors, m.corrupt, m.passthrough,
 		m.spanWire, m.bgWire, m.bgBytes, m.bgCached, m.bgFiles, m.bgErrors,
 		m.pauses, m.streamWaits, m.localOpens, m.localReads, m.bgChunks,
-		m.profileSpans, m.profileBytes, m.profileHits,
+		m.profileSpans, m.profileBytes, m.profileHits, m.hintSpans,
 		m.packs, m.packSpans, m.packBytes, m.packWire, m.packWaits, m.latency,
 	}
 	return m
@@ -129,6 +131,8 @@ type Stats struct {
 	// from Options.Profile; ProfileHits first reads that found their span
 	// so prefetched.
 	ProfileSpans, ProfileBytes, ProfileHits int64
+	// HintSpans counts spans prefetched for Options.Hints.
+	HintSpans int64
 	// Packs counts prefetch packs fetched; PackSpans and PackBytes
 	// (uncompressed) what they delivered into the cache, a part of
 	// ProfileSpans and ProfileBytes.
@@ -167,6 +171,7 @@ func (m *MountPoint) Stats() Stats {
 		LocalOpens:            v(mt.localOpens),
 		LocalReads:            v(mt.localReads),
 		ProfileSpans:          v(mt.profileSpans),
+		HintSpans:             v(mt.hintSpans),
 		ProfileBytes:          v(mt.profileBytes),
 		ProfileHits:           v(mt.profileHits),
 		Packs:                 v(mt.packs),

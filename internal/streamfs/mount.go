@@ -94,6 +94,13 @@ type Options struct {
 	// (MountPoint.Profile). Its spans are fetched first, in order,
 	// ProfileParallel at a time, ahead of the background stream.
 	Profile *Profile
+	// Hints are paths in the image (absolute; symlinks are followed) of
+	// files a task reads as it starts: the program it executes, the
+	// dynamic loader, libc. Without a Profile for any of the image's
+	// layers, their spans (up to MaxHintBytes of each file) are fetched
+	// as the mount starts, like a profile's, so the container's first
+	// reads find them; paths the image lacks are skipped.
+	Hints []string
 	// Packs gives prefetch packs: with a Profile, each profiled layer's
 	// pack is fetched in one stream (layers in parallel) instead of its
 	// spans by range; spans the pack lacks are fetched by range as

@@ -214,11 +214,14 @@ func (m *MountPoint) ImageName() string { return m.img.Name }
 // ProfileParallel at a time. Layers complete in the layer store are
 // skipped.
 func (m *MountPoint) startProfile() {
-	if m.opts.Profile == nil {
-		close(m.packsDone)
-		return
+	var lists []profileList
+	if m.opts.Profile != nil {
+		lists = m.profileLists()
 	}
-	lists := m.profileLists()
+	prio := prioProfile
+	if len(lists) == 0 && (m.opts.Profile == nil || len(m.opts.Profile.Layers) == 0) {
+		lists, prio = m.hintLists(), prioHint
+	}
 	if len(lists) == 0 {
 		close(m.packsDone)
 		return
@@ -244,7 +247,7 @@ func (m *MountPoint) startProfile() {
 			defer m.bg.Done()
 			for j := range jobs {
 				ctx, cancel := context.WithTimeout(m.ctx, m.opts.ReadTimeout)
-				if e, _, err := m.span(ctx, j.l, j.s, prioProfile); err == nil {
+				if e, _, err := m.span(ctx, j.l, j.s, prio); err == nil {
 					e.Close()
 				}
 				cancel()

@@ -162,6 +162,7 @@ type priority uint8
 const (
 	prioBlocked priority = iota
 	prioProfile
+	prioHint // Options.Hints: as urgent as the profile, not counted as it
 	prioPrefetch
 )
 
@@ -242,10 +243,13 @@ func (m *MountPoint) fetch(ctx context.Context, l, s int, prio priority) ([]byte
 			m.metrics.latency.Observe(time.Since(start).Seconds())
 			m.metrics.spans.Inc()
 			m.metrics.bytes.Add(float64(len(data)))
-			if prio == prioProfile {
+			switch prio {
+			case prioProfile:
 				m.profile.markProfiled(l, s)
 				m.metrics.profileSpans.Inc()
 				m.metrics.profileBytes.Add(float64(len(data)))
+			case prioHint:
+				m.metrics.hintSpans.Inc()
 			}
 			return data, nil
 		}

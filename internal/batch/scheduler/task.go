@@ -505,7 +505,11 @@ func (r *jobRun) rootfs(ctx context.Context, idx int64, ri int, c *batchpb.Runna
 	s := r.s
 	auth := Auth{Username: c.GetUsername(), Password: c.GetPassword()}
 	if c.GetEnableImageStreaming() {
-		var opts []node.StreamOption
+		argv := c.GetCommands()
+		if e := c.GetEntrypoint(); e != "" {
+			argv = append([]string{e}, argv...)
+		}
+		opts := []node.StreamOption{node.WithExec(argv...)}
 		if r.job.GetLabels()[job.BackgroundStreamLabel] == "off" {
 			opts = append(opts, node.WithoutBackground())
 		}

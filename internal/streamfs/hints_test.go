@@ -1,0 +1,89 @@
+package streamfs_test
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+	"github.com/riffle-dev/riffle/internal/testutil"
+)
+
+// hintSpec has a program and a library reached through directory
+// symlinks (relative and absolute), a symlink loop, and a data file in
+// another layer.
+func hintSpec() imagegen.Spec {
+	return imagegen.Spec{Layers: []imagegen.Layer{
+		{Compression: imagegen.Gzip, Entries: []imagegen.Entry{
+			{Type: imagegen.Dir, Name: "usr"},
+			{Type: imagegen.Dir, Name: "usr/bin"},
+			{Type: imagegen.Dir, Name: "usr/lib"},
+			{Type: imagegen.File, Name: "usr/bin/prog", Mode: 0o755, Size: 300 << 10, Seed: 1},
+			{Type: imagegen.File, Name: "usr/lib/libx.so", Size: 150 << 10, Seed: 2},
+			{Type: imagegen.File, Name: "usr/lib/other.so", Size: 400 << 10, Seed: 3},
+			{Type: imagegen.Symlink, Name: "bin", Linkname: "usr/bin"},
+			{Type: imagegen.Symlink, Name: "lib64", Linkname: "/usr/lib"},
+			{Type: imagegen.Symlink, Name: "usr/bin/loop1", Linkname: "loop2"},
+			{Type: imagegen.Symlink, Name: "usr/bin/loop2", Linkname: "./loop1"},
+		}},
+		{Compression: imagegen.Gzip, Entries: []imagegen.Entry{
+			{Type: imagegen.Dir, Name: "data"},
+			{Type: imagegen.File, Name: "data/a.bin", Size: 1 << 20, Seed: 4},
+		}},
+	}}
+}
+
+// TestHintsFetchedAtMount: a mount without a startup profile fetches the
+// spans of the files Options.Hints name (symlinks followed; missing paths
+// and loops skipped) before anything reads, so the task's first reads of
+// them fetch nothing.
+func TestHintsFetchedAtMount(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	_, ref := r.push(t, hintSpec(), "hints/img")
+	simg := r.open(t, ref, 64<<10)
+	read := func(dir string, files ...string) {
+		t.Helper()
+		for _, f := range files {
+			if _, err := os.ReadFile(filepath.Join(dir, f)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	hinted := []string{"usr/bin/prog", "usr/lib/libx.so"}
+
+	// How many spans reading the two files fetches, with nothing ahead.
+	m1, dir1 := mount(t, simg, streamfs.Options{Cache: newCache(t), NoPrefetch: true})
+	read(dir1, hinted...)
+	want := m1.Stats().FetchedSpans
+
+	hints := []string{"/bin/prog", "/lib64/libx.so", "/usr/bin/../lib/libx.so", "/missing/prog", "/usr/bin/loop1", "/bin"}
+	m2, dir2 := mount(t, simg, streamfs.Options{Cache: newCache(t), NoPrefetch: true, Hints: hints})
+	deadline := time.Now().Add(30 * time.Second)
+	for m2.Stats().HintSpans < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("hinted spans not fetched: %d of %d (%+v)", m2.Stats().HintSpans, want, m2.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	read(dir2, hinted...)
+	if st := m2.Stats(); st.HintSpans != want || st.FetchedSpans != want {
+		t.Errorf("hints fetched %d spans and %d were fetched in all; want %d and %d (reads of hinted files fetch nothing)", st.HintSpans, st.FetchedSpans, want, want)
+	}
+
+	// A learned profile takes the place of hints.
+	prof := m1.Profile()
+	m3, _ := mount(t, simg, streamfs.Options{Cache: newCache(t), NoPrefetch: true, Hints: []string{"/usr/lib/other.so"}, Profile: &prof})
+	<-m3.PacksDone()
+	for m3.Stats().ProfileSpans < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("profile not prefetched: %+v", m3.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := m3.Stats(); st.HintSpans != 0 {
+		t.Errorf("with a profile, %d hinted spans were fetched; want none", st.HintSpans)
+	}
+}
