@@ -1,10 +1,13 @@
 package streamfs_test
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/streamfs"
@@ -85,5 +88,28 @@ func TestHintsFetchedAtMount(t *testing.T) {
 	}
 	if st := m3.Stats(); st.HintSpans != 0 {
 		t.Errorf("with a profile, %d hinted spans were fetched; want none", st.HintSpans)
+	}
+}
+
+// TestNoXattrsImage: in an image without extended attributes, getxattr
+// fails with EOPNOTSUPP, as on a filesystem without them (the kernel
+// answers it, not the daemon: see fsNode.Getxattr), listxattr lists
+// none, and the files read as usual.
+func TestNoXattrsImage(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	_, ref := r.push(t, hintSpec(), "noxattrs/img")
+	_, dir := mount(t, r.open(t, ref, 64<<10), streamfs.Options{Cache: newCache(t), NoPrefetch: true})
+	p := filepath.Join(dir, "usr/bin/prog")
+	for range 2 {
+		if _, err := unix.Lgetxattr(p, "security.capability", make([]byte, 64)); !errors.Is(err, unix.EOPNOTSUPP) {
+			t.Errorf("getxattr: %v, want EOPNOTSUPP", err)
+		}
+	}
+	if n, err := unix.Llistxattr(p, make([]byte, 64)); err != nil || n != 0 {
+		t.Errorf("listxattr: %d bytes, %v; want none", n, err)
+	}
+	if b, err := os.ReadFile(p); err != nil || len(b) != 300<<10 {
+		t.Errorf("read: %d bytes, %v", len(b), err)
 	}
 }

@@ -142,7 +142,10 @@ type MountPoint struct {
 	log    *slog.Logger
 	server *fuse.Server
 
-	nodes      []*node  // inode order; nodes[0] is the root
+	nodes []*node // inode order; nodes[0] is the root
+	// noXattrs is set when no entry of the image has an extended
+	// attribute (see fsNode.Getxattr).
+	noXattrs   bool
 	order      []uint64 // readdir's sort key by inode number - 1 (streamOrder)
 	spans      [][]Span // per layer
 	totalBytes int64
@@ -265,9 +268,13 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 		return nil, fmt.Errorf("streamfs: %s: %w", img.Name, err)
 	}
 	m.nodes, m.order = nodes, streamOrder(nodes)
+	m.noXattrs = true
 	for _, n := range nodes {
 		if n.typ == unix.S_IFREG {
 			m.totalBytes += n.size
+		}
+		if len(n.xattrs) > 0 {
+			m.noXattrs = false
 		}
 	}
 	m.profile = newRecorder(m, opts)
@@ -308,7 +315,10 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 			MaxReadAhead: 1 << 20,
 			// Reads of up to about 1 MiB (see maxRead).
 			MaxWrite: maxRead,
-			Debug:    opts.Debug,
+			// The tree never changes: the kernel keeps each symlink's
+			// target (a cold python import read 378 of them).
+			EnableSymlinkCaching: true,
+			Debug:                opts.Debug,
 			// The mount is a lower layer of overlayfs and may itself sit
 			// on the cache's filesystem by passthrough.
 			MaxStackDepth: 1,
