@@ -315,3 +315,19 @@ func TestReaddirFollowsLayerOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestTurnGap: while readers are busy, chunk turns start at least busyGap
+// apart, and on a link slow enough that a chunk's fetch takes more than
+// busyGap/busyShare, busyShare times its fetch time apart, so the streams
+// keep to about 1/busyShare of the link.
+func TestTurnGap(t *testing.T) {
+	for _, tc := range []struct{ took, want time.Duration }{
+		{0, streamfs.BusyGap},
+		{streamfs.BusyGap / streamfs.BusyShare, streamfs.BusyGap},
+		{140 * time.Millisecond, streamfs.BusyShare * 140 * time.Millisecond},
+	} {
+		if got := streamfs.TurnGap(tc.took); got != tc.want {
+			t.Errorf("TurnGap(%v) = %v, want %v", tc.took, got, tc.want)
+		}
+	}
+}

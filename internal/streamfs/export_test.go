@@ -27,3 +27,11 @@ const MissAheadAfter = missAheadAfter
 func (m *MountPoint) StreamPlanned(l int) int64 {
 	return m.background.layers[l].lead.planned.Load()
 }
+
+// TurnGap is turnGap; BusyGap and BusyShare its constants.
+var TurnGap = turnGap
+
+const (
+	BusyGap   = busyGap
+	BusyShare = busyShare
+)

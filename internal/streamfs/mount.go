@@ -165,6 +165,9 @@ type MountPoint struct {
 	// may run while readers are busy (background_chunks.go).
 	quietSlot chan struct{}
 	lastChunk atomic.Int64 // when (UnixNano) the last chunk fetch took its turn
+	// lastChunkTook is how long (ns) the network part of the last chunk
+	// fetched in turns took (see chunkTurn).
+	lastChunkTook atomic.Int64
 	// packsDone is closed once the mount's prefetch packs are read (at
 	// once when it has none): until then no chunk fetch starts.
 	packsDone chan struct{}
