@@ -253,6 +253,12 @@ func (m *MountPoint) fetch(ctx context.Context, l, s int, prio priority) ([]byte
 			}
 			return data, nil
 		}
+		if errors.Is(ctx.Err(), context.Canceled) && errors.Is(err, context.Canceled) {
+			// Given up (unmounting, or the reader went away): not a
+			// problem with the registry, and not worth a warning. (A
+			// fetch that timed out is one.)
+			return nil, err
+		}
 		m.metrics.errors.Inc()
 		m.recordProblem(l, s, err)
 		if errors.Is(err, ErrCorrupt) {
