@@ -17,6 +17,26 @@ import (
 	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
+// biggestLayer indexes the fixture's image and returns its layer with the
+// most spans, which must have at least spans.
+func biggestLayer(t *testing.T, f *fixture, spans int) indexsvc.LayerResult {
+	t.Helper()
+	res, err := f.svc.IndexImage(context.Background(), f.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := res.Layers[0]
+	for _, l := range res.Layers {
+		if l.Spans > layer.Spans {
+			layer = l
+		}
+	}
+	if layer.Spans < spans {
+		t.Fatalf("the test image's biggest layer has %d spans; need %d", layer.Spans, spans)
+	}
+	return layer
+}
+
 // waitPack waits (bounded) for the background build of layer d's pack.
 func waitPack(t *testing.T, src streamfs.PackSource, d digest.Digest, spans int) []byte {
 	t.Helper()
@@ -52,19 +72,7 @@ func waitPack(t *testing.T, src streamfs.PackSource, d digest.Digest, spans int)
 func TestPackBuiltFromProfile(t *testing.T) {
 	f := setup(t)
 	ctx := context.Background()
-	res, err := f.svc.IndexImage(ctx, f.ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	layer := res.Layers[0]
-	for _, l := range res.Layers {
-		if l.Spans > layer.Spans {
-			layer = l
-		}
-	}
-	if layer.Spans < 3 {
-		t.Fatalf("the test image's biggest layer has %d spans; need 3", layer.Spans)
-	}
+	layer := biggestLayer(t, f, 3)
 	hs := httptest.NewServer(f.svc.Handler())
 	defer hs.Close()
 	src := indexsvc.HTTPSource{BaseURL: hs.URL}
@@ -109,19 +117,7 @@ func TestWaitPacks(t *testing.T) {
 	if err := f.svc.WaitPacks(ctx); err != nil {
 		t.Fatalf("WaitPacks with no build: %v", err)
 	}
-	res, err := f.svc.IndexImage(ctx, f.ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	layer := res.Layers[0]
-	for _, l := range res.Layers {
-		if l.Spans > layer.Spans {
-			layer = l
-		}
-	}
-	if layer.Spans < 3 {
-		t.Fatalf("the test image's biggest layer has %d spans; need 3", layer.Spans)
-	}
+	layer := biggestLayer(t, f, 3)
 	repo := f.host + "/proj/repo/features"
 	for _, spans := range [][]int{{2, 0}, {1, 2}} {
 		if err := f.svc.AddProfile(ctx, repo, layer.Digest, spans); err != nil {

@@ -78,6 +78,18 @@ func (tr *testRegistry) push(t *testing.T, repo string, spec imagegen.Spec) stri
 	return ref
 }
 
+// newIndexService starts an index service with small spans, closed when
+// the test ends.
+func newIndexService(t *testing.T) *indexsvc.Service {
+	t.Helper()
+	svc, err := indexsvc.New(t.TempDir(), remote.New(remote.Options{}), indexsvc.Options{SpanSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	return svc
+}
+
 func newNode(t *testing.T, root string, tune func(*node.Options)) *node.Node {
 	t.Helper()
 	o := node.Options{Layout: node.Layout{Root: root}}
@@ -287,11 +299,7 @@ func TestStreamSettlesAndLearns(t *testing.T) {
 	tr := newRegistry(t)
 	ref := tr.push(t, "p/r/features", smallSpec())
 	ctx := context.Background()
-	svc, err := indexsvc.New(t.TempDir(), remote.New(remote.Options{}), indexsvc.Options{SpanSize: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := newIndexService(t)
 	tune := func(o *node.Options) { o.Indexes, o.Profiles = svc, svc }
 
 	n := newNode(t, t.TempDir(), tune)

@@ -32,11 +32,7 @@ func TestStreamFetchesPack(t *testing.T) {
 	tr := newRegistry(t)
 	ref := tr.push(t, "p/r/packed", smallSpec())
 	ctx := context.Background()
-	svc, err := indexsvc.New(t.TempDir(), remote.New(remote.Options{}), indexsvc.Options{SpanSize: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := newIndexService(t)
 	// As riffle serve does for pushed images: the node's profile then
 	// numbers spans of the service's own index, which the pack needs.
 	if _, err := svc.IndexImage(ctx, ref); err != nil {

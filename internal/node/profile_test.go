@@ -56,11 +56,7 @@ func TestProfilesAskedAtOnce(t *testing.T) {
 	testutil.RequiresRoot(t)
 	tr := newRegistry(t)
 	ref := tr.push(t, "p/r/features", smallSpec())
-	svc, err := indexsvc.New(t.TempDir(), remote.New(remote.Options{}), indexsvc.Options{SpanSize: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := newIndexService(t)
 	held := &heldProfiles{Service: svc, layers: len(smallSpec().Layers), all: make(chan struct{})}
 	n := newNode(t, t.TempDir(), func(o *node.Options) {
 		o.Indexes, o.Profiles = svc, held
@@ -104,11 +100,7 @@ func TestConfigBesideIndexes(t *testing.T) {
 	spec := smallSpec()
 	spec.Config.Env = []string{"CONFIG=arrived"}
 	ref := tr.push(t, "p/r/features", spec)
-	svc, err := indexsvc.New(t.TempDir(), remote.New(remote.Options{}), indexsvc.Options{SpanSize: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := newIndexService(t)
 	if _, err := svc.IndexImage(context.Background(), ref); err != nil {
 		t.Fatal(err)
 	}
@@ -179,11 +171,7 @@ func TestCloseWaitsForReport(t *testing.T) {
 	tr := newRegistry(t)
 	ref := tr.push(t, "p/r/features", smallSpec())
 	ctx := context.Background()
-	svc, err := indexsvc.New(t.TempDir(), remote.New(remote.Options{}), indexsvc.Options{SpanSize: 64 << 10})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := newIndexService(t)
 	n := newNode(t, t.TempDir(), func(o *node.Options) { o.Indexes, o.Profiles = svc, slowReports{svc} })
 	rfs, err := n.Stream(ctx, ref, node.Auth{})
 	if err != nil {

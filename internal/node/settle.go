@@ -107,17 +107,20 @@ func repository(m *mount) string {
 // release of a settled image unmounts it.
 func (n *Node) release(m *mount) {
 	n.mu.Lock()
-	if n.closed {
-		n.mu.Unlock()
-		n.reportProfile(m)
-		n.mu.Lock()
-	} else {
+	later := !n.closed
+	if later {
 		n.reports.Add(1)
+	}
+	n.mu.Unlock()
+	if later {
 		go func() {
 			defer n.reports.Done()
 			n.reportProfile(m)
 		}()
+	} else {
+		n.reportProfile(m)
 	}
+	n.mu.Lock()
 	m.users--
 	drop := m.users == 0 && m.settled && n.mounts[m.img.Digest] == m
 	if drop {

@@ -1,7 +1,6 @@
 package streamfs
 
 import (
-	"path"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -18,53 +17,49 @@ const maxLinks = 40
 
 // lookup resolves p (absolute, or relative to the root) in the tree rooted
 // at root, following symlinks at every step, relative ones from the
-// directory holding them and absolute ones from root. It returns nil when
-// p does not name anything or loops.
+// directory holding them and absolute ones from root; ".." stops at the
+// root. It returns nil when p does not name anything or loops.
 func lookup(root *node, p string) *node {
 	links := 0
-	var walk func(dir *node, dirPath, p string) (*node, string)
-	walk = func(dir *node, dirPath, p string) (*node, string) {
-		cur, curPath := dir, dirPath
+	// walk resolves p from the directories in dirs (root first, the
+	// current one last) and returns them with p's node last.
+	var walk func(dirs []*node, p string) []*node
+	walk = func(dirs []*node, p string) []*node {
+		if strings.HasPrefix(p, "/") {
+			dirs = []*node{root}
+		}
 		for _, name := range strings.Split(p, "/") {
 			switch name {
 			case "", ".":
 				continue
 			case "..":
-				curPath = path.Dir(curPath)
-				cur, _ = walk(root, "/", curPath)
-				if cur == nil {
-					return nil, ""
+				if len(dirs) > 1 {
+					dirs = dirs[:len(dirs)-1]
 				}
 				continue
 			}
-			if cur.typ != unix.S_IFDIR {
-				return nil, ""
-			}
-			next := cur.children[name]
+			next := dirs[len(dirs)-1].children[name] // nil below a file
 			if next == nil {
-				return nil, ""
+				return nil
 			}
-			if next.typ == unix.S_IFLNK {
-				if links++; links > maxLinks {
-					return nil, ""
-				}
-				base, basePath := cur, curPath
-				if strings.HasPrefix(next.link, "/") {
-					base, basePath = root, "/"
-				}
-				next, curPath = walk(base, basePath, next.link)
-				if next == nil {
-					return nil, ""
-				}
-				cur = next
+			if next.typ != unix.S_IFLNK {
+				dirs = append(dirs, next)
 				continue
 			}
-			cur, curPath = next, path.Join(curPath, name)
+			if links++; links > maxLinks {
+				return nil
+			}
+			if dirs = walk(dirs, next.link); dirs == nil {
+				return nil
+			}
 		}
-		return cur, curPath
+		return dirs
 	}
-	n, _ := walk(root, "/", p)
-	return n
+	dirs := walk([]*node{root}, p)
+	if dirs == nil {
+		return nil
+	}
+	return dirs[len(dirs)-1]
 }
 
 // hintLists returns the spans of the regular files Options.Hints name, up
