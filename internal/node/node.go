@@ -650,13 +650,35 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	}
 	mo := n.opts.Mount
 	// The startup profile is asked for while the indexes arrive: both are
-	// round trips before the first read.
+	// round trips before the first read. Its packs are asked for as soon
+	// as it is in (earlypack.go).
 	profile := make(chan *streamfs.Profile, 1)
+	var early *earlyPacks // set before profile is sent
 	if mo.Profile == nil {
-		go func() { profile <- n.profile(ctx, img) }()
+		n.wg.Add(1) // mountAt runs as counted work: Close waits for this too
+		go func() {
+			defer n.wg.Done()
+			p := n.profile(ctx, img)
+			if ps, ok := n.opts.Profiles.(streamfs.PackSource); ok && mo.Packs == nil && p != nil && ctx.Err() == nil {
+				early = startEarlyPacks(n.ctx, &n.wg, ps, cc, p)
+			}
+			profile <- p
+		}()
 	} else {
 		profile <- mo.Profile
 	}
+	mounted := false
+	defer func() {
+		if !mounted {
+			// The mount failed: the packs asked for ahead are not read.
+			go func() {
+				<-profile
+				if early != nil {
+					early.drop()
+				}
+			}()
+		}
+	}()
 	src := n.IndexSource(c, img)
 	ws, _ := src.(streamfs.WindowSource)
 	fetchConfig := img.RawConfig == nil
@@ -674,7 +696,10 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	mo.NoBackground = mo.NoBackground || so.noBackground
 	mo.Hints = append(execHints(so.exec), mo.Hints...)
 	mo.Profile = <-profile
-	if ps, ok := n.opts.Profiles.(streamfs.PackSource); ok && mo.Packs == nil {
+	profile <- mo.Profile // for the deferred drop
+	if early != nil {
+		mo.Packs = early
+	} else if ps, ok := n.opts.Profiles.(streamfs.PackSource); ok && mo.Packs == nil {
 		mo.Packs = ps
 	}
 	mp, err := streamfs.Mount(ctx, dir, simg, mo)
@@ -682,6 +707,7 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 		_ = os.Remove(dir)
 		return nil, err
 	}
+	mounted = true
 	return mp, nil
 }
 

@@ -22,6 +22,13 @@ type PackSource interface {
 	Pack(ctx context.Context, layer digest.Digest) (io.ReadCloser, error)
 }
 
+// A PackSource that is also a PackPlanner is told, as a mount starts
+// reading its profile, the layers whose packs it will ask for (none, say,
+// on a warm node): a source that asked for packs ahead drops the others.
+type PackPlanner interface {
+	PlanPacks(layers []digest.Digest)
+}
+
 // packLayer is a Layer whose spans can come from a pack: its index places
 // and verifies them (indexLayer).
 type packLayer interface {
@@ -289,6 +296,18 @@ func (ps *packStream) coming(s int) (reading, brings bool) {
 	}
 	_, brings = ps.at[s]
 	return true, brings
+}
+
+// brings reports whether the pack, still being read, has span s to bring
+// or holds its data while it is stored.
+func (ps *packStream) brings(s int) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if _, ok := ps.ready[s]; ok {
+		return true
+	}
+	_, ok := ps.at[s]
+	return ok && !ps.ended && !ps.stalled
 }
 
 // withdraw drops span s's data once it is in the cache.

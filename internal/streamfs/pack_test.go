@@ -649,3 +649,45 @@ func TestPackNoGuessesBesideIt(t *testing.T) {
 		t.Errorf("%d range requests beside the packs (stats %+v)", n, m.Stats())
 	}
 }
+
+// A file whose spans are coming in the pack is read from it, not waited
+// for from its layer's stream, even once the pack delivered its first span
+// (it is no longer "to come", and the rest is): such a wait started the
+// layer's stream beside the pack. Here the packs stall after their first
+// span, a/f4's, while a/f4 is read whole with its layer's stream near.
+func TestPackFileNotWaitedForFromStream(t *testing.T) {
+	testutil.RequiresRoot(t)
+	streamfs.SetMaxPackWait(t, time.Minute)
+	e := newPackEnv(t)
+	release := make(chan struct{})
+	packBytes := e.stallPacks(t, release)
+	var early atomic.Int64
+	onRange := func() {
+		select {
+		case <-release:
+		default:
+			early.Add(1)
+		}
+	}
+	e.r.onRange.Store(&onRange)
+	t.Cleanup(func() { e.r.onRange.Store(nil) })
+	m, dir := e.mount(t, func(o *streamfs.Options) {
+		o.Layers = newStore(t)
+		o.StreamWait = 8 << 20 // every file is near its layer's stream
+	})
+	// The pack's first span is in the cache before the read starts.
+	deadline := time.Now().Add(30 * time.Second)
+	for m.Stats().PackSpans == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the packs did not deliver their first span: %+v", m.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.readStalledFirst(t, m, dir, release, packBytes)
+	if st := m.Stats(); st.StreamWaits != 0 {
+		t.Errorf("%d reads waited for a layer stream while the pack brought their data (stats %+v)", st.StreamWaits, st)
+	}
+	if n := early.Load(); n != 0 {
+		t.Errorf("%d range requests while the packs were being read", n)
+	}
+}

@@ -222,7 +222,11 @@ func (m *MountPoint) startProfile() {
 	if len(lists) == 0 && (m.opts.Profile == nil || len(m.opts.Profile.Layers) == 0) {
 		lists, prio = m.hintLists(), prioHint
 	}
+	planner, _ := m.opts.Packs.(PackPlanner)
 	if len(lists) == 0 {
+		if planner != nil {
+			planner.PlanPacks(nil)
+		}
 		close(m.packsDone)
 		return
 	}
@@ -234,10 +238,17 @@ func (m *MountPoint) startProfile() {
 	// mount misses them.
 	expected := make([]*packStream, len(lists))
 	if m.opts.Packs != nil {
+		var planned []digest.Digest
 		for i, pl := range lists {
 			if pl.pack {
 				expected[i] = m.expectPack(pl.jobs[0].l, spansOf(pl.jobs))
 			}
+			if expected[i] != nil {
+				planned = append(planned, m.img.Layers[pl.jobs[0].l].Digest())
+			}
+		}
+		if planner != nil {
+			planner.PlanPacks(planned)
 		}
 	}
 	jobs := make(chan profileJob)
