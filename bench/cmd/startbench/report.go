@@ -50,7 +50,8 @@ type imageInfo struct {
 	UncompressedBytes int64  `json:"uncompressedBytes"`
 	IndexBytes        int64  `json:"indexBytes"`
 	// DetachedIndexBytes is what a node fetches before the first read:
-	// the indexes without their windows.
+	// the indexes without their windows, as the service sends them
+	// (gzipped).
 	DetachedIndexBytes int64 `json:"detachedIndexBytes"`
 }
 
