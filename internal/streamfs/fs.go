@@ -295,17 +295,18 @@ func (m *MountPoint) waitStream(ctx context.Context, n *node) bool {
 
 // spansComing reports whether every span holding file n's data is in the
 // cache or about to be: brought by the prefetch pack being read for n's
-// layer, or held by it while it is stored. Such a file is read from the
-// cache and the pack: waiting for the layer's stream instead would start
-// the stream beside the pack, which has the link first (a python import's
-// first open, of a file across two spans of which the pack had delivered
-// one, did, and 4-6 MB of layer stream shared a 100 Mbit/s link with the
-// pack).
+// layer, held by it while it is stored, or queued for a range fetch of
+// the profile or hints. Such a file is read from there: waiting for the
+// layer's stream instead would start the stream beside the pack, which has
+// the link first (a python import's first open, of a file across two
+// spans of which the pack had delivered one, did, and 4-6 MB of layer
+// stream shared a 100 Mbit/s link with the pack), or wait for the stream
+// to reach a program whose hinted spans are on their way.
 func (m *MountPoint) spansComing(n *node) bool {
 	ps := m.packs[n.layer].Load()
 	spans, d := m.spans[n.layer], m.img.Layers[n.layer].Digest()
 	for i := spanAt(spans, n.off); i < len(spans) && spans[i].Offset < n.off+n.size; i++ {
-		if !m.cache.Has(cache.SpanKey(d, i)) && (ps == nil || !ps.brings(i)) {
+		if !m.cache.Has(cache.SpanKey(d, i)) && (ps == nil || !ps.brings(i)) && !m.isQueued(n.layer, i) {
 			return false
 		}
 	}

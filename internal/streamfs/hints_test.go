@@ -2,8 +2,10 @@ package streamfs_test
 
 import (
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -111,5 +113,64 @@ func TestNoXattrsImage(t *testing.T) {
 	}
 	if b, err := os.ReadFile(p); err != nil || len(b) != 300<<10 {
 		t.Errorf("read: %d bytes, %v", len(b), err)
+	}
+}
+
+// TestHintedFileNotWaitedForFromStream: a file whose spans are queued as
+// hints is read from them, not waited for from its layer's stream (which
+// then would fetch its way to the file beside the hints). Range requests
+// are held, so the hinted span is still on its way when the file is read.
+func TestHintedFileNotWaitedForFromStream(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	_, ref := r.push(t, hintSpec(), "hints/img")
+	simg := r.open(t, ref, 64<<10)
+	hold := make(chan struct{})
+	var release sync.Once
+	open := func() { release.Do(func() { close(hold) }) }
+	onReq := func(req *http.Request) {
+		select {
+		case <-hold:
+		case <-req.Context().Done():
+		}
+	}
+	r.onRangeReq.Store(&onReq)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: newStore(t), NoPrefetch: true,
+		Hints: []string{"/usr/bin/prog"}, StreamWait: 8 << 20,
+		ProfileParallel: 1}) // one hint miss at a time: the read's is the second
+	t.Cleanup(open) // before the unmount
+	deadline := time.Now().Add(30 * time.Second)
+	for m.Stats().Layers[0].State != streamfs.LayerStreaming {
+		if time.Now().After(deadline) {
+			t.Fatalf("layer 0 is not streaming: %+v", m.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	done := make(chan error, 1)
+	var got []byte
+	go func() {
+		var err error
+		got, err = os.ReadFile(filepath.Join(dir, "usr/bin/prog"))
+		done <- err
+	}()
+	// The read either joins the hint's fetch (a second miss) or waits
+	// for the stream.
+	st := m.Stats()
+	for st.CacheMisses < 2 && st.StreamWaits == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the read neither missed nor waited: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+		st = m.Stats()
+	}
+	if st.StreamWaits != 0 {
+		t.Errorf("the read of a hinted file waited for its layer's stream (stats %+v)", st)
+	}
+	open()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 300<<10 {
+		t.Errorf("read %d bytes, want %d", len(got), 300<<10)
 	}
 }

@@ -191,6 +191,10 @@ type MountPoint struct {
 	profile *recorder
 	// packs is, per layer, its prefetch pack while it is being read.
 	packs []atomic.Pointer[packStream]
+	// queued holds the spans of the profile or hints queued for range
+	// fetches and not fetched yet (see spansComing).
+	queuedMu sync.Mutex
+	queued   map[profileJob]bool
 	// fallbackReads counts reads of whole cached files that reached this
 	// process because the kernel refused passthrough (tests check it).
 	fallbackReads atomic.Int64

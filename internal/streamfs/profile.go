@@ -251,6 +251,12 @@ func (m *MountPoint) startProfile() {
 			planner.PlanPacks(planned)
 		}
 	}
+	// Spans fetched by range count as coming from now, before any read.
+	for i, pl := range lists {
+		if expected[i] == nil {
+			m.markQueued(pl.jobs)
+		}
+	}
 	jobs := make(chan profileJob)
 	for range par {
 		m.bg.Add(1)
@@ -262,6 +268,7 @@ func (m *MountPoint) startProfile() {
 					e.Close()
 				}
 				cancel()
+				m.dequeue(j)
 			}
 		}()
 	}
@@ -313,7 +320,9 @@ func jobsOf(l int, spans []int) []profileJob {
 }
 
 // queueJobs hands jobs to the profile's range fetchers, until unmount.
+// The spans count as coming (spansComing) from now until fetched.
 func (m *MountPoint) queueJobs(jobs chan<- profileJob, queue []profileJob) {
+	m.markQueued(queue)
 	for _, j := range queue {
 		select {
 		case jobs <- j:
@@ -321,4 +330,31 @@ func (m *MountPoint) queueJobs(jobs chan<- profileJob, queue []profileJob) {
 			return
 		}
 	}
+}
+
+// markQueued notes that the spans of js are queued for range fetches.
+func (m *MountPoint) markQueued(js []profileJob) {
+	m.queuedMu.Lock()
+	defer m.queuedMu.Unlock()
+	if m.queued == nil {
+		m.queued = map[profileJob]bool{}
+	}
+	for _, j := range js {
+		m.queued[j] = true
+	}
+}
+
+// dequeue notes that the range fetch of job j is over.
+func (m *MountPoint) dequeue(j profileJob) {
+	m.queuedMu.Lock()
+	delete(m.queued, j)
+	m.queuedMu.Unlock()
+}
+
+// isQueued reports whether span s of layer l is queued for a range fetch
+// of the profile or hints.
+func (m *MountPoint) isQueued(l, s int) bool {
+	m.queuedMu.Lock()
+	defer m.queuedMu.Unlock()
+	return m.queued[profileJob{l, s}]
 }
