@@ -63,7 +63,8 @@ type File struct {
 	// it equals index.File.Offset for the same entry.
 	Offset int64
 	Size   int64
-	// Digest is the sha256 of the bytes written.
+	// Digest is the sha256 of the bytes written; empty when the stream
+	// was marked Verified.
 	Digest digest.Digest
 	// Path is the absolute path of the written file (under Path(diffID)).
 	Path string
@@ -276,14 +277,23 @@ func (s *Store) extract(ctx context.Context, diffID digest.Digest, r io.Reader, 
 	return s.complete(diffID)
 }
 
+// Verified marks r, for Extract, as a stream its reader verifies as it
+// goes (span by span against a layer index): the files Extract reports
+// then carry no digest, as hashing each would check the same bytes again.
+// The stream is still checked against the layer's diffID.
+func Verified(r io.Reader) io.Reader { return verified{r} }
+
+type verified struct{ io.Reader }
+
 // apply extracts r into Path(diffID) and checks its digest.
 func (s *Store) apply(ctx context.Context, diffID digest.Digest, r io.Reader, onFile func(File)) error {
 	var cb func(unpack.File)
 	if onFile != nil {
 		cb = func(f unpack.File) { onFile(File(f)) }
 	}
+	_, noDigests := r.(verified)
 	h := sha256.New()
-	err := unpack.ApplyWith(ctx, s.Path(diffID), io.TeeReader(r, h), unpack.ApplyOptions{Overlay: true, OnFile: cb})
+	err := unpack.ApplyWith(ctx, s.Path(diffID), io.TeeReader(r, h), unpack.ApplyOptions{Overlay: true, OnFile: cb, NoFileDigests: noDigests})
 	if err != nil {
 		return fmt.Errorf("layerstore: layer %s: %w", diffID, err)
 	}

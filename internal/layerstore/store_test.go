@@ -294,6 +294,34 @@ func TestOnFileMatchesIndex(t *testing.T) {
 	}
 }
 
+// TestVerifiedStreamReportsNoDigests: a stream marked Verified reports
+// its files with offsets and sizes but no digest (nothing is hashed per
+// file), and is still checked against the diffID.
+func TestVerifiedStreamReportsNoDigests(t *testing.T) {
+	testutil.RequiresRoot(t)
+	img := features(t)
+	b, d := tarOf(t, img, 0)
+	s := open(t, t.TempDir())
+	wrong := digest.FromString("not this layer")
+	if err := s.Extract(context.Background(), wrong, layerstore.Verified(bytes.NewReader(b)), nil); !errors.Is(err, unpack.ErrDiffIDMismatch) {
+		t.Fatalf("verified stream under the wrong diffID: %v, want ErrDiffIDMismatch", err)
+	}
+	files := 0
+	err := s.Extract(context.Background(), d, layerstore.Verified(bytes.NewReader(b)), func(f layerstore.File) {
+		files++
+		content, err := os.ReadFile(f.Path)
+		if err != nil || int64(len(content)) != f.Size || f.Digest != "" {
+			t.Errorf("%s: size %d, digest %q on disk %d bytes (%v); want the size and no digest", f.Name, f.Size, f.Digest, len(content), err)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files == 0 || !s.Has(d) {
+		t.Errorf("%d files reported, layer complete: %v", files, s.Has(d))
+	}
+}
+
 // gatedReader passes the first n bytes of r, then blocks until gate is
 // closed; reached is closed when it blocks.
 type gatedReader struct {
