@@ -19,6 +19,14 @@ import (
 // the link otherwise stood idle for about 0.2 s between the last index
 // byte and the first pack byte, on the critical path of a task that reads
 // what the pack brings.
+//
+// The node decides from the profile and the cache alone, before the mount
+// knows which layers are complete in the layer store; the mount then says
+// which packs it reads (streamfs.PackPlanner) and the others are dropped.
+// A layer settled by another image (its spans dropped from the cache) can
+// so cost what its pack sent before the mount started: a fraction of a
+// second of the link, in a case that is rare (a shared layer with a
+// profile, settled, under an image that is not).
 
 // earlyBuffer bounds how much of a pack an early request reads ahead of
 // the mount; past it the socket's own buffer, then TCP, hold the rest.
