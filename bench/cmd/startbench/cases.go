@@ -281,9 +281,6 @@ func caseStream(ctx context.Context, e *env, w workload) (sample, error) {
 		return sample{}, err
 	}
 	defer os.RemoveAll(data)
-	// A pack build an earlier run's profile started reads the layers
-	// through the link: let it end before the timed run.
-	e.waitPacks(ctx)
 	e.clearProfiles()
 	t := e.begin()
 	return e.streamOnce(ctx, t, data, w)

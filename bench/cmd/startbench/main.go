@@ -254,6 +254,11 @@ func measureAll(ctx context.Context, e *env, cases []benchCase, wls []workload, 
 				if rep.unavailable(c.ID, w.Name) {
 					continue
 				}
+				// A pack build that an earlier run's profile report
+				// started reads layers through the link: let it end
+				// first (containerd's readall pulls counted 44-103 MB
+				// over the link beyond the image while one ran).
+				e.waitPacks(ctx)
 				rctx, cancel := context.WithTimeout(ctx, e.f.timeout)
 				s, err := c.run(rctx, e, w)
 				cancel()
