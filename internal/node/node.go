@@ -652,32 +652,42 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	// The startup profile is asked for while the indexes arrive: both are
 	// round trips before the first read. Its packs are asked for as soon
 	// as it is in (earlypack.go).
-	profile := make(chan *streamfs.Profile, 1)
-	var early *earlyPacks // set before profile is sent
+	type learned struct {
+		profile *streamfs.Profile
+		early   *earlyPacks // nil when no pack was asked for ahead
+	}
+	profile := make(chan learned, 1)
 	if mo.Profile == nil {
 		n.wg.Add(1) // mountAt runs as counted work: Close waits for this too
 		go func() {
 			defer n.wg.Done()
-			p := n.profile(ctx, img)
-			if ps, ok := n.opts.Profiles.(streamfs.PackSource); ok && mo.Packs == nil && p != nil && ctx.Err() == nil {
-				early = startEarlyPacks(n.ctx, &n.wg, ps, cc, p)
+			l := learned{profile: n.profile(ctx, img)}
+			if ps, ok := n.opts.Profiles.(streamfs.PackSource); ok && mo.Packs == nil && l.profile != nil && ctx.Err() == nil {
+				l.early = startEarlyPacks(n.ctx, &n.wg, ps, cc, l.profile)
 			}
-			profile <- p
+			profile <- l
 		}()
 	} else {
-		profile <- mo.Profile
+		profile <- learned{profile: mo.Profile}
 	}
+	var got *learned // once received
 	mounted := false
 	defer func() {
-		if !mounted {
-			// The mount failed: the packs asked for ahead are not read.
-			go func() {
-				<-profile
-				if early != nil {
-					early.drop()
-				}
-			}()
+		if mounted {
+			return
 		}
+		// The mount failed: the packs asked for ahead are not read.
+		if got != nil {
+			if got.early != nil {
+				got.early.drop()
+			}
+			return
+		}
+		go func() {
+			if l := <-profile; l.early != nil {
+				l.early.drop()
+			}
+		}()
 	}()
 	src := n.IndexSource(c, img)
 	ws, _ := src.(streamfs.WindowSource)
@@ -695,10 +705,11 @@ func (n *Node) mountAt(ctx context.Context, c *remote.Client, img *remote.Image,
 	mo.Cache, mo.Logger, mo.Layers = cc, n.log, n.layers
 	mo.NoBackground = mo.NoBackground || so.noBackground
 	mo.Hints = append(execHints(so.exec), mo.Hints...)
-	mo.Profile = <-profile
-	profile <- mo.Profile // for the deferred drop
-	if early != nil {
-		mo.Packs = early
+	l := <-profile
+	got = &l
+	mo.Profile = l.profile
+	if l.early != nil {
+		mo.Packs = l.early
 	} else if ps, ok := n.opts.Profiles.(streamfs.PackSource); ok && mo.Packs == nil {
 		mo.Packs = ps
 	}

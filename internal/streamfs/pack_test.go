@@ -594,15 +594,7 @@ func TestPackBeforeChunks(t *testing.T) {
 	e := newPackEnv(t)
 	release := make(chan struct{})
 	e.stallPacks(t, release)
-	var released atomic.Bool
-	var early atomic.Int64
-	onRange := func() {
-		if !released.Load() {
-			early.Add(1)
-		}
-	}
-	e.r.onRange.Store(&onRange)
-	t.Cleanup(func() { e.r.onRange.Store(nil) })
+	early := e.rangesBefore(t, release)
 	m, _ := e.mount(t, func(o *streamfs.Options) { o.Layers = newStore(t) })
 	// Give chunk fetches time to start, if they would.
 	deadline := time.Now().Add(30 * time.Second)
@@ -613,7 +605,6 @@ func TestPackBeforeChunks(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	time.Sleep(300 * time.Millisecond)
-	released.Store(true)
 	close(release)
 	waitComplete(t, m)
 	if n := early.Load(); n != 0 {
@@ -622,6 +613,22 @@ func TestPackBeforeChunks(t *testing.T) {
 	if st := m.Stats(); st.BackgroundChunks == 0 {
 		t.Errorf("no chunks: %+v", st)
 	}
+}
+
+// rangesBefore counts the range requests the registry gets until release
+// is closed.
+func (e *packEnv) rangesBefore(t *testing.T, release chan struct{}) *atomic.Int64 {
+	var n atomic.Int64
+	onRange := func() {
+		select {
+		case <-release:
+		default:
+			n.Add(1)
+		}
+	}
+	e.r.onRange.Store(&onRange)
+	t.Cleanup(func() { e.r.onRange.Store(nil) })
+	return &n
 }
 
 func first[A, B any](a A, _ B) A { return a }
@@ -661,16 +668,7 @@ func TestPackFileNotWaitedForFromStream(t *testing.T) {
 	e := newPackEnv(t)
 	release := make(chan struct{})
 	packBytes := e.stallPacks(t, release)
-	var early atomic.Int64
-	onRange := func() {
-		select {
-		case <-release:
-		default:
-			early.Add(1)
-		}
-	}
-	e.r.onRange.Store(&onRange)
-	t.Cleanup(func() { e.r.onRange.Store(nil) })
+	early := e.rangesBefore(t, release)
 	m, dir := e.mount(t, func(o *streamfs.Options) {
 		o.Layers = newStore(t)
 		o.StreamWait = 8 << 20 // every file is near its layer's stream
