@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 
@@ -149,8 +150,9 @@ func (c *detachedCache) forget(d digest.Digest) {
 }
 
 // Window returns the stored window of span n of layer d's index: it
-// implements streamfs.WindowSource from the local store.
-func (s *Service) Window(_ context.Context, d digest.Digest, n int) ([]byte, error) {
+// implements streamfs.WindowSource from the local store (for a node in the
+// same process, which has checked repo itself).
+func (s *Service) Window(_ context.Context, _ string, d digest.Digest, n int) ([]byte, error) {
 	l, err := s.detached(d)
 	if err != nil {
 		return nil, err
@@ -163,7 +165,8 @@ func (s *Service) Window(_ context.Context, d digest.Digest, n int) ([]byte, err
 
 var _ streamfs.WindowSource = (*Service)(nil)
 
-// windowHandler serves GET /index/v1/layers/{digest}/windows/{span}.
+// windowHandler serves GET /index/v1/layers/{digest}/windows/{span}
+// (?repository=R: only if R holds the layer, see inRepository).
 func (s *Service) windowHandler(w http.ResponseWriter, r *http.Request) {
 	d, err := digest.Parse(r.PathValue("digest"))
 	if err != nil {
@@ -175,7 +178,10 @@ func (s *Service) windowHandler(w http.ResponseWriter, r *http.Request) {
 		httpError(w, http.StatusBadRequest, "span %q: use the span's number in the layer's index (0, 1, ...)", r.PathValue("span"))
 		return
 	}
-	win, err := s.Window(r.Context(), d, n)
+	if !s.inRepository(w, r, d) {
+		return
+	}
+	win, err := s.Window(r.Context(), "", d, n)
 	if err != nil {
 		httpError(w, http.StatusNotFound, "%v", err)
 		return
@@ -186,10 +192,16 @@ func (s *Service) windowHandler(w http.ResponseWriter, r *http.Request) {
 }
 
 // Window fetches the stored window of span n of layer d from the
-// service, for a node that took the layer's index detached. The caller
-// checks it against the index (index.Index.CheckWindow).
-func (h HTTPSource) Window(ctx context.Context, d digest.Digest, n int) ([]byte, error) {
-	resp, err := h.get(ctx, "/index/v1/layers/"+d.String()+"/windows/"+strconv.Itoa(n))
+// service, for a node that took the layer's index detached, naming repo
+// (where the node reads the layer) so that a caller without access to
+// every project is let through. The caller checks the window against the
+// index (index.Index.CheckWindow).
+func (h HTTPSource) Window(ctx context.Context, repo string, d digest.Digest, n int) ([]byte, error) {
+	p := "/index/v1/layers/" + d.String() + "/windows/" + strconv.Itoa(n)
+	if repo != "" {
+		p += "?repository=" + url.QueryEscape(repo)
+	}
+	resp, err := h.get(ctx, p)
 	if err != nil {
 		return nil, err
 	}

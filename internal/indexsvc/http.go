@@ -26,6 +26,11 @@ const MediaTypeIndex = "application/vnd.riffle.layer.index.v1"
 //	GET  /index/v1/layers/{digest}   the index of a layer (MediaTypeIndex), 404 if none;
 //	                                 ?windows=detached: without its windows
 //	GET  /index/v1/layers/{digest}/windows/{span}  one span's window (detached indexes)
+//
+// A window is 32 KiB of the layer's data, so the whole index and the
+// windows take ?repository=R: they are served only if repository R holds
+// the layer (the server in front checks that the caller may read R).
+//
 //	POST /index/v1/images            {"image": REF, "pushReferrer": bool}: index REF now
 //	GET  /index/v1/profiles/{digest} a layer's startup profile, 404 if none
 //	POST /index/v1/profiles/{digest} {"spans": [...], "repository": R}: merge one run's profile
@@ -44,6 +49,9 @@ func (s *Service) Handler() http.Handler {
 		var raw, gz []byte
 		switch v := r.URL.Query().Get("windows"); v {
 		case "":
+			if !s.inRepository(w, r, d) {
+				return
+			}
 			_, raw, err = s.Get(d)
 		case "detached":
 			var l *detachedLayer

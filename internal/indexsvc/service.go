@@ -46,9 +46,10 @@ type Service struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	prof   profiles
-	detach detachedCache
-	pack   packs
+	prof    profiles
+	detach  detachedCache
+	pack    packs
+	members members
 
 	built         prometheus.Counter
 	failed        prometheus.Counter

@@ -277,3 +277,92 @@ func TestDetachedIndexGzipped(t *testing.T) {
 		t.Errorf("the biggest layer's detached index was not gzipped")
 	}
 }
+
+// TestLayerDataOnlyFromItsRepository: windows and whole indexes (layer
+// data) are served with ?repository=R only if R holds the layer, so the
+// server in front can let a viewer of R's project read them and no one
+// else; HTTPSource names the repository it reads from.
+func TestLayerDataOnlyFromItsRepository(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	// A layer of several spans, so that spans after the first have windows.
+	data := make([]byte, 3<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	img, err := imagegen.Build(imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "big", Data: data}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := f.host + "/proj/big:v1"
+	if err := f.client.Push(ctx, ref, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.svc.IndexImage(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.client.Resolve(ctx, ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := res.Manifest.Layers[0].Digest
+	x, _, err := f.svc.Get(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(x.Spans) < 2 {
+		t.Fatalf("the layer has %d spans; the test needs a window", len(x.Spans))
+	}
+	hs := httptest.NewServer(f.svc.Handler())
+	defer hs.Close()
+
+	holds, lacks := f.host+"/proj/big", f.host+"/proj/repo/features"
+	for _, c := range []struct {
+		path string
+		want int
+	}{
+		{"/windows/1?repository=" + holds, http.StatusOK},
+		{"?repository=" + holds, http.StatusOK},
+		{"/windows/1?repository=" + lacks, http.StatusNotFound},
+		{"?repository=" + lacks, http.StatusNotFound},
+		{"/windows/1?repository=" + f.host + "/nope/none", http.StatusNotFound},
+		{"/windows/1?repository=NOT%20A%20REPO", http.StatusNotFound},
+		// Without a repository the service serves it: the server in front
+		// lets only a caller with every project's images ask that way.
+		{"/windows/1", http.StatusOK},
+	} {
+		resp, err := http.Get(hs.URL + "/index/v1/layers/" + d.String() + c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != c.want {
+			t.Errorf("GET ...%s: %s %s, want %d", c.path, resp.Status, msg, c.want)
+		}
+		if c.want == http.StatusNotFound && !strings.Contains(string(msg), "name the repository") {
+			t.Errorf("GET ...%s: %s does not say what to do", c.path, msg)
+		}
+	}
+
+	var asked []string
+	seen := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		asked = append(asked, r.URL.Query().Get("repository"))
+		f.svc.Handler().ServeHTTP(w, r)
+	}))
+	defer seen.Close()
+	src := indexsvc.HTTPSource{BaseURL: seen.URL}
+	w, err := src.Window(ctx, holds, d, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := f.svc.Window(ctx, "", d, 1); !bytes.Equal(w, want) {
+		t.Error("HTTPSource.Window returned another window")
+	}
+	if len(asked) != 1 || asked[0] != holds {
+		t.Errorf("HTTPSource.Window asked with repository %q, want %q", asked, holds)
+	}
+	if _, err := src.Window(ctx, lacks, d, 1); err == nil {
+		t.Error("a window from a repository without the layer was served")
+	}
+}

@@ -66,12 +66,12 @@ func (ch *chain) LayerIndex(ctx context.Context, repo string, desc ocispec.Descr
 // Window gives the windows of the detached indexes the chain returns
 // (streamfs.WindowSource): they come from Options.Indexes, the only
 // source that detaches them.
-func (ch *chain) Window(ctx context.Context, layer digest.Digest, n int) ([]byte, error) {
+func (ch *chain) Window(ctx context.Context, repo string, layer digest.Digest, n int) ([]byte, error) {
 	ws := ch.n.windows()
 	if ws == nil {
 		return nil, fmt.Errorf("node: layer %s: no index service to fetch windows from", layer)
 	}
-	return ws.Window(ctx, layer, n)
+	return ws.Window(ctx, repo, layer, n)
 }
 
 // windows is Options.Indexes as a window source, or nil.
@@ -158,7 +158,7 @@ func cacheBytes(ctx context.Context, cc *cache.Cache, key string, raw []byte) er
 
 // Window asks each source that gives windows in turn (see
 // streamfs.WindowSource), returning the first window found.
-func (s IndexSources) Window(ctx context.Context, layer digest.Digest, n int) ([]byte, error) {
+func (s IndexSources) Window(ctx context.Context, repo string, layer digest.Digest, n int) ([]byte, error) {
 	err := fmt.Errorf("node: layer %s: no source gives windows", layer)
 	for _, src := range s {
 		ws, ok := src.(streamfs.WindowSource)
@@ -166,7 +166,7 @@ func (s IndexSources) Window(ctx context.Context, layer digest.Digest, n int) ([
 			continue
 		}
 		var w []byte
-		if w, err = ws.Window(ctx, layer, n); err == nil {
+		if w, err = ws.Window(ctx, repo, layer, n); err == nil {
 			return w, nil
 		}
 		if ctx.Err() != nil {

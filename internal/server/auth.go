@@ -160,12 +160,42 @@ func (s *Server) classify(r *http.Request) (access, error) {
 		// get 403 and their nodes fetch the same spans by range from the
 		// registry, under its own per-project checks.
 		return access{api: "index", project: auth.AllProjects, need: auth.RoleViewer}, nil
+	case !write && strings.HasPrefix(p, "/index/v1/layers/") &&
+		(strings.Contains(p, "/windows/") || r.URL.Query().Get("windows") != "detached"):
+		// A span's window, and so a whole index, is 32 KiB of the layer's
+		// data per span: a caller that names a repository of this
+		// server's registry needs viewer in its project (the index
+		// service then checks the layer is a blob of that repository);
+		// any other caller, every project's images (a node's token).
+		return access{api: "index", project: s.layerDataProject(r), need: auth.RoleViewer}, nil
 	case strings.HasPrefix(p, "/index/"):
-		// Layer indexes are addressed by digest and belong to no
-		// project: any role anywhere may read them.
+		// Detached layer indexes (file names, sizes and span digests, no
+		// file data) are addressed by digest and belong to no project:
+		// any role anywhere may read them.
 		return access{api: "index", need: role, mutating: write}, nil
 	}
 	return access{api: "other", need: auth.RoleViewer}, nil
+}
+
+// layerDataProject is the project whose viewers may read layer data from
+// the index service with r: that of r's ?repository= if it is a
+// repository of this server's registry, else every project. Projects are
+// this registry's namespaces; another registry's repository proves
+// nothing (its registry could claim any blob).
+func (s *Server) layerDataProject(r *http.Request) string {
+	v := r.URL.Query().Get("repository")
+	if v == "" {
+		return auth.AllProjects
+	}
+	repo, err := name.NewRepository(v, name.Insecure)
+	if err != nil || !s.isSelf(repo.RegistryStr()) {
+		return auth.AllProjects
+	}
+	proj, _, _ := strings.Cut(repo.RepositoryStr(), "/")
+	if proj == "" {
+		return auth.AllProjects
+	}
+	return proj
 }
 
 // projectOf is P of "projects/P/...", or "*" (which only a binding to every

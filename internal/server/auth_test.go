@@ -256,9 +256,15 @@ func authOps(f *authFixture) []op {
 			return registryHTTP(t, f, c, "GET", "/v2/_catalog")
 		}},
 		httpOp("logs", "read", "p", auth.RoleViewer, "GET", "/riffle/v1/logs/"+parent+"/jobs/nope", nil),
-		httpOp("index", "layer index", "", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64), nil),
+		// Whole indexes and windows are layer data: every project's
+		// images, or viewer in the project of a repository of this
+		// server named by ?repository= (another registry proves nothing).
+		httpOp("index", "layer index", "*", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64), nil),
+		httpOp("index", "layer index in repository", "p", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64)+"?repository="+f.addr+"/p/r/base", nil),
 		httpOp("index", "layer index detached", "", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64)+"?windows=detached", nil),
-		httpOp("index", "span window", "", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64)+"/windows/1", nil),
+		httpOp("index", "span window", "*", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64)+"/windows/1", nil),
+		httpOp("index", "span window in repository", "p", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64)+"/windows/1?repository="+f.addr+"/p/r/base", nil),
+		httpOp("index", "span window in another registry", "*", auth.RoleViewer, "GET", "/index/v1/layers/sha256:"+strings.Repeat("0", 64)+"/windows/1?repository=127.0.0.1:1/p/r/base", nil),
 		httpOp("index", "index image", "p", auth.RoleEditor, "POST", "/index/v1/images", func(caller) any { return map[string]any{"image": f.addr + "/p/r/base:v1"} }),
 		httpOp("index", "report profile", "p", auth.RoleEditor, "POST", "/index/v1/profiles/sha256:"+strings.Repeat("0", 64), func(caller) any {
 			return map[string]any{"spans": []int{0}, "repository": f.addr + "/p/r/base"}

@@ -58,7 +58,7 @@ func differential(t *testing.T, layers [][]byte) outcome {
 		if !x.Streamable() {
 			return notStreamable // the full pull is then the only path
 		}
-		il, err := IndexLayer(x, nil, nil)
+		il, err := IndexLayer(x, "", nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}

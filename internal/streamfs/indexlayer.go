@@ -23,10 +23,11 @@ type BlobReader interface {
 }
 
 // IndexLayer returns the Layer that index x describes, reading spans from
-// blob, and the windows of a detached x from windows. A layer that x says
+// blob, and the windows of a detached x from windows (asking for those of
+// repository repo, where blob is). A layer that x says
 // cannot be read lazily, or a detached x without windows, gives a
 // *NotEligibleError.
-func IndexLayer(x *index.Index, blob BlobReader, windows WindowSource) (Layer, error) {
+func IndexLayer(x *index.Index, repo string, blob BlobReader, windows WindowSource) (Layer, error) {
 	if x == nil {
 		return nil, NotEligible("", "the layer has no index")
 	}
@@ -40,11 +41,12 @@ func IndexLayer(x *index.Index, blob BlobReader, windows WindowSource) (Layer, e
 	if x.Detached && windows == nil {
 		return nil, NotEligible(x.BlobDigest, "its index came without windows and no service to fetch them from is configured")
 	}
-	return &indexLayer{x: x, blob: blob, windows: windows}, nil
+	return &indexLayer{x: x, repo: repo, blob: blob, windows: windows}, nil
 }
 
 type indexLayer struct {
 	x       *index.Index
+	repo    string // where blob is
 	blob    BlobReader
 	windows WindowSource // for a detached x
 
@@ -65,7 +67,7 @@ func (l *indexLayer) window(ctx context.Context, n int) ([]byte, error) {
 	if ok {
 		return w, nil
 	}
-	w, err := l.windows.Window(ctx, l.x.BlobDigest, n)
+	w, err := l.windows.Window(ctx, l.repo, l.x.BlobDigest, n)
 	if err != nil {
 		return nil, fmt.Errorf("streamfs: window of span %d of %s: %w", n, l.x.BlobDigest, err)
 	}

@@ -28,9 +28,11 @@ type IndexSource interface {
 
 // WindowSource gives the stored gzip window of span n of a layer whose
 // index came detached (index.Index.Detach), for example the index service
-// of riffle serve. The layer checks it against the index.
+// of riffle serve. A window is layer data: repo names the repository the
+// layer is read from, so that a service can check the caller may read it
+// there. The layer checks the window against the index.
 type WindowSource interface {
-	Window(ctx context.Context, layer digest.Digest, n int) ([]byte, error)
+	Window(ctx context.Context, repo string, layer digest.Digest, n int) ([]byte, error)
 }
 
 // OpenOptions configures Open.
@@ -121,7 +123,7 @@ func OpenImage(ctx context.Context, client *remote.Client, img *remote.Image, op
 			if x.BlobDigest != desc.Digest {
 				return fmt.Errorf("streamfs: the index for layer %s describes blob %s", desc.Digest, x.BlobDigest)
 			}
-			l, err := IndexLayer(x, blob, opts.Windows)
+			l, err := IndexLayer(x, repo, blob, opts.Windows)
 			if err != nil {
 				return err
 			}
