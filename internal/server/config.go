@@ -154,6 +154,15 @@ type IndexConfig struct {
 	// node asks first (and reports startup profiles to), e.g.
 	// http://10.0.0.2:8080. Default: none.
 	Service string `json:"service,omitempty"`
+	// TokenFile holds the token this node sends to Service (required with
+	// it: every riffle serve checks who calls). The node reads windows and
+	// prefetch packs of every project's images and reports their startup
+	// profiles, so the token needs editor in every project ("*").
+	TokenFile string `json:"tokenFile,omitempty"`
+	// CAFile holds the PEM certificate (or CA) to trust for an https
+	// Service, such as the serve.crt in that server's data directory.
+	// Default: the system's roots.
+	CAFile string `json:"caFile,omitempty"`
 	// Referrers makes the node look for index artifacts stored beside an
 	// image in its registry before building indexes. Default: false.
 	Referrers bool `json:"referrers,omitempty"`
@@ -333,6 +342,12 @@ func (c Config) Validate() error {
 	}
 	if u := c.Index.Service; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
 		return fmt.Errorf("config: index.service %q: give a URL, like http://HOST:PORT", u)
+	}
+	if c.Index.Service != "" && c.Index.TokenFile == "" {
+		return fmt.Errorf("config: index.service %s needs index.tokenFile: a file with a token of that server (editor in every project, made with riffle auth tokens create there)", c.Index.Service)
+	}
+	if c.Index.Service == "" && (c.Index.TokenFile != "" || c.Index.CAFile != "") {
+		return fmt.Errorf("config: index.tokenFile and index.caFile are for index.service, which is not set")
 	}
 	if c.Cache.MaxBytes < 0 {
 		return fmt.Errorf("config: cache.maxBytes %d: must be positive", c.Cache.MaxBytes)

@@ -11,7 +11,6 @@ import (
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
 	"github.com/riffle-dev/riffle/internal/batch/store"
 	"github.com/riffle-dev/riffle/internal/cache"
-	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/node"
 	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/runtime"
@@ -40,8 +39,11 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 		Logger:    log,
 		Metrics:   s.metrics,
 	}
-	if u := cfg.Index.Service; u != "" {
-		other := indexsvc.HTTPSource{BaseURL: u}
+	if cfg.Index.Service != "" {
+		other, err := otherIndexService(cfg.Index)
+		if err != nil {
+			return err
+		}
 		nopts.Indexes = node.IndexSources{other, s.indexes}
 		nopts.Profiles = other
 	}

@@ -1,0 +1,305 @@
+package server_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	batch "cloud.google.com/go/batch/apiv1"
+	"cloud.google.com/go/batch/apiv1/batchpb"
+	"github.com/opencontainers/go-digest"
+	"google.golang.org/api/option"
+
+	"github.com/riffle-dev/riffle/internal/auth"
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
+	"github.com/riffle-dev/riffle/internal/node"
+	"github.com/riffle-dev/riffle/internal/server"
+	"github.com/riffle-dev/riffle/internal/streamfs"
+	"github.com/riffle-dev/riffle/internal/testutil"
+)
+
+// bearer sends tok to the index service, as the CLI's client does.
+type bearer string
+
+func (b bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+string(b))
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// TestProjectNodeReadsWindowsOfItsRepository: a node whose token is
+// viewer in one project streams an image of that project through the
+// server's index service, fetching the windows of its detached indexes
+// by naming the repository; a viewer of another project, or a repository
+// without the layer, gets none.
+func TestProjectNodeReadsWindowsOfItsRepository(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ctx, srv, addr := startServerWith(t, server.Config{})
+	admin := adminToken(t, srv)
+	token := func(name, project string) string {
+		var out struct {
+			Secret string `json:"secret"`
+		}
+		resp := call(t, http.MethodPost, "http://"+addr+"/riffle/v1/auth/tokens", admin,
+			map[string]any{"name": name, "bindings": []auth.Binding{{Project: project, Role: auth.RoleViewer}}}, &out)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("creating token %s: %s", name, resp.Status)
+		}
+		return out.Secret
+	}
+	viewerP, viewerQ := token("viewer-p", "p"), token("viewer-q", "q")
+
+	// Three spans of gzip data: spans 1 and 2 need their windows.
+	data := make([]byte, 3<<20)
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	img, err := imagegen.Build(imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "big", Data: data}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := addr + "/p/r/big:v1"
+	if err := registryClient(admin).Push(ctx, ref, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	small, err := imagegen.Build(imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "small", Data: []byte("small")}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := registryClient(admin).Push(ctx, addr+"/p/r/small:v1", small, nil); err != nil {
+		t.Fatal(err)
+	}
+	if resp := call(t, http.MethodPost, "http://"+addr+"/index/v1/images", admin, map[string]any{"image": ref}, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("indexing %s: %s", ref, resp.Status)
+	}
+
+	src := indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(viewerP)}}
+	n, err := node.New(node.Options{
+		Layout:  node.Layout{Root: t.TempDir()},
+		Indexes: src,
+		// Every read by range: spans after the first need their windows.
+		Mount: streamfs.Options{NoBackground: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	rfs, err := n.Stream(ctx, ref, node.Auth{Username: "viewer-p", Password: viewerP})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rfs.Method != node.MethodStreamed {
+		t.Fatalf("image arrived %s, want streamed", rfs.Method)
+	}
+	got, err := os.ReadFile(filepath.Join(rfs.Lower[0], "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the streamed file differs from the pushed one")
+	}
+
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	layer := digest.Digest(h.String())
+	for _, c := range []struct {
+		src  indexsvc.HTTPSource
+		repo string
+		want string
+	}{
+		{indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(viewerQ)}}, addr + "/p/r/big", "403"},
+		{indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(viewerP)}}, "", "403"},
+		{indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(viewerP)}}, addr + "/p/r/small", "404"},
+	} {
+		_, err := c.src.Window(ctx, c.repo, layer, 1)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("window of repository %q: %v, want %s", c.repo, err, c.want)
+		}
+	}
+}
+
+// call makes a JSON request to the server with tok and decodes the
+// answer into out (if not nil).
+func call(t *testing.T, method, url, tok string, body, out any) *http.Response {
+	t.Helper()
+	b, err := json.Marshal(body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequest(method, url, bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if out != nil && resp.StatusCode == http.StatusOK {
+		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return resp
+}
+
+// TestNodeUsesAnotherServersIndexService: a riffle serve configured with
+// index.service and index.tokenFile streams an image of the other server
+// with that server's indexes (building none itself) and reports the
+// startup profile there.
+func TestNodeUsesAnotherServersIndexService(t *testing.T) {
+	testutil.RequiresRoot(t)
+	testutil.RequiresBinary(t, "runc")
+	testutil.RequiresBinary(t, "fusermount3")
+	ctx, srvB, addrB := startServerWith(t, server.Config{})
+	adminB := adminToken(t, srvB)
+	var node struct {
+		Secret string `json:"secret"`
+	}
+	if resp := call(t, http.MethodPost, "http://"+addrB+"/riffle/v1/auth/tokens", adminB,
+		map[string]any{"name": "node-a", "bindings": []auth.Binding{{Project: "*", Role: auth.RoleEditor}}}, &node); resp.StatusCode != http.StatusOK {
+		t.Fatalf("creating the node's token: %s", resp.Status)
+	}
+	tokenFile := filepath.Join(t.TempDir(), "index.token")
+	if err := os.WriteFile(tokenFile, []byte(node.Secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The node pulls from B's registry with the same token, as after
+	// docker login.
+	dockerConfig := t.TempDir()
+	authJSON, _ := json.Marshal(map[string]any{"auths": map[string]any{addrB: map[string]string{
+		"auth": base64.StdEncoding.EncodeToString([]byte("node-a:" + node.Secret))}}})
+	if err := os.WriteFile(filepath.Join(dockerConfig, "config.json"), authJSON, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("DOCKER_CONFIG", dockerConfig)
+
+	spec, err := imagegen.Busybox("/bin/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := imagegen.Build(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := addrB + "/demo/images/busybox:v1"
+	if err := registryClient(adminB).Push(ctx, ref, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var digests []string
+	for _, l := range layers {
+		h, err := l.Digest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		digests = append(digests, h.String())
+	}
+	has := func(addr, tok, path string) bool {
+		resp := get(t, "http://"+addr+path, tok)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
+	waitFor(t, func() bool { // B indexes what is pushed to it
+		for _, d := range digests {
+			if !has(addrB, adminB, "/index/v1/layers/"+d+"?windows=detached") {
+				return false
+			}
+		}
+		return true
+	})
+
+	_, srvA, addrA := startServerWith(t, server.Config{Index: server.IndexConfig{Service: "http://" + addrB, TokenFile: tokenFile}})
+	adminA := adminToken(t, srvA)
+	c, err := batch.NewRESTClient(ctx, option.WithEndpoint("http://"+addrA), withToken(adminA))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	job := &batchpb.Job{TaskGroups: []*batchpb.TaskGroup{{TaskSpec: &batchpb.TaskSpec{Runnables: []*batchpb.Runnable{{
+		Executable: &batchpb.Runnable_Container_{Container: &batchpb.Runnable_Container{
+			ImageUri: ref, EnableImageStreaming: true, Commands: []string{"cat", "/data/hello.txt"}}}}}}}}}
+	created, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: "projects/demo/locations/us-central1", JobId: "elsewhere", Job: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got *batchpb.Job
+	waitFor(t, func() bool {
+		got, err = c.GetJob(ctx, &batchpb.GetJobRequest{Name: created.GetName()})
+		st := got.GetStatus().GetState()
+		return err == nil && (st == batchpb.JobStatus_SUCCEEDED || st == batchpb.JobStatus_FAILED)
+	})
+	if got.GetStatus().GetState() != batchpb.JobStatus_SUCCEEDED {
+		t.Fatalf("job ended %v; events: %v", got.GetStatus().GetState(), got.GetStatus().GetStatusEvents())
+	}
+	task, err := c.GetTask(ctx, &batchpb.GetTaskRequest{Name: created.GetName() + "/taskGroups/group0/tasks/0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev := fmt.Sprint(task.GetStatus().GetStatusEvents()); !strings.Contains(ev, "streamed") {
+		t.Errorf("the task's image was not streamed: %s", ev)
+	}
+	for _, d := range digests {
+		if has(addrA, adminA, "/index/v1/layers/"+d+"?windows=detached") {
+			t.Errorf("layer %s: A built its own index instead of taking B's", d)
+		}
+	}
+	waitFor(t, func() bool { // the profile went to B
+		for _, d := range digests {
+			if has(addrB, adminB, "/index/v1/profiles/"+d) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// TestIndexServiceConfigNeedsToken: index.service without a token file is
+// refused at load, naming the key to add; a token file that is missing or
+// empty stops the server at start.
+func TestIndexServiceConfigNeedsToken(t *testing.T) {
+	for _, c := range []struct {
+		idx  server.IndexConfig
+		want string
+	}{
+		{server.IndexConfig{Service: "http://127.0.0.1:1"}, "index.tokenFile"},
+		{server.IndexConfig{TokenFile: "/x"}, "index.service"},
+		{server.IndexConfig{CAFile: "/x"}, "index.service"},
+	} {
+		cfg := server.Config{Index: c.idx}
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%+v: %v, want an error naming %s", c.idx, err, c.want)
+		}
+	}
+	empty := filepath.Join(t.TempDir(), "empty.token")
+	os.WriteFile(empty, nil, 0o600)
+	for _, file := range []string{empty, filepath.Join(t.TempDir(), "missing.token")} {
+		cfg := server.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", Index: server.IndexConfig{Service: "http://127.0.0.1:1", TokenFile: file}}
+		srv, err := server.New(context.Background(), cfg, nil)
+		if err == nil {
+			srv.Close()
+			t.Errorf("token file %s: the server started", file)
+		} else if !strings.Contains(err.Error(), "index.tokenFile") {
+			t.Errorf("token file %s: %v, want an error naming index.tokenFile", file, err)
+		}
+	}
+}
