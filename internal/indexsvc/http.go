@@ -26,15 +26,14 @@ const MediaTypeIndex = "application/vnd.riffle.layer.index.v1"
 //	GET  /index/v1/layers/{digest}   the index of a layer (MediaTypeIndex), 404 if none;
 //	                                 ?windows=detached: without its windows
 //	GET  /index/v1/layers/{digest}/windows/{span}  one span's window (detached indexes)
-//
-// A window is 32 KiB of the layer's data, so the whole index and the
-// windows take ?repository=R: they are served only if repository R holds
-// the layer (the server in front checks that the caller may read R).
-//
 //	POST /index/v1/images            {"image": REF, "pushReferrer": bool}: index REF now
 //	GET  /index/v1/profiles/{digest} a layer's startup profile, 404 if none
 //	POST /index/v1/profiles/{digest} {"spans": [...], "repository": R}: merge one run's profile
 //	GET  /index/v1/packs/{digest}    a layer's prefetch pack (Range works), 404 if none
+//
+// A window is 32 KiB of the layer's data, so the whole index and the
+// windows take ?repository=R: they are served only if repository R holds
+// the layer (the server in front checks that the caller may read R).
 func (s *Service) Handler() http.Handler {
 	mux := http.NewServeMux()
 	s.profileHandlers(mux)
