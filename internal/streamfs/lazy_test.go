@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,5 +157,72 @@ func TestMissAhead(t *testing.T) {
 	}
 	if n := m.Stats().FetchedSpans; n != want {
 		t.Errorf("%d spans fetched, want %d (the first %d misses fetched their own span alone)", n, want, streamfs.MissAheadAfter)
+	}
+}
+
+// TestFileTailFetchedBesideBlockedRead: a read that blocks on the first
+// span of a file whose rest lies in the next span has that span fetched
+// at the same time, not one round trip later.
+func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
+	testutil.RequiresRoot(t)
+	const spanSize = 1 << 20
+	r := newTestRegistry(t)
+	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{
+		{Type: imagegen.File, Name: "lib.so", Size: spanSize + spanSize/2, Seed: 7, Fill: imagegen.Random},
+	}}}}, "test/filetail")
+	img := r.open(t, ref, spanSize)
+	var lib streamfs.Entry
+	for _, e := range img.Layers[0].Entries() {
+		if e.Name == "lib.so" {
+			lib = e
+		}
+	}
+	spans := img.Layers[0].Spans()
+	if len(spans) < 2 || lib.Offset >= spans[1].Offset || lib.Offset+lib.Size <= spans[1].Offset {
+		t.Fatalf("lib.so [%d, +%d) does not cross from span 0 into span 1: %+v", lib.Offset, lib.Size, spans)
+	}
+
+	// Every range request waits until released; count those waiting.
+	hold := make(chan struct{})
+	var release sync.Once
+	open := func() { release.Do(func() { close(hold) }) }
+	var waiting atomic.Int32
+	onReq := func(req *http.Request) {
+		waiting.Add(1)
+		defer waiting.Add(-1)
+		select {
+		case <-hold:
+		case <-req.Context().Done():
+		}
+	}
+	r.onRangeReq.Store(&onReq)
+	_, dir := mount(t, img, streamfs.Options{Cache: newCache(t)})
+	t.Cleanup(open) // before the unmount
+
+	done := make(chan error, 1)
+	go func() {
+		f, err := os.Open(filepath.Join(dir, "lib.so"))
+		if err != nil {
+			done <- err
+			return
+		}
+		defer f.Close()
+		_, err = f.ReadAt(make([]byte, 1), 0) // span 0 only, with the kernel's read-ahead
+		done <- err
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for waiting.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d range requests while the read blocks on span 0; want span 1 fetched beside it", waiting.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	open()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "lib.so"))
+	if err != nil || int64(len(b)) != lib.Size {
+		t.Fatalf("read lib.so: %d bytes, %v", len(b), err)
 	}
 }

@@ -68,6 +68,9 @@ func (m *MountPoint) readSpan(ctx context.Context, n *node, i int, pos, stop, st
 	reader := prio == prioBlocked
 	if reader {
 		m.profile.recordSpan(n.layer, i)
+		if !m.opts.NoPrefetch && !m.cached(n.layer, i) {
+			m.fetchFileTail(n, i)
+		}
 	}
 	e, missed, err := m.span(ctx, n.layer, i, prio)
 	if err != nil {
@@ -140,6 +143,35 @@ func (m *MountPoint) readAhead(n *node, i int, pos, streak int64, missed bool) {
 		}
 	}
 }
+
+// fetchFileTail starts fetching, beside the blocked fetch of span i, the
+// spans holding the rest of file n if it ends within fileTailAhead after
+// span i: a file that crosses a span boundary is mostly read whole right
+// away (a loader maps a library, python reads a module), and its next span
+// would otherwise cost one more round trip once span i is in. Cold python3
+// importing numpy, scipy and pandas at 100 Mbit/s and 60 ms blocked 71
+// times; 6 of those were the rest of the file the previous one read.
+func (m *MountPoint) fetchFileTail(n *node, i int) {
+	spans := m.spans[n.layer]
+	end := n.off + n.size
+	if i+1 >= len(spans) || end <= spans[i+1].Offset || end-spans[i+1].Offset > fileTailAhead {
+		return
+	}
+	if ps := m.packs[n.layer].Load(); ps != nil {
+		if reading, _ := ps.coming(i); reading {
+			return // as readAhead: nothing beside a pack still coming
+		}
+	}
+	for j := i + 1; j < len(spans) && spans[j].Offset < end; j++ {
+		if !m.cached(n.layer, j) && !m.streamCovers(n.layer, spans[j].Offset) {
+			m.prefetch(n.layer, j)
+		}
+	}
+}
+
+// fileTailAhead bounds the rest of a file fetched beside a blocked read
+// (see fetchFileTail): about one span.
+const fileTailAhead = 1 << 20
 
 // missAheadAfter is how many blocked misses a mount has before each miss
 // also fetches the spans after it (see readAhead).
