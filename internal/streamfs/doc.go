@@ -36,8 +36,10 @@
 // a layer right after reading span k-1 (walking many small files in layer
 // order) gets the next spans of the layer fetched; and once a mount's
 // readers have missed a few times, every miss fetches the next
-// Options.MissAhead spans of its layer. While a layer's prefetch pack is
-// coming, none of these guesses is made for it.
+// Options.MissAhead spans of its layer. A read that blocks on a span of a
+// file whose rest lies within the next span fetches that rest at the same
+// time. While a layer's prefetch pack is coming, none of these guesses is
+// made for it.
 //
 // # Background streams into the layer store
 //
