@@ -552,7 +552,7 @@ async function imageRow(repo, tag) {
     const size = layers.reduce((s, l) => s + (l.size || 0), 0) + ((m.config && m.config.size) || 0);
     const cells = [];
     for (const l of layers) {
-      const idx = await api(`/index/v1/layers/${l.digest}`, { method: 'HEAD' });
+      const idx = await api(`/index/v1/layers/${l.digest}?windows=detached`, { method: 'HEAD' });
       let why = '';
       if (idx.status === 404) why = 'not indexed yet (the index service indexes pushed images; a layer it cannot index streams no data and is pulled)';
       else if (!idx.ok) why = 'index service: HTTP ' + idx.status;
