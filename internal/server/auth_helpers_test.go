@@ -1,10 +1,16 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"io"
 	"net/http"
 	"testing"
+	"time"
 
+	batch "cloud.google.com/go/batch/apiv1"
+	"cloud.google.com/go/batch/apiv1/batchpb"
 	"github.com/google/go-containerregistry/pkg/authn"
 	"golang.org/x/oauth2"
 	"google.golang.org/api/option"
@@ -77,4 +83,53 @@ func get(t *testing.T, url, tok string) *http.Response {
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// request makes a request with tok (if any) as bearer token and body (if
+// not nil) as JSON; the caller closes the response body.
+func request(t *testing.T, ctx context.Context, method, url, tok string, body any) *http.Response {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// runJob creates job id under parent with c and waits until it ends.
+func runJob(t *testing.T, ctx context.Context, c *batch.Client, parent, id string, job *batchpb.Job) *batchpb.Job {
+	t.Helper()
+	created, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: parent, JobId: id, Job: job})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		got, err := c.GetJob(ctx, &batchpb.GetJobRequest{Name: created.GetName()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := got.GetStatus().GetState(); st == batchpb.JobStatus_SUCCEEDED || st == batchpb.JobStatus_FAILED || time.Now().After(deadline) {
+			return got
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }

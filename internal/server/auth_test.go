@@ -123,23 +123,7 @@ func (f *authFixture) adminCall(t *testing.T, method, path string, body, out any
 
 func (f *authFixture) do(t *testing.T, method, path, tok string, body any) *http.Response {
 	t.Helper()
-	var rd io.Reader
-	if body != nil {
-		b, _ := json.Marshal(body)
-		rd = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(f.ctx, method, "http://"+f.addr+path, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tok != "" {
-		req.Header.Set("Authorization", "Bearer "+tok)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp
+	return request(t, f.ctx, method, "http://"+f.addr+path, tok, body)
 }
 
 // httpOutcome classifies a response; a 5xx fails the test.

@@ -5,7 +5,6 @@ import (
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	batch "cloud.google.com/go/batch/apiv1"
 	"cloud.google.com/go/batch/apiv1/batchpb"
@@ -51,26 +50,11 @@ func TestServeRunsStreamedJob(t *testing.T) {
 			Commands:             []string{"sh", "-c", "echo task $BATCH_TASK_INDEX; cat /data/hello.txt"},
 		}}}}},
 	}}}
-	created, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: "projects/demo/locations/us-central1", JobId: "hello", Job: job})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got *batchpb.Job
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		got, err = c.GetJob(ctx, &batchpb.GetJobRequest{Name: created.GetName()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st := got.GetStatus().GetState(); st == batchpb.JobStatus_SUCCEEDED || st == batchpb.JobStatus_FAILED {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	got := runJob(t, ctx, c, "projects/demo/locations/us-central1", "hello", job)
 	if got.GetStatus().GetState() != batchpb.JobStatus_SUCCEEDED {
 		t.Fatalf("job ended %v; events: %v", got.GetStatus().GetState(), got.GetStatus().GetStatusEvents())
 	}
-	task, err := c.GetTask(ctx, &batchpb.GetTaskRequest{Name: created.GetName() + "/taskGroups/group0/tasks/1"})
+	task, err := c.GetTask(ctx, &batchpb.GetTaskRequest{Name: got.GetName() + "/taskGroups/group0/tasks/1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +68,7 @@ func TestServeRunsStreamedJob(t *testing.T) {
 		t.Errorf("task 1 events do not say its image was streamed: %v", task.GetStatus().GetStatusEvents())
 	}
 
-	resp := get(t, "http://"+addr+"/riffle/v1/logs/"+created.GetName(), tok)
+	resp := get(t, "http://"+addr+"/riffle/v1/logs/"+got.GetName(), tok)
 
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -105,7 +89,7 @@ func TestServeRunsStreamedJob(t *testing.T) {
 		}
 	}
 
-	resp = get(t, "http://"+addr+"/riffle/v1/logs/"+created.GetName()+"?task=7", tok)
+	resp = get(t, "http://"+addr+"/riffle/v1/logs/"+got.GetName()+"?task=7", tok)
 
 	b, _ = io.ReadAll(resp.Body)
 	resp.Body.Close()

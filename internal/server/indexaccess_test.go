@@ -136,20 +136,7 @@ func TestProjectNodeReadsWindowsOfItsRepository(t *testing.T) {
 // answer into out (if not nil).
 func call(t *testing.T, method, url, tok string, body, out any) *http.Response {
 	t.Helper()
-	b, err := json.Marshal(body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req, err := http.NewRequest(method, url, bytes.NewReader(b))
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+tok)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
+	resp := request(t, context.Background(), method, url, tok, body)
 	defer resp.Body.Close()
 	if out != nil && resp.StatusCode == http.StatusOK {
 		if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
@@ -238,20 +225,11 @@ func TestNodeUsesAnotherServersIndexService(t *testing.T) {
 	job := &batchpb.Job{TaskGroups: []*batchpb.TaskGroup{{TaskSpec: &batchpb.TaskSpec{Runnables: []*batchpb.Runnable{{
 		Executable: &batchpb.Runnable_Container_{Container: &batchpb.Runnable_Container{
 			ImageUri: ref, EnableImageStreaming: true, Commands: []string{"cat", "/data/hello.txt"}}}}}}}}}
-	created, err := c.CreateJob(ctx, &batchpb.CreateJobRequest{Parent: "projects/demo/locations/us-central1", JobId: "elsewhere", Job: job})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got *batchpb.Job
-	waitFor(t, func() bool {
-		got, err = c.GetJob(ctx, &batchpb.GetJobRequest{Name: created.GetName()})
-		st := got.GetStatus().GetState()
-		return err == nil && (st == batchpb.JobStatus_SUCCEEDED || st == batchpb.JobStatus_FAILED)
-	})
+	got := runJob(t, ctx, c, "projects/demo/locations/us-central1", "elsewhere", job)
 	if got.GetStatus().GetState() != batchpb.JobStatus_SUCCEEDED {
 		t.Fatalf("job ended %v; events: %v", got.GetStatus().GetState(), got.GetStatus().GetStatusEvents())
 	}
-	task, err := c.GetTask(ctx, &batchpb.GetTaskRequest{Name: created.GetName() + "/taskGroups/group0/tasks/0"})
+	task, err := c.GetTask(ctx, &batchpb.GetTaskRequest{Name: got.GetName() + "/taskGroups/group0/tasks/0"})
 	if err != nil {
 		t.Fatal(err)
 	}
