@@ -68,11 +68,12 @@ func (m *MountPoint) readSpan(ctx context.Context, n *node, i int, pos, stop, st
 	reader := prio == prioBlocked
 	if reader {
 		m.profile.recordSpan(n.layer, i)
-		if !m.opts.NoPrefetch && !m.cached(n.layer, i) {
-			m.fetchFileTail(n, i)
-		}
 	}
-	e, missed, err := m.span(ctx, n.layer, i, prio)
+	var onMiss func()
+	if reader && !m.opts.NoPrefetch {
+		onMiss = func() { m.fetchFileTail(n, i) }
+	}
+	e, missed, err := m.spanOr(ctx, n.layer, i, prio, onMiss)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -202,6 +203,12 @@ const (
 // many readers want it (cache.Fill shares one fill among its callers). It
 // reports whether the span was missing.
 func (m *MountPoint) span(ctx context.Context, l, s int, prio priority) (*cache.Entry, bool, error) {
+	return m.spanOr(ctx, l, s, prio, nil)
+}
+
+// spanOr is span calling onMiss (if not nil) when the span is missing,
+// before waiting for it.
+func (m *MountPoint) spanOr(ctx context.Context, l, s int, prio priority, onMiss func()) (*cache.Entry, bool, error) {
 	key := cache.SpanKey(m.img.Layers[l].Digest(), s)
 	if e, err := m.cache.Get(ctx, key); err == nil {
 		m.metrics.hits.Inc()
@@ -211,6 +218,9 @@ func (m *MountPoint) span(ctx context.Context, l, s int, prio priority) (*cache.
 		return e, false, nil
 	}
 	m.metrics.misses.Inc()
+	if onMiss != nil {
+		onMiss()
+	}
 	e, err := m.cache.Fill(ctx, key, m.spans[l][s].Size, func(ctx context.Context, w io.Writer) error {
 		// A prefetch pack about to deliver the span saves fetching it twice.
 		data := m.waitPack(ctx, l, s)
