@@ -183,6 +183,47 @@ func (b *Blob) readRange(ctx context.Context, p []byte, off int64) (int, error) 
 	return got, nil
 }
 
+// OpenRange opens one ranged GET for the n bytes at off and returns its
+// body, for a caller that reads them in pieces as they arrive (a layer's
+// background stream reading many chunks with one request). Unlike ReadAt
+// it neither retries nor resumes: a cut body is an error the caller
+// handles, with ReadAt for example. Under WithReceiveWindow the request
+// gets a connection of its own with that receive buffer.
+func (b *Blob) OpenRange(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	if off < 0 || n <= 0 || off+n > b.size {
+		return nil, fmt.Errorf("remote: blob %s: range [%d, +%d) is outside its %d bytes", b.digest, off, n, b.size)
+	}
+	last := off + n - 1
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, last))
+	b.c.stats.rangeReads.Add(1)
+	resp, err := b.hc.Do(receiveWindow(req))
+	if err != nil {
+		return nil, fmt.Errorf("remote: blob %s: %w", b.digest, err)
+	}
+	switch resp.StatusCode {
+	case http.StatusPartialContent:
+	case http.StatusOK:
+		resp.Body.Close()
+		return nil, fmt.Errorf("%w: GET %s with Range bytes=%d-%d (from %s)", ErrRangeNotSupported, b.repo, off, last, resp.Request.URL.Host)
+	default:
+		defer resp.Body.Close()
+		return nil, fmt.Errorf("remote: blob %s: %w", b.digest, explain(transport.CheckError(resp, http.StatusPartialContent), b.repo.RegistryStr()))
+	}
+	start, end, total, err := parseContentRange(resp.Header.Get("Content-Range"))
+	if err == nil && (start != off || end != last || (total >= 0 && total != b.size)) {
+		err = fmt.Errorf("asked for bytes %d-%d of %d, the registry sent %d-%d/%d", off, last, b.size, start, end, total)
+	}
+	if err != nil {
+		resp.Body.Close()
+		return nil, fmt.Errorf("remote: blob %s: %w", b.digest, err)
+	}
+	return resp.Body, nil
+}
+
 // bodyCutError marks a response body that ended early.
 type bodyCutError struct{ err error }
 

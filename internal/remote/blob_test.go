@@ -200,6 +200,51 @@ func TestBlobZeroLength(t *testing.T) {
 	rc.Close()
 }
 
+// OpenRange hands over the body of one ranged GET: exactly the bytes asked
+// for, read in pieces; a range outside the blob is refused before any
+// request.
+func TestBlobOpenRange(t *testing.T) {
+	r := startRegistry(t, registry.Options{}, nil)
+	c := newClient(remote.Options{})
+	ctx := context.Background()
+	_, want, dgst := pushedLayer(t, c, r.host, "p/r/img")
+	size := int64(len(want))
+	b, err := c.Blob(ctx, r.host+"/p/r/img", dgst, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, rg := range [][2]int64{{0, size}, {1, 1}, {size / 3, size / 2}, {size - 7, 7}} {
+		rc, err := b.OpenRange(ctx, rg[0], rg[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		p := make([]byte, 4096)
+		for {
+			n, err := rc.Read(p)
+			got = append(got, p[:n]...)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		rc.Close()
+		if !bytes.Equal(got, want[rg[0]:rg[0]+rg[1]]) {
+			t.Errorf("OpenRange(%d, %d): %d bytes, not the blob's", rg[0], rg[1], len(got))
+		}
+	}
+	for _, rg := range [][2]int64{{-1, 2}, {0, 0}, {size - 1, 2}} {
+		if rc, err := b.OpenRange(ctx, rg[0], rg[1]); err == nil || !strings.Contains(err.Error(), "outside") {
+			if rc != nil {
+				rc.Close()
+			}
+			t.Errorf("OpenRange(%d, %d) = %v, want an error naming the range", rg[0], rg[1], err)
+		}
+	}
+}
+
 func TestRangeIgnored(t *testing.T) {
 	r := startRegistry(t, registry.Options{}, func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
@@ -224,6 +269,9 @@ func TestRangeIgnored(t *testing.T) {
 	// The client must not have read the whole blob to find out.
 	if got := c.Stats().BytesFetched - before; got > int64(len(want))/2 {
 		t.Errorf("read %d bytes of a %d-byte blob before giving up", got, len(want))
+	}
+	if _, err := b.OpenRange(context.Background(), 1000, 100); !errors.Is(err, remote.ErrRangeNotSupported) {
+		t.Errorf("OpenRange: err = %v, want ErrRangeNotSupported", err)
 	}
 	// Asking for the whole blob is still fine: 200 is the right answer.
 	all := make([]byte, len(want))

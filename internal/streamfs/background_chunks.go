@@ -11,6 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/riffle-dev/riffle/internal/cache"
+	"github.com/riffle-dev/riffle/internal/remote"
 )
 
 // A layer whose index addresses its blob span by span (tar, gzip, zstd)
@@ -23,6 +24,14 @@ import (
 // cache is copied from there, neither fetched nor decoded again. Every
 // chunk is verified against the span digests as a span fetch is; the
 // store checks the diffID of the whole stream, as always.
+
+// Chunks are fetched with one request per run of uncached spans where the
+// layer can (spanRunStreamer): a reader goroutine reads each chunk's
+// compressed bytes from the run's body as they arrive and hands the chunk
+// to the workers to decode. With a request per chunk the link sat idle a
+// round trip between chunks: one big layer at 100 Mbit/s and 60 ms had a
+// single chunk on the wire a third of the time (the other worker
+// decoding), and streamed at 10.7 MB/s where the full pull took 12.2.
 
 // spanRunFetcher is a Layer that can fetch a run of consecutive spans with
 // one request (indexLayer).
@@ -40,6 +49,23 @@ type spanRunFetcher interface {
 	StreamsBySpans() bool
 }
 
+// spanRunStreamer is a spanRunFetcher that can also open one request for
+// many chunks and decode each chunk from its part of the body
+// (indexLayer).
+type spanRunStreamer interface {
+	spanRunFetcher
+	// SpanRange is the blob range [off, off+n) spans [first, end) are
+	// fetched from; consecutive runs may share a byte.
+	SpanRange(first, end int) (off, n int64, err error)
+	// OpenRange opens one request for the blob bytes [off, off+n).
+	OpenRange(ctx context.Context, off, n int64) (io.ReadCloser, error)
+	// SpanWindow is the window decoding from span first needs, if any.
+	SpanWindow(ctx context.Context, first int) ([]byte, error)
+	// DecodeSpans decodes and verifies spans [first, end) from wire, their
+	// SpanRange bytes, working in out when it has room.
+	DecodeSpans(first, end int, window, wire, out []byte) ([][]byte, error)
+}
+
 const (
 	// chunkBytes is about how many compressed bytes one chunk request
 	// fetches: big enough that the round trip is small beside the
@@ -52,6 +78,14 @@ const (
 	// it bounds the decoded data held in memory to about
 	// chunkDepth*chunkBytes times the compression ratio.
 	chunkDepth = 3
+	// maxRunBytes bounds the compressed bytes one run request asks for.
+	maxRunBytes = 64 << 20
+	// maxRunSkip is how many bytes of a run a chunk may start past where
+	// the last one ended (spans readers fetched meanwhile) for the reader
+	// to read and drop them rather than open a new request: the link
+	// carries them anyway, and a new request costs a round trip and the
+	// old one's receive window.
+	maxRunSkip = 2 << 20
 )
 
 // chunk is a run of spans [first, end) of the layer stream: in the cache
@@ -63,6 +97,13 @@ type chunk struct {
 	buf        *[]byte // the spans' memory (chunkedLayer.getBuf)
 	err        error
 	done       chan struct{} // closed once spans or err is set
+
+	// Set by the run reader: the chunk's compressed bytes, in buf, and
+	// its window, set before winDone is closed.
+	wire    []byte
+	win     []byte
+	winErr  error
+	winDone chan struct{}
 }
 
 // chunkedLayer reads a layer's uncompressed stream chunk by chunk.
@@ -92,8 +133,15 @@ func (m *MountPoint) openChunked(ctx context.Context, l *bgLayer, f spanRunFetch
 	jobs := make(chan *chunk)
 	c.wg.Add(1 + chunkWorkers)
 	go c.plan(jobs)
+	work := jobs
+	rs, _ := f.(spanRunStreamer)
+	if rs != nil {
+		work = make(chan *chunk)
+		c.wg.Add(1)
+		go c.read(rs, jobs, work)
+	}
 	for range chunkWorkers {
-		go c.work(jobs)
+		go c.work(rs, work)
 	}
 	return c
 }
@@ -139,16 +187,183 @@ func (c *chunkedLayer) plan(jobs chan<- *chunk) {
 	}
 }
 
-// work fetches and decodes chunks, at background CPU priority, each once
-// no read is blocked on the link.
-func (c *chunkedLayer) work(jobs <-chan *chunk) {
+// work decodes the chunks the run reader read, and fetches and decodes
+// the others (and those whose run data failed), at background CPU
+// priority, each fetch once no read is blocked on the link.
+func (c *chunkedLayer) work(rs spanRunStreamer, jobs <-chan *chunk) {
 	defer c.wg.Done()
 	t := lowerThreadPriority()
 	for ch := range jobs {
 		t.follow(c.m)
-		ch.err = c.fetch(ch)
+		if ch.wire != nil {
+			ch.err = c.decode(rs, ch)
+			ch.wire, ch.win = nil, nil
+			if ch.err != nil && c.ctx.Err() == nil {
+				ch.err = c.fetch(ch)
+			}
+		} else {
+			ch.err = c.fetch(ch)
+		}
 		close(ch.done)
 	}
+}
+
+// decode decodes a chunk the run reader read.
+func (c *chunkedLayer) decode(rs spanRunStreamer, ch *chunk) error {
+	select {
+	case <-ch.winDone:
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	}
+	if ch.winErr != nil {
+		return ch.winErr
+	}
+	var err error
+	ch.spans, err = rs.DecodeSpans(ch.first, ch.end, ch.win, ch.wire, (*ch.buf)[len(ch.wire):cap(*ch.buf)])
+	if errors.Is(err, ErrCorrupt) {
+		c.m.metrics.corrupt.Inc()
+	}
+	return err
+}
+
+// read passes the planned chunks on to the workers, reading the compressed
+// bytes of each it may fetch freely (chunksFree) from one request per run
+// of uncached spans. Chunks that take turns while readers are busy are
+// left to the workers to fetch with a request each: a run's request would
+// keep taking the link between turns.
+func (c *chunkedLayer) read(rs spanRunStreamer, jobs <-chan *chunk, work chan<- *chunk) {
+	defer c.wg.Done()
+	defer close(work)
+	var r run
+	defer r.close()
+	for ch := range jobs {
+		if c.m.chunksFree(c.l) {
+			if err := c.readRun(rs, &r, ch); err != nil {
+				// The workers fetch it by range, with retries.
+				r.close()
+				ch.wire = nil
+				if c.ctx.Err() == nil {
+					c.m.log.Debug("streamfs: reading a chunk from its run failed; fetching it alone", "layer", c.m.img.Layers[c.l.idx].Digest(), "spans", fmt.Sprintf("[%d, %d)", ch.first, ch.end), "err", err)
+				}
+			}
+		} else {
+			r.close()
+		}
+		select {
+		case work <- ch:
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+// readRun reads chunk ch's compressed bytes from run r, opening a new run
+// at ch when r does not reach it, and starts fetching its window.
+func (c *chunkedLayer) readRun(rs spanRunStreamer, r *run, ch *chunk) error {
+	off, n, err := rs.SpanRange(ch.first, ch.end)
+	if err != nil {
+		return err
+	}
+	if err := c.m.pauseForReads(c.ctx, c.l); err != nil {
+		return err
+	}
+	if !r.covers(off, n) {
+		r.close()
+		if err := c.openRun(rs, r, ch.first); err != nil {
+			return err
+		}
+	}
+	ch.winDone = make(chan struct{})
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer close(ch.winDone)
+		ch.win, ch.winErr = rs.SpanWindow(c.ctx, ch.first)
+	}()
+	if ch.buf == nil {
+		ch.buf = c.getBuf(c.f.FetchSpansSize(ch.first, ch.end))
+	}
+	wire := (*ch.buf)[:n]
+	skipped, err := r.read(wire, off)
+	c.l.wire.Add(skipped)
+	c.m.metrics.bgWire.Add(float64(skipped))
+	if err != nil {
+		<-ch.winDone
+		return err
+	}
+	c.l.wire.Add(n)
+	c.m.metrics.bgWire.Add(float64(n))
+	c.m.metrics.bgChunks.Inc()
+	ch.wire = wire
+	return nil
+}
+
+// openRun opens a run at span first, up to the next span in the cache (or
+// maxRunBytes).
+func (c *chunkedLayer) openRun(rs spanRunStreamer, r *run, first int) error {
+	n := len(c.m.spans[c.l.idx])
+	var size int64
+	end := first
+	for end < n && (end == first || !c.cached(end)) && size < maxRunBytes {
+		size += c.f.SpanWireSize(end)
+		end++
+	}
+	off, length, err := rs.SpanRange(first, end)
+	if err != nil {
+		return err
+	}
+	body, err := rs.OpenRange(remote.WithReceiveWindow(c.ctx, streamWindow), off, length)
+	if err != nil {
+		return err
+	}
+	*r = run{body: body, pos: off, end: off + length}
+	c.m.metrics.bgRuns.Inc()
+	return nil
+}
+
+// run is one open request for a layer's blob bytes [pos, end), read
+// chunk by chunk.
+type run struct {
+	body     io.ReadCloser
+	pos, end int64
+	tail     [8]byte // the last bytes before pos (consecutive chunks may share a byte)
+	ntail    int
+}
+
+// covers reports whether the chunk at blob range [off, off+n) can be read
+// from r.
+func (r *run) covers(off, n int64) bool {
+	return r.body != nil && off >= r.pos-int64(r.ntail) && off <= r.pos+maxRunSkip && off+n <= r.end
+}
+
+// read fills p with the blob bytes at off (covers said yes), dropping the
+// bytes before off, and returns how many it dropped.
+func (r *run) read(p []byte, off int64) (skipped int64, err error) {
+	if off > r.pos {
+		skipped, err = io.CopyN(io.Discard, r.body, off-r.pos)
+		r.pos += skipped
+		if err != nil {
+			return skipped, err
+		}
+	}
+	q := p
+	if off < r.pos {
+		q = p[copy(p, r.tail[r.ntail-int(r.pos-off):r.ntail]):]
+	}
+	k, err := io.ReadFull(r.body, q)
+	r.pos += int64(k)
+	if err != nil {
+		return skipped, err
+	}
+	r.ntail = copy(r.tail[:], p[max(0, len(p)-len(r.tail)):])
+	return skipped, nil
+}
+
+func (r *run) close() {
+	if r.body != nil {
+		r.body.Close()
+	}
+	*r = run{}
 }
 
 func (c *chunkedLayer) fetch(ch *chunk) error {
@@ -296,10 +511,9 @@ func (m *MountPoint) chunkTurn(ctx context.Context, l *bgLayer) (release func(),
 	// A read waiting for a stream ends any wait for a turn: the chunk it
 	// needs may be this one (a shell waited 0.4 s for its first chunk,
 	// queued behind the turns of other layers' chunks).
-	free := func() bool { return !m.readersBusy() || m.following() || m.walking() || l.waiters.Load() > 0 }
 	for {
 		waited := b.waitedCh()
-		if free() {
+		if m.turnsFree(l) {
 			return func() {}, nil
 		}
 		select {
@@ -333,6 +547,27 @@ func (m *MountPoint) chunkTurn(ctx context.Context, l *bgLayer) (release func(),
 			})
 		}, nil
 	}
+}
+
+// turnsFree reports whether layer l's chunks start without taking turns:
+// the mount's readers are not busy, or follow the streams, or walk the
+// image, or a read waits for l's stream.
+func (m *MountPoint) turnsFree(l *bgLayer) bool {
+	return !m.readersBusy() || m.following() || m.walking() || l.waiters.Load() > 0
+}
+
+// chunksFree reports whether layer l's chunks may be fetched at once now,
+// as chunkTurn would let them: after the packs, without turns.
+func (m *MountPoint) chunksFree(l *bgLayer) bool {
+	if l.waiters.Load() > 0 {
+		return true
+	}
+	select {
+	case <-m.packsDone:
+	default:
+		return false
+	}
+	return m.turnsFree(l)
 }
 
 // Read implements io.Reader for the store.

@@ -331,3 +331,64 @@ func TestTurnGap(t *testing.T) {
 		}
 	}
 }
+
+// runImage pushes an image of one gzip layer, 64 KiB spans: a small file
+// and size bytes of random data (incompressible: about size/chunkBytes
+// chunks).
+func runImage(t *testing.T, r *testRegistry, size int64) (streamfs.Image, fstree.Tree) {
+	t.Helper()
+	spec := imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{
+		{Type: imagegen.File, Name: "head.txt", Data: []byte("head\n")},
+		{Type: imagegen.File, Name: "big.bin", Size: size, Seed: 7, Fill: imagegen.Random},
+	}}}}.Docker()
+	simg, want, _ := bgImageSize(t, r, spec)
+	return simg, want
+}
+
+// A layer's chunks are read from one request per run of spans, not one
+// request each: a request per chunk left the link idle a round trip
+// between chunks. Chunks fetched while the task is busy (the first second
+// after mounting) still take turns with a request each.
+func TestChunksReadFromRuns(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, want := runImage(t, r, 24<<20)
+	before := r.rangeRequests.Load()
+	store := newStore(t)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: store, NoPrefetch: true})
+	waitComplete(t, m)
+	st := m.Stats()
+	requests := r.rangeRequests.Load() - before
+	if st.BackgroundRuns == 0 || requests > st.BackgroundChunks/2 {
+		t.Errorf("%d chunks took %d range requests (%d runs); want at most half as many", st.BackgroundChunks, requests, st.BackgroundRuns)
+	}
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error(d)
+	}
+	if !store.Has(simg.DiffIDs[0]) {
+		t.Error("the layer is not in the store")
+	}
+}
+
+// A run whose body is cut midway costs nothing but its request: the chunk
+// it was reading is fetched alone by range, the stream goes on, and the
+// layer completes with the full pull's tree.
+func TestRunCutFetchesChunkAlone(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, want := runImage(t, r, 12<<20)
+	r.cutRange.Store(3 << 20) // chunks (about 1 MiB) pass, runs do not
+	store := newStore(t)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: store, NoPrefetch: true})
+	waitComplete(t, m)
+	if r.cuts.Load() == 0 {
+		t.Fatal("no run was cut")
+	}
+	st := m.Stats()
+	if st.BackgroundErrors != 0 || st.Corrupt != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error(d)
+	}
+}

@@ -47,9 +47,12 @@
 // streams every layer whole in the background, a few layers at once, and
 // the store extracts it, checking the layer's diffID. A layer whose index
 // addresses its blob span by span (tar, gzip, zstd) streams in chunks: runs
-// of about 1 MiB of spans fetched by range and decoded by two workers at
-// once from their checkpoints (two cores on one big layer, verified
-// against the span digests), put back in order; spans already in the node
+// of about 1 MiB of spans decoded by two workers at once from their
+// checkpoints (two cores on one big layer, verified against the span
+// digests), put back in order. The chunks' compressed bytes come from one
+// ranged GET per run of uncached spans, read as they arrive, so the link
+// does not idle a round trip per chunk; while the task is busy, chunks take
+// turns with a GET each instead. Spans already in the node
 // cache (read by the task, or from a pack) are copied from there instead,
 // so nothing is fetched or decoded twice and a warm node settles without
 // the registry. Chunk memory lives outside the Go heap and is reused.

@@ -41,6 +41,8 @@ type testRegistry struct {
 	rangeRequests atomic.Int64
 	corrupt       atomic.Int64 // ranged blob responses still to corrupt
 	stall         atomic.Bool  // hold ranged blob GETs until the client gives up
+	cutRange      atomic.Int64 // when > 0, cut ranged blob responses after this many bytes
+	cuts          atomic.Int64 // ranged responses cut so
 
 	streamBytes   atomic.Int64           // body bytes of whole-blob GETs
 	corruptStream atomic.Bool            // flip a byte near the start of whole-blob GETs
@@ -123,7 +125,7 @@ func (r *testRegistry) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 			<-req.Context().Done()
 			return
 		}
-		cw := &countingWriter{ResponseWriter: w, n: &r.rangeBytes}
+		cw := &countingWriter{ResponseWriter: w, n: &r.rangeBytes, cutAfter: r.cutRange.Load(), cuts: &r.cuts}
 		if r.corrupt.Load() > 0 && r.corrupt.Add(-1) >= 0 {
 			cw.flip = true
 		}
@@ -138,6 +140,10 @@ type countingWriter struct {
 	flip    bool
 	flipped bool
 	at      int // byte of the first write to flip; 0: its middle
+	// cutAfter > 0 ends the response (and its connection) after that many
+	// body bytes, counting it in cuts.
+	cutAfter, sent int64
+	cuts           *atomic.Int64
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {
@@ -151,8 +157,20 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 		p = q
 		c.flipped = true
 	}
+	cut := c.cutAfter > 0 && c.sent+int64(len(p)) > c.cutAfter
+	if cut {
+		p = p[:c.cutAfter-c.sent]
+	}
 	n, err := c.ResponseWriter.Write(p)
 	c.n.Add(int64(n))
+	c.sent += int64(n)
+	if cut {
+		c.cuts.Add(1)
+		if f, ok := c.ResponseWriter.(http.Flusher); ok {
+			f.Flush()
+		}
+		panic(http.ErrAbortHandler)
+	}
 	return n, err
 }
 

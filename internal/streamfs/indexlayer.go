@@ -214,14 +214,21 @@ func (l *indexLayer) FetchSpans(ctx context.Context, first, end int, buf []byte,
 	if err != nil {
 		return nil, int64(got), err
 	}
-	spans, err := l.x.DecodeWindow(plan, win, wire, out)
+	spans, err := l.decode(plan, win, wire, out)
 	if err != nil {
-		if errors.Is(err, index.ErrCorrupt) {
-			return nil, int64(got), fmt.Errorf("%w: %w", ErrCorrupt, err)
-		}
 		return nil, int64(got), err
 	}
 	return spans, int64(got), nil
+}
+
+// decode decodes plan from its blob bytes wire, marking corrupt data
+// ErrCorrupt.
+func (l *indexLayer) decode(plan index.Plan, window, wire, out []byte) ([][]byte, error) {
+	spans, err := l.x.DecodeWindow(plan, window, wire, out)
+	if errors.Is(err, index.ErrCorrupt) {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return spans, err
 }
 
 // FetchSpansSize is the buffer FetchSpans needs to allocate nothing.
@@ -231,6 +238,46 @@ func (l *indexLayer) FetchSpansSize(first, end int) int64 {
 		return 0
 	}
 	return plan.Length + l.x.DecodeSize(plan)
+}
+
+// rangeOpener is a BlobReader that can also open one request for a range
+// and hand over its body as it arrives (*remote.Blob).
+type rangeOpener interface {
+	OpenRange(ctx context.Context, off, n int64) (io.ReadCloser, error)
+}
+
+// SpanRange is the blob range [off, off+n) that spans [first, end) are
+// fetched from (consecutive runs may share a byte; see index.Plan).
+func (l *indexLayer) SpanRange(first, end int) (off, n int64, err error) {
+	plan, err := l.x.PlanSpans(first, end)
+	return plan.Offset, plan.Length, err
+}
+
+// OpenRange opens one request for the blob bytes [off, off+n), or fails
+// when the blob reader cannot.
+func (l *indexLayer) OpenRange(ctx context.Context, off, n int64) (io.ReadCloser, error) {
+	ro, ok := l.blob.(rangeOpener)
+	if !ok {
+		return nil, fmt.Errorf("streamfs: layer %s: the blob reader cannot open ranges", l.x.BlobDigest)
+	}
+	return ro.OpenRange(ctx, off, n)
+}
+
+// SpanWindow is the stored window that decoding from span first needs
+// (nil when it needs none).
+func (l *indexLayer) SpanWindow(ctx context.Context, first int) ([]byte, error) {
+	return l.window(ctx, first)
+}
+
+// DecodeSpans decodes and verifies spans [first, end) from wire, the
+// blob bytes SpanRange names, with window from SpanWindow; with room in
+// out it works there, and the spans alias it.
+func (l *indexLayer) DecodeSpans(first, end int, window, wire, out []byte) ([][]byte, error) {
+	plan, err := l.x.PlanSpans(first, end)
+	if err != nil {
+		return nil, err
+	}
+	return l.decode(plan, window, wire, out)
 }
 
 // StreamsBySpans reports whether the spans, in order, are the layer's tar

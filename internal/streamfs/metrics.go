@@ -9,6 +9,7 @@ type metrics struct {
 	bytes, spans, hits, misses, errors, corrupt, passthrough prometheus.Counter
 	spanWire, bgWire, bgBytes, bgCached, bgFiles, bgErrors   prometheus.Counter
 	pauses, streamWaits, localOpens, localReads, bgChunks    prometheus.Counter
+	bgRuns                                                   prometheus.Counter
 	profileSpans, profileBytes, profileHits                  prometheus.Counter
 	hintSpans                                                prometheus.Counter
 	packs, packSpans, packBytes, packWire, packWaits         prometheus.Counter
@@ -31,7 +32,8 @@ func newMetrics(dir, image string) *metrics {
 		bgCached:     counter("background_cached_bytes_total", "Uncompressed bytes of layer streams read from spans in the node cache instead of the registry (part of background_bytes_total)."),
 		bgFiles:      counter("background_files_total", "Files the background streams made local (extracted and checked)."),
 		bgErrors:     counter("background_errors_total", "Layer streams that failed (their files stay on demand)."),
-		bgChunks:     counter("background_chunks_total", "Ranged GETs of runs of spans the background layer streams made (layers streamed in chunks)."),
+		bgChunks:     counter("background_chunks_total", "Chunks (runs of spans) the background layer streams fetched, by a ranged GET each or from a run's (layers streamed in chunks)."),
+		bgRuns:       counter("background_runs_total", "Ranged GETs the background layer streams read many chunks from."),
 		pauses:       counter("background_pauses_total", "Times a background stream stopped reading to leave the link to blocked reads."),
 		streamWaits:  counter("stream_waits_total", "Reads that waited for a background stream about to reach their file."),
 		localOpens:   counter("local_opens_total", "Opens of files served from the layer store."),
@@ -61,7 +63,7 @@ func newMetrics(dir, image string) *metrics {
 	m.all = []prometheus.Collector{
 		m.bytes, m.spans, m.hits, m.misses, m.errors, m.corrupt, m.passthrough,
 		m.spanWire, m.bgWire, m.bgBytes, m.bgCached, m.bgFiles, m.bgErrors,
-		m.pauses, m.streamWaits, m.localOpens, m.localReads, m.bgChunks,
+		m.pauses, m.streamWaits, m.localOpens, m.localReads, m.bgChunks, m.bgRuns,
 		m.profileSpans, m.profileBytes, m.profileHits, m.hintSpans,
 		m.packs, m.packSpans, m.packBytes, m.packWire, m.packWaits, m.latency,
 	}
@@ -117,9 +119,11 @@ type Stats struct {
 	// BackgroundFiles counts files the layer streams made local;
 	// BackgroundErrors layer streams that failed.
 	BackgroundFiles, BackgroundErrors int64
-	// BackgroundChunks counts the ranged GETs of layers streamed in
-	// chunks of spans (the rest stream with one GET each).
-	BackgroundChunks int64
+	// BackgroundChunks counts the chunks (runs of spans) fetched for
+	// layers streamed in chunks (the rest stream with one GET each);
+	// BackgroundRuns the ranged GETs many chunks were read from. Chunks
+	// not read from a run were fetched with a GET each.
+	BackgroundChunks, BackgroundRuns int64
 	// BackgroundPauses counts times a stream stopped reading for blocked
 	// reads; StreamWaits reads that waited for a stream instead of
 	// fetching spans.
@@ -166,6 +170,7 @@ func (m *MountPoint) Stats() Stats {
 		BackgroundFiles:       v(mt.bgFiles),
 		BackgroundErrors:      v(mt.bgErrors),
 		BackgroundChunks:      v(mt.bgChunks),
+		BackgroundRuns:        v(mt.bgRuns),
 		BackgroundPauses:      v(mt.pauses),
 		StreamWaits:           v(mt.streamWaits),
 		LocalOpens:            v(mt.localOpens),
