@@ -214,6 +214,7 @@ func (f *fsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 	if f.n.size == 0 {
 		return h, cachedFlags, 0
 	}
+	f.m.fetchOpenTail(f.n)
 	if f.m.opts.NoPassthrough {
 		return h, cachedFlags, 0
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"path"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -162,24 +163,25 @@ func TestMissAhead(t *testing.T) {
 
 // TestFileTailFetchedBesideBlockedRead: a read that blocks on the first
 // span of a file whose rest lies in the next span has that span fetched
-// at the same time, not one round trip later.
+// at the same time, not one round trip later. (data.bin is no library:
+// opening one fetches its end by itself, TestOpenFetchesLibraryTail.)
 func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
 	testutil.RequiresRoot(t)
 	const spanSize = 1 << 20
 	r := newTestRegistry(t)
 	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{
-		{Type: imagegen.File, Name: "lib.so", Size: spanSize + spanSize/2, Seed: 7, Fill: imagegen.Random},
+		{Type: imagegen.File, Name: "data.bin", Size: spanSize + spanSize/2, Seed: 7, Fill: imagegen.Random},
 	}}}}, "test/filetail")
 	img := r.open(t, ref, spanSize)
 	var lib streamfs.Entry
 	for _, e := range img.Layers[0].Entries() {
-		if e.Name == "lib.so" {
+		if e.Name == "data.bin" {
 			lib = e
 		}
 	}
 	spans := img.Layers[0].Spans()
 	if len(spans) < 2 || lib.Offset >= spans[1].Offset || lib.Offset+lib.Size <= spans[1].Offset {
-		t.Fatalf("lib.so [%d, +%d) does not cross from span 0 into span 1: %+v", lib.Offset, lib.Size, spans)
+		t.Fatalf("data.bin [%d, +%d) does not cross from span 0 into span 1: %+v", lib.Offset, lib.Size, spans)
 	}
 
 	// Every range request waits until released; count those waiting.
@@ -201,7 +203,7 @@ func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() {
-		f, err := os.Open(filepath.Join(dir, "lib.so"))
+		f, err := os.Open(filepath.Join(dir, "data.bin"))
 		if err != nil {
 			done <- err
 			return
@@ -221,8 +223,82 @@ func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	b, err := os.ReadFile(filepath.Join(dir, "lib.so"))
+	b, err := os.ReadFile(filepath.Join(dir, "data.bin"))
 	if err != nil || int64(len(b)) != lib.Size {
-		t.Fatalf("read lib.so: %d bytes, %v", len(b), err)
+		t.Fatalf("read data.bin: %d bytes, %v", len(b), err)
+	}
+}
+
+// TestOpenFetchesLibraryTail: opening a shared library of more than one
+// span fetches its last spans (where a loader goes right after the
+// header: the data segment) before anything is read, all of them, not
+// only as many as there are prefetchers; opening another file fetches
+// nothing.
+func TestOpenFetchesLibraryTail(t *testing.T) {
+	testutil.RequiresRoot(t)
+	const spanSize = 256 << 10
+	r := newTestRegistry(t)
+	file := func(name string, seed uint64) imagegen.Layer {
+		return imagegen.Layer{Entries: []imagegen.Entry{
+			{Type: imagegen.Dir, Name: "usr/lib", Mode: 0o755},
+			{Type: imagegen.File, Name: name, Size: 4 * spanSize, Seed: seed, Fill: imagegen.Random},
+		}}
+	}
+	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{
+		file("usr/lib/data.bin", 1), file("usr/lib/libbig.so.1", 2),
+	}}, "test/opentail")
+	img := r.open(t, ref, spanSize)
+	lib := img.Layers[1]
+
+	// Every range request waits until released; record the layers asked.
+	hold := make(chan struct{})
+	var release sync.Once
+	open := func() { release.Do(func() { close(hold) }) }
+	var mu sync.Mutex
+	asked := map[string]int{}
+	onReq := func(req *http.Request) {
+		mu.Lock()
+		asked[path.Base(req.URL.Path)]++
+		mu.Unlock()
+		select {
+		case <-hold:
+		case <-req.Context().Done():
+		}
+	}
+	r.onRangeReq.Store(&onReq)
+	_, dir := mount(t, img, streamfs.Options{Cache: newCache(t), Prefetchers: 1, NoPassthrough: true})
+	t.Cleanup(open) // before the unmount
+
+	for _, name := range []string{"usr/lib/data.bin", "usr/lib/libbig.so.1"} {
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+	}
+	// The library spans 4 or 5 spans of its layer (after the tar header):
+	// all but the first are within the last 2 MiB.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		mu.Lock()
+		n := asked[lib.Digest().String()]
+		mu.Unlock()
+		if n >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d range requests for the library's layer after opening it; want its last spans", n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	mu.Lock()
+	if n := asked[img.Layers[0].Digest().String()]; n != 0 {
+		t.Errorf("opening data.bin made %d range requests", n)
+	}
+	mu.Unlock()
+	open()
+	b, err := os.ReadFile(filepath.Join(dir, "usr/lib/libbig.so.1"))
+	if err != nil || len(b) != 4*spanSize {
+		t.Fatalf("read the library: %d bytes, %v", len(b), err)
 	}
 }
