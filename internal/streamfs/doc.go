@@ -38,8 +38,10 @@
 // readers have missed a few times, every miss fetches the next
 // Options.MissAhead spans of its layer. A read that blocks on a span of a
 // file whose rest lies within the next span fetches that rest at the same
-// time. While a layer's prefetch pack is coming, none of these guesses is
-// made for it.
+// time. Opening a shared library or an executable of more than one span
+// fetches its last 2 MiB (the data segment a loader relocates right after
+// reading the header). While a layer's prefetch pack is coming, none of
+// these guesses is made for it.
 //
 // # Background streams into the layer store
 //
