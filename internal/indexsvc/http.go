@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -127,6 +128,17 @@ func httpError(w http.ResponseWriter, code int, format string, args ...any) {
 	json.NewEncoder(w).Encode(map[string]any{"error": map[string]any{"code": code, "message": fmt.Sprintf(format, args...)}})
 }
 
+// HeaderLayerData, on a detached index from a riffle serve, says whether
+// the caller may also read the layer's windows (LayerDataAllowed or
+// LayerDataDenied), for the ?repository= it named: its token may read
+// the index of any layer, but the windows (layer data) only of layers in
+// its projects' repositories.
+const (
+	HeaderLayerData  = "Riffle-Layer-Data"
+	LayerDataAllowed = "allowed"
+	LayerDataDenied  = "denied"
+)
+
 // HTTPSource reads layer indexes from a Riffle index service. It implements
 // streamfs.IndexSource for nodes that are not the server.
 type HTTPSource struct {
@@ -140,9 +152,16 @@ type HTTPSource struct {
 var _ streamfs.IndexSource = HTTPSource{}
 
 // LayerIndex fetches and validates the index of desc, detached (see
-// Window): the node fetches the window of a span only when it reads it.
-func (h HTTPSource) LayerIndex(ctx context.Context, _ string, desc ocispec.Descriptor) (*index.Index, error) {
-	resp, err := h.get(ctx, "/index/v1/layers/"+desc.Digest.String()+"?windows=detached")
+// Window): the node fetches the window of a span only when it reads it,
+// from repository repo. A service that says the caller may not read
+// those windows (HeaderLayerData) gives no index: ErrNoIndex, so that
+// the node finds one elsewhere (or builds it, or pulls the image).
+func (h HTTPSource) LayerIndex(ctx context.Context, repo string, desc ocispec.Descriptor) (*index.Index, error) {
+	p := "/index/v1/layers/" + desc.Digest.String() + "?windows=detached"
+	if repo != "" {
+		p += "&repository=" + url.QueryEscape(repo)
+	}
+	resp, err := h.get(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -152,6 +171,9 @@ func (h HTTPSource) LayerIndex(ctx context.Context, _ string, desc ocispec.Descr
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, statusError(resp)
+	}
+	if resp.Header.Get(HeaderLayerData) == LayerDataDenied {
+		return nil, fmt.Errorf("indexsvc: layer %s: the index service will not give this token the layer's windows from %q (it needs the viewer role in that repository's project, or in every project for an image on another registry): %w", desc.Digest, repo, streamfs.ErrNoIndex)
 	}
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxIndexBytes+1))
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -209,6 +210,13 @@ func New(opts Options) (*Node, error) {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
+	// Every path below the root is the real one: runc refuses a
+	// container root under a symbolic link ("invalid rootfs").
+	real, err := filepath.EvalSymlinks(opts.Layout.Root)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	opts.Layout.Root = real
 	layers, err := layerstore.Open(opts.Layout.Layers())
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)

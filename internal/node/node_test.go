@@ -111,6 +111,28 @@ func TestNewNeedsAbsoluteRoot(t *testing.T) {
 	}
 }
 
+// A data directory given through a symbolic link is used by its real
+// path: runc refuses a container root under a link ("invalid rootfs: not
+// an absolute path, or a symlink"), which is what riffle run printed.
+func TestRootBehindSymlink(t *testing.T) {
+	real, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "data")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	n, err := node.New(node.Options{Layout: node.Layout{Root: link}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if got, want := n.Layout().Root, real; got != want {
+		t.Errorf("Layout().Root = %s, want the real directory %s", got, want)
+	}
+}
+
 func TestLayoutPaths(t *testing.T) {
 	l := node.Layout{Root: "/data"}
 	seen := map[string]string{}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/riffle-dev/riffle/internal/auth"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
 )
 
 // access is what a request needs: a role in a project, or nothing.
@@ -28,6 +29,12 @@ type access struct {
 	also     []string  // more projects the viewer role is needed in (a registry cross-repository mount)
 	mutating bool      // audited when allowed
 	ping     bool      // the registry's GET /v2/
+	// layerData, for a detached index, is the project whose viewers may
+	// read the layer's windows with the same ?repository=: the answer
+	// goes back in indexsvc.HeaderLayerData, so that a node whose token
+	// may not finds out before it reads (it builds the index itself, or
+	// pulls) instead of failing reads with EIO.
+	layerData string
 }
 
 // guard authenticates and authorizes every HTTP request (everything but
@@ -60,6 +67,13 @@ func (s *Server) guard(next http.Handler) http.Handler {
 		}
 		if a.mutating {
 			s.audit(r.Context(), "allowed", a.api, id, a.project, r.Method, r.URL.Path, "")
+		}
+		if a.layerData != "" {
+			v := indexsvc.LayerDataDenied
+			if auth.Authorize(id, a.layerData, auth.RoleViewer) == nil {
+				v = indexsvc.LayerDataAllowed
+			}
+			w.Header().Set(indexsvc.HeaderLayerData, v)
 		}
 		next.ServeHTTP(w, r.WithContext(auth.WithIdentity(r.Context(), id)))
 	})
@@ -168,10 +182,13 @@ func (s *Server) classify(r *http.Request) (access, error) {
 		// service then checks the layer is a blob of that repository);
 		// any other caller, every project's images (a node's token).
 		return access{api: "index", project: s.layerDataProject(r), need: auth.RoleViewer}, nil
-	case strings.HasPrefix(p, "/index/"):
+	case !write && strings.HasPrefix(p, "/index/v1/layers/"):
 		// Detached layer indexes (file names, sizes and span digests, no
 		// file data) are addressed by digest and belong to no project:
-		// any role anywhere may read them.
+		// any role anywhere may read them. The answer says whether the
+		// caller may read the windows too.
+		return access{api: "index", need: role, layerData: s.layerDataProject(r)}, nil
+	case strings.HasPrefix(p, "/index/"):
 		return access{api: "index", need: role, mutating: write}, nil
 	}
 	return access{api: "other", need: auth.RoleViewer}, nil

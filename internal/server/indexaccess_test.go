@@ -146,6 +146,84 @@ func call(t *testing.T, method, url, tok string, body, out any) *http.Response {
 	return resp
 }
 
+// TestNodeWithoutWindowsBuildsIndex: a node whose index-service token may
+// not read a layer's windows (viewer in p, the image in q) learns so from
+// the detached index (indexsvc.HeaderLayerData) and builds the index
+// itself from the registry, which it may read, instead of failing every
+// read that needs a window with EIO.
+func TestNodeWithoutWindowsBuildsIndex(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ctx, srv, addr := startServerWith(t, server.Config{})
+	admin := adminToken(t, srv)
+	var tok struct {
+		Secret string `json:"secret"`
+	}
+	if resp := call(t, http.MethodPost, "http://"+addr+"/riffle/v1/auth/tokens", admin,
+		map[string]any{"name": "viewer-p", "bindings": []auth.Binding{{Project: "p", Role: auth.RoleViewer}}}, &tok); resp.StatusCode != http.StatusOK {
+		t.Fatalf("creating a token: %s", resp.Status)
+	}
+	data := make([]byte, 3<<20) // three spans; spans 1 and 2 need windows
+	for i := range data {
+		data[i] = byte(i*7 + i>>9)
+	}
+	img, err := imagegen.Build(imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "big", Data: data}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := addr + "/q/r/big:v1"
+	if err := registryClient(admin).Push(ctx, ref, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	if resp := call(t, http.MethodPost, "http://"+addr+"/index/v1/images", admin, map[string]any{"image": ref}, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("indexing %s: %s", ref, resp.Status)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := layers[0].Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ tok, repo, want string }{
+		{tok.Secret, addr + "/q/r/big", indexsvc.LayerDataDenied},
+		{tok.Secret, addr + "/p/r/big", indexsvc.LayerDataAllowed},
+		{tok.Secret, "", indexsvc.LayerDataDenied},
+		{admin, addr + "/q/r/big", indexsvc.LayerDataAllowed},
+		{admin, "", indexsvc.LayerDataAllowed},
+	} {
+		resp := request(t, ctx, http.MethodGet, "http://"+addr+"/index/v1/layers/"+h.String()+"?windows=detached&repository="+c.repo, c.tok, nil)
+		resp.Body.Close()
+		if got := resp.Header.Get(indexsvc.HeaderLayerData); resp.StatusCode != http.StatusOK || got != c.want {
+			t.Errorf("detached index for %q: %s, %s %q; want 200 and %q", c.repo, resp.Status, indexsvc.HeaderLayerData, got, c.want)
+		}
+	}
+
+	n, err := node.New(node.Options{
+		Layout:  node.Layout{Root: t.TempDir()},
+		Indexes: indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(tok.Secret)}},
+		Mount:   streamfs.Options{NoBackground: true}, // every read by range
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	rfs, err := n.Stream(ctx, ref, node.Auth{Username: "admin", Password: admin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rfs.Method != node.MethodStreamed {
+		t.Fatalf("image arrived %s, want streamed", rfs.Method)
+	}
+	got, err := os.ReadFile(filepath.Join(rfs.Lower[0], "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("the streamed file differs from the pushed one")
+	}
+}
+
 // TestNodeUsesAnotherServersIndexService: a riffle serve configured with
 // index.service and index.tokenFile streams an image of the other server
 // with that server's indexes (building none itself) and reports the
