@@ -44,32 +44,10 @@ func TestProjectNodeReadsWindowsOfItsRepository(t *testing.T) {
 	testutil.RequiresRoot(t)
 	ctx, srv, addr := startServerWith(t, server.Config{})
 	admin := adminToken(t, srv)
-	token := func(name, project string) string {
-		var out struct {
-			Secret string `json:"secret"`
-		}
-		resp := call(t, http.MethodPost, "http://"+addr+"/riffle/v1/auth/tokens", admin,
-			map[string]any{"name": name, "bindings": []auth.Binding{{Project: project, Role: auth.RoleViewer}}}, &out)
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("creating token %s: %s", name, resp.Status)
-		}
-		return out.Secret
-	}
-	viewerP, viewerQ := token("viewer-p", "p"), token("viewer-q", "q")
-
-	// Three spans of gzip data: spans 1 and 2 need their windows.
-	data := make([]byte, 3<<20)
-	for i := range data {
-		data[i] = byte(i*7 + i>>9)
-	}
-	img, err := imagegen.Build(imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "big", Data: data}}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	viewerP := viewerToken(t, addr, admin, "viewer-p", "p")
+	viewerQ := viewerToken(t, addr, admin, "viewer-q", "q")
 	ref := addr + "/p/r/big:v1"
-	if err := registryClient(admin).Push(ctx, ref, img, nil); err != nil {
-		t.Fatal(err)
-	}
+	data, layer := pushIndexedBig(t, ctx, addr, admin, ref)
 	small, err := imagegen.Build(imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "small", Data: []byte("small")}}}}})
 	if err != nil {
 		t.Fatal(err)
@@ -77,45 +55,9 @@ func TestProjectNodeReadsWindowsOfItsRepository(t *testing.T) {
 	if err := registryClient(admin).Push(ctx, addr+"/p/r/small:v1", small, nil); err != nil {
 		t.Fatal(err)
 	}
-	if resp := call(t, http.MethodPost, "http://"+addr+"/index/v1/images", admin, map[string]any{"image": ref}, nil); resp.StatusCode != http.StatusOK {
-		t.Fatalf("indexing %s: %s", ref, resp.Status)
-	}
 
-	src := indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(viewerP)}}
-	n, err := node.New(node.Options{
-		Layout:  node.Layout{Root: t.TempDir()},
-		Indexes: src,
-		// Every read by range: spans after the first need their windows.
-		Mount: streamfs.Options{NoBackground: true},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	rfs, err := n.Stream(ctx, ref, node.Auth{Username: "viewer-p", Password: viewerP})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rfs.Method != node.MethodStreamed {
-		t.Fatalf("image arrived %s, want streamed", rfs.Method)
-	}
-	got, err := os.ReadFile(filepath.Join(rfs.Lower[0], "big"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(got, data) {
-		t.Fatal("the streamed file differs from the pushed one")
-	}
+	streamBig(t, ctx, addr, viewerP, ref, node.Auth{Username: "viewer-p", Password: viewerP}, data)
 
-	layers, err := img.Layers()
-	if err != nil {
-		t.Fatal(err)
-	}
-	h, err := layers[0].Digest()
-	if err != nil {
-		t.Fatal(err)
-	}
-	layer := digest.Digest(h.String())
 	for _, c := range []struct {
 		src  indexsvc.HTTPSource
 		repo string
@@ -155,14 +97,47 @@ func TestNodeWithoutWindowsBuildsIndex(t *testing.T) {
 	testutil.RequiresRoot(t)
 	ctx, srv, addr := startServerWith(t, server.Config{})
 	admin := adminToken(t, srv)
-	var tok struct {
+	viewerP := viewerToken(t, addr, admin, "viewer-p", "p")
+	ref := addr + "/q/r/big:v1"
+	data, layer := pushIndexedBig(t, ctx, addr, admin, ref)
+	for _, c := range []struct{ tok, repo, want string }{
+		{viewerP, addr + "/q/r/big", indexsvc.LayerDataDenied},
+		{viewerP, addr + "/p/r/big", indexsvc.LayerDataAllowed},
+		{viewerP, "", indexsvc.LayerDataDenied},
+		{admin, addr + "/q/r/big", indexsvc.LayerDataAllowed},
+		{admin, "", indexsvc.LayerDataAllowed},
+	} {
+		resp := request(t, ctx, http.MethodGet, "http://"+addr+"/index/v1/layers/"+layer.String()+"?windows=detached&repository="+c.repo, c.tok, nil)
+		resp.Body.Close()
+		if got := resp.Header.Get(indexsvc.HeaderLayerData); resp.StatusCode != http.StatusOK || got != c.want {
+			t.Errorf("detached index for %q: %s, %s %q; want 200 and %q", c.repo, resp.Status, indexsvc.HeaderLayerData, got, c.want)
+		}
+	}
+
+	// The node reads the registry as admin, the index service as viewer-p.
+	streamBig(t, ctx, addr, viewerP, ref, node.Auth{Username: "admin", Password: admin}, data)
+}
+
+// viewerToken creates a token named name with the viewer role in project.
+func viewerToken(t *testing.T, addr, admin, name, project string) string {
+	t.Helper()
+	var out struct {
 		Secret string `json:"secret"`
 	}
-	if resp := call(t, http.MethodPost, "http://"+addr+"/riffle/v1/auth/tokens", admin,
-		map[string]any{"name": "viewer-p", "bindings": []auth.Binding{{Project: "p", Role: auth.RoleViewer}}}, &tok); resp.StatusCode != http.StatusOK {
-		t.Fatalf("creating a token: %s", resp.Status)
+	resp := call(t, http.MethodPost, "http://"+addr+"/riffle/v1/auth/tokens", admin,
+		map[string]any{"name": name, "bindings": []auth.Binding{{Project: project, Role: auth.RoleViewer}}}, &out)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("creating token %s: %s", name, resp.Status)
 	}
-	data := make([]byte, 3<<20) // three spans; spans 1 and 2 need windows
+	return out.Secret
+}
+
+// pushIndexedBig pushes to ref an image of one file, big: three spans of
+// gzip data, of which spans 1 and 2 need their windows. The server
+// indexes it. It returns the file's data and the layer's digest.
+func pushIndexedBig(t *testing.T, ctx context.Context, addr, admin, ref string) ([]byte, digest.Digest) {
+	t.Helper()
+	data := make([]byte, 3<<20)
 	for i := range data {
 		data[i] = byte(i*7 + i>>9)
 	}
@@ -170,7 +145,6 @@ func TestNodeWithoutWindowsBuildsIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ref := addr + "/q/r/big:v1"
 	if err := registryClient(admin).Push(ctx, ref, img, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -185,30 +159,25 @@ func TestNodeWithoutWindowsBuildsIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range []struct{ tok, repo, want string }{
-		{tok.Secret, addr + "/q/r/big", indexsvc.LayerDataDenied},
-		{tok.Secret, addr + "/p/r/big", indexsvc.LayerDataAllowed},
-		{tok.Secret, "", indexsvc.LayerDataDenied},
-		{admin, addr + "/q/r/big", indexsvc.LayerDataAllowed},
-		{admin, "", indexsvc.LayerDataAllowed},
-	} {
-		resp := request(t, ctx, http.MethodGet, "http://"+addr+"/index/v1/layers/"+h.String()+"?windows=detached&repository="+c.repo, c.tok, nil)
-		resp.Body.Close()
-		if got := resp.Header.Get(indexsvc.HeaderLayerData); resp.StatusCode != http.StatusOK || got != c.want {
-			t.Errorf("detached index for %q: %s, %s %q; want 200 and %q", c.repo, resp.Status, indexsvc.HeaderLayerData, got, c.want)
-		}
-	}
+	return data, digest.Digest(h.String())
+}
 
+// streamBig streams ref (from pushIndexedBig) on a new node that takes
+// indexes from the server's index service with token tok and reads the
+// registry with a, and checks big reads back as data. Every read is by
+// range, so spans after the first need their windows.
+func streamBig(t *testing.T, ctx context.Context, addr, tok, ref string, a node.Auth, data []byte) {
+	t.Helper()
 	n, err := node.New(node.Options{
 		Layout:  node.Layout{Root: t.TempDir()},
-		Indexes: indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(tok.Secret)}},
-		Mount:   streamfs.Options{NoBackground: true}, // every read by range
+		Indexes: indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(tok)}},
+		Mount:   streamfs.Options{NoBackground: true},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer n.Close()
-	rfs, err := n.Stream(ctx, ref, node.Auth{Username: "admin", Password: admin})
+	rfs, err := n.Stream(ctx, ref, a)
 	if err != nil {
 		t.Fatal(err)
 	}
