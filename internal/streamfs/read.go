@@ -160,10 +160,8 @@ func (m *MountPoint) fetchFileTail(n *node, i int) {
 	if i+1 >= len(spans) || end <= spans[i+1].Offset || end-spans[i+1].Offset > fileTailAhead {
 		return
 	}
-	if ps := m.packs[n.layer].Load(); ps != nil {
-		if reading, _ := ps.coming(i); reading {
-			return // as readAhead: nothing beside a pack still coming
-		}
+	if m.packComing(n.layer, i) {
+		return // as readAhead: nothing beside a pack still coming
 	}
 	for j := i + 1; j < len(spans) && spans[j].Offset < end; j++ {
 		if !m.cached(n.layer, j) && !m.streamCovers(n.layer, spans[j].Offset) {
@@ -192,10 +190,8 @@ func (m *MountPoint) fetchOpenTail(n *node) {
 	if first >= last || last >= len(spans) {
 		return
 	}
-	if ps := m.packs[n.layer].Load(); ps != nil {
-		if reading, _ := ps.coming(first); reading {
-			return
-		}
+	if m.packComing(n.layer, first) {
+		return
 	}
 	from := max(first+1, spanAt(spans, n.off+n.size-openTailBytes))
 	for j := from; j <= last; j++ {
@@ -213,6 +209,17 @@ const openTailBytes = 2 << 20
 // library (".so" in its name) or an executable.
 func loadable(n *node) bool {
 	return n.perm&0o111 != 0 || strings.Contains(path.Base(n.name), ".so")
+}
+
+// packComing reports whether layer l's prefetch pack is still being read
+// when a reader is at span i.
+func (m *MountPoint) packComing(l, i int) bool {
+	ps := m.packs[l].Load()
+	if ps == nil {
+		return false
+	}
+	reading, _ := ps.coming(i)
+	return reading
 }
 
 // fileTailAhead bounds the rest of a file fetched beside a blocked read
