@@ -1,6 +1,9 @@
 package node
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -43,6 +46,35 @@ func DefaultRoot() string {
 
 // DefaultLayout is the Layout of DefaultRoot.
 func DefaultLayout() Layout { return Layout{Root: DefaultRoot()} }
+
+// Create makes the data directory, with perm where it does not exist,
+// and returns its Layout by the directory's real path: absolute, with
+// symbolic links resolved (runc refuses a container root under a link).
+// A root that is a link to nothing, or not a directory, is an error that
+// says so (MkdirAll alone reports "file exists").
+func (l Layout) Create(perm os.FileMode) (Layout, error) {
+	abs, err := filepath.Abs(l.Root)
+	if err != nil {
+		return Layout{}, err
+	}
+	if fi, err := os.Lstat(abs); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+		if _, err := os.Stat(abs); errors.Is(err, fs.ErrNotExist) {
+			to, _ := os.Readlink(abs)
+			return Layout{}, fmt.Errorf("data directory %s is a symbolic link to %s, which does not exist: create that directory or remove the link", abs, to)
+		}
+	}
+	if fi, err := os.Stat(abs); err == nil && !fi.IsDir() {
+		return Layout{}, fmt.Errorf("data directory %s is not a directory", abs)
+	}
+	if err := os.MkdirAll(abs, perm); err != nil {
+		return Layout{}, err
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return Layout{}, err
+	}
+	return Layout{Root: real}, nil
+}
 
 // Cache is the node cache: spans of streamed layers and layer indexes.
 func (l Layout) Cache() string { return filepath.Join(l.Root, "cache") }

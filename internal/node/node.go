@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -205,18 +204,18 @@ func New(opts Options) (*Node, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// Every path below the root is the real one: runc refuses a
+	// container root under a symbolic link ("invalid rootfs").
+	layout, err := opts.Layout.Create(0o755)
+	if err != nil {
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	opts.Layout = layout
 	for _, d := range []string{opts.Layout.Mounts(), opts.Layout.Flat()} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
 	}
-	// Every path below the root is the real one: runc refuses a
-	// container root under a symbolic link ("invalid rootfs").
-	real, err := filepath.EvalSymlinks(opts.Layout.Root)
-	if err != nil {
-		return nil, fmt.Errorf("node: %w", err)
-	}
-	opts.Layout.Root = real
 	layers, err := layerstore.Open(opts.Layout.Layers())
 	if err != nil {
 		return nil, fmt.Errorf("node: %w", err)

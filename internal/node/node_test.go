@@ -3,6 +3,7 @@ package node_test
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -130,6 +131,32 @@ func TestRootBehindSymlink(t *testing.T) {
 	defer n.Close()
 	if got, want := n.Layout().Root, real; got != want {
 		t.Errorf("Layout().Root = %s, want the real directory %s", got, want)
+	}
+}
+
+// TestRootNotADirectory checks that a data directory that is a link to
+// nothing, or a file, is refused saying so, and nothing is created.
+func TestRootNotADirectory(t *testing.T) {
+	dir := t.TempDir()
+	dangling := filepath.Join(dir, "dangling")
+	if err := os.Symlink(filepath.Join(dir, "gone", "data"), dangling); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ root, want string }{
+		{dangling, "is a symbolic link to " + filepath.Join(dir, "gone", "data") + ", which does not exist"},
+		{file, file + " is not a directory"},
+	} {
+		_, err := node.New(node.Options{Layout: node.Layout{Root: tc.root}})
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("node.New(%s) = %v, want an error saying %q", tc.root, err, tc.want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "gone")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the link's target directory was created: %v", err)
 	}
 }
 

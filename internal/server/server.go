@@ -72,16 +72,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("server: data dir: %w", err)
-	}
 	// Every path below it is the real one: runc refuses a container root
 	// under a symbolic link.
-	real, err := realDir(cfg.DataDir)
+	layout, err := node.Layout{Root: cfg.DataDir}.Create(0o700)
 	if err != nil {
-		return nil, fmt.Errorf("server: data dir: %w", err)
+		return nil, fmt.Errorf("server: %w", err)
 	}
-	cfg.DataDir = real
+	cfg.DataDir = layout.Root
 	lock, err := lockDataDir(cfg.DataDir)
 	if err != nil {
 		return nil, err
@@ -398,13 +395,4 @@ func (c *codeRecorder) Flush() {
 	if f, ok := c.ResponseWriter.(http.Flusher); ok {
 		f.Flush()
 	}
-}
-
-// realDir is dir made absolute, with symbolic links resolved.
-func realDir(dir string) (string, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", err
-	}
-	return filepath.EvalSymlinks(abs)
 }
