@@ -39,13 +39,9 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 		Logger:    log,
 		Metrics:   s.metrics,
 	}
-	if cfg.Index.Service != "" {
-		other, err := otherIndexService(cfg.Index)
-		if err != nil {
-			return err
-		}
-		nopts.Indexes = node.IndexSources{other, s.indexes}
-		nopts.Profiles = other
+	if s.other != nil {
+		nopts.Indexes = node.IndexSources{*s.other, s.indexes}
+		nopts.Profiles = *s.other
 	}
 	if cfg.Stream.NoProfiles {
 		nopts.Profiles = nil

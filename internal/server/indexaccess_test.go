@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -325,6 +327,34 @@ func TestIndexServiceConfigNeedsToken(t *testing.T) {
 			t.Errorf("token file %s: the server started", file)
 		} else if !strings.Contains(err.Error(), "index.tokenFile") {
 			t.Errorf("token file %s: %v, want an error naming index.tokenFile", file, err)
+		}
+	}
+}
+
+// TestBadIndexTokenFileWritesNothing: a server whose index.tokenFile is
+// missing or empty refuses to start, naming the field, before it creates
+// its data directory or an admin token.
+func TestBadIndexTokenFileWritesNothing(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "empty.token")
+	if err := os.WriteFile(empty, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ file, want string }{
+		{filepath.Join(t.TempDir(), "missing.token"), "config: index.tokenFile: "},
+		{empty, "config: index.tokenFile " + empty + " is empty"},
+	} {
+		dir := filepath.Join(t.TempDir(), "data")
+		cfg := server.Config{DataDir: dir, Index: server.IndexConfig{Service: "http://127.0.0.1:9", TokenFile: tc.file}}
+		srv, err := server.New(context.Background(), cfg, nil)
+		if err == nil {
+			srv.Close()
+			t.Fatalf("server.New with index.tokenFile %s started", tc.file)
+		}
+		if !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("server.New: %v, want an error with %q", err, tc.want)
+		}
+		if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("the data directory was created (%v)", err)
 		}
 	}
 }

@@ -47,6 +47,7 @@ type Server struct {
 	cache    *cache.Cache
 	client   *remote.Client
 	indexes  *indexsvc.Service
+	other    *indexsvc.HTTPSource // another server's index service (index.service), if configured
 	addr     atomic.Value // string: the address Serve listens on
 	mux      *http.ServeMux
 	handler  http.Handler
@@ -72,6 +73,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// Files the config names are read before anything is written: a bad
+	// one leaves no data directory or admin token behind.
+	var other *indexsvc.HTTPSource
+	if cfg.Index.Service != "" {
+		o, err := otherIndexService(cfg.Index)
+		if err != nil {
+			return nil, err
+		}
+		other = &o
+	}
 	// Every path below it is the real one: runc refuses a container root
 	// under a symbolic link.
 	layout, err := node.Layout{Root: cfg.DataDir}.Create(0o700)
@@ -83,7 +94,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux(), lock: lock, stopping: newStopping()}
+	s := &Server{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), mux: http.NewServeMux(), lock: lock, stopping: newStopping(), other: other}
 	s.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
 	if err := s.openAuth(); err != nil {
@@ -94,6 +105,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s.client = remote.New(remote.Options{Insecure: cfg.InsecureRegistries, Keychain: selfKeychain{s}, Transport: s.registryTransport()})
 	idx, err := indexsvc.New(cfg.Layout().Indexes(), s.client, indexsvc.Options{Logger: log})
 	if err != nil {
+		s.Close()
 		return nil, err
 	}
 	s.indexes = idx
