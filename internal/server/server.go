@@ -48,7 +48,7 @@ type Server struct {
 	client   *remote.Client
 	indexes  *indexsvc.Service
 	other    *indexsvc.HTTPSource // another server's index service (index.service), if configured
-	addr     atomic.Value // string: the address Serve listens on
+	addr     atomic.Value         // string: the address Serve listens on
 	mux      *http.ServeMux
 	handler  http.Handler
 	lock     *dataDirLock
