@@ -210,10 +210,11 @@ func (c *chunkedLayer) work(rs spanRunStreamer, jobs <-chan *chunk) {
 
 // decode decodes a chunk the run reader read.
 func (c *chunkedLayer) decode(rs spanRunStreamer, ch *chunk) error {
-	select {
-	case <-ch.winDone:
-	case <-c.ctx.Done():
-		return c.ctx.Err()
+	// SpanWindow ends with c.ctx: waiting for it even then keeps ch.win
+	// its own until it is done.
+	<-ch.winDone
+	if err := c.ctx.Err(); err != nil {
+		return err
 	}
 	if ch.winErr != nil {
 		return ch.winErr
@@ -269,7 +270,7 @@ func (c *chunkedLayer) readRun(rs spanRunStreamer, r *run, ch *chunk) error {
 	}
 	if !r.covers(off, n) {
 		r.close()
-		if err := c.openRun(rs, r, ch.first); err != nil {
+		if err := c.openRun(rs, r, ch.first, ch.end); err != nil {
 			return err
 		}
 	}
@@ -284,27 +285,30 @@ func (c *chunkedLayer) readRun(rs spanRunStreamer, r *run, ch *chunk) error {
 		ch.buf = c.getBuf(c.f.FetchSpansSize(ch.first, ch.end))
 	}
 	wire := (*ch.buf)[:n]
-	skipped, err := r.read(wire, off)
-	c.l.wire.Add(skipped)
-	c.m.metrics.bgWire.Add(float64(skipped))
+	// What came over the wire: the bytes the run moved past, dropped or
+	// read, even when it was cut (a byte shared with the last chunk was
+	// counted then).
+	pos := r.pos
+	err = r.read(wire, off)
+	c.l.wire.Add(r.pos - pos)
+	c.m.metrics.bgWire.Add(float64(r.pos - pos))
 	if err != nil {
 		<-ch.winDone
 		return err
 	}
-	c.l.wire.Add(n)
-	c.m.metrics.bgWire.Add(float64(n))
 	c.m.metrics.bgChunks.Inc()
 	ch.wire = wire
 	return nil
 }
 
-// openRun opens a run at span first, up to the next span in the cache (or
-// maxRunBytes).
-func (c *chunkedLayer) openRun(rs spanRunStreamer, r *run, first int) error {
+// openRun opens a run at span first, through span chEnd-1 (the chunk it
+// is opened for, planned when its spans were not cached) and on up to the
+// next span in the cache (or maxRunBytes).
+func (c *chunkedLayer) openRun(rs spanRunStreamer, r *run, first, chEnd int) error {
 	n := len(c.m.spans[c.l.idx])
 	var size int64
 	end := first
-	for end < n && (end == first || !c.cached(end)) && size < maxRunBytes {
+	for end < n && (end < chEnd || !c.cached(end) && size < maxRunBytes) {
 		size += c.f.SpanWireSize(end)
 		end++
 	}
@@ -337,13 +341,13 @@ func (r *run) covers(off, n int64) bool {
 }
 
 // read fills p with the blob bytes at off (covers said yes), dropping the
-// bytes before off, and returns how many it dropped.
-func (r *run) read(p []byte, off int64) (skipped int64, err error) {
+// bytes before off; r.pos moves past every byte it took from the body.
+func (r *run) read(p []byte, off int64) error {
 	if off > r.pos {
-		skipped, err = io.CopyN(io.Discard, r.body, off-r.pos)
+		skipped, err := io.CopyN(io.Discard, r.body, off-r.pos)
 		r.pos += skipped
 		if err != nil {
-			return skipped, err
+			return err
 		}
 	}
 	q := p
@@ -353,10 +357,10 @@ func (r *run) read(p []byte, off int64) (skipped int64, err error) {
 	k, err := io.ReadFull(r.body, q)
 	r.pos += int64(k)
 	if err != nil {
-		return skipped, err
+		return err
 	}
 	r.ntail = copy(r.tail[:], p[max(0, len(p)-len(r.tail)):])
-	return skipped, nil
+	return nil
 }
 
 func (r *run) close() {

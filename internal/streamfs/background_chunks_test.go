@@ -388,6 +388,10 @@ func TestRunCutFetchesChunkAlone(t *testing.T) {
 	if st.BackgroundErrors != 0 || st.Corrupt != 0 {
 		t.Errorf("stats %+v", st)
 	}
+	// Every byte the registry sent counts, those of cut runs too.
+	if got, sent := st.WireBytes, r.rangeBytes.Load(); got != sent {
+		t.Errorf("the mount counts %d wire bytes; the registry sent %d", got, sent)
+	}
 	for _, d := range fstree.Diff(want, scan(t, dir)) {
 		t.Error(d)
 	}

@@ -214,8 +214,8 @@ func (f *fsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 	if f.n.size == 0 {
 		return h, cachedFlags, 0
 	}
-	f.m.fetchOpenTail(f.n)
 	if f.m.opts.NoPassthrough {
+		f.m.fetchOpenTail(f.n)
 		return h, cachedFlags, 0
 	}
 	// Find the whole file outside f.mu: finding it may wait for the
@@ -228,7 +228,6 @@ func (f *fsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 		found = f.m.wholeFile(ctx, f.n)
 	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if found != nil {
 		if f.back == nil && f.cached == 0 {
 			f.back = found
@@ -242,9 +241,14 @@ func (f *fsNode) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32,
 		// Its reads will not reach this process: record its start.
 		f.m.profile.recordRead(f.n, 0, 1)
 		h.back = f.back
+		f.mu.Unlock()
 		return h, fuse.FOPEN_NOFLUSH, 0
 	}
 	f.cached++
+	f.mu.Unlock()
+	// Served from its spans: a loader will want its end soon (a file
+	// served whole needs nothing fetched).
+	f.m.fetchOpenTail(f.n)
 	return h, cachedFlags, 0
 }
 

@@ -2,6 +2,7 @@ package streamfs_test
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"io"
 	"net/http"
@@ -233,9 +234,17 @@ func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
 // span fetches its last spans (where a loader goes right after the
 // header: the data segment) before anything is read, all of them, not
 // only as many as there are prefetchers; opening another file fetches
-// nothing.
+// nothing. With passthrough or without: the library is served from spans.
 func TestOpenFetchesLibraryTail(t *testing.T) {
 	testutil.RequiresRoot(t)
+	for _, noPassthrough := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoPassthrough=%v", noPassthrough), func(t *testing.T) {
+			openFetchesLibraryTail(t, noPassthrough)
+		})
+	}
+}
+
+func openFetchesLibraryTail(t *testing.T, noPassthrough bool) {
 	const spanSize = 256 << 10
 	r := newTestRegistry(t)
 	file := func(name string, seed uint64) imagegen.Layer {
@@ -266,7 +275,7 @@ func TestOpenFetchesLibraryTail(t *testing.T) {
 		}
 	}
 	r.onRangeReq.Store(&onReq)
-	_, dir := mount(t, img, streamfs.Options{Cache: newCache(t), Prefetchers: 1, NoPassthrough: true})
+	_, dir := mount(t, img, streamfs.Options{Cache: newCache(t), Prefetchers: 1, NoPassthrough: noPassthrough})
 	t.Cleanup(open) // before the unmount
 
 	for _, name := range []string{"usr/lib/data.bin", "usr/lib/libbig.so.1"} {
@@ -300,5 +309,58 @@ func TestOpenFetchesLibraryTail(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(dir, "usr/lib/libbig.so.1"))
 	if err != nil || len(b) != 4*spanSize {
 		t.Fatalf("read the library: %d bytes, %v", len(b), err)
+	}
+}
+
+// TestWholeLibraryFetchesNoTail checks that opening a library the cache
+// holds whole (read through another image, where it sits in another
+// layer) fetches nothing: it is served by passthrough, so its tail spans
+// would only be wasted link.
+func TestWholeLibraryFetchesNoTail(t *testing.T) {
+	testutil.RequiresRoot(t)
+	const spanSize = 256 << 10
+	r := newTestRegistry(t)
+	lib := imagegen.Entry{Type: imagegen.File, Name: "usr/lib/libbig.so.1", Size: 4 * spanSize, Seed: 2, Fill: imagegen.Random}
+	dirs := imagegen.Entry{Type: imagegen.Dir, Name: "usr/lib", Mode: 0o755}
+	_, refA := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{dirs, lib}}}}, "test/wholelib-a")
+	_, refB := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{dirs,
+		{Type: imagegen.File, Name: "usr/lib/aaa", Size: 100, Seed: 3, Fill: imagegen.Random}, lib}}}}, "test/wholelib-b")
+	imgA, imgB := r.open(t, refA, spanSize), r.open(t, refB, spanSize)
+	c := newCache(t)
+
+	// Image A: read the library whole; the mount keeps it whole.
+	_, dirA := mount(t, imgA, streamfs.Options{Cache: c, NoPrefetch: true})
+	b, err := os.ReadFile(filepath.Join(dirA, lib.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "sha256:" + fmt.Sprintf("%x", sha256.Sum256(b))
+	for deadline := time.Now().Add(30 * time.Second); !c.Has(key); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the library was not cached whole")
+		}
+	}
+
+	// Image B: opening it fetches none of B's layer.
+	var asked atomic.Int64
+	layerB := imgB.Layers[0].Digest().String()
+	onReq := func(req *http.Request) {
+		if path.Base(req.URL.Path) == layerB {
+			asked.Add(1)
+		}
+	}
+	r.onRangeReq.Store(&onReq)
+	m, dirB := mount(t, imgB, streamfs.Options{Cache: c, Prefetchers: 1})
+	got, err := os.ReadFile(filepath.Join(dirB, lib.Name))
+	if err != nil || !bytes.Equal(got, b) {
+		t.Fatalf("read the library through B: %d bytes, %v", len(got), err)
+	}
+	if st := m.Stats(); st.PassthroughOpens != 1 {
+		t.Errorf("%d passthrough opens, want 1", st.PassthroughOpens)
+	}
+	// A tail fetch would have started at the open; give it time to ask.
+	time.Sleep(300 * time.Millisecond)
+	if n := asked.Load(); n != 0 {
+		t.Errorf("opening a library held whole made %d range requests for its layer", n)
 	}
 }

@@ -206,9 +206,10 @@ func (m *MountPoint) fetchOpenTail(n *node) {
 const openTailBytes = 2 << 20
 
 // loadable reports whether n looks like a file a loader maps: a shared
-// library (".so" in its name) or an executable.
+// library (named *.so or *.so.*) or an executable.
 func loadable(n *node) bool {
-	return n.perm&0o111 != 0 || strings.Contains(path.Base(n.name), ".so")
+	b := path.Base(n.name)
+	return n.perm&0o111 != 0 || strings.HasSuffix(b, ".so") || strings.Contains(b, ".so.")
 }
 
 // packComing reports whether layer l's prefetch pack is still being read
