@@ -172,9 +172,6 @@ func (h HTTPSource) LayerIndex(ctx context.Context, repo string, desc ocispec.De
 	if resp.StatusCode != http.StatusOK {
 		return nil, statusError(resp)
 	}
-	if resp.Header.Get(HeaderLayerData) == LayerDataDenied {
-		return nil, fmt.Errorf("indexsvc: layer %s: the index service will not give this token the layer's windows from %q (it needs the viewer role in that repository's project, or in every project for an image on another registry): %w", desc.Digest, repo, streamfs.ErrNoIndex)
-	}
 	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxIndexBytes+1))
 	if err != nil {
 		return nil, fmt.Errorf("indexsvc: %w", err)
@@ -182,7 +179,16 @@ func (h HTTPSource) LayerIndex(ctx context.Context, repo string, desc ocispec.De
 	if len(raw) > maxIndexBytes {
 		return nil, fmt.Errorf("indexsvc: index of %s is larger than %d bytes", desc.Digest, maxIndexBytes)
 	}
-	return checked(raw, desc)
+	x, err := checked(raw, desc)
+	if err != nil {
+		return nil, err
+	}
+	// Only a detached index needs windows (gzip layers); a zstd or tar
+	// index is whole as it is.
+	if x.Detached && resp.Header.Get(HeaderLayerData) == LayerDataDenied {
+		return nil, fmt.Errorf("indexsvc: layer %s: the index service will not give this token the layer's windows from %q (it needs the viewer role in that repository's project, or in every project for an image on another registry): %w", desc.Digest, repo, streamfs.ErrNoIndex)
+	}
+	return x, nil
 }
 
 // acceptsGzip reports whether r's Accept-Encoding allows gzip (Go's

@@ -127,6 +127,15 @@ func TestHTTPSourceAndHandler(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := indexsvc.HTTPSource{BaseURL: hs.URL}
+	// A service that will not give the caller the layers' windows: only
+	// detached (gzip) indexes need them; the others are still used.
+	deniedHS := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(indexsvc.HeaderLayerData, indexsvc.LayerDataDenied)
+		f.svc.Handler().ServeHTTP(w, r)
+	}))
+	defer deniedHS.Close()
+	denied := indexsvc.HTTPSource{BaseURL: deniedHS.URL}
+	var detached, whole int
 	for _, l := range img.Manifest.Layers {
 		x, err := src.LayerIndex(context.Background(), "", l)
 		if err != nil {
@@ -135,6 +144,22 @@ func TestHTTPSourceAndHandler(t *testing.T) {
 		if x.BlobDigest != l.Digest {
 			t.Fatalf("index of %s describes %s", l.Digest, x.BlobDigest)
 		}
+		y, err := denied.LayerIndex(context.Background(), "proj/repo", l)
+		switch {
+		case x.Detached:
+			detached++
+			if !errors.Is(err, streamfs.ErrNoIndex) {
+				t.Errorf("layer %s (%s), windows denied: %v, want ErrNoIndex", l.Digest, l.MediaType, err)
+			}
+		default:
+			whole++
+			if err != nil || y.BlobDigest != l.Digest {
+				t.Errorf("layer %s (%s), windows denied but none needed: %v", l.Digest, l.MediaType, err)
+			}
+		}
+	}
+	if detached == 0 || whole == 0 {
+		t.Fatalf("%d detached and %d whole indexes; the image should have both", detached, whole)
 	}
 	// An index served for the wrong layer is refused.
 	l0 := img.Manifest.Layers[0]
