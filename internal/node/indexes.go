@@ -50,7 +50,10 @@ func (ch *chain) LayerIndex(ctx context.Context, repo string, desc ocispec.Descr
 	if err != nil {
 		return nil, err
 	}
-	if x := cachedIndex(ctx, cc, desc); x != nil && (!x.Detached || n.windows() != nil) {
+	// A detached index is only as good as the windows this node may
+	// fetch for it from repo: the cache keeps one by layer, and a layer
+	// shared by two projects may come with windows for one of them only.
+	if x := cachedIndex(ctx, cc, desc); x != nil && (!x.Detached || n.windows() != nil && cc.Has(windowsKey(desc.Digest, repo))) {
 		return x, nil
 	}
 	x, err := ch.find(ctx, repo, desc)
@@ -60,7 +63,26 @@ func (ch *chain) LayerIndex(ctx context.Context, repo string, desc ocispec.Descr
 	if err := storeIndex(ctx, cc, desc, x); err != nil {
 		n.log.Warn("node: keeping a layer index in the cache failed", "layer", desc.Digest, "err", err)
 	}
+	if x.Detached {
+		// Only Options.Indexes detaches, and it gives a detached index
+		// only with windows for repo (indexsvc.HeaderLayerData).
+		if err := cacheBytes(ctx, cc, windowsKey(desc.Digest, repo), windowsNote(desc.Digest, repo)); err != nil {
+			n.log.Warn("node: noting a layer's windows in the cache failed", "layer", desc.Digest, "err", err)
+		}
+	}
 	return x, nil
+}
+
+// windowsNote is the content of the cache entry saying that the index
+// source gave layer's detached index with its windows for repo. It is
+// kept as a blob, by digest (windowsKey), as a mark beside the index.
+func windowsNote(layer digest.Digest, repo string) []byte {
+	return []byte("riffle: windows of layer " + layer.String() + " from repository " + repo + "\n")
+}
+
+// windowsKey is the cache key of windowsNote.
+func windowsKey(layer digest.Digest, repo string) string {
+	return digest.FromBytes(windowsNote(layer, repo)).String()
 }
 
 // Window gives the windows of the detached indexes the chain returns

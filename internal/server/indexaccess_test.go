@@ -58,7 +58,7 @@ func TestProjectNodeReadsWindowsOfItsRepository(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	streamBig(t, ctx, addr, viewerP, ref, node.Auth{Username: "viewer-p", Password: viewerP}, data)
+	streamBig(t, ctx, t.TempDir(), addr, viewerP, ref, node.Auth{Username: "viewer-p", Password: viewerP}, data)
 
 	for _, c := range []struct {
 		src  indexsvc.HTTPSource
@@ -117,7 +117,53 @@ func TestNodeWithoutWindowsBuildsIndex(t *testing.T) {
 	}
 
 	// The node reads the registry as admin, the index service as viewer-p.
-	streamBig(t, ctx, addr, viewerP, ref, node.Auth{Username: "admin", Password: admin}, data)
+	streamBig(t, ctx, t.TempDir(), addr, viewerP, ref, node.Auth{Username: "admin", Password: admin}, data)
+}
+
+// TestSharedLayerWindowsPerRepository: a node that may read windows in p
+// keeps the detached index of a layer it streamed from p; streaming an
+// image of q with the same layer must not use that index (its windows
+// from q are denied) but find another (here: build it).
+func TestSharedLayerWindowsPerRepository(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ctx, srv, addr := startServerWith(t, server.Config{})
+	admin := adminToken(t, srv)
+	viewerP := viewerToken(t, addr, admin, "viewer-p", "p")
+	data, layer := pushIndexedBig(t, ctx, addr, admin, addr+"/p/r/big:v1")
+	// q's image: the same layer and one more, so it is another image.
+	img, err := imagegen.Build(imagegen.Spec{Layers: []imagegen.Layer{
+		{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "big", Data: data}}},
+		{Entries: []imagegen.Entry{{Type: imagegen.File, Name: "small", Data: []byte("q")}}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := img.Layers(); err != nil {
+		t.Fatal(err)
+	} else if d, _ := l[0].Digest(); d.String() != layer.String() {
+		t.Fatalf("q's first layer is %s, want %s", d, layer)
+	}
+	refQ := addr + "/q/r/big:v1"
+	if err := registryClient(admin).Push(ctx, refQ, img, nil); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	a := node.Auth{Username: "admin", Password: admin}
+	// Mount p's image: its detached index is cached; nothing is read, so
+	// q's reads below need windows.
+	n, err := node.New(node.Options{
+		Layout:  node.Layout{Root: root},
+		Indexes: indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(viewerP)}},
+		Mount:   streamfs.Options{NoBackground: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rfs, err := n.Stream(ctx, addr+"/p/r/big:v1", a); err != nil || rfs.Method != node.MethodStreamed {
+		t.Fatalf("streaming p's image: %v", err)
+	}
+	n.Close()
+	streamBig(t, ctx, root, addr, viewerP, refQ, a, data)
 }
 
 // viewerToken creates a token named name with the viewer role in project.
@@ -164,14 +210,15 @@ func pushIndexedBig(t *testing.T, ctx context.Context, addr, admin, ref string) 
 	return data, digest.Digest(h.String())
 }
 
-// streamBig streams ref (from pushIndexedBig) on a new node that takes
-// indexes from the server's index service with token tok and reads the
-// registry with a, and checks big reads back as data. Every read is by
-// range, so spans after the first need their windows.
-func streamBig(t *testing.T, ctx context.Context, addr, tok, ref string, a node.Auth, data []byte) {
+// streamBig streams ref (from pushIndexedBig) on a new node on data
+// directory root that takes indexes from the server's index service with
+// token tok and reads the registry with a, and checks big reads back as
+// data. Every read is by range, so spans after the first need their
+// windows.
+func streamBig(t *testing.T, ctx context.Context, root, addr, tok, ref string, a node.Auth, data []byte) {
 	t.Helper()
 	n, err := node.New(node.Options{
-		Layout:  node.Layout{Root: t.TempDir()},
+		Layout:  node.Layout{Root: root},
 		Indexes: indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(tok)}},
 		Mount:   streamfs.Options{NoBackground: true},
 	})
