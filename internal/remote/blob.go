@@ -207,6 +207,10 @@ func (b *Blob) OpenRange(ctx context.Context, off, n int64) (io.ReadCloser, erro
 	switch resp.StatusCode {
 	case http.StatusPartialContent:
 	case http.StatusOK:
+		if off == 0 && n == b.size {
+			// Asked for everything; a 200 is a correct answer.
+			return resp.Body, nil
+		}
 		resp.Body.Close()
 		return nil, fmt.Errorf("%w: GET %s with Range bytes=%d-%d (from %s)", ErrRangeNotSupported, b.repo, off, last, resp.Request.URL.Host)
 	default:

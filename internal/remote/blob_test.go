@@ -278,6 +278,15 @@ func TestRangeIgnored(t *testing.T) {
 	if n, err := b.ReadAt(all, 0); n != len(want) || err != nil || !bytes.Equal(all, want) {
 		t.Errorf("whole-blob read: %d, %v", n, err)
 	}
+	body, err := b.OpenRange(context.Background(), 0, int64(len(want)))
+	if err != nil {
+		t.Fatalf("OpenRange of the whole blob: %v", err)
+	}
+	all, err = io.ReadAll(body)
+	body.Close()
+	if err != nil || !bytes.Equal(all, want) {
+		t.Errorf("OpenRange of the whole blob: %d bytes, %v", len(all), err)
+	}
 }
 
 // TestRedirectToOtherHost serves blobs the way registries backed by object
