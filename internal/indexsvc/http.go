@@ -54,6 +54,10 @@ func (s *Service) Handler() http.Handler {
 			}
 			_, raw, err = s.Get(d)
 		case "detached":
+			if w.Header().Get(HeaderLayerData) == LayerDataAllowed && r.URL.Query().Get("repository") != "" &&
+				s.members.check(r.Context(), s, r.URL.Query().Get("repository"), d) != nil {
+				w.Header().Set(HeaderLayerData, LayerDataDenied)
+			}
 			var l *detachedLayer
 			if l, err = s.detached(d); err == nil {
 				raw = l.raw
@@ -132,7 +136,10 @@ func httpError(w http.ResponseWriter, code int, format string, args ...any) {
 // the caller may also read the layer's windows (LayerDataAllowed or
 // LayerDataDenied), for the ?repository= it named: its token may read
 // the index of any layer, but the windows (layer data) only of layers in
-// its projects' repositories.
+// its projects' repositories. The server in front sets it from the
+// caller's roles; the handler turns allowed into denied when the
+// repository does not hold the layer (its windows would be refused too,
+// see inRepository).
 const (
 	HeaderLayerData  = "Riffle-Layer-Data"
 	LayerDataAllowed = "allowed"

@@ -102,9 +102,13 @@ func TestNodeWithoutWindowsBuildsIndex(t *testing.T) {
 	viewerP := viewerToken(t, addr, admin, "viewer-p", "p")
 	ref := addr + "/q/r/big:v1"
 	data, layer := pushIndexedBig(t, ctx, addr, admin, ref)
+	pushIndexedBig(t, ctx, addr, admin, addr+"/p/r/big:v1")
 	for _, c := range []struct{ tok, repo, want string }{
 		{viewerP, addr + "/q/r/big", indexsvc.LayerDataDenied},
 		{viewerP, addr + "/p/r/big", indexsvc.LayerDataAllowed},
+		// Viewer in p, but p/r/none does not hold the layer: its windows
+		// would be refused (404).
+		{viewerP, addr + "/p/r/none", indexsvc.LayerDataDenied},
 		{viewerP, "", indexsvc.LayerDataDenied},
 		{admin, addr + "/q/r/big", indexsvc.LayerDataAllowed},
 		{admin, "", indexsvc.LayerDataAllowed},
