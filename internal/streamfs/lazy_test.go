@@ -364,3 +364,54 @@ func TestWholeLibraryFetchesNoTail(t *testing.T) {
 		t.Errorf("opening a library held whole made %d range requests for its layer", n)
 	}
 }
+
+// TestOpenTailsBounded: a task opening many executable files of several
+// spans (an image whose data files are all mode 0755) starts tail fetches
+// for at most maxOpenTails spans at once, not for every file.
+func TestOpenTailsBounded(t *testing.T) {
+	testutil.RequiresRoot(t)
+	const spanSize = 256 << 10
+	const files = 12 // 3 tail spans each: 36 without the bound
+	r := newTestRegistry(t)
+	entries := []imagegen.Entry{{Type: imagegen.Dir, Name: "data", Mode: 0o755}}
+	for i := range files {
+		entries = append(entries, imagegen.Entry{Type: imagegen.File, Name: fmt.Sprintf("data/shard%02d", i), Mode: 0o755,
+			Size: 4 * spanSize, Seed: uint64(i + 1), Fill: imagegen.Random})
+	}
+	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: entries}}}, "test/shards")
+	img := r.open(t, ref, spanSize)
+
+	hold := make(chan struct{})
+	var release sync.Once
+	open := func() { release.Do(func() { close(hold) }) }
+	var asked atomic.Int64
+	onReq := func(req *http.Request) {
+		asked.Add(1)
+		select {
+		case <-hold:
+		case <-req.Context().Done():
+		}
+	}
+	r.onRangeReq.Store(&onReq)
+	_, dir := mount(t, img, streamfs.Options{Cache: newCache(t), Prefetchers: 1})
+	t.Cleanup(open) // before the unmount
+	for i := range files {
+		f, err := os.Open(filepath.Join(dir, fmt.Sprintf("data/shard%02d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+	}
+	for deadline := time.Now().Add(30 * time.Second); asked.Load() < 12; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d range requests after opening %d files; want their tails fetched", asked.Load(), files)
+		}
+	}
+	// Every tail fetch starts at its open; give any beyond the bound
+	// time to ask.
+	time.Sleep(200 * time.Millisecond)
+	if n := asked.Load(); n > 16 {
+		t.Errorf("%d range requests at once after opening %d executable files; want at most 16", n, files)
+	}
+	open()
+}

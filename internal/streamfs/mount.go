@@ -185,6 +185,8 @@ type MountPoint struct {
 	lastSpan []atomic.Int64
 	// blockedMisses counts reads that waited for a span fetch.
 	blockedMisses atomic.Int64
+	// openTails counts the spans fetchOpenTail is fetching.
+	openTails atomic.Int64
 	// advised is, per layer, the last cached span whose file the kernel
 	// was asked to read ahead (-1 none).
 	advised []atomic.Int64

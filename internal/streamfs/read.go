@@ -195,8 +195,12 @@ func (m *MountPoint) fetchOpenTail(n *node) {
 	}
 	from := max(first+1, spanAt(spans, n.off+n.size-openTailBytes))
 	for j := from; j <= last; j++ {
+		if m.openTails.Load() >= maxOpenTails {
+			return
+		}
 		if !m.cached(n.layer, j) && !m.streamCovers(n.layer, spans[j].Offset) {
-			m.fetchAhead(n.layer, j, nil)
+			m.openTails.Add(1)
+			m.fetchAhead(n.layer, j, func() { m.openTails.Add(-1) })
 		}
 	}
 }
@@ -204,6 +208,13 @@ func (m *MountPoint) fetchOpenTail(n *node) {
 // openTailBytes is how much of the end of a loadable file fetchOpenTail
 // fetches: the data segment of most libraries is smaller.
 const openTailBytes = 2 << 20
+
+// maxOpenTails bounds the spans fetchOpenTail fetches at once: the tails
+// of five or so libraries, which a loader opens one after another. An
+// image whose files are all executable (data shards with mode 0755)
+// would otherwise have a task opening many of them start a range fetch
+// for each, all competing with its blocked reads.
+const maxOpenTails = 16
 
 // loadable reports whether n looks like a file a loader maps: a shared
 // library (named *.so or *.so.*) or an executable.
