@@ -54,8 +54,8 @@ func (s *Service) Handler() http.Handler {
 			}
 			_, raw, err = s.Get(d)
 		case "detached":
-			if w.Header().Get(HeaderLayerData) == LayerDataAllowed && r.URL.Query().Get("repository") != "" &&
-				s.members.check(r.Context(), s, r.URL.Query().Get("repository"), d) != nil {
+			if repo := r.URL.Query().Get("repository"); repo != "" && w.Header().Get(HeaderLayerData) == LayerDataAllowed &&
+				s.members.check(r.Context(), s, repo, d) != nil {
 				w.Header().Set(HeaderLayerData, LayerDataDenied)
 			}
 			var l *detachedLayer

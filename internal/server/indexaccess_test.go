@@ -155,14 +155,7 @@ func TestSharedLayerWindowsPerRepository(t *testing.T) {
 	a := node.Auth{Username: "admin", Password: admin}
 	// Mount p's image: its detached index is cached; nothing is read, so
 	// q's reads below need windows.
-	n, err := node.New(node.Options{
-		Layout:  node.Layout{Root: root},
-		Indexes: indexsvc.HTTPSource{BaseURL: "http://" + addr, Client: &http.Client{Transport: bearer(viewerP)}},
-		Mount:   streamfs.Options{NoBackground: true},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := indexNode(t, root, addr, viewerP)
 	if rfs, err := n.Stream(ctx, addr+"/p/r/big:v1", a); err != nil || rfs.Method != node.MethodStreamed {
 		t.Fatalf("streaming p's image: %v", err)
 	}
@@ -214,12 +207,9 @@ func pushIndexedBig(t *testing.T, ctx context.Context, addr, admin, ref string) 
 	return data, digest.Digest(h.String())
 }
 
-// streamBig streams ref (from pushIndexedBig) on a new node on data
-// directory root that takes indexes from the server's index service with
-// token tok and reads the registry with a, and checks big reads back as
-// data. Every read is by range, so spans after the first need their
-// windows.
-func streamBig(t *testing.T, ctx context.Context, root, addr, tok, ref string, a node.Auth, data []byte) {
+// indexNode is a node on data directory root that takes indexes from
+// the index service at addr with token tok, with no background streams.
+func indexNode(t *testing.T, root, addr, tok string) *node.Node {
 	t.Helper()
 	n, err := node.New(node.Options{
 		Layout:  node.Layout{Root: root},
@@ -229,6 +219,17 @@ func streamBig(t *testing.T, ctx context.Context, root, addr, tok, ref string, a
 	if err != nil {
 		t.Fatal(err)
 	}
+	return n
+}
+
+// streamBig streams ref (from pushIndexedBig) on a new node on data
+// directory root that takes indexes from the server's index service with
+// token tok and reads the registry with a, and checks big reads back as
+// data. Every read is by range, so spans after the first need their
+// windows.
+func streamBig(t *testing.T, ctx context.Context, root, addr, tok, ref string, a node.Auth, data []byte) {
+	t.Helper()
+	n := indexNode(t, root, addr, tok)
 	defer n.Close()
 	rfs, err := n.Stream(ctx, ref, a)
 	if err != nil {

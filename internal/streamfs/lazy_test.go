@@ -230,6 +230,22 @@ func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
 	}
 }
 
+// holdRanges makes every range request of r call seen and then wait
+// until the returned function (safe to call more than once) is called.
+func holdRanges(r *testRegistry, seen func(*http.Request)) (release func()) {
+	hold := make(chan struct{})
+	var once sync.Once
+	onReq := func(req *http.Request) {
+		seen(req)
+		select {
+		case <-hold:
+		case <-req.Context().Done():
+		}
+	}
+	r.onRangeReq.Store(&onReq)
+	return func() { once.Do(func() { close(hold) }) }
+}
+
 // TestOpenFetchesLibraryTail: opening a shared library of more than one
 // span fetches its last spans (where a loader goes right after the
 // header: the data segment) before anything is read, all of them, not
@@ -260,21 +276,13 @@ func openFetchesLibraryTail(t *testing.T, noPassthrough bool) {
 	lib := img.Layers[1]
 
 	// Every range request waits until released; record the layers asked.
-	hold := make(chan struct{})
-	var release sync.Once
-	open := func() { release.Do(func() { close(hold) }) }
 	var mu sync.Mutex
 	asked := map[string]int{}
-	onReq := func(req *http.Request) {
+	open := holdRanges(r, func(req *http.Request) {
 		mu.Lock()
 		asked[path.Base(req.URL.Path)]++
 		mu.Unlock()
-		select {
-		case <-hold:
-		case <-req.Context().Done():
-		}
-	}
-	r.onRangeReq.Store(&onReq)
+	})
 	_, dir := mount(t, img, streamfs.Options{Cache: newCache(t), Prefetchers: 1, NoPassthrough: noPassthrough})
 	t.Cleanup(open) // before the unmount
 
@@ -381,18 +389,8 @@ func TestOpenTailsBounded(t *testing.T) {
 	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: entries}}}, "test/shards")
 	img := r.open(t, ref, spanSize)
 
-	hold := make(chan struct{})
-	var release sync.Once
-	open := func() { release.Do(func() { close(hold) }) }
 	var asked atomic.Int64
-	onReq := func(req *http.Request) {
-		asked.Add(1)
-		select {
-		case <-hold:
-		case <-req.Context().Done():
-		}
-	}
-	r.onRangeReq.Store(&onReq)
+	open := holdRanges(r, func(*http.Request) { asked.Add(1) })
 	_, dir := mount(t, img, streamfs.Options{Cache: newCache(t), Prefetchers: 1})
 	t.Cleanup(open) // before the unmount
 	for i := range files {
