@@ -105,6 +105,68 @@ func (h *blobHasher) blobDigest() digest.Digest {
 	return digest.NewDigest(digest.SHA256, h.blob)
 }
 
+// spanSums hashes a layer's uncompressed stream span by span (Span.USum).
+// A builder learns where a span ends (cutAt) no later than the stream
+// passes that offset, and writes the stream in order; sum returns the
+// digests once the stream has ended.
+type spanSums struct {
+	h    hash.Hash
+	n    int64   // bytes written
+	cuts []int64 // span ends not yet reached
+	sums [][32]byte
+	err  error
+}
+
+func newSpanSums() *spanSums { return &spanSums{h: sha256.New()} }
+
+// cutAt ends a span at uncompressed offset u.
+func (s *spanSums) cutAt(u int64) {
+	if u < s.n || (len(s.cuts) > 0 && u < s.cuts[len(s.cuts)-1]) {
+		s.err = fmt.Errorf("index: internal error: span end %d behind the stream at %d", u, s.n)
+		return
+	}
+	s.cuts = append(s.cuts, u)
+	s.write(nil)
+}
+
+func (s *spanSums) Write(p []byte) (int, error) {
+	s.write(p)
+	return len(p), nil
+}
+
+func (s *spanSums) write(p []byte) {
+	for {
+		if len(s.cuts) > 0 && s.cuts[0]-s.n <= int64(len(p)) {
+			k := s.cuts[0] - s.n
+			s.h.Write(p[:k])
+			s.n += k
+			p = p[k:]
+			var d [32]byte
+			s.sums = append(s.sums, [32]byte(s.h.Sum(d[:0])))
+			s.h.Reset()
+			s.cuts = s.cuts[1:]
+			continue
+		}
+		s.h.Write(p)
+		s.n += int64(len(p))
+		return
+	}
+}
+
+// set stores the sums in x's spans, which must have ended at the cuts.
+func (s *spanSums) set(x *Index) error {
+	if s.err != nil {
+		return s.err
+	}
+	if len(s.cuts) != 0 || len(s.sums) != len(x.Spans) {
+		return fmt.Errorf("index: internal error: %d span sums (%d ends pending) for %d spans", len(s.sums), len(s.cuts), len(x.Spans))
+	}
+	for i := range x.Spans {
+		x.Spans[i].USum = s.sums[i]
+	}
+	return nil
+}
+
 // tarWalker reads the uncompressed tar stream and fills the file table.
 // It counts bytes so that each entry's data offset is known: archive/tar
 // reads headers in whole 512-byte blocks and never reads ahead.

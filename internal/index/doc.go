@@ -73,7 +73,7 @@
 //
 //	header:
 //	  magic        8 bytes "RIFFLEIX"
-//	  version      uint16 little endian (1)
+//	  version      uint16 little endian (2)
 //	  kind         1 byte: 1 tar, 2 gzip, 3 zstd (TOC kinds are never stored)
 //	  mediaType    str
 //	  blobDigest   d32 (sha256 of the blob)
@@ -97,6 +97,8 @@
 //	               only), if not detached
 //	    wsum       d32 (sha256 of that window), if detached and flagged
 //	    digest     d32 (sha256 of the csize fetched bytes)
+//	    usum       d32 (sha256 of the usize uncompressed bytes), except
+//	               in a tar index, where it is digest
 //	files (in tar order, one entry per name; see ocilayer.Dedup):
 //	  count        uvar
 //	  per file:

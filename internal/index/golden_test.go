@@ -204,9 +204,9 @@ func TestUnmarshalHostile(t *testing.T) {
 	}
 	raw("empty", nil, "too short")
 	raw("bad magic", append([]byte("NOTANIDX"), good[8:]...), "magic")
-	v2 := bytes.Clone(good)
-	v2[8] = 2
-	raw("future version", v2, "version 2")
+	v3 := bytes.Clone(good)
+	v3[8] = 3
+	raw("future version", v3, "version 3")
 	raw("truncated", good[:len(good)-40], "checksum")
 	flip := bytes.Clone(good)
 	flip[len(flip)/2] ^= 1

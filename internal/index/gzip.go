@@ -27,6 +27,7 @@ type gzipStream struct {
 	msize   uint32 // member size mod 2^32, as in the trailer
 	ubase   int64  // uncompressed offset where the current member starts
 	out     int64  // uncompressed bytes returned so far
+	sums    *spanSums
 }
 
 const (
@@ -52,6 +53,7 @@ func (g *gzipStream) Read(p []byte) (int, error) {
 			g.state = gzBody
 		case gzBody:
 			n, err := g.f.Read(p)
+			g.sums.write(p[:n])
 			g.crc = crc32.Update(g.crc, crc32.IEEETable, p[:n])
 			g.msize += uint32(n)
 			g.out += int64(n)
@@ -153,7 +155,7 @@ func buildGzip(x *Index, r *bufio.Reader) error {
 	}
 	defer enc.Close()
 	b := &gzipBuilder{x: x, h: h, enc: enc, win: make([]byte, 0, WindowSize)}
-	b.g = &gzipStream{in: in, f: flate.NewReader(in)}
+	b.g = &gzipStream{in: in, f: flate.NewReader(in), sums: newSpanSums()}
 	b.g.f.OnBlock = b.onBlock
 	x.Spans = []Span{{Header: true}}
 	ra := newReadAhead(b.g)
@@ -168,7 +170,7 @@ func buildGzip(x *Index, r *bufio.Reader) error {
 	b.closeSpan(h.n, x.UncompressedSize)
 	x.BlobSize = h.n
 	x.BlobDigest = h.blobDigest()
-	return nil
+	return b.g.sums.set(x)
 }
 
 // onBlock takes a checkpoint at a block boundary once SpanSize bytes of
@@ -201,6 +203,9 @@ func (b *gzipBuilder) closeSpan(cend, uend int64) {
 	s.CSize = cend - s.COffset
 	s.USize = uend - s.UOffset
 	s.Digest = b.h.cut()
+	// The stream has not passed uend yet: a checkpoint is taken at the
+	// end of a block, before any byte of the next one is returned.
+	b.g.sums.cutAt(uend)
 }
 
 // Windows are stored zstd-compressed. The encoder is single-threaded and

@@ -11,7 +11,7 @@ import (
 )
 
 // Version is the version of the binary format written by MarshalBinary.
-const Version = 1
+const Version = 2
 
 // DefaultSpanSize is the amount of uncompressed data between checkpoints
 // when Options.SpanSize is zero. It was chosen by measurement (see
@@ -133,6 +133,12 @@ type Span struct {
 	// Digest is the sha256 of the CSize fetched bytes (for TOC-based
 	// layers: of the USize uncompressed bytes, the TOC's chunkDigest).
 	Digest [32]byte
+	// USum is the sha256 of the span's USize uncompressed bytes: equal to
+	// Digest for a tar layer, zero for TOC-based layers (their chunks are
+	// checked by the TOC). It lets span data that arrives in another
+	// encoding than the layer's, such as a recompressed prefetch pack, be
+	// checked against the index.
+	USum [32]byte
 }
 
 // File is one tar entry.

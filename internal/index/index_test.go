@@ -206,6 +206,9 @@ func checkIndex(t *testing.T, x *Index, g *genLayer, blob []byte) {
 		if !bytes.Equal(out[0], g.tar[s.UOffset:s.UOffset+s.USize]) {
 			t.Fatalf("span %d differs", i)
 		}
+		if sha256.Sum256(out[0]) != s.USum {
+			t.Fatalf("span %d: USum is not the sha256 of its uncompressed bytes", i)
+		}
 	}
 }
 

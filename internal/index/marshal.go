@@ -101,6 +101,9 @@ func (x *Index) encode() []byte {
 			e.b = append(e.b, s.WindowSum[:]...)
 		}
 		e.b = append(e.b, s.Digest[:]...)
+		if x.Kind != KindTar { // a tar span's USum is its Digest
+			e.b = append(e.b, s.USum[:]...)
+		}
 	}
 	e.uvarint(uint64(len(x.Files)))
 	prev := ""
@@ -165,6 +168,10 @@ func commonPrefix(a, b string) int {
 	return n
 }
 
+// ErrVersion is returned (wrapped) by Unmarshal for an index written in
+// another format version: a store holding one should build it again.
+var ErrVersion = errors.New("index: unsupported format version")
+
 // Unmarshal decodes and validates an index. It accepts only what
 // MarshalBinary produces for a valid index, byte for byte, so hostile or
 // damaged input is rejected with an error starting "index: " rather than
@@ -177,7 +184,7 @@ func Unmarshal(b []byte) (*Index, error) {
 		return nil, errors.New("index: bad magic; not a Riffle layer index")
 	}
 	if v := binary.LittleEndian.Uint16(b[len(Magic):]); v != Version {
-		return nil, fmt.Errorf("index: format version %d is not supported (this build reads version %d); rebuild the index", v, Version)
+		return nil, fmt.Errorf("%w: format version %d is not supported (this build reads version %d); rebuild the index", ErrVersion, v, Version)
 	}
 	body, sum := b[:len(b)-trailerLen], b[len(b)-trailerLen:]
 	if s := sha256.Sum256(body); !bytes.Equal(s[:], sum) {
@@ -236,6 +243,11 @@ func Unmarshal(b []byte) (*Index, error) {
 			}
 		}
 		copy(s.Digest[:], d.bytes(sha256.Size))
+		if x.Kind == KindTar {
+			s.USum = s.Digest
+		} else {
+			copy(s.USum[:], d.bytes(sha256.Size))
+		}
 		u += s.USize
 		if d.err != nil || u < 0 || c < 0 {
 			break

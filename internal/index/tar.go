@@ -42,6 +42,7 @@ func (c *tarSpanReader) Read(p []byte) (int, error) {
 
 func (c *tarSpanReader) cut() {
 	size := c.h.n - c.start
-	c.x.Spans = append(c.x.Spans, Span{UOffset: c.start, USize: size, COffset: c.start, CSize: size, Digest: c.h.cut()})
+	d := c.h.cut()
+	c.x.Spans = append(c.x.Spans, Span{UOffset: c.start, USize: size, COffset: c.start, CSize: size, Digest: d, USum: d})
 	c.start = c.h.n
 }

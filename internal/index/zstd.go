@@ -21,12 +21,13 @@ var zstdMagic = []byte{0x28, 0xb5, 0x2f, 0xfd}
 func buildZstd(x *Index, r *bufio.Reader) error {
 	h := newBlobHasher()
 	fr := &zstdFrameReader{r: r, h: h}
+	sums := newSpanSums()
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(1<<40))
 	if err != nil {
 		return fmt.Errorf("index: zstd decoder: %w", err)
 	}
 	defer dec.Close()
-	s := &zstdStream{x: x, fr: fr, dec: dec, h: h}
+	s := &zstdStream{x: x, fr: fr, dec: dec, h: h, sums: sums}
 	ra := newReadAhead(s)
 	defer ra.Close()
 	if err := walkTar(x, ra); err != nil {
@@ -37,6 +38,10 @@ func buildZstd(x *Index, r *bufio.Reader) error {
 	}
 	if h.n > s.cstart {
 		x.Spans = append(x.Spans, Span{UOffset: s.ustart, USize: s.out - s.ustart, COffset: s.cstart, CSize: h.n - s.cstart, Digest: h.cut()})
+		sums.cutAt(s.out)
+	}
+	if err := sums.set(x); err != nil {
+		return err
 	}
 	x.BlobSize = h.n
 	x.BlobDigest = h.blobDigest()
@@ -68,6 +73,7 @@ type zstdStream struct {
 	fr      *zstdFrameReader
 	dec     *zstd.Decoder
 	h       *blobHasher
+	sums    *spanSums
 	inFrame bool
 	done    bool
 	frames  int   // data frames seen
@@ -80,6 +86,7 @@ func (s *zstdStream) Read(p []byte) (int, error) {
 	for {
 		if s.inFrame {
 			n, err := s.dec.Read(p)
+			s.sums.write(p[:n])
 			s.out += int64(n)
 			if errors.Is(err, io.EOF) {
 				if err := s.endFrame(); err != nil {
@@ -132,6 +139,7 @@ func (s *zstdStream) endFrame() error {
 	}
 	if s.out-s.ustart >= s.x.SpanSize {
 		s.x.Spans = append(s.x.Spans, Span{UOffset: s.ustart, USize: s.out - s.ustart, COffset: s.cstart, CSize: s.h.n - s.cstart, Digest: s.h.cut()})
+		s.sums.cutAt(s.out)
 		s.ustart, s.cstart = s.out, s.h.n
 	}
 	return nil

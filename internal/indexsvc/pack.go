@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/index"
@@ -166,11 +167,11 @@ func (s *Service) BuildPack(ctx context.Context, repo string, d digest.Digest) e
 	if err != nil {
 		return err
 	}
-	h := packHeader(x, lp.Spans)
-	if len(h.Spans) == 0 {
+	spans := packSpans(x, lp.Spans)
+	if len(spans) == 0 {
 		return nil
 	}
-	if cur, err := s.readPackHeader(d); err == nil && slices.Equal(cur.Spans, h.Spans) {
+	if cur, err := s.readPackHeader(d); err == nil && slices.EqualFunc(cur.Spans, spans, func(e streamfs.PackSpan, n int) bool { return e.Span == n }) {
 		return nil // unchanged
 	}
 	r, err := s.client.ParseRepository(repo)
@@ -193,7 +194,7 @@ func (s *Service) BuildPack(ctx context.Context, repo string, d digest.Digest) e
 		return fmt.Errorf("indexsvc: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	err = writePack(ctx, tmp, x, h, blob)
+	h, err := writePack(ctx, tmp, x, spans, blob)
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}
@@ -209,21 +210,24 @@ func (s *Service) BuildPack(ctx context.Context, repo string, d digest.Digest) e
 	return nil
 }
 
-// packHeader lists the profile's spans of x, in profile order, within
-// MaxPackBytes.
-func packHeader(x *index.Index, spans []int) *streamfs.PackHeader {
-	h := &streamfs.PackHeader{Layer: x.BlobDigest}
+// packSpans lists the profile's spans of x that a pack can hold, in
+// profile order, within MaxPackBytes of the layer's compressed bytes (the
+// pack's frames are usually smaller).
+func packSpans(x *index.Index, profile []int) []int {
+	var out []int
 	var total int64
-	for _, n := range spans {
-		p, err := x.PlanSpans(n, n+1)
-		w := int64(len(x.Spans[n].Window))
-		if err != nil || total+p.Length+w > MaxPackBytes || len(h.Spans) == streamfs.MaxPackSpans {
+	for _, n := range profile {
+		if n < 0 || n >= len(x.Spans) || !streamfs.Packable(x, n) {
 			continue
 		}
-		total += p.Length + w
-		h.Spans = append(h.Spans, streamfs.PackSpan{Span: n, Size: p.Length + w, Window: w})
+		c := x.Spans[n].CSize
+		if total+c > MaxPackBytes || len(out) == streamfs.MaxPackSpans {
+			continue
+		}
+		total += c
+		out = append(out, n)
 	}
-	return h
+	return out
 }
 
 func (s *Service) readPackHeader(d digest.Digest) (*streamfs.PackHeader, error) {
@@ -240,47 +244,80 @@ type blobRanger interface {
 	ReadAtContext(ctx context.Context, p []byte, off int64) (int, error)
 }
 
-// writePack writes h and its spans' data to f. The spans are fetched in
-// blob order, runs of consecutive spans in one request, and each is
-// written at its place in the pack, so memory stays at one run.
-func writePack(ctx context.Context, f *os.File, x *index.Index, h *streamfs.PackHeader, blob blobRanger) error {
-	hb, err := h.MarshalBinary()
+// writePack writes the pack of spans (in that order) to f and returns its
+// header. The spans are fetched in blob order, runs of consecutive spans
+// in one request, verified, decoded and recompressed one by one into a
+// scratch file beside f; then the header and the frames in pack order are
+// written to f. Memory stays at one run.
+func writePack(ctx context.Context, f *os.File, x *index.Index, spans []int, blob blobRanger) (*streamfs.PackHeader, error) {
+	scratch, err := os.CreateTemp(filepath.Dir(f.Name()), ".frames-*")
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := f.Write(hb); err != nil {
-		return err
+	defer os.Remove(scratch.Name())
+	defer scratch.Close()
+	enc, err := streamfs.NewPackEncoder()
+	if err != nil {
+		return nil, err
 	}
-	at := make(map[int]int64, len(h.Spans)) // span -> offset of its blob bytes in the pack
-	off := int64(len(hb))
-	for _, ps := range h.Spans {
-		if _, err := f.WriteAt(x.Spans[ps.Span].Window, off); err != nil {
-			return err
-		}
-		at[ps.Span] = off + ps.Window
-		off += ps.Size
-	}
-	sorted := make([]int, 0, len(h.Spans))
-	for _, ps := range h.Spans {
-		sorted = append(sorted, ps.Span)
-	}
+	defer enc.Close()
+	fw := &frameWriter{f: scratch, enc: enc, at: make(map[int][2]int64, len(spans))}
+	sorted := slices.Clone(spans)
 	slices.Sort(sorted)
 	for i := 0; i < len(sorted); {
 		j := i + 1
 		for j < len(sorted) && sorted[j] == sorted[j-1]+1 && x.Spans[sorted[j]].COffset+x.Spans[sorted[j]].CSize-x.Spans[sorted[i]].COffset <= maxPackRun {
 			j++
 		}
-		if err := packRun(ctx, f, x, sorted[i], sorted[j-1]+1, at, blob); err != nil {
-			return err
+		if err := packRun(ctx, fw, x, sorted[i], sorted[j-1]+1, blob); err != nil {
+			return nil, err
 		}
 		i = j
 	}
+	h := &streamfs.PackHeader{Layer: x.BlobDigest}
+	for _, n := range spans {
+		h.Spans = append(h.Spans, streamfs.PackSpan{Span: n, Size: fw.at[n][1]})
+	}
+	hb, err := h.MarshalBinary()
+	if err != nil {
+		return nil, err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	if _, err := w.Write(hb); err != nil {
+		return nil, err
+	}
+	for _, n := range spans {
+		loc := fw.at[n]
+		if _, err := io.Copy(w, io.NewSectionReader(scratch, loc[0], loc[1])); err != nil {
+			return nil, err
+		}
+	}
+	return h, w.Flush()
+}
+
+// frameWriter appends spans, recompressed as pack frames, to a scratch
+// file and notes where each lies.
+type frameWriter struct {
+	f   *os.File
+	enc *zstd.Encoder
+	buf []byte
+	off int64
+	at  map[int][2]int64 // span -> offset, size
+}
+
+func (fw *frameWriter) add(n int, data []byte) error {
+	fw.buf = streamfs.EncodePackSpan(fw.enc, fw.buf[:0], data)
+	if _, err := fw.f.Write(fw.buf); err != nil {
+		return err
+	}
+	fw.at[n] = [2]int64{fw.off, int64(len(fw.buf))}
+	fw.off += int64(len(fw.buf))
 	return nil
 }
 
-// packRun fetches spans [first, end) of x in one request and writes each,
-// verified, at its offset in the pack.
-func packRun(ctx context.Context, f *os.File, x *index.Index, first, end int, at map[int]int64, blob blobRanger) error {
+// packRun fetches spans [first, end) of x in one request, checks and
+// decodes them, and adds each to fw.
+func packRun(ctx context.Context, fw *frameWriter, x *index.Index, first, end int, blob blobRanger) error {
 	p, err := x.PlanSpans(first, end)
 	if err != nil {
 		return err
@@ -290,13 +327,16 @@ func packRun(ctx context.Context, f *os.File, x *index.Index, first, end int, at
 	if err != nil && !(errors.Is(err, io.EOF) && int64(n) == p.Length) {
 		return fmt.Errorf("fetch [%d, +%d): %w", p.Offset, p.Length, err)
 	}
-	for k := first; k < end; k++ {
-		sp := &x.Spans[k]
-		b := buf[sp.COffset-p.Offset : sp.COffset-p.Offset+sp.CSize]
-		if sha256.Sum256(b) != sp.Digest {
-			return fmt.Errorf("span %d: the registry served bytes that do not match the index", k)
+	out, err := x.Decode(p, buf)
+	if err != nil {
+		return fmt.Errorf("the registry served bytes that do not match the index: %w", err)
+	}
+	for i, data := range out {
+		k := first + i
+		if sha256.Sum256(data) != x.Spans[k].USum {
+			return fmt.Errorf("span %d: the index's digest of its uncompressed bytes does not match them", k)
 		}
-		if _, err := f.WriteAt(b, at[k]); err != nil {
+		if err := fw.add(k, data); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/indexsvc"
@@ -168,6 +169,11 @@ func checkPack(t *testing.T, f *fixture, d digest.Digest, pack []byte, order []i
 	if len(h.Spans) != len(order) {
 		t.Fatalf("pack spans %+v, want %v", h.Spans, order)
 	}
+	dec, err := zstd.NewReader(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dec.Close()
 	for i, ps := range h.Spans {
 		if ps.Span != order[i] {
 			t.Fatalf("pack spans %+v, want order %v", h.Spans, order)
@@ -184,11 +190,16 @@ func checkPack(t *testing.T, f *fixture, d digest.Digest, pack []byte, order []i
 		if _, err := io.ReadFull(r, got); err != nil {
 			t.Fatal(err)
 		}
-		if !bytes.Equal(got[:ps.Window], x.Spans[ps.Span].Window) {
-			t.Errorf("span %d: the pack's window (%d bytes) is not the index's (%d)", ps.Span, ps.Window, len(x.Spans[ps.Span].Window))
+		span, err := x.Decode(p, want)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if !bytes.Equal(got[ps.Window:], want) {
-			t.Errorf("span %d: pack bytes differ from the blob range [%d, +%d)", ps.Span, p.Offset, p.Length)
+		frame, err := dec.DecodeAll(got, nil)
+		if err != nil {
+			t.Fatalf("span %d: the pack's frame: %v", ps.Span, err)
+		}
+		if !bytes.Equal(frame, span[0]) {
+			t.Errorf("span %d: the pack's frame decodes to other bytes than the blob range [%d, +%d)", ps.Span, p.Offset, p.Length)
 		}
 	}
 	if rest, _ := io.ReadAll(r); len(rest) != 0 {

@@ -320,6 +320,10 @@ func (s *Service) Get(d digest.Digest) (*index.Index, []byte, error) {
 		return nil, nil, fmt.Errorf("indexsvc: %w", err)
 	}
 	x, err := index.Unmarshal(raw)
+	if errors.Is(err, index.ErrVersion) {
+		// Written by another release: built again on the next LayerIndex.
+		return nil, nil, fmt.Errorf("indexsvc: layer %s: %w (%w)", d, streamfs.ErrNoIndex, err)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("indexsvc: stored index of %s: %w", d, err)
 	}

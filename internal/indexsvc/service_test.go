@@ -3,6 +3,7 @@ package indexsvc_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/index"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/registry"
 	"github.com/riffle-dev/riffle/internal/remote"
@@ -106,6 +108,38 @@ func TestIndexImageDeterministicAndShared(t *testing.T) {
 	after, _ := os.ReadDir(filepath.Join(f.dir, "sha256"))
 	if len(before) != len(after) {
 		t.Fatalf("indexing the same layers in another repository stored %d new files", len(after)-len(before))
+	}
+}
+
+// TestOldIndexVersionRebuilt: an index a previous release stored (another
+// format version) reads as missing and is built again, not served as an
+// error to every node.
+func TestOldIndexVersionRebuilt(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	res, err := f.svc.IndexImage(ctx, f.ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := res.Layers[0].Digest
+	_, raw, err := f.svc.Get(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(f.dir, "sha256", d.Encoded()+".idx")
+	old := bytes.Clone(raw)
+	binary.LittleEndian.PutUint16(old[len(index.Magic):], index.Version-1)
+	if err := os.WriteFile(p, old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.svc.Get(d); !errors.Is(err, streamfs.ErrNoIndex) || !errors.Is(err, index.ErrVersion) {
+		t.Fatalf("Get of an old-version index: %v, want ErrNoIndex and ErrVersion", err)
+	}
+	if _, err := f.svc.IndexImage(ctx, f.ref); err != nil {
+		t.Fatal(err)
+	}
+	if _, again, err := f.svc.Get(d); err != nil || !bytes.Equal(again, raw) {
+		t.Fatalf("after indexing again: %v (same bytes: %v)", err, bytes.Equal(again, raw))
 	}
 }
 

@@ -35,3 +35,6 @@ const (
 	BusyGap   = busyGap
 	BusyShare = busyShare
 )
+
+// DecodePackSpan is decodePackSpan.
+var DecodePackSpan = decodePackSpan

@@ -182,9 +182,7 @@ read:
 // cache, and a reader that took it wrote it within the cache fill that
 // fillFromPack waits for (cache.Fill runs one fill per span).
 func (m *MountPoint) unpackSpan(l int, x *index.Index, ps *packStream, e PackSpan, buf []byte, scratch *[]byte) (bool, error) {
-	if x.Kind != index.KindTar { // decoded tar spans alias buf
-		defer wireBufs.Put(&buf)
-	}
+	defer wireBufs.Put(&buf)
 	if m.cached(l, e.Span) {
 		ps.pass(e)
 		return true, nil
@@ -395,35 +393,6 @@ func (m *MountPoint) waitPack(ctx context.Context, l, s int) []byte {
 			return nil
 		}
 	}
-}
-
-// decodePackSpan verifies and decodes span n's blob bytes from a pack.
-// It decodes into *scratch (Index.DecodeInto), grown as needed, which the
-// result then aliases.
-func decodePackSpan(x *index.Index, e PackSpan, b []byte, scratch *[]byte) ([]byte, error) {
-	n := e.Span
-	p, err := x.PlanSpans(n, n+1)
-	if err != nil {
-		return nil, err
-	}
-	if size := x.DecodeSize(p); int64(cap(*scratch)) < size {
-		*scratch = make([]byte, size)
-	}
-	var window []byte
-	if x.NeedsWindow(n) {
-		window = b[:e.Window]
-	}
-	out, err := x.DecodeWindow(p, window, b[e.Window:], *scratch)
-	if err != nil {
-		if errors.Is(err, index.ErrCorrupt) {
-			return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
-		}
-		return nil, err
-	}
-	if int64(len(out[0])) != x.Spans[n].USize {
-		return nil, fmt.Errorf("%w: span %d decoded to %d bytes", ErrCorrupt, n, len(out[0]))
-	}
-	return out[0], nil
 }
 
 // cached reports whether span s of layer l is in the cache (without

@@ -2,11 +2,15 @@ package streamfs
 
 import (
 	"bufio"
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/opencontainers/go-digest"
 
@@ -15,31 +19,35 @@ import (
 
 // A prefetch pack is one layer's startup-profile data in one blob: a
 // header, then for each listed span, back to back in profile order, the
-// span's stored gzip window (if it has one), then its compressed blob
-// bytes (exactly the range index.PlanSpans(n, n+1) gives). The window
-// lets a node whose index is detached (index.Index.Detach) decode the
-// span without asking for it; a node with the whole index skips it. The
-// header says only where each span lies; the data is trusted through the
-// index's span and window digests, never through the pack, so a pack
-// from anywhere can be used.
+// span's uncompressed bytes as one zstd frame (recompressed from the
+// layer's encoding: for the binaries a python import reads, about 30%
+// fewer bytes than the layer's gzip, and decoded several times faster).
+// A frame must declare its content size, which must be the span's size.
+// The header says only where each span lies; the data is trusted through
+// the sha256 of each span's uncompressed bytes in the layer's index
+// (index.Span.USum), never through the pack, so a pack from anywhere can
+// be used, and a node with a detached index needs no windows for it.
 //
 //	magic   "RIFFLEPK"
 //	version 1 byte (PackVersion)
 //	layer   32 bytes: sha256 of the layer blob
 //	count   uvarint
-//	count × (span uvarint, window uvarint, size uvarint)
-//	data    size bytes per span: window bytes, then blob bytes
+//	count × (span uvarint, size uvarint)
+//	data    size bytes per span: a zstd frame
 const (
 	packMagic = "RIFFLEPK"
 	// PackVersion is the pack format version this package reads and writes.
-	PackVersion = 2
+	PackVersion = 3
 	// MaxPackSpans bounds the spans of one pack's header, so a hostile
 	// header cannot make a reader allocate much.
 	MaxPackSpans = 1 << 16
-	// maxPackSpanSize bounds one span's compressed size in a header (an
-	// index span is at most index.MaxSpanSize uncompressed; deflate can
-	// grow incompressible data a little).
-	maxPackSpanSize = 2 * index.MaxSpanSize
+	// MaxPackSpanUSize is the largest span a pack holds: a reader decodes
+	// a span in memory, so a pack leaves larger ones (far above the 1 MiB
+	// default span size) to be fetched by range.
+	MaxPackSpanUSize = 32 << 20
+	// maxPackSpanSize bounds one span's frame in a header: zstd grows
+	// incompressible data by a few bytes per 128 KiB block.
+	maxPackSpanSize = MaxPackSpanUSize + MaxPackSpanUSize>>7 + 1<<10
 )
 
 // ErrNoPack is returned (wrapped) by a PackSource that has no pack for a
@@ -59,16 +67,11 @@ type PackHeader struct {
 }
 
 // PackSpan is one span in a pack: its number in the layer's index and the
-// number of bytes it takes, Window of them its stored window.
+// number of bytes its frame takes.
 type PackSpan struct {
-	Span   int
-	Size   int64
-	Window int64
+	Span int
+	Size int64
 }
-
-// maxPackWindow bounds a pack span's window (a stored window is a zstd
-// frame of at most 32 KiB).
-const maxPackWindow = 64 << 10
 
 // DataSize is the number of data bytes after the header.
 func (h *PackHeader) DataSize() int64 {
@@ -95,11 +98,10 @@ func (h *PackHeader) MarshalBinary() ([]byte, error) {
 	b = append(b, raw...)
 	b = binary.AppendUvarint(b, uint64(len(h.Spans)))
 	for _, s := range h.Spans {
-		if s.Span < 0 || s.Window < 0 || s.Window > maxPackWindow || s.Size <= s.Window || s.Size > maxPackSpanSize+s.Window {
-			return nil, fmt.Errorf("streamfs: pack span %d of %d bytes (window %d) is out of range", s.Span, s.Size, s.Window)
+		if s.Span < 0 || s.Size <= 0 || s.Size > maxPackSpanSize {
+			return nil, fmt.Errorf("streamfs: pack span %d of %d bytes is out of range", s.Span, s.Size)
 		}
 		b = binary.AppendUvarint(b, uint64(s.Span))
-		b = binary.AppendUvarint(b, uint64(s.Window))
 		b = binary.AppendUvarint(b, uint64(s.Size))
 	}
 	return b, nil
@@ -136,24 +138,24 @@ func ReadPackHeader(r *bufio.Reader) (*PackHeader, error) {
 	}
 	h.Spans = make([]PackSpan, 0, n)
 	for i := range n {
-		var v [3]uint64 // span, window, size
+		var v [2]uint64 // span, size
 		for k := range v {
 			if v[k], err = binary.ReadUvarint(r); err != nil {
 				return nil, fmt.Errorf("%w: span %d: %w", ErrBadPack, i, err)
 			}
 		}
-		span, window, size := v[0], v[1], v[2]
-		if span > MaxPackSpans*1024 || window > maxPackWindow || size <= window || size > maxPackSpanSize+window {
-			return nil, fmt.Errorf("%w: entry %d (span %d, %d bytes, window %d) is out of range", ErrBadPack, i, span, size, window)
+		span, size := v[0], v[1]
+		if span > MaxPackSpans*1024 || size == 0 || size > maxPackSpanSize {
+			return nil, fmt.Errorf("%w: entry %d (span %d, %d bytes) is out of range", ErrBadPack, i, span, size)
 		}
-		h.Spans = append(h.Spans, PackSpan{Span: int(span), Size: int64(size), Window: int64(window)})
+		h.Spans = append(h.Spans, PackSpan{Span: int(span), Size: int64(size)})
 	}
 	return h, nil
 }
 
 // Check makes sure the header describes spans of x: the same layer, each
-// span inside the index, listed once, with exactly the size of its blob
-// range after its window, and a window where a detached x needs one.
+// span inside the index, listed once, small enough for a pack, and with a
+// digest of its uncompressed bytes to check it by.
 func (h *PackHeader) Check(x *index.Index) error {
 	if h.Layer != x.BlobDigest {
 		return fmt.Errorf("%w: it packs layer %s, not %s", ErrBadPack, h.Layer, x.BlobDigest)
@@ -164,16 +166,62 @@ func (h *PackHeader) Check(x *index.Index) error {
 			return fmt.Errorf("%w: entry %d: span %d is not a span of the layer or is listed twice", ErrBadPack, i, s.Span)
 		}
 		seen[s.Span] = true
-		p, err := x.PlanSpans(s.Span, s.Span+1)
-		if err != nil {
-			return fmt.Errorf("%w: entry %d: %w", ErrBadPack, i, err)
-		}
-		if p.Length != s.Size-s.Window {
-			return fmt.Errorf("%w: entry %d: span %d has %d bytes, the index says %d", ErrBadPack, i, s.Span, s.Size-s.Window, p.Length)
-		}
-		if x.NeedsWindow(s.Span) && s.Window == 0 {
-			return fmt.Errorf("%w: entry %d: span %d comes without the window the index needs", ErrBadPack, i, s.Span)
+		if !Packable(x, s.Span) {
+			return fmt.Errorf("%w: entry %d: span %d cannot come from a pack (%d bytes, or no digest of its uncompressed bytes in the index)", ErrBadPack, i, s.Span, x.Spans[s.Span].USize)
 		}
 	}
 	return nil
+}
+
+// Packable reports whether span n of x may be carried by a pack: it has
+// data, at most MaxPackSpanUSize bytes of it, and the index holds the
+// digest to check it by.
+func Packable(x *index.Index, n int) bool {
+	s := &x.Spans[n]
+	return s.USize > 0 && s.USize <= MaxPackSpanUSize && s.USum != [32]byte{}
+}
+
+// packDecoder decodes pack frames; DecodeAll is safe for concurrent use.
+var packDecoder = sync.OnceValues(func() (*zstd.Decoder, error) {
+	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxPackSpanUSize))
+})
+
+// EncodePackSpan appends span data (the span's uncompressed bytes) to dst
+// as a pack frame, with enc (see NewPackEncoder).
+func EncodePackSpan(enc *zstd.Encoder, dst, data []byte) []byte {
+	return enc.EncodeAll(data, dst)
+}
+
+// NewPackEncoder returns an encoder for pack frames. Packs are built once
+// per profile, in the background, and fetched by every node that starts
+// the image, so they use the strongest level.
+func NewPackEncoder() (*zstd.Encoder, error) {
+	return zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1))
+}
+
+// decodePackSpan decodes span e of a pack from its frame b into *scratch
+// (grown as needed; the result aliases it) and checks it against the
+// index's digest of the span's uncompressed bytes.
+func decodePackSpan(x *index.Index, e PackSpan, b []byte, scratch *[]byte) ([]byte, error) {
+	n := e.Span
+	want := x.Spans[n].USize
+	var fh zstd.Header
+	if err := fh.Decode(b); err != nil || !fh.HasFCS || fh.FrameContentSize != uint64(want) {
+		return nil, fmt.Errorf("%w: span %d: the pack's frame does not declare the span's %d bytes", ErrCorrupt, n, want)
+	}
+	if int64(cap(*scratch)) < want {
+		*scratch = make([]byte, 0, want)
+	}
+	dec, err := packDecoder()
+	if err != nil {
+		return nil, err
+	}
+	out, err := dec.DecodeAll(b, (*scratch)[:0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: span %d: %w", ErrCorrupt, n, err)
+	}
+	if int64(len(out)) != want || sha256.Sum256(out) != x.Spans[n].USum {
+		return nil, fmt.Errorf("%w: span %d decoded to %d bytes that do not match the index", ErrCorrupt, n, len(out))
+	}
+	return out, nil
 }

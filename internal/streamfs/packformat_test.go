@@ -1,14 +1,19 @@
 package streamfs_test
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"errors"
+	"math/rand/v2"
 	"slices"
 	"testing"
 
+	"github.com/klauspost/compress/zstd"
 	"github.com/opencontainers/go-digest"
 
+	"github.com/riffle-dev/riffle/internal/index"
 	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
@@ -67,5 +72,65 @@ func TestPackHeaderRoundTrip(t *testing.T) {
 	}
 	if h.Layer != digest.FromString("layer") || !slices.Equal(h.Spans, want) || h.DataSize() != 4096+1+3<<20 {
 		t.Fatalf("got %+v", h)
+	}
+}
+
+// TestDecodePackSpanChecksIndex: a pack frame is trusted only if it
+// decodes to exactly the bytes the index's USum names, so a well-formed
+// frame of other data, or one that declares another size or none, is
+// refused as corrupt.
+func TestDecodePackSpanChecksIndex(t *testing.T) {
+	var raw bytes.Buffer
+	tw := tar.NewWriter(&raw)
+	data := make([]byte, 300<<10)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range data {
+		data[i] = byte(rng.IntN(16)) // compressible, but in many blocks
+	}
+	if err := tw.WriteHeader(&tar.Header{Name: "f", Mode: 0o644, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Write(data)
+	tw.Close()
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(raw.Bytes())
+	zw.Close()
+	x, err := index.Build(bytes.NewReader(gz.Bytes()), "", index.Options{SpanSize: index.MinSpanSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 1
+	s := x.Spans[n]
+	span := raw.Bytes()[s.UOffset : s.UOffset+s.USize]
+	enc, err := streamfs.NewPackEncoder()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var scratch []byte
+	good := streamfs.EncodePackSpan(enc, nil, span)
+	if out, err := streamfs.DecodePackSpan(x, streamfs.PackSpan{Span: n, Size: int64(len(good))}, good, &scratch); err != nil || !bytes.Equal(out, span) {
+		t.Fatalf("the right frame: %v", err)
+	}
+	other := bytes.Clone(span)
+	other[len(other)/2] ^= 1
+	var stream bytes.Buffer
+	sw, err := zstd.NewWriter(&stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sw.Write(span[:1000])
+	sw.Flush() // the frame header goes out before the size is known
+	sw.Write(span[1000:])
+	sw.Close()
+	for name, frame := range map[string][]byte{
+		"other bytes":   streamfs.EncodePackSpan(enc, nil, other),
+		"one more byte": streamfs.EncodePackSpan(enc, nil, append(bytes.Clone(span), 0)),
+		"no size":       stream.Bytes(),
+		"garbage":       []byte("not a zstd frame at all"),
+	} {
+		if _, err := streamfs.DecodePackSpan(x, streamfs.PackSpan{Span: n, Size: int64(len(frame))}, frame, &scratch); !errors.Is(err, streamfs.ErrCorrupt) {
+			t.Errorf("%s: error %v, want ErrCorrupt", name, err)
+		}
 	}
 }
