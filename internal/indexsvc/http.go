@@ -241,6 +241,11 @@ const maxIndexBytes = 512 << 20
 // checked parses raw and makes sure it describes desc.
 func checked(raw []byte, desc ocispec.Descriptor) (*index.Index, error) {
 	x, err := index.Unmarshal(raw)
+	if errors.Is(err, index.ErrVersion) {
+		// A source on another release: the node goes on to the next one
+		// (or builds the index) rather than failing the layer.
+		return nil, fmt.Errorf("indexsvc: index of %s: %w (%w)", desc.Digest, streamfs.ErrNoIndex, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("indexsvc: index of %s: %w", desc.Digest, err)
 	}

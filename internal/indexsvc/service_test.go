@@ -135,6 +135,13 @@ func TestOldIndexVersionRebuilt(t *testing.T) {
 	if _, _, err := f.svc.Get(d); !errors.Is(err, streamfs.ErrNoIndex) || !errors.Is(err, index.ErrVersion) {
 		t.Fatalf("Get of an old-version index: %v, want ErrNoIndex and ErrVersion", err)
 	}
+	// A node whose index service runs another release looks elsewhere.
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(old) }))
+	defer hs.Close()
+	desc := ocispec.Descriptor{Digest: d}
+	if _, err := (indexsvc.HTTPSource{BaseURL: hs.URL}).LayerIndex(ctx, "", desc); !errors.Is(err, streamfs.ErrNoIndex) {
+		t.Fatalf("HTTPSource given an old-version index: %v, want ErrNoIndex", err)
+	}
 	if _, err := f.svc.IndexImage(ctx, f.ref); err != nil {
 		t.Fatal(err)
 	}

@@ -41,9 +41,9 @@ func TestDetachedIndexWindowsByRange(t *testing.T) {
 	}
 }
 
-// With a profile, the packs carry the windows: nothing is fetched by
-// range and no window is asked for.
-func TestDetachedIndexPackCarriesWindows(t *testing.T) {
+// With a profile, the packs carry the spans recompressed, which need no
+// windows: nothing is fetched by range and no window is asked for.
+func TestDetachedIndexPackNeedsNoWindows(t *testing.T) {
 	testutil.RequiresRoot(t)
 	e := newPackEnv(t)
 	simg := e.openDetached(t)
@@ -51,7 +51,7 @@ func TestDetachedIndexPackCarriesWindows(t *testing.T) {
 	st := e.waitProfile(t, m)
 	e.checkFiles(t, dir)
 	if n, w := e.r.rangeRequests.Load(), e.winGets.Load(); n != 0 || w != 0 {
-		t.Errorf("%d range requests and %d window requests; the packs hold the spans and their windows", n, w)
+		t.Errorf("%d range requests and %d window requests; the packs hold the spans, which need no windows", n, w)
 	}
 	if st.PackSpans != int64(e.spans) || st.Corrupt != 0 {
 		t.Errorf("stats %+v, want %d spans from packs", st, e.spans)

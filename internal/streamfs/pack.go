@@ -198,6 +198,12 @@ func (m *MountPoint) unpackSpan(l int, x *index.Index, ps *packStream, e PackSpa
 	ps.offer(e, data)
 	err = m.fillFromPack(l, e.Span, data)
 	ps.withdraw(e.Span)
+	if err != nil {
+		// A reader that took the offered data may still be writing it
+		// (the pack's fill gave up, say on unmount): decode the next span
+		// elsewhere.
+		*scratch = nil
+	}
 	if err != nil && m.ctx.Err() != nil {
 		return false, err
 	}
@@ -250,7 +256,9 @@ func (ps *packStream) place(spans []PackSpan) {
 func expectedPack(x *index.Index, want []int) []PackSpan {
 	out := make([]PackSpan, 0, len(want))
 	for _, s := range want {
-		if p, err := x.PlanSpans(s, s+1); err == nil {
+		// The layer's compressed size stands in for the frame's until
+		// the header says.
+		if p, err := x.PlanSpans(s, s+1); err == nil && Packable(x, s) {
 			out = append(out, PackSpan{Span: s, Size: p.Length})
 		}
 	}

@@ -34,7 +34,7 @@ func FuzzReadPackHeader(f *testing.F) {
 	f.Add(append(packSeed(f, streamfs.PackSpan{Span: 7, Size: 5}), "data!"...))
 	full := packSeed(f, streamfs.PackSpan{Span: 1, Size: 2}, streamfs.PackSpan{Span: 300, Size: 70000})
 	f.Add(full[:len(full)-1])
-	f.Add([]byte("RIFFLEPK\x02"))
+	f.Add([]byte("RIFFLEPK\x03"))
 	f.Add([]byte("not a pack at all"))
 	f.Add(append(packSeed(f)[:41], 0xff, 0xff, 0xff, 0xff, 0x0f))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -103,12 +103,28 @@ func TestDecodePackSpanChecksIndex(t *testing.T) {
 	const n = 1
 	s := x.Spans[n]
 	span := raw.Bytes()[s.UOffset : s.UOffset+s.USize]
-	enc, err := streamfs.NewPackEncoder()
+	enc, err := streamfs.NewPackEncoder(true)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A frame always declares its size, even a tiny one (a span of a
+	// few bytes, say the last of a layer).
+	for _, size := range []int{1, 10, 255, 256, 100 << 10} {
+		var h zstd.Header
+		if err := h.Decode(streamfs.EncodePackSpan(enc, nil, make([]byte, size))); err != nil || !h.HasFCS || h.FrameContentSize != uint64(size) {
+			t.Errorf("a frame of %d bytes: header %+v, %v; want its size declared", size, h, err)
+		}
+	}
 	var scratch []byte
 	good := streamfs.EncodePackSpan(enc, nil, span)
+	// A header may not promise a frame much larger than the span could
+	// take, which would make a node set aside that much for it.
+	for size, ok := range map[int64]bool{int64(len(good)): true, s.USize + 64: true, 32 << 20: false} {
+		h := &streamfs.PackHeader{Layer: x.BlobDigest, Spans: []streamfs.PackSpan{{Span: n, Size: size}}}
+		if err := h.Check(x); (err == nil) != ok || (err != nil && !errors.Is(err, streamfs.ErrBadPack)) {
+			t.Errorf("Check of a %d-byte frame for a %d-byte span: %v", size, s.USize, err)
+		}
+	}
 	if out, err := streamfs.DecodePackSpan(x, streamfs.PackSpan{Span: n, Size: int64(len(good))}, good, &scratch); err != nil || !bytes.Equal(out, span) {
 		t.Fatalf("the right frame: %v", err)
 	}
@@ -127,6 +143,7 @@ func TestDecodePackSpanChecksIndex(t *testing.T) {
 		"other bytes":   streamfs.EncodePackSpan(enc, nil, other),
 		"one more byte": streamfs.EncodePackSpan(enc, nil, append(bytes.Clone(span), 0)),
 		"no size":       stream.Bytes(),
+		"two frames":    append(bytes.Clone(good), good...),
 		"garbage":       []byte("not a zstd frame at all"),
 	} {
 		if _, err := streamfs.DecodePackSpan(x, streamfs.PackSpan{Span: n, Size: int64(len(frame))}, frame, &scratch); !errors.Is(err, streamfs.ErrCorrupt) {

@@ -11,6 +11,7 @@ import (
 
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/remote"
@@ -130,6 +131,14 @@ func measureCachedRead(ctx context.Context, s *setupState, size int64, runs int,
 	// A read takes about a second here and the disk's time varies twofold
 	// from one read to the next: three pairs per run.
 	for range 3 * runs {
+		// Each riffle run reports the read as a startup profile; the pack
+		// the index service then builds must not share the CPU with the
+		// timed reads.
+		wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		if err := s.svc.WaitPacks(wctx); err != nil {
+			fmt.Fprintf(os.Stderr, "startbench: prefetch packs still building after 2 minutes: %v\n", err)
+		}
+		cancel()
 		dropCaches()
 		out, err := exec.CommandContext(ctx, dd[0], ddOf(local)[1:]...).CombinedOutput()
 		if err != nil {
