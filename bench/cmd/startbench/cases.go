@@ -153,9 +153,11 @@ type timer struct {
 }
 
 func (e *env) begin() timer {
-	// No case shares the CPU with a pack build that an earlier run's
-	// profile report started (a build recompresses the profile's spans,
-	// several seconds of CPU even at nice 19: see indexsvc.packNice).
+	// No case shares the CPU or the link with a pack build that an
+	// earlier run's profile report started: a build recompresses the
+	// profile's spans (several seconds of CPU even at nice 19, see
+	// indexsvc.packNice), and it reads them from the repository the node
+	// reported, which here is the registry behind the emulated link.
 	e.waitPacks(context.Background())
 	dropCaches()
 	return timer{start: time.Now(), bytes: e.link.Bytes(), link: e.link}
