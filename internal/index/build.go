@@ -107,7 +107,7 @@ func (h *blobHasher) blobDigest() digest.Digest {
 
 // spanSums hashes a layer's uncompressed stream span by span (Span.USum).
 // A builder learns where a span ends (cutAt) no later than the stream
-// passes that offset, and writes the stream in order; sum returns the
+// passes that offset, and writes the stream in order; set stores the
 // digests once the stream has ended.
 type spanSums struct {
 	h    hash.Hash
@@ -142,7 +142,8 @@ func (s *spanSums) write(p []byte) {
 			s.n += k
 			p = p[k:]
 			var d [32]byte
-			s.sums = append(s.sums, [32]byte(s.h.Sum(d[:0])))
+			s.h.Sum(d[:0])
+			s.sums = append(s.sums, d)
 			s.h.Reset()
 			s.cuts = s.cuts[1:]
 			continue

@@ -135,8 +135,7 @@ func (s *Service) packLoop(repo string, d digest.Digest) {
 // packNice is the CPU nice value of pack builds. Recompressing a profile's
 // spans at the strongest zstd level takes several seconds of CPU (about 7
 // for the 137 MB a python import reads), and on a node that also runs
-// tasks it must not take the cores from them: a task reading every file
-// of the bench image took 37 s instead of 29 s while a build ran at nice 0.
+// tasks it must not take the cores from them.
 const packNice = 19
 
 // buildPackLow runs BuildPack on a goroutine locked to an OS thread of its
@@ -352,7 +351,7 @@ func (fw *frameWriter) add(n int, data []byte) error {
 	if fw.strong[n] {
 		enc = fw.best
 	}
-	fw.buf = streamfs.EncodePackSpan(enc, fw.buf[:0], data)
+	fw.buf = enc.EncodeAll(data, fw.buf[:0])
 	if _, err := fw.f.Write(fw.buf); err != nil {
 		return err
 	}

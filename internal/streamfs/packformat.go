@@ -11,7 +11,6 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
-
 	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/index"
@@ -194,13 +193,8 @@ var packDecoder = sync.OnceValues(func() (*zstd.Decoder, error) {
 	return zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(MaxPackSpanUSize), zstd.WithDecodeAllCapLimit(true))
 })
 
-// EncodePackSpan appends span data (the span's uncompressed bytes) to dst
-// as a pack frame, with enc (see NewPackEncoder).
-func EncodePackSpan(enc *zstd.Encoder, dst, data []byte) []byte {
-	return enc.EncodeAll(data, dst)
-}
-
-// NewPackEncoder returns an encoder for pack frames. Packs are built once
+// NewPackEncoder returns an encoder for pack frames: EncodeAll of a span's
+// uncompressed bytes gives its frame. Packs are built once
 // per profile, in the background, and fetched by every node that starts
 // the image, so the start of a pack, which a task waits for first, is
 // worth the strongest level (best); later spans take a level about five

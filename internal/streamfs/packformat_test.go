@@ -111,12 +111,12 @@ func TestDecodePackSpanChecksIndex(t *testing.T) {
 	// few bytes, say the last of a layer).
 	for _, size := range []int{1, 10, 255, 256, 100 << 10} {
 		var h zstd.Header
-		if err := h.Decode(streamfs.EncodePackSpan(enc, nil, make([]byte, size))); err != nil || !h.HasFCS || h.FrameContentSize != uint64(size) {
+		if err := h.Decode(enc.EncodeAll(make([]byte, size), nil)); err != nil || !h.HasFCS || h.FrameContentSize != uint64(size) {
 			t.Errorf("a frame of %d bytes: header %+v, %v; want its size declared", size, h, err)
 		}
 	}
 	var scratch []byte
-	good := streamfs.EncodePackSpan(enc, nil, span)
+	good := enc.EncodeAll(span, nil)
 	// A header may not promise a frame much larger than the span could
 	// take, which would make a node set aside that much for it.
 	for size, ok := range map[int64]bool{int64(len(good)): true, s.USize + 64: true, 32 << 20: false} {
@@ -140,8 +140,8 @@ func TestDecodePackSpanChecksIndex(t *testing.T) {
 	sw.Write(span[1000:])
 	sw.Close()
 	for name, frame := range map[string][]byte{
-		"other bytes":   streamfs.EncodePackSpan(enc, nil, other),
-		"one more byte": streamfs.EncodePackSpan(enc, nil, append(bytes.Clone(span), 0)),
+		"other bytes":   enc.EncodeAll(other, nil),
+		"one more byte": enc.EncodeAll(append(bytes.Clone(span), 0), nil),
 		"no size":       stream.Bytes(),
 		"two frames":    append(bytes.Clone(good), good...),
 		"garbage":       []byte("not a zstd frame at all"),

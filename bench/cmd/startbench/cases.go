@@ -153,12 +153,6 @@ type timer struct {
 }
 
 func (e *env) begin() timer {
-	// No case shares the CPU or the link with a pack build that an
-	// earlier run's profile report started: a build recompresses the
-	// profile's spans (several seconds of CPU even at nice 19, see
-	// indexsvc.packNice), and it reads them from the repository the node
-	// reported, which here is the registry behind the emulated link.
-	e.waitPacks(context.Background())
 	dropCaches()
 	return timer{start: time.Now(), bytes: e.link.Bytes(), link: e.link}
 }
@@ -312,9 +306,6 @@ func (e *env) clearProfiles() {
 // exited before its profile report landed, so waiting for a pack file
 // found the older pack while the report rebuilt it.)
 func (e *env) waitPacks(ctx context.Context) {
-	if e.svc == nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
 	if err := e.svc.WaitPacks(ctx); err != nil {
