@@ -70,14 +70,21 @@ func (n *Node) reportProfile(m *mount) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		repo := repository(m)
+		// One request per layer, all at once: one after another they
+		// cost a round trip each, and riffle run waits for them before
+		// it exits (3 layers at 60 ms RTT took 0.22 s).
+		var wg sync.WaitGroup
 		for _, l := range m.mp.Profile().Layers {
 			if len(l.Spans) == 0 {
 				continue
 			}
-			if err := n.opts.Profiles.AddProfile(ctx, repo, l.Digest, l.Spans); err != nil {
-				n.log.Warn("node: reporting a startup profile failed", "layer", l.Digest, "err", err)
-			}
+			wg.Go(func() {
+				if err := n.opts.Profiles.AddProfile(ctx, repo, l.Digest, l.Spans); err != nil {
+					n.log.Warn("node: reporting a startup profile failed", "layer", l.Digest, "err", err)
+				}
+			})
 		}
+		wg.Wait()
 	})
 }
 

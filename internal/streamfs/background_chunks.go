@@ -78,8 +78,6 @@ const (
 	// it bounds the decoded data held in memory to about
 	// chunkDepth*chunkBytes times the compression ratio.
 	chunkDepth = 3
-	// maxRunBytes bounds the compressed bytes one run request asks for.
-	maxRunBytes = 64 << 20
 	// maxRunSkip is how many bytes of a run a chunk may start past where
 	// the last one ended (spans readers fetched meanwhile) for the reader
 	// to read and drop them rather than open a new request: the link
@@ -235,20 +233,20 @@ func (c *chunkedLayer) decode(rs spanRunStreamer, ch *chunk) error {
 func (c *chunkedLayer) read(rs spanRunStreamer, jobs <-chan *chunk, work chan<- *chunk) {
 	defer c.wg.Done()
 	defer close(work)
-	var r run
-	defer r.close()
+	var r runs
+	defer c.closeRuns(&r)
 	for ch := range jobs {
 		if c.m.chunksFree(c.l) {
 			if err := c.readRun(rs, &r, ch); err != nil {
 				// The workers fetch it by range, with retries.
-				r.close()
+				c.closeRuns(&r)
 				ch.wire = nil
 				if c.ctx.Err() == nil {
 					c.m.log.Debug("streamfs: reading a chunk from its run failed; fetching it alone", "layer", c.m.img.Layers[c.l.idx].Digest(), "spans", fmt.Sprintf("[%d, %d)", ch.first, ch.end), "err", err)
 				}
 			}
 		} else {
-			r.close()
+			c.closeRuns(&r)
 		}
 		select {
 		case work <- ch:
@@ -258,9 +256,10 @@ func (c *chunkedLayer) read(rs spanRunStreamer, jobs <-chan *chunk, work chan<- 
 	}
 }
 
-// readRun reads chunk ch's compressed bytes from run r, opening a new run
-// at ch when r does not reach it, and starts fetching its window.
-func (c *chunkedLayer) readRun(rs spanRunStreamer, r *run, ch *chunk) error {
+// readRun reads chunk ch's compressed bytes from the open run, opening a
+// new run at ch when neither it nor the next run reaches it, and starts
+// fetching its window. Near the end of the open run it opens the next.
+func (c *chunkedLayer) readRun(rs spanRunStreamer, rr *runs, ch *chunk) error {
 	off, n, err := rs.SpanRange(ch.first, ch.end)
 	if err != nil {
 		return err
@@ -268,10 +267,24 @@ func (c *chunkedLayer) readRun(rs spanRunStreamer, r *run, ch *chunk) error {
 	if err := c.m.pauseForReads(c.ctx, c.l); err != nil {
 		return err
 	}
+	r := &rr.cur
+	// split is how many of the chunk's bytes the open run brings when
+	// the next run brings the rest (a run ends at maxRunBytes, where a
+	// chunk need not).
+	var split int64
 	if !r.covers(off, n) {
-		r.close()
-		if err := c.openRun(rs, r, ch.first, ch.end); err != nil {
-			return err
+		if k := r.end - off; k > 0 && k < n && r.covers(off, k) && rr.nextCovers(r.end, n-k) {
+			split = k
+		} else {
+			r.close()
+			if rr.nextCovers(off, n) {
+				*r = rr.takeNext()
+			} else {
+				c.dropNext(rr)
+				if err := c.openRun(rs, r, ch.first, ch.end); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	ch.winDone = make(chan struct{})
@@ -285,20 +298,35 @@ func (c *chunkedLayer) readRun(rs spanRunStreamer, r *run, ch *chunk) error {
 		ch.buf = c.getBuf(c.f.FetchSpansSize(ch.first, ch.end))
 	}
 	wire := (*ch.buf)[:n]
-	// What came over the wire: the bytes the run moved past, dropped or
-	// read, even when it was cut (a byte shared with the last chunk was
-	// counted then).
-	pos := r.pos
-	err = r.read(wire, off)
-	c.l.wire.Add(r.pos - pos)
-	c.m.metrics.bgWire.Add(float64(r.pos - pos))
+	if split > 0 {
+		err = c.readCounted(r, wire[:split], off)
+		if err == nil {
+			r.close()
+			*r = rr.takeNext()
+			err = c.readCounted(r, wire[split:], off+split)
+		}
+	} else {
+		err = c.readCounted(r, wire, off)
+	}
 	if err != nil {
 		<-ch.winDone
 		return err
 	}
 	c.m.metrics.bgChunks.Inc()
 	ch.wire = wire
+	c.openNextRun(rs, rr)
 	return nil
+}
+
+// readCounted reads p from r at off (run.read), counting what came over
+// the wire: the bytes the run moved past, dropped or read, even when it
+// was cut (a byte shared with the last chunk was counted then).
+func (c *chunkedLayer) readCounted(r *run, p []byte, off int64) error {
+	pos := r.pos
+	err := r.read(p, off)
+	c.l.wire.Add(r.pos - pos)
+	c.m.metrics.bgWire.Add(float64(r.pos - pos))
+	return err
 }
 
 // openRun opens a run at span first, through span chEnd-1 (the chunk it
@@ -320,9 +348,99 @@ func (c *chunkedLayer) openRun(rs spanRunStreamer, r *run, first, chEnd int) err
 	if err != nil {
 		return err
 	}
-	*r = run{body: body, pos: off, end: off + length}
+	*r = run{body: body, pos: off, end: off + length, endSpan: end}
 	c.m.metrics.bgRuns.Inc()
 	return nil
+}
+
+// maxRunBytes bounds the compressed bytes one run request asks for (a
+// variable for tests).
+var maxRunBytes int64 = 64 << 20
+
+// runLead is how many bytes before the end of the open run the next run's
+// request is sent, so that its data follows without a round trip of idle
+// link between them. A layer of the bench image that is nearly all of it
+// streamed in 12 runs (cut at the spans readers fetched, and at
+// maxRunBytes), each after a 60 ms round trip in which the link carried
+// nothing of it.
+const runLead = 2 << 20
+
+// runs is the run reader's open run and the next one, opened before the
+// open one ends.
+type runs struct {
+	cur  run
+	next *nextRun
+}
+
+// nextRun is a run being opened in the background.
+type nextRun struct {
+	r    run
+	err  error
+	done chan struct{} // closed once r or err is set
+}
+
+// openNextRun starts opening the run after rr.cur once fewer than runLead
+// of its bytes are left: at the first span past it that is not cached.
+func (c *chunkedLayer) openNextRun(rs spanRunStreamer, rr *runs) {
+	r := &rr.cur
+	if rr.next != nil || r.body == nil || r.end-r.pos > runLead {
+		return
+	}
+	n := len(c.m.spans[c.l.idx])
+	s := r.endSpan
+	for s < n && c.cached(s) {
+		s++
+	}
+	if s >= n {
+		return
+	}
+	p := &nextRun{done: make(chan struct{})}
+	rr.next = p
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		defer close(p.done)
+		p.err = c.openRun(rs, &p.r, s, s+1)
+	}()
+}
+
+// nextCovers reports whether the next run, once open, can read the
+// blob range [off, off+n).
+func (rr *runs) nextCovers(off, n int64) bool {
+	p := rr.next
+	if p == nil {
+		return false
+	}
+	<-p.done
+	return p.err == nil && p.r.covers(off, n)
+}
+
+// takeNext returns the next run (nextCovers said yes) and forgets it.
+func (rr *runs) takeNext() run {
+	r := rr.next.r
+	rr.next = nil
+	return r
+}
+
+// dropNext closes the next run, once it is open, without waiting for it.
+func (c *chunkedLayer) dropNext(rr *runs) {
+	p := rr.next
+	if p == nil {
+		return
+	}
+	rr.next = nil
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		<-p.done
+		p.r.close()
+	}()
+}
+
+// closeRuns closes the open run and the next one.
+func (c *chunkedLayer) closeRuns(rr *runs) {
+	rr.cur.close()
+	c.dropNext(rr)
 }
 
 // run is one open request for a layer's blob bytes [pos, end), read
@@ -330,6 +448,7 @@ func (c *chunkedLayer) openRun(rs spanRunStreamer, r *run, first, chEnd int) err
 type run struct {
 	body     io.ReadCloser
 	pos, end int64
+	endSpan  int     // the span after the last one the run brings
 	tail     [8]byte // the last bytes before pos (consecutive chunks may share a byte)
 	ntail    int
 }

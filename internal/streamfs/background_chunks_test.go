@@ -396,3 +396,43 @@ func TestRunCutFetchesChunkAlone(t *testing.T) {
 		t.Error(d)
 	}
 }
+
+// Runs follow each other without a round trip between them: the next run
+// is asked for before the open one ends, and a chunk that a run's size
+// limit cuts in two is read from both. Every byte the registry sent is
+// read and counted, once, and the layer completes with the full pull's
+// tree.
+func TestRunsFollowEachOther(t *testing.T) {
+	testutil.RequiresRoot(t)
+	// About three chunks and a half: every run ends inside a chunk.
+	streamfs.SetMaxRunBytes(t, 3<<20+32<<10)
+	r := newTestRegistry(t)
+	spec := imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{
+		{Type: imagegen.File, Name: "head.txt", Data: []byte("head\n")},
+		{Type: imagegen.File, Name: "big.bin", Size: 24 << 20, Seed: 7, Fill: imagegen.Random},
+	}}}}.Docker()
+	simg, want, size := bgImageSize(t, r, spec)
+	before := r.rangeBytes.Load()
+	store := newStore(t)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: store, NoPrefetch: true})
+	waitComplete(t, m)
+	st := m.Stats()
+	if st.BackgroundRuns < 3 || st.BackgroundErrors != 0 || st.Corrupt != 0 {
+		t.Errorf("stats %+v; want 3 runs or more, no errors", st)
+	}
+	// A run dropped or opened again would leave bytes the registry sent
+	// unread, or fetch a chunk's start twice.
+	sent := r.rangeBytes.Load() - before
+	if st.WireBytes != sent {
+		t.Errorf("the mount counts %d wire bytes; the registry sent %d", st.WireBytes, sent)
+	}
+	if sent > size+64<<10 {
+		t.Errorf("the registry sent %d bytes of a %d-byte layer", sent, size)
+	}
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error(d)
+	}
+	if !store.Has(simg.DiffIDs[0]) {
+		t.Error("the layer is not in the store")
+	}
+}

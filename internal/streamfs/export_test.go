@@ -14,6 +14,14 @@ func SetMaxPackWait(t interface{ Cleanup(func()) }, d time.Duration) {
 	t.Cleanup(func() { maxPackWait = old })
 }
 
+// SetMaxRunBytes sets how many compressed bytes one run asks for at most,
+// for the length of a test.
+func SetMaxRunBytes(t interface{ Cleanup(func()) }, n int64) {
+	old := maxRunBytes
+	maxRunBytes = n
+	t.Cleanup(func() { maxRunBytes = old })
+}
+
 // PacksDone is closed once the mount's packs are read and their spans
 // counted.
 func (m *MountPoint) PacksDone() <-chan struct{} { return m.packsDone }
