@@ -381,9 +381,11 @@ type nextRun struct {
 
 // openNextRun starts opening the run after rr.cur once fewer than runLead
 // of its bytes are left: at the first span past it that is not cached.
+// Not while a read is blocked or the chunks take turns: a second request
+// of the layer would take the link from the reads.
 func (c *chunkedLayer) openNextRun(rs spanRunStreamer, rr *runs) {
 	r := &rr.cur
-	if rr.next != nil || r.body == nil || r.end-r.pos > runLead {
+	if rr.next != nil || r.body == nil || r.end-r.pos > runLead || c.m.urgent.Load() > 0 || !c.m.chunksFree(c.l) {
 		return
 	}
 	n := len(c.m.spans[c.l.idx])
@@ -433,6 +435,9 @@ func (c *chunkedLayer) dropNext(rr *runs) {
 	go func() {
 		defer c.wg.Done()
 		<-p.done
+		if p.err != nil && c.ctx.Err() == nil {
+			c.m.log.Debug("streamfs: opening a layer's next run failed", "layer", c.m.img.Layers[c.l.idx].Digest(), "err", p.err)
+		}
 		p.r.close()
 	}()
 }

@@ -404,7 +404,8 @@ func TestRunCutFetchesChunkAlone(t *testing.T) {
 // tree.
 func TestRunsFollowEachOther(t *testing.T) {
 	testutil.RequiresRoot(t)
-	// About three chunks and a half: every run ends inside a chunk.
+	// Chunks are 16 spans of 64 KiB, runs 49 or so: most runs end
+	// inside a chunk.
 	streamfs.SetMaxRunBytes(t, 3<<20+32<<10)
 	r := newTestRegistry(t)
 	spec := imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{
