@@ -130,7 +130,34 @@ func measureCachedRead(ctx context.Context, s *setupState, size int64, runs int,
 	r := &cachedRead{Bytes: size}
 	// A read takes about a second here and the disk's time varies twofold
 	// from one read to the next: three pairs per run.
-	for range 3 * runs {
+	disk := func() error {
+		dropCaches()
+		out, err := exec.CommandContext(ctx, dd[0], ddOf(local)[1:]...).CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("startbench: dd of the extracted file: %w\n%s", err, out)
+		}
+		sec, err := ddSeconds(string(out))
+		if err != nil {
+			return err
+		}
+		r.DiskSeconds = append(r.DiskSeconds, sec)
+		return nil
+	}
+	riffle := func() error {
+		dropCaches()
+		rout, err := riffleRead()
+		if err != nil {
+			return err
+		}
+		sec, err := ddSeconds(rout)
+		if err != nil {
+			return err
+		}
+		r.RiffleSeconds = append(r.RiffleSeconds, sec)
+		r.Verbose = tail(rout, 1500)
+		return nil
+	}
+	for i := range 3 * runs {
 		// Each riffle run reports the read as a startup profile; the pack
 		// the index service then builds must not share the CPU with the
 		// timed reads.
@@ -139,26 +166,17 @@ func measureCachedRead(ctx context.Context, s *setupState, size int64, runs int,
 			fmt.Fprintf(os.Stderr, "startbench: prefetch packs still building after 2 minutes: %v\n", err)
 		}
 		cancel()
-		dropCaches()
-		out, err := exec.CommandContext(ctx, dd[0], ddOf(local)[1:]...).CombinedOutput()
-		if err != nil {
-			return nil, fmt.Errorf("startbench: dd of the extracted file: %w\n%s", err, out)
+		// Each goes first in every other pair: reads here take either
+		// about 0.6 s or about 1.2 s, in runs of several, on either side.
+		pair := []func() error{disk, riffle}
+		if i%2 == 1 {
+			pair[0], pair[1] = riffle, disk
 		}
-		sec, err := ddSeconds(string(out))
-		if err != nil {
-			return nil, err
+		for _, read := range pair {
+			if err := read(); err != nil {
+				return nil, err
+			}
 		}
-		r.DiskSeconds = append(r.DiskSeconds, sec)
-		dropCaches()
-		rout, err := riffleRead()
-		if err != nil {
-			return nil, err
-		}
-		if sec, err = ddSeconds(rout); err != nil {
-			return nil, err
-		}
-		r.RiffleSeconds = append(r.RiffleSeconds, sec)
-		r.Verbose = tail(rout, 1500)
 	}
 	rmed, _, _ := medMinMax(append([]float64(nil), r.RiffleSeconds...))
 	dmed, _, _ := medMinMax(append([]float64(nil), r.DiskSeconds...))
