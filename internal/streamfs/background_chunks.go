@@ -275,15 +275,12 @@ func (c *chunkedLayer) readRun(rs spanRunStreamer, rr *runs, ch *chunk) error {
 	if !r.covers(off, n) {
 		if k := r.end - off; k > 0 && k < n && r.covers(off, k) && rr.nextCovers(r.end, n-k) {
 			split = k
+		} else if rr.nextCovers(off, n) {
+			rr.advance()
 		} else {
-			r.close()
-			if rr.nextCovers(off, n) {
-				*r = rr.takeNext()
-			} else {
-				c.dropNext(rr)
-				if err := c.openRun(rs, r, ch.first, ch.end); err != nil {
-					return err
-				}
+			c.closeRuns(rr)
+			if err := c.openRun(rs, r, ch.first, ch.end); err != nil {
+				return err
 			}
 		}
 	}
@@ -301,8 +298,7 @@ func (c *chunkedLayer) readRun(rs spanRunStreamer, rr *runs, ch *chunk) error {
 	if split > 0 {
 		err = c.readCounted(r, wire[:split], off)
 		if err == nil {
-			r.close()
-			*r = rr.takeNext()
+			rr.advance()
 			err = c.readCounted(r, wire[split:], off+split)
 		}
 	} else {
@@ -359,9 +355,9 @@ var maxRunBytes int64 = 64 << 20
 
 // runLead is how many bytes before the end of the open run the next run's
 // request is sent, so that its data follows without a round trip of idle
-// link between them. A layer of the bench image that is nearly all of it
-// streamed in 12 runs (cut at the spans readers fetched, and at
-// maxRunBytes), each after a 60 ms round trip in which the link carried
+// link between them. The bench image's one big layer (325 of its 328 MB)
+// streamed in 12 runs, cut at the spans readers had fetched and at
+// maxRunBytes, each after a 60 ms round trip in which the link carried
 // nothing of it.
 const runLead = 2 << 20
 
@@ -417,11 +413,11 @@ func (rr *runs) nextCovers(off, n int64) bool {
 	return p.err == nil && p.r.covers(off, n)
 }
 
-// takeNext returns the next run (nextCovers said yes) and forgets it.
-func (rr *runs) takeNext() run {
-	r := rr.next.r
-	rr.next = nil
-	return r
+// advance closes the open run and makes the next one (nextCovers said
+// yes) the open one.
+func (rr *runs) advance() {
+	rr.cur.close()
+	rr.cur, rr.next = rr.next.r, nil
 }
 
 // dropNext closes the next run, once it is open, without waiting for it.
