@@ -123,7 +123,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 				log.Info("container exited", "code", code, "streamed bytes fetched", st.WireBytes,
 					"wire_range", st.SpanWireBytes, "wire_pack", st.PackWireBytes, "wire_background", st.BackgroundWireBytes,
 					"profile_spans", st.ProfileSpans, "profile_hits", st.ProfileHits, "hint_spans", st.HintSpans,
-					"span_misses", st.CacheMisses, "span_hits", st.CacheHits, "stream_waits", st.StreamWaits, "background_pauses", st.BackgroundPauses,
+					"span_misses", st.CacheMisses, "span_hits", st.CacheHits, "miss_runs", st.MissRuns, "stream_waits", st.StreamWaits, "background_pauses", st.BackgroundPauses,
 					"passthrough_opens", st.PassthroughOpens, "local_opens", st.LocalOpens, "fuse_reads_local", st.LocalReads, "fuse_reads_fallback", st.FallbackReads,
 					"after", time.Since(start).Round(time.Millisecond))
 			}

@@ -61,3 +61,15 @@ func (c *Cache) Has(key string) bool {
 	defer c.mu.Unlock()
 	return !c.closed && c.entries[k.String()] != nil
 }
+
+// Busy reports whether key is stored or being filled, as Has does: a
+// caller about to fetch data for keys it chooses skips those.
+func (c *Cache) Busy(key string) bool {
+	k, err := parseKey(key)
+	if err != nil {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.closed && (c.entries[k.String()] != nil || c.flights[k.String()] != nil)
+}

@@ -444,3 +444,52 @@ func (x *Index) ReadAt(p []byte, off int64, fetch func(off, n int64) ([]byte, er
 	}
 	return nil
 }
+
+// DecodeNext is DecodeWindow for the one span n, taking its history from
+// prev, the uncompressed bytes just before the span (at least WindowSize
+// of them, or all from the stream's start), instead of a window: a reader
+// of consecutive spans from one request decodes each as its bytes arrive,
+// with no window but the first one's. fetched holds exactly the bytes
+// PlanSpans(n, n+1) names. It verifies them as DecodeWindow does.
+func (x *Index) DecodeNext(n int, prev, fetched, buf []byte) ([]byte, error) {
+	p, err := x.PlanSpans(n, n+1)
+	if err != nil {
+		return nil, err
+	}
+	s := &x.Spans[n]
+	if x.Kind != KindGzip || s.Header {
+		// No history to take: the span decodes on its own.
+		out, err := x.DecodeWindow(p, nil, fetched, buf)
+		if err != nil {
+			return nil, err
+		}
+		return out[0], nil
+	}
+	if int64(len(fetched)) != p.Length {
+		return nil, fmt.Errorf("%w: got %d bytes for a %d-byte plan", ErrCorrupt, len(fetched), p.Length)
+	}
+	need := min(WindowSize, s.UOffset)
+	if int64(len(prev)) < need {
+		return nil, fmt.Errorf("index: span %d needs %d bytes of history, got %d", n, need, len(prev))
+	}
+	in, err := spanBytes(s, p, fetched)
+	if err != nil {
+		return nil, err
+	}
+	if sha256Sum(in) != s.Digest {
+		return nil, fmt.Errorf("%w: span %d digest mismatch", ErrCorrupt, n)
+	}
+	var out, scratch []byte
+	if int64(cap(buf)) >= x.DecodeSize(p) {
+		out, scratch = buf[:s.USize], buf[s.USize:cap(buf)]
+	} else {
+		out = make([]byte, s.USize)
+	}
+	dict := prev[int64(len(prev))-need:]
+	if !decodeGzipFast(s, dict, in, out, scratch) {
+		if err := x.inflateFork(p, dict, fetched, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}

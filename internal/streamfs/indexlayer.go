@@ -371,3 +371,14 @@ func (s *stream) Close() error {
 	}
 	return first
 }
+
+// DecodeNext decodes and verifies span n alone from wire, its SpanRange
+// bytes, taking its history from prev, the output before it (see
+// index.Index.DecodeNext).
+func (l *indexLayer) DecodeNext(n int, prev, wire, out []byte) ([]byte, error) {
+	b, err := l.x.DecodeNext(n, prev, wire, out)
+	if errors.Is(err, index.ErrCorrupt) {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return b, err
+}

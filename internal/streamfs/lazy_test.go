@@ -164,7 +164,7 @@ func TestMissAhead(t *testing.T) {
 
 // TestFileTailFetchedBesideBlockedRead: a read that blocks on the first
 // span of a file whose rest lies in the next span has that span fetched
-// at the same time, not one round trip later. (data.bin is no library:
+// by the same request, not one round trip later. (data.bin is no library:
 // opening one fetches its end by itself, TestOpenFetchesLibraryTail.)
 func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
 	testutil.RequiresRoot(t)
@@ -186,20 +186,9 @@ func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
 	}
 
 	// Every range request waits until released; count those waiting.
-	hold := make(chan struct{})
-	var release sync.Once
-	open := func() { release.Do(func() { close(hold) }) }
 	var waiting atomic.Int32
-	onReq := func(req *http.Request) {
-		waiting.Add(1)
-		defer waiting.Add(-1)
-		select {
-		case <-hold:
-		case <-req.Context().Done():
-		}
-	}
-	r.onRangeReq.Store(&onReq)
-	_, dir := mount(t, img, streamfs.Options{Cache: newCache(t)})
+	open := holdRanges(r, func(*http.Request) { waiting.Add(1) })
+	m, dir := mount(t, img, streamfs.Options{Cache: newCache(t)})
 	t.Cleanup(open) // before the unmount
 
 	done := make(chan error, 1)
@@ -214,9 +203,9 @@ func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
 		done <- err
 	}()
 	deadline := time.Now().Add(30 * time.Second)
-	for waiting.Load() < 2 {
+	for waiting.Load() < 1 {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d range requests while the read blocks on span 0; want span 1 fetched beside it", waiting.Load())
+			t.Fatal("no range request while the read blocks on span 0")
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -227,6 +216,17 @@ func TestFileTailFetchedBesideBlockedRead(t *testing.T) {
 	b, err := os.ReadFile(filepath.Join(dir, "data.bin"))
 	if err != nil || int64(len(b)) != lib.Size {
 		t.Fatalf("read data.bin: %d bytes, %v", len(b), err)
+	}
+	if n := r.rangeRequests.Load(); n != 1 {
+		t.Errorf("%d range requests for data.bin, want 1 (span 1 with span 0)", n)
+	}
+	// The run counts a span once it is stored, which may be just after
+	// the read that took it from the run.
+	for deadline := time.Now().Add(10 * time.Second); m.Stats().FetchedSpans < 2 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if st := m.Stats(); st.MissRuns != 1 || st.FetchedSpans != 2 {
+		t.Errorf("%d miss runs fetched %d spans, want 1 run of 2", st.MissRuns, st.FetchedSpans)
 	}
 }
 
@@ -412,4 +412,91 @@ func TestOpenTailsBounded(t *testing.T) {
 		t.Errorf("%d range requests at once after opening %d executable files; want at most 16", n, files)
 	}
 	open()
+}
+
+// TestMissRunCutShort: when the request that fetches a missed span with
+// the spans after it ends early, the blocked read still gets its span
+// (decoded as soon as its bytes were in), and reads of the spans the
+// request did not bring fetch them on their own, with the right data.
+func TestMissRunCutShort(t *testing.T) {
+	testutil.RequiresRoot(t)
+	const fileSize, spanSize = 16 << 10, 64 << 10
+	var entries []imagegen.Entry
+	entries = append(entries, imagegen.Entry{Type: imagegen.Dir, Name: "f"})
+	for i := range 600 {
+		entries = append(entries, imagegen.Entry{Type: imagegen.File, Name: fmt.Sprintf("f/%03d", i),
+			Size: fileSize, Seed: uint64(i + 1), Fill: imagegen.Random})
+	}
+	r := newTestRegistry(t)
+	pushed, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: entries}}}, "test/missruncut")
+	want := unpacked(t, pushed)
+	img := r.open(t, ref, spanSize)
+	m, dir := mount(t, img, streamfs.Options{Cache: newCache(t)})
+
+	spans := img.Layers[0].Spans()
+	inSpan := map[int]string{}
+	for _, e := range img.Layers[0].Entries() {
+		for i, s := range spans {
+			if e.Size > 0 && e.Offset >= s.Offset && e.Offset+e.Size <= s.Offset+s.Size && inSpan[i] == "" {
+				inSpan[i] = e.Name
+			}
+		}
+	}
+	read := func(span int) {
+		t.Helper()
+		name := inSpan[span]
+		b, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatalf("read %s (span %d): %v", name, span, err)
+		}
+		if w, ok := want.Find(name); !ok || w.SHA256 != fmt.Sprintf("%x", sha256.Sum256(b)) {
+			t.Fatalf("%s (span %d) reads differently from the image", name, span)
+		}
+	}
+	var (
+		mu     sync.Mutex
+		ranges [][2]int64 // first and last byte of each range request
+	)
+	seen := func(req *http.Request) {
+		var lo, hi int64
+		if _, err := fmt.Sscanf(req.Header.Get("Range"), "bytes=%d-%d", &lo, &hi); err == nil {
+			mu.Lock()
+			ranges = append(ranges, [2]int64{lo, hi})
+			mu.Unlock()
+		}
+	}
+	r.onRangeReq.Store(&seen)
+	const gap = 6
+	for k := range streamfs.MissAheadAfter {
+		read(k * gap)
+	}
+	if m.Stats().MissRuns != 0 {
+		t.Fatalf("%d miss runs before the mount missed %d times", m.Stats().MissRuns, streamfs.MissAheadAfter)
+	}
+	mu.Lock()
+	wireSpan := ranges[0][1] + 1 - ranges[0][0] // the first miss fetched one span
+	before := len(ranges)
+	mu.Unlock()
+	// Cut every response after one span and a bit: the run's, its
+	// resumption by the client, and none of one span.
+	r.cutRange.Store(wireSpan + wireSpan/4)
+	last := streamfs.MissAheadAfter * gap
+	read(last)
+	for i := 1; i <= streamfs.DefaultMissAhead; i++ {
+		read(last + i)
+	}
+	if st := m.Stats(); st.MissRuns == 0 || r.cuts.Load() == 0 {
+		t.Fatalf("%d miss runs, %d responses cut; want a run, cut", st.MissRuns, r.cuts.Load())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	run := ranges[before]
+	if run[1]+1-run[0] < 2*wireSpan {
+		t.Fatalf("the miss after %d misses fetched [%d, %d], not a run of spans", streamfs.MissAheadAfter, run[0], run[1])
+	}
+	for _, rg := range ranges[before+1:] {
+		if rg[0] == run[0] {
+			t.Errorf("the missed span was fetched again ([%d, %d]) after its run was cut later", rg[0], rg[1])
+		}
+	}
 }

@@ -9,7 +9,7 @@ type metrics struct {
 	bytes, spans, hits, misses, errors, corrupt, passthrough prometheus.Counter
 	spanWire, bgWire, bgBytes, bgCached, bgFiles, bgErrors   prometheus.Counter
 	pauses, streamWaits, localOpens, localReads, bgChunks    prometheus.Counter
-	bgRuns                                                   prometheus.Counter
+	bgRuns, missRuns                                         prometheus.Counter
 	profileSpans, profileBytes, profileHits                  prometheus.Counter
 	hintSpans                                                prometheus.Counter
 	packs, packSpans, packBytes, packWire, packWaits         prometheus.Counter
@@ -34,6 +34,7 @@ func newMetrics(dir, image string) *metrics {
 		bgErrors:     counter("background_errors_total", "Layer streams that failed (their files stay on demand)."),
 		bgChunks:     counter("background_chunks_total", "Chunks (runs of spans) the background layer streams fetched, by a ranged GET each or from a run's (layers streamed in chunks)."),
 		bgRuns:       counter("background_runs_total", "Ranged GETs the background layer streams read many chunks from."),
+		missRuns:     counter("miss_runs_total", "Range requests that fetched the span a blocked read missed together with the spans after it the read was likely to want next."),
 		pauses:       counter("background_pauses_total", "Times a background stream stopped reading to leave the link to blocked reads."),
 		streamWaits:  counter("stream_waits_total", "Reads that waited for a background stream about to reach their file."),
 		localOpens:   counter("local_opens_total", "Opens of files served from the layer store."),
@@ -63,7 +64,7 @@ func newMetrics(dir, image string) *metrics {
 	m.all = []prometheus.Collector{
 		m.bytes, m.spans, m.hits, m.misses, m.errors, m.corrupt, m.passthrough,
 		m.spanWire, m.bgWire, m.bgBytes, m.bgCached, m.bgFiles, m.bgErrors,
-		m.pauses, m.streamWaits, m.localOpens, m.localReads, m.bgChunks, m.bgRuns,
+		m.pauses, m.streamWaits, m.localOpens, m.localReads, m.bgChunks, m.bgRuns, m.missRuns,
 		m.profileSpans, m.profileBytes, m.profileHits, m.hintSpans,
 		m.packs, m.packSpans, m.packBytes, m.packWire, m.packWaits, m.latency,
 	}
@@ -124,6 +125,9 @@ type Stats struct {
 	// BackgroundRuns the ranged GETs many chunks were read from. Chunks
 	// not read from a run were fetched with a GET each.
 	BackgroundChunks, BackgroundRuns int64
+	// MissRuns counts range requests that fetched a span a read was
+	// blocked on together with the spans after it (see missAhead).
+	MissRuns int64
 	// BackgroundPauses counts times a stream stopped reading for blocked
 	// reads; StreamWaits reads that waited for a stream instead of
 	// fetching spans.
@@ -171,6 +175,7 @@ func (m *MountPoint) Stats() Stats {
 		BackgroundErrors:      v(mt.bgErrors),
 		BackgroundChunks:      v(mt.bgChunks),
 		BackgroundRuns:        v(mt.bgRuns),
+		MissRuns:              v(mt.missRuns),
 		BackgroundPauses:      v(mt.pauses),
 		StreamWaits:           v(mt.streamWaits),
 		LocalOpens:            v(mt.localOpens),

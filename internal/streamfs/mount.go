@@ -185,6 +185,9 @@ type MountPoint struct {
 	lastSpan []atomic.Int64
 	// blockedMisses counts reads that waited for a span fetch.
 	blockedMisses atomic.Int64
+	// missRuns are the missRuns under way, by the spans they bring.
+	runMu    sync.Mutex
+	missRuns map[runKey]*missRun
 	// openTails counts the spans fetchOpenTail is fetching.
 	openTails atomic.Int64
 	// advised is, per layer, the last cached span whose file the kernel
@@ -266,6 +269,7 @@ func Mount(ctx context.Context, dir string, img Image, opts Options) (*MountPoin
 		m.spans[i], ends[i], tables[i] = spans, end, l.Entries()
 	}
 	m.lastSpan = make([]atomic.Int64, len(img.Layers))
+	m.missRuns = make(map[runKey]*missRun)
 	m.packs = make([]atomic.Pointer[packStream], len(img.Layers))
 	m.advised = make([]atomic.Int64, len(img.Layers))
 	for i := range m.lastSpan {

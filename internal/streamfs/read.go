@@ -73,7 +73,7 @@ func (m *MountPoint) readSpan(ctx context.Context, n *node, i int, pos, stop, st
 	}
 	var onMiss func()
 	if reader && !m.opts.NoPrefetch {
-		onMiss = func() { m.fetchFileTail(n, i) }
+		onMiss = func() { m.missAhead(n, i, streak) }
 	}
 	e, missed, err := m.spanOr(ctx, n.layer, i, prio, onMiss)
 	if err != nil {
@@ -132,7 +132,7 @@ func (m *MountPoint) readAhead(n *node, i int, pos, streak int64, missed bool) {
 	if missed && prev == int64(i-1) {
 		ahead, last = m.opts.ReadAhead, m.layerSize(n.layer)
 	}
-	if missed && m.blockedMisses.Add(1) > missAheadAfter {
+	if missed && m.blockedMisses.Load() > missAheadAfter {
 		ahead, last = max(ahead, m.opts.MissAhead), m.layerSize(n.layer)
 	}
 	for j := i + 1; j <= i+ahead && j < len(spans) && spans[j].Offset < last; j++ {
@@ -141,7 +141,7 @@ func (m *MountPoint) readAhead(n *node, i int, pos, streak int64, missed bool) {
 				continue
 			}
 		}
-		if !m.streamCovers(n.layer, spans[j].Offset) {
+		if !m.streamCovers(n.layer, spans[j].Offset) && m.missRunFor(n.layer, j) == nil {
 			m.prefetch(n.layer, j)
 		}
 	}
@@ -286,6 +286,14 @@ func (m *MountPoint) spanOr(ctx context.Context, l, s int, prio priority, onMiss
 		onMiss()
 	}
 	e, err := m.cache.Fill(ctx, key, m.spans[l][s].Size, func(ctx context.Context, w io.Writer) error {
+		if r := m.missRunFor(l, s); r != nil {
+			data, err := m.fromMissRun(ctx, r, s, prio)
+			if err == nil {
+				_, err = w.Write(data)
+				return err
+			}
+			m.log.Debug("streamfs: fetch of spans after a miss failed; fetching the span alone", "layer", m.img.Layers[l].Digest(), "span", s, "err", err)
+		}
 		// A prefetch pack about to deliver the span saves fetching it twice.
 		data := m.waitPack(ctx, l, s)
 		if data != nil {

@@ -1,0 +1,59 @@
+package index
+
+import (
+	"bytes"
+	"errors"
+	"testing"
+)
+
+// TestDecodeNext decodes every span of a layer on its own, each with the
+// output before it as history (the first with its window), and gets the
+// layer's tar stream, whole or detached index alike; short history and
+// corrupt bytes are refused.
+func TestDecodeNext(t *testing.T) {
+	g := makeLayer(t, 5, 1<<20)
+	for _, name := range []string{"gzip-6", "multi-member", "tar", "zstd-frames"} {
+		t.Run(name, func(t *testing.T) {
+			blob := compressors[name](t, g.tar)
+			x, err := Build(bytes.NewReader(blob), "m", Options{SpanSize: testSpan})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, _ := x.Detach()
+			for _, y := range []*Index{x, d} {
+				var out []byte
+				for n := range y.Spans {
+					p, err := y.PlanSpans(n, n+1)
+					if err != nil {
+						t.Fatal(err)
+					}
+					got, err := y.DecodeNext(n, out, blob[p.Offset:p.Offset+p.Length], nil)
+					if err != nil {
+						t.Fatalf("span %d (detached %v): %v", n, y.Detached, err)
+					}
+					out = append(out, got...)
+				}
+				if !bytes.Equal(out, g.tar) {
+					t.Fatalf("detached %v: the spans decoded one by one are not the tar stream", y.Detached)
+				}
+			}
+			if name == "tar" || name == "zstd-frames" {
+				return
+			}
+			// A span with history needs WindowSize bytes of it.
+			n := len(x.Spans) - 1
+			for n > 0 && x.Spans[n].Header {
+				n--
+			}
+			p, _ := x.PlanSpans(n, n+1)
+			fetched := append([]byte(nil), blob[p.Offset:p.Offset+p.Length]...)
+			if _, err := x.DecodeNext(n, make([]byte, WindowSize-1), fetched, nil); err == nil {
+				t.Error("a span decoded with too little history")
+			}
+			fetched[len(fetched)/2] ^= 1
+			if _, err := x.DecodeNext(n, make([]byte, WindowSize), fetched, nil); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("corrupt span bytes: %v, want ErrCorrupt", err)
+			}
+		})
+	}
+}
