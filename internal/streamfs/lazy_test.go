@@ -95,14 +95,19 @@ func TestLaziness(t *testing.T) {
 
 // Once a mount's readers have missed a few times, each miss also fetches
 // the next spans of its layer (files read together sit together); before
-// that, a miss fetches its own span alone.
+// that, a miss fetches its own span alone, and so does a miss in a
+// versioned shared library at any time.
 func TestMissAhead(t *testing.T) {
 	testutil.RequiresRoot(t)
 	const fileSize, spanSize = 16 << 10, 64 << 10
 	var entries []imagegen.Entry
 	entries = append(entries, imagegen.Entry{Type: imagegen.Dir, Name: "f"})
 	for i := range 600 {
-		entries = append(entries, imagegen.Entry{Type: imagegen.File, Name: fmt.Sprintf("f/%03d", i),
+		name := fmt.Sprintf("f/%03d", i)
+		if i == 500 {
+			name += ".so.1" // a versioned shared library
+		}
+		entries = append(entries, imagegen.Entry{Type: imagegen.File, Name: name,
 			Size: fileSize, Seed: uint64(i + 1), Fill: imagegen.Random})
 	}
 	r := newTestRegistry(t)
@@ -159,6 +164,22 @@ func TestMissAhead(t *testing.T) {
 	}
 	if n := m.Stats().FetchedSpans; n != want {
 		t.Errorf("%d spans fetched, want %d (the first %d misses fetched their own span alone)", n, want, streamfs.MissAheadAfter)
+	}
+
+	// A miss in a versioned shared library fetches nothing after it: the
+	// files next to it are other libraries, loaded by name.
+	var lib streamfs.Entry
+	for _, e := range img.Layers[0].Entries() {
+		if e.Name == "f/500.so.1" {
+			lib = e
+		}
+	}
+	before, runs := m.Stats().FetchedSpans, m.Stats().MissRuns
+	if b, err := os.ReadFile(filepath.Join(dir, lib.Name)); err != nil || len(b) != fileSize {
+		t.Fatalf("read %s: %d bytes, %v", lib.Name, len(b), err)
+	}
+	if n := m.Stats().FetchedSpans - before; n < 1 || n > 2 || m.Stats().MissRuns != runs {
+		t.Errorf("reading %s fetched %d spans in %d miss runs, want its own span(s) alone", lib.Name, n, m.Stats().MissRuns-runs)
 	}
 }
 

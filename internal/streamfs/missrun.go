@@ -76,10 +76,10 @@ func (m *MountPoint) missAhead(n *node, i int, streak int64) {
 		ahead = max(ahead, m.opts.ReadAhead)
 	}
 	if m.lastSpan[l].Load() == int64(i-1) {
-		ahead, last = max(ahead, m.opts.ReadAhead), m.layerSize(l)
+		ahead, last = max(ahead, m.opts.ReadAhead), m.neighboursEnd(n)
 	}
 	if misses > missAheadAfter {
-		ahead, last = max(ahead, m.opts.MissAhead), m.layerSize(l)
+		ahead, last = max(ahead, m.opts.MissAhead), m.neighboursEnd(n)
 	}
 	end := i + 1
 	for end < len(spans) && end <= i+ahead && spans[end].Offset < last && m.runnable(l, end) {

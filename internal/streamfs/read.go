@@ -130,10 +130,10 @@ func (m *MountPoint) readAhead(n *node, i int, pos, streak int64, missed bool) {
 	}
 	prev := m.lastSpan[n.layer].Swap(int64(i))
 	if missed && prev == int64(i-1) {
-		ahead, last = m.opts.ReadAhead, m.layerSize(n.layer)
+		ahead, last = m.opts.ReadAhead, m.neighboursEnd(n)
 	}
 	if missed && m.blockedMisses.Load() > missAheadAfter {
-		ahead, last = max(ahead, m.opts.MissAhead), m.layerSize(n.layer)
+		ahead, last = max(ahead, m.opts.MissAhead), m.neighboursEnd(n)
 	}
 	for j := i + 1; j <= i+ahead && j < len(spans) && spans[j].Offset < last; j++ {
 		if ps != nil {
@@ -215,6 +215,24 @@ const openTailBytes = 2 << 20
 // would otherwise have a task opening many of them start a range fetch
 // for each, all competing with its blocked reads.
 const maxOpenTails = 16
+
+// neighboursEnd is where read-ahead after a miss in file n stops: the
+// layer's end, for files read together with those next to them (a
+// package's modules, a directory walked in order), or n's own end for a
+// versioned shared library or an executable. The files next to those are
+// the rest of their directory in name order (libgcrypt after libexpat,
+// x86_64-linux-gnu-as after uname), which a loader or a shell opens by
+// name, not by place: cold python3 importing numpy, scipy and pandas at
+// 100 Mbit/s and 60 ms fetched 13.4 MB after such files and read 4.4 MB of
+// it; stopping at their end cut its range bytes from 83 to 71 MB and its
+// time from 8.9 to 8.5 s.
+func (m *MountPoint) neighboursEnd(n *node) int64 {
+	b := path.Base(n.name)
+	if strings.Contains(b, ".so.") || n.perm&0o111 != 0 && !strings.HasSuffix(b, ".so") {
+		return n.off + n.size
+	}
+	return m.layerSize(n.layer)
+}
 
 // loadable reports whether n looks like a file a loader maps: a shared
 // library (named *.so or *.so.*) or an executable.
