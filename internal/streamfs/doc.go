@@ -36,12 +36,17 @@
 // a layer right after reading span k-1 (walking many small files in layer
 // order) gets the next spans of the layer fetched; and once a mount's
 // readers have missed a few times, every miss fetches the next
-// Options.MissAhead spans of its layer. A read that blocks on a span of a
-// file whose rest lies within the next span fetches that rest at the same
-// time. Opening a shared library or an executable of more than one span
-// fetches its last 2 MiB (the data segment a loader relocates right after
-// reading the header). While a layer's prefetch pack is coming, none of
-// these guesses is made for it.
+// Options.MissAhead spans of its layer (not past the end of a versioned
+// shared library or an executable: their neighbours are unrelated files).
+// A read that blocks on a span of a file whose rest lies within the next
+// span fetches that rest at the same time. The spans a blocked miss
+// guesses come with it in one ranged GET (a missRun), decoded one by one
+// as their bytes arrive, the missed span first. Opening a shared library
+// or an executable of more than one span fetches its last 2 MiB (the data
+// segment a loader relocates right after reading the header), and reading
+// the start of an ELF object fetches the start and end of the libraries
+// it needs (DT_NEEDED, internal/elfdeps), and theirs. While a layer's
+// prefetch pack is coming, none of these guesses is made for it.
 //
 // # Background streams into the layer store
 //

@@ -46,3 +46,6 @@ const (
 
 // DecodePackSpan is decodePackSpan.
 var DecodePackSpan = decodePackSpan
+
+// Cached reports whether span s of layer l is in the mount's cache.
+func (m *MountPoint) Cached(l, s int) bool { return m.cached(l, s) }

@@ -185,6 +185,8 @@ type MountPoint struct {
 	lastSpan []atomic.Int64
 	// blockedMisses counts reads that waited for a span fetch.
 	blockedMisses atomic.Int64
+	// elfSeen holds the files fetchNeeded has followed (*node keys).
+	elfSeen sync.Map
 	// missRuns are the missRuns under way, by the spans they bring.
 	runMu    sync.Mutex
 	missRuns map[runKey]*missRun

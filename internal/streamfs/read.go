@@ -55,6 +55,9 @@ func (m *MountPoint) readFile(ctx context.Context, n *node, dest []byte, off, st
 		done += int(k)
 		i++
 	}
+	if reader && off == 0 {
+		m.fetchNeeded(n, false) // a loader reading a header
+	}
 	return done, nil
 }
 
