@@ -10,10 +10,11 @@ import (
 
 // Bounds on what Read reads of one file.
 const (
-	maxProgs   = 64
-	maxDynamic = 64 << 10
-	maxNeeded  = 64
-	maxName    = 4096
+	maxProgs    = 64
+	maxDynamic  = 64 << 10
+	maxNeeded   = 64
+	maxRunPaths = 4
+	maxName     = 4096
 )
 
 // Read reads the libraries an ELF object of size bytes needs
@@ -83,13 +84,14 @@ dynamic:
 	if len(neededAt) == 0 {
 		return nil, nil, elf.Machine(hdr.Machine), nil
 	}
-	if len(neededAt) > maxNeeded {
-		return nil, nil, 0, fmt.Errorf("%d libraries", len(neededAt))
+	if len(neededAt) > maxNeeded || len(runpathAt) > maxRunPaths {
+		return nil, nil, 0, fmt.Errorf("%d libraries, %d run paths", len(neededAt), len(runpathAt))
 	}
 	// The string table's address, as a file offset.
 	off := int64(-1)
 	for _, p := range progs {
-		if elf.ProgType(p.Type) == elf.PT_LOAD && strtab >= p.Vaddr && strtab-p.Vaddr < p.Filesz && p.Off <= uint64(size) {
+		if elf.ProgType(p.Type) == elf.PT_LOAD && strtab >= p.Vaddr && strtab-p.Vaddr < p.Filesz &&
+			p.Off <= uint64(size) && p.Filesz <= uint64(size)-p.Off {
 			off = int64(p.Off + strtab - p.Vaddr)
 		}
 	}

@@ -25,7 +25,7 @@ import (
 // Files that are not 64-bit little-endian ELF objects are left alone, and
 // so is any error: this is a guess.
 func (m *MountPoint) fetchNeeded(n *node, fetch bool) {
-	if m.opts.NoPrefetch || n.local.Load() != nil || m.walking() || n.size < 64 || !loadable(n) {
+	if m.opts.NoPrefetch || n.local.Load() != nil || m.walking() || n.size < 64 || !loadable(n) || m.packComing(n.layer, spanAt(m.spans[n.layer], n.off)) {
 		return
 	}
 	if _, seen := m.elfSeen.LoadOrStore(n, true); seen {
@@ -49,14 +49,25 @@ func (m *MountPoint) fetchNeeded(n *node, fetch bool) {
 				continue
 			}
 			s := spanAt(m.spans[lib.layer], lib.off)
-			if !m.cached(lib.layer, s) && !m.streamCovers(lib.layer, m.spans[lib.layer][s].Offset) {
-				m.fetchAhead(lib.layer, s, nil)
+			// As fetchOpenTail: nothing a pack or a stream brings.
+			if !m.cached(lib.layer, s) && !m.packComing(lib.layer, s) && !m.streamCovers(lib.layer, m.spans[lib.layer][s].Offset) &&
+				m.neededHeads.Load() < maxNeededHeads {
+				m.neededHeads.Add(1)
+				m.fetchAhead(lib.layer, s, func() { m.neededHeads.Add(-1) })
 			}
 			m.fetchOpenTail(lib)
 			m.fetchNeeded(lib, true)
 		}
 	}()
 }
+
+// maxNeededHeads bounds the library headers fetchNeeded fetches at once,
+// as maxOpenTails bounds their tails: a program needs a handful.
+const maxNeededHeads = 16
+
+// maxRunDirs bounds the run path directories searched for one file's
+// libraries (hostile images can list thousands).
+const maxRunDirs = 16
 
 // elfNeeded returns the files of the tree that ELF file n needs.
 func (m *MountPoint) elfNeeded(ctx context.Context, n *node, fetch bool) ([]*node, error) {
@@ -66,9 +77,12 @@ func (m *MountPoint) elfNeeded(ctx context.Context, n *node, fetch bool) ([]*nod
 	}
 	origin := path.Dir("/" + n.name)
 	var dirs []string
+	seen := map[string]bool{}
 	for _, rp := range runpath {
 		for _, d := range strings.Split(rp, ":") {
-			if d = strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", origin), "$ORIGIN", origin); d != "" {
+			d = strings.ReplaceAll(strings.ReplaceAll(d, "${ORIGIN}", origin), "$ORIGIN", origin)
+			if d != "" && !seen[d] && len(dirs) < maxRunDirs {
+				seen[d] = true
 				dirs = append(dirs, d)
 			}
 		}
@@ -76,6 +90,9 @@ func (m *MountPoint) elfNeeded(ctx context.Context, n *node, fetch bool) ([]*nod
 	dirs = append(dirs, elfdeps.LibDirs(mach)...)
 	var out []*node
 	for _, name := range needed {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
 		switch {
 		case name == "":
 		case strings.Contains(name, "/"):
@@ -122,7 +139,7 @@ func (m *MountPoint) readNode(ctx context.Context, n *node, off int64, p []byte,
 		if i >= len(spans) {
 			return fmt.Errorf("offset %d is past the layer's spans", pos)
 		}
-		if !fetch && !m.cache.Busy(cache.SpanKey(m.img.Layers[n.layer].Digest(), i)) {
+		if !fetch && !m.cache.Busy(cache.SpanKey(m.img.Layers[n.layer].Digest(), i)) && m.missRunFor(n.layer, i) == nil {
 			return fmt.Errorf("span %d is not fetched", i)
 		}
 		e, _, err := m.span(ctx, n.layer, i, prioPrefetch)

@@ -2,6 +2,7 @@ package streamfs
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -54,11 +55,11 @@ type runKey struct{ l, s int }
 // prefetch pack is coming (see readAhead). Without a run, the rest of a
 // short file is fetched beside span i by range.
 func (m *MountPoint) missAhead(n *node, i int, streak int64) {
-	misses := m.blockedMisses.Add(1)
 	l := n.layer
 	if m.packComing(l, i) {
-		return
+		return // a wait for the pack, mostly
 	}
+	misses := m.blockedMisses.Add(1)
 	if m.missRunFor(l, i) != nil {
 		return // brought by a run already (and what follows it)
 	}
@@ -75,20 +76,32 @@ func (m *MountPoint) missAhead(n *node, i int, streak int64) {
 	if streak >= streamingStreak {
 		ahead = max(ahead, m.opts.ReadAhead)
 	}
+	own := ahead // the file's own spans
 	if m.lastSpan[l].Load() == int64(i-1) {
 		ahead, last = max(ahead, m.opts.ReadAhead), m.neighboursEnd(n)
 	}
 	if misses > missAheadAfter {
 		ahead, last = max(ahead, m.opts.MissAhead), m.neighboursEnd(n)
 	}
+	// Guesses past the file take a prefetcher, as readAhead's do: a task
+	// missing faster than they arrive (walking the image past its
+	// stream) gets them no more than Options.Prefetchers at a time.
+	release := func() {}
+	if ahead > own {
+		select {
+		case m.prefetchSem <- struct{}{}:
+			release = func() { <-m.prefetchSem }
+		default:
+			ahead, last = own, n.off+n.size
+		}
+	}
 	end := i + 1
 	for end < len(spans) && end <= i+ahead && spans[end].Offset < last && m.runnable(l, end) {
 		end++
 	}
-	if end == i+1 {
-		return
+	if end == i+1 || !m.startMissRun(rl, l, i, end, release) {
+		release()
 	}
-	m.startMissRun(rl, l, i, end)
 }
 
 // runnable reports whether a missRun may fetch span s of layer l: nobody
@@ -109,13 +122,25 @@ func (m *MountPoint) missRunFor(l, s int) *missRun {
 	return m.missRuns[runKey{l, s}]
 }
 
-// startMissRun starts fetching spans [first, end) of layer l in one missRun.
-func (m *MountPoint) startMissRun(rl missRunLayer, l, first, end int) {
+// startMissRun starts fetching spans [first, end) of layer l in one
+// missRun, or as many of them as no other run claimed meanwhile, and
+// calls done when it is over. It reports false, and starts nothing, if
+// that leaves only the missed span.
+func (m *MountPoint) startMissRun(rl missRunLayer, l, first, end int, done func()) bool {
+	m.runMu.Lock()
+	for s := first; s < end; s++ {
+		if m.missRuns[runKey{l, s}] != nil {
+			end = s
+		}
+	}
+	if end-first < 2 {
+		m.runMu.Unlock()
+		return false
+	}
 	r := &missRun{l: l, first: first, end: end, done: make([]chan struct{}, end-first), data: make([][]byte, end-first)}
 	for k := range r.done {
 		r.done[k] = make(chan struct{})
 	}
-	m.runMu.Lock()
 	for s := first; s < end; s++ {
 		m.missRuns[runKey{l, s}] = r
 	}
@@ -124,6 +149,7 @@ func (m *MountPoint) startMissRun(rl missRunLayer, l, first, end int) {
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
+		defer done()
 		ctx, cancel := context.WithTimeout(m.ctx, m.opts.ReadTimeout)
 		defer cancel()
 		stored := m.readMissRun(ctx, rl, r)
@@ -138,6 +164,7 @@ func (m *MountPoint) startMissRun(rl missRunLayer, l, first, end int) {
 		}
 		m.runMu.Unlock()
 	}()
+	return true
 }
 
 // readMissRun reads r's request, handing each span to its waiters and
@@ -153,6 +180,15 @@ func (m *MountPoint) readMissRun(ctx context.Context, rl missRunLayer, r *missRu
 	}
 	next := r.first
 	fail := func(err error) {
+		if ctx.Err() == nil {
+			// Waiters fetch their spans on their own, which records
+			// any problem the registry has for good.
+			m.metrics.errors.Inc()
+			if errors.Is(err, ErrCorrupt) {
+				m.metrics.corrupt.Inc()
+			}
+			m.log.Debug("streamfs: a fetch of spans after a miss failed", "layer", m.img.Layers[r.l].Digest(), "spans", fmt.Sprintf("[%d, %d)", next, r.end), "err", err)
+		}
 		r.err = err
 		for ; next < r.end; next++ {
 			close(r.done[next-r.first])
@@ -173,9 +209,9 @@ func (m *MountPoint) readMissRun(ctx context.Context, rl missRunLayer, r *missRu
 		defer close(winDone)
 		win, winErr = rl.SpanWindow(ctx, r.first)
 	}()
+	defer func() { <-winDone }() // it ends with ctx
 	body, err := rl.OpenRange(ctx, off, length)
 	if err != nil {
-		<-winDone
 		fail(err)
 		return wait
 	}
@@ -232,9 +268,10 @@ func (m *MountPoint) readMissRun(ctx context.Context, rl missRunLayer, r *missRu
 				_, err := w.Write(data)
 				return err
 			})
-			if err == nil {
-				e.Close()
+			if err != nil {
+				return // unmounting, or the cache failed: a reader fetches it
 			}
+			e.Close()
 			// Counted once stored, where a span fetched alone is too.
 			m.metrics.spans.Inc()
 			m.metrics.bytes.Add(float64(len(data)))

@@ -185,8 +185,10 @@ type MountPoint struct {
 	lastSpan []atomic.Int64
 	// blockedMisses counts reads that waited for a span fetch.
 	blockedMisses atomic.Int64
-	// elfSeen holds the files fetchNeeded has followed (*node keys).
-	elfSeen sync.Map
+	// elfSeen holds the files fetchNeeded has followed (*node keys);
+	// neededHeads counts the library headers it is fetching.
+	elfSeen     sync.Map
+	neededHeads atomic.Int32
 	// missRuns are the missRuns under way, by the spans they bring.
 	runMu    sync.Mutex
 	missRuns map[runKey]*missRun
