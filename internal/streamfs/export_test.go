@@ -49,3 +49,11 @@ var DecodePackSpan = decodePackSpan
 
 // Cached reports whether span s of layer l is in the mount's cache.
 func (m *MountPoint) Cached(l, s int) bool { return m.cached(l, s) }
+
+// MissRunsBusy reports whether a miss run is fetching or storing spans
+// (a run counts its spans once they are stored).
+func (m *MountPoint) MissRunsBusy() bool {
+	m.runMu.Lock()
+	defer m.runMu.Unlock()
+	return len(m.missRuns) > 0
+}

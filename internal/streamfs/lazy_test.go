@@ -75,6 +75,10 @@ func TestLaziness(t *testing.T) {
 	if b, err := os.ReadFile(filepath.Join(dir, "etc/hostname")); err != nil || string(b) != "riffle-large\n" {
 		t.Fatalf("etc/hostname: %q %v", b, err)
 	}
+	// A miss run counts its spans once stored, after its bytes came.
+	for deadline := time.Now().Add(10 * time.Second); m.MissRunsBusy() && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
 	served := r.rangeBytes.Load()
 	st := m.Stats()
 	t.Logf("registry served %d bytes in %d range requests for %d spans (%d uncompressed bytes); stats %+v",
