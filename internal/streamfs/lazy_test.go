@@ -97,50 +97,55 @@ func TestLaziness(t *testing.T) {
 	}
 }
 
+// smallFiles are 600 files of 16 KiB of random data in f/, in name
+// order; f/500 is named as a versioned shared library (f/500.so.1).
+func smallFiles() []imagegen.Entry {
+	entries := []imagegen.Entry{{Type: imagegen.Dir, Name: "f"}}
+	for i := range 600 {
+		name := fmt.Sprintf("f/%03d", i)
+		if i == 500 {
+			name += ".so.1"
+		}
+		entries = append(entries, imagegen.Entry{Type: imagegen.File, Name: name,
+			Size: 16 << 10, Seed: uint64(i + 1), Fill: imagegen.Random})
+	}
+	return entries
+}
+
+// filesBySpan returns, by span of img's first layer, the first file that
+// lies wholly inside it.
+func filesBySpan(img streamfs.Image) map[int]string {
+	spans := img.Layers[0].Spans()
+	inSpan := map[int]string{}
+	for _, e := range img.Layers[0].Entries() {
+		for i, s := range spans {
+			if e.Size > 0 && e.Offset >= s.Offset && e.Offset+e.Size <= s.Offset+s.Size && inSpan[i] == "" {
+				inSpan[i] = e.Name
+			}
+		}
+	}
+	return inSpan
+}
+
 // Once a mount's readers have missed a few times, each miss also fetches
 // the next spans of its layer (files read together sit together); before
 // that, a miss fetches its own span alone, and so does a miss in a
 // versioned shared library at any time.
 func TestMissAhead(t *testing.T) {
 	testutil.RequiresRoot(t)
-	const fileSize, spanSize = 16 << 10, 64 << 10
-	var entries []imagegen.Entry
-	entries = append(entries, imagegen.Entry{Type: imagegen.Dir, Name: "f"})
-	for i := range 600 {
-		name := fmt.Sprintf("f/%03d", i)
-		if i == 500 {
-			name += ".so.1" // a versioned shared library
-		}
-		entries = append(entries, imagegen.Entry{Type: imagegen.File, Name: name,
-			Size: fileSize, Seed: uint64(i + 1), Fill: imagegen.Random})
-	}
+	const spanSize = 64 << 10
 	r := newTestRegistry(t)
-	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: entries}}}, "test/missahead")
+	_, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: smallFiles()}}}, "test/missahead")
 	img := r.open(t, ref, spanSize)
 	m, dir := mount(t, img, streamfs.Options{Cache: newCache(t)})
-
-	// One file wholly inside each span, by span.
-	spans := img.Layers[0].Spans()
-	inSpan := map[int]string{}
-	for _, e := range img.Layers[0].Entries() {
-		if e.Size == 0 {
-			continue
-		}
-		for i, s := range spans {
-			if e.Offset >= s.Offset && e.Offset+e.Size <= s.Offset+s.Size {
-				if _, ok := inSpan[i]; !ok {
-					inSpan[i] = e.Name
-				}
-			}
-		}
-	}
+	inSpan := filesBySpan(img)
 	read := func(span int) {
 		t.Helper()
 		name, ok := inSpan[span]
 		if !ok {
 			t.Fatalf("no file lies wholly in span %d", span)
 		}
-		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || len(b) != fileSize {
+		if b, err := os.ReadFile(filepath.Join(dir, name)); err != nil || len(b) != 16<<10 {
 			t.Fatalf("read %s: %d bytes, %v", name, len(b), err)
 		}
 	}
@@ -179,7 +184,7 @@ func TestMissAhead(t *testing.T) {
 		}
 	}
 	before, runs := m.Stats().FetchedSpans, m.Stats().MissRuns
-	if b, err := os.ReadFile(filepath.Join(dir, lib.Name)); err != nil || len(b) != fileSize {
+	if b, err := os.ReadFile(filepath.Join(dir, lib.Name)); err != nil || len(b) != 16<<10 {
 		t.Fatalf("read %s: %d bytes, %v", lib.Name, len(b), err)
 	}
 	if n := m.Stats().FetchedSpans - before; n < 1 || n > 2 || m.Stats().MissRuns != runs {
@@ -445,28 +450,13 @@ func TestOpenTailsBounded(t *testing.T) {
 // request did not bring fetch them on their own, with the right data.
 func TestMissRunCutShort(t *testing.T) {
 	testutil.RequiresRoot(t)
-	const fileSize, spanSize = 16 << 10, 64 << 10
-	var entries []imagegen.Entry
-	entries = append(entries, imagegen.Entry{Type: imagegen.Dir, Name: "f"})
-	for i := range 600 {
-		entries = append(entries, imagegen.Entry{Type: imagegen.File, Name: fmt.Sprintf("f/%03d", i),
-			Size: fileSize, Seed: uint64(i + 1), Fill: imagegen.Random})
-	}
+	const spanSize = 64 << 10
 	r := newTestRegistry(t)
-	pushed, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: entries}}}, "test/missruncut")
+	pushed, ref := r.push(t, imagegen.Spec{Layers: []imagegen.Layer{{Entries: smallFiles()}}}, "test/missruncut")
 	want := unpacked(t, pushed)
 	img := r.open(t, ref, spanSize)
 	m, dir := mount(t, img, streamfs.Options{Cache: newCache(t)})
-
-	spans := img.Layers[0].Spans()
-	inSpan := map[int]string{}
-	for _, e := range img.Layers[0].Entries() {
-		for i, s := range spans {
-			if e.Size > 0 && e.Offset >= s.Offset && e.Offset+e.Size <= s.Offset+s.Size && inSpan[i] == "" {
-				inSpan[i] = e.Name
-			}
-		}
-	}
+	inSpan := filesBySpan(img)
 	read := func(span int) {
 		t.Helper()
 		name := inSpan[span]
