@@ -57,3 +57,37 @@ func TestDecodeNext(t *testing.T) {
 		})
 	}
 }
+
+// TestDecodeAfter decodes a layer in runs of three spans, each run with
+// the output before it as history (the first from the stream's start), and
+// gets the layer's tar stream from a detached index without one window.
+func TestDecodeAfter(t *testing.T) {
+	g := makeLayer(t, 5, 1<<20)
+	for _, name := range []string{"gzip-6", "multi-member", "tar", "zstd-frames"} {
+		t.Run(name, func(t *testing.T) {
+			blob := compressors[name](t, g.tar)
+			x, err := Build(bytes.NewReader(blob), "m", Options{SpanSize: testSpan})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, _ := x.Detach()
+			var out []byte
+			for first := 0; first < len(d.Spans); first += 3 {
+				p, err := d.PlanSpans(first, min(first+3, len(d.Spans)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				spans, err := d.DecodeAfter(p, out, blob[p.Offset:p.Offset+p.Length], make([]byte, 0, d.DecodeSize(p)))
+				if err != nil {
+					t.Fatalf("spans [%d, %d): %v", p.First, p.End, err)
+				}
+				for _, b := range spans {
+					out = append(out, b...)
+				}
+			}
+			if !bytes.Equal(out, g.tar) {
+				t.Fatal("the runs decoded after each other are not the tar stream")
+			}
+		})
+	}
+}

@@ -248,11 +248,12 @@ func decodeWindow(w []byte) ([]byte, error) {
 	return out, nil
 }
 
-// decodeGzip inflates spans [p.First, p.End) from the fetched bytes. Each
+// decodeGzip inflates spans [p.First, p.End) from the fetched bytes, the
+// first with history hist when given (DecodeAfter). Each
 // span starts at a checkpoint, so each is inflated on its own: with
 // klauspost/compress when it can (decodeGzipFast), else with the resumable
 // fork, which runs across member boundaries as needed.
-func (x *Index) decodeGzip(p Plan, window, fetched, buf []byte) ([][]byte, error) {
+func (x *Index) decodeGzip(p Plan, window, hist, fetched, buf []byte) ([][]byte, error) {
 	var total int64
 	for i := p.First; i < p.End; i++ {
 		total += x.Spans[i].USize
@@ -277,6 +278,8 @@ func (x *Index) decodeGzip(p Plan, window, fetched, buf []byte) ([][]byte, error
 		var dict []byte
 		switch {
 		case s.Header:
+		case i == p.First && hist != nil:
+			dict = hist
 		case i == p.First || n < WindowSize:
 			w := x.Spans[i].Window
 			if i == p.First && window != nil {

@@ -364,6 +364,39 @@ func (x *Index) DecodeWindow(p Plan, window, fetched, buf []byte) ([][]byte, err
 	} else if window != nil {
 		return nil, fmt.Errorf("index: span %d takes no separate window", p.First)
 	}
+	return x.decodeVerified(p, window, nil, fetched, buf)
+}
+
+// DecodeAfter is DecodeWindow for a reader that has decoded the spans
+// before the plan: the first span takes its history from prev, the
+// uncompressed bytes just before it (at least WindowSize of them, or all
+// from the stream's start), instead of a window. A reader of consecutive
+// runs of spans (one request, or one stream cut in chunks) so needs no
+// window but the first one's. A short prev is an error that is not
+// ErrCorrupt: decode with the window instead.
+func (x *Index) DecodeAfter(p Plan, prev, fetched, buf []byte) ([][]byte, error) {
+	if p.First < 0 || p.End > len(x.Spans) || p.First >= p.End {
+		return nil, fmt.Errorf("index: plan spans [%d, %d) are outside [0, %d)", p.First, p.End, len(x.Spans))
+	}
+	if int64(len(fetched)) != p.Length {
+		return nil, fmt.Errorf("%w: got %d bytes for a %d-byte plan", ErrCorrupt, len(fetched), p.Length)
+	}
+	s := &x.Spans[p.First]
+	if x.Kind != KindGzip || s.Header {
+		// No history to take: the span decodes on its own.
+		return x.decodeVerified(p, nil, nil, fetched, buf)
+	}
+	need := min(WindowSize, s.UOffset)
+	if int64(len(prev)) < need {
+		return nil, fmt.Errorf("index: span %d needs %d bytes of history, got %d", p.First, need, len(prev))
+	}
+	return x.decodeVerified(p, nil, prev[int64(len(prev))-need:], fetched, buf)
+}
+
+// decodeVerified checks the span digests of plan p, then decodes it. The
+// first span's history is hist (raw bytes) when given, else window (a
+// checked stored window), else the index's own.
+func (x *Index) decodeVerified(p Plan, window, hist, fetched, buf []byte) ([][]byte, error) {
 	if !x.Kind.fromTOC() {
 		for i := p.First; i < p.End; i++ {
 			b, err := spanBytes(&x.Spans[i], p, fetched)
@@ -384,7 +417,7 @@ func (x *Index) DecodeWindow(p Plan, window, fetched, buf []byte) ([][]byte, err
 		}
 		return out, nil
 	case KindGzip:
-		return x.decodeGzip(p, window, fetched, buf)
+		return x.decodeGzip(p, window, hist, fetched, buf)
 	case KindZstd:
 		return x.decodeZstd(p, fetched)
 	case KindEStargz, KindZstdChunked:
@@ -456,40 +489,9 @@ func (x *Index) DecodeNext(n int, prev, fetched, buf []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &x.Spans[n]
-	if x.Kind != KindGzip || s.Header {
-		// No history to take: the span decodes on its own.
-		out, err := x.DecodeWindow(p, nil, fetched, buf)
-		if err != nil {
-			return nil, err
-		}
-		return out[0], nil
-	}
-	if int64(len(fetched)) != p.Length {
-		return nil, fmt.Errorf("%w: got %d bytes for a %d-byte plan", ErrCorrupt, len(fetched), p.Length)
-	}
-	need := min(WindowSize, s.UOffset)
-	if int64(len(prev)) < need {
-		return nil, fmt.Errorf("index: span %d needs %d bytes of history, got %d", n, need, len(prev))
-	}
-	in, err := spanBytes(s, p, fetched)
+	out, err := x.DecodeAfter(p, prev, fetched, buf)
 	if err != nil {
 		return nil, err
 	}
-	if sha256Sum(in) != s.Digest {
-		return nil, fmt.Errorf("%w: span %d digest mismatch", ErrCorrupt, n)
-	}
-	var out, scratch []byte
-	if int64(cap(buf)) >= x.DecodeSize(p) {
-		out, scratch = buf[:s.USize], buf[s.USize:cap(buf)]
-	} else {
-		out = make([]byte, s.USize)
-	}
-	dict := prev[int64(len(prev))-need:]
-	if !decodeGzipFast(s, dict, in, out, scratch) {
-		if err := x.inflateFork(p, dict, fetched, out); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return out[0], nil
 }

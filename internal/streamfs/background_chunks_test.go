@@ -7,10 +7,13 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/riffle-dev/riffle/internal/fstree"
 	"github.com/riffle-dev/riffle/internal/imagegen"
@@ -435,5 +438,65 @@ func TestRunsFollowEachOther(t *testing.T) {
 	}
 	if !store.Has(simg.DiffIDs[0]) {
 		t.Error("the layer is not in the store")
+	}
+}
+
+// A chunk fetched alone leaves out the spans a reader fetched after it was
+// planned: with the first chunk's request held, a task reads a stretch of
+// the layer further on (by range: the stream is not near), and once the
+// stream goes on, no byte of that stretch is fetched again.
+func TestChunkSkipsSpansReadSincePlanned(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, want, size := bgImageSize(t, r, imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{
+		{Type: imagegen.File, Name: "head.txt", Data: []byte("head\n")},
+		{Type: imagegen.File, Name: "big.bin", Size: 8 << 20, Seed: 7, Fill: imagegen.Random},
+	}}}}.Docker())
+	release := make(chan struct{})
+	hold := func(req *http.Request) {
+		if strings.HasPrefix(req.Header.Get("Range"), "bytes=0-") {
+			<-release
+		}
+	}
+	r.onRangeReq.Store(&hold)
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	before := r.rangeBytes.Load()
+	store := newStore(t)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: store, NoPrefetch: true, NoPassthrough: true, StreamWait: 1})
+	// Chunks are about 1 MiB: this is the third chunk, planned at mount,
+	// and parts of the second and fourth.
+	f, err := os.Open(filepath.Join(dir, "big.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// No kernel read-ahead: it would go on reading after ReadAt returns.
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_RANDOM); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 2<<20)
+	if _, err := f.ReadAt(got, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	read := r.rangeBytes.Load() - before
+	close(release)
+	waitComplete(t, m)
+	sent := r.rangeBytes.Load() - before
+	t.Logf("layer %d bytes; read %d by range, %d in all", size, read, sent)
+	// Consecutive spans may share a byte: one each.
+	if sent > size+size/(64<<10) {
+		t.Errorf("the registry sent %d bytes of a %d-byte layer: the stream fetched spans the reader had", sent, size)
+	}
+	if st := m.Stats(); st.BackgroundErrors != 0 || st.Corrupt != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error(d)
 	}
 }

@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 
+	"github.com/riffle-dev/riffle/internal/fstree"
+	"github.com/riffle-dev/riffle/internal/imagegen"
+	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/streamfs"
 	"github.com/riffle-dev/riffle/internal/testutil"
 )
@@ -83,5 +88,60 @@ func TestDetachedIndexBadWindow(t *testing.T) {
 	var ne *streamfs.NotEligibleError
 	if !errors.As(err, &ne) {
 		t.Fatalf("detached index without a window source: %v, want not eligible", err)
+	}
+}
+
+// A layer streamed in chunks through a detached index fetches a window
+// only where a request starts (a run, or a chunk fetched alone), not for
+// every chunk: a chunk read from the same run as the one before decodes
+// after that one's output. The layer completes with the full pull's tree.
+func TestDetachedStreamDecodesChunksAfterEachOther(t *testing.T) {
+	testutil.RequiresRoot(t)
+	ctx := context.Background()
+	r := newTestRegistry(t)
+	spec := imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{
+		{Type: imagegen.File, Name: "head.txt", Data: []byte("head\n")},
+		{Type: imagegen.File, Name: "big.bin", Size: 24 << 20, Seed: 7, Fill: imagegen.Random},
+	}}}}.Docker()
+	img, ref := r.push(t, spec, "test/detached-stream")
+	svc, err := indexsvc.New(t.TempDir(), r.client(), indexsvc.Options{SpanSize: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { svc.Close() })
+	if _, err := svc.IndexImage(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	var wins atomic.Int64
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if strings.Contains(req.URL.Path, "/windows/") {
+			wins.Add(1)
+		}
+		svc.Handler().ServeHTTP(w, req)
+	}))
+	t.Cleanup(hs.Close)
+	src := indexsvc.HTTPSource{BaseURL: hs.URL}
+	simg, _, err := streamfs.Open(ctx, r.client(), ref, streamfs.OpenOptions{Indexes: src, Windows: src})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := r.rangeRequests.Load()
+	store := newStore(t)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: store, NoPrefetch: true})
+	waitComplete(t, m)
+	st := m.Stats()
+	requests := r.rangeRequests.Load() - before
+	t.Logf("%d chunks, %d range requests (%d runs), %d windows", st.BackgroundChunks, requests, st.BackgroundRuns, wins.Load())
+	if st.BackgroundRuns == 0 || requests >= st.BackgroundChunks {
+		t.Fatalf("%d chunks took %d requests (%d runs): the test needs chunks read from runs", st.BackgroundChunks, requests, st.BackgroundRuns)
+	}
+	if w := wins.Load(); w > requests {
+		t.Errorf("%d windows fetched for %d range requests; want at most one per request", w, requests)
+	}
+	if st.Corrupt != 0 || st.BackgroundErrors != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	for _, d := range fstree.Diff(unpacked(t, img), scan(t, dir)) {
+		t.Error(d)
 	}
 }

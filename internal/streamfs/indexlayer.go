@@ -280,6 +280,22 @@ func (l *indexLayer) DecodeSpans(first, end int, window, wire, out []byte) ([][]
 	return l.decode(plan, window, wire, out)
 }
 
+// DecodeSpansAfter is DecodeSpans for a reader that decoded the spans
+// before first: prev, the uncompressed bytes just before span first (at
+// least index.WindowSize of them, or all from the stream's start), stands
+// in for the window.
+func (l *indexLayer) DecodeSpansAfter(first, end int, prev, wire, out []byte) ([][]byte, error) {
+	plan, err := l.x.PlanSpans(first, end)
+	if err != nil {
+		return nil, err
+	}
+	spans, err := l.x.DecodeAfter(plan, prev, wire, out)
+	if errors.Is(err, index.ErrCorrupt) {
+		return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+	}
+	return spans, err
+}
+
 // StreamsBySpans reports whether the spans, in order, are the layer's tar
 // stream: not for layers indexed from a table of contents, whose spans
 // address a virtual stream.
