@@ -36,7 +36,8 @@ type detachedCache struct {
 
 type detachedLayer struct {
 	raw     []byte   // the detached index, marshalled
-	windows [][]byte // by span
+	windows [][]byte // by span (gzip layers only)
+	spans   int      // how many spans the index has
 	size    int64
 
 	gzOnce sync.Once
@@ -98,7 +99,7 @@ func (s *Service) loadDetached(d digest.Digest) (*detachedLayer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("indexsvc: detaching the index of %s: %w", d, err)
 	}
-	l := &detachedLayer{raw: raw, windows: windows, size: int64(len(raw))}
+	l := &detachedLayer{raw: raw, windows: windows, spans: len(x.Spans), size: int64(len(raw))}
 	for _, w := range windows {
 		l.size += int64(len(w))
 	}

@@ -246,3 +246,54 @@ func TestPackAskedWithIndexes(t *testing.T) {
 		t.Errorf("a node with the profile's spans cached asked for %d packs", n)
 	}
 }
+
+// TestProfileReportedWhenFinal: a mount's startup profile goes to the
+// index service as soon as it records nothing more (here: the task read
+// past its byte budget), while the task still holds the image, and the
+// release after it reports nothing again.
+func TestProfileReportedWhenFinal(t *testing.T) {
+	testutil.RequiresRoot(t)
+	tr := newRegistry(t)
+	ref := tr.push(t, "p/r/early", smallSpec())
+	ctx := context.Background()
+	svc := newIndexService(t)
+	res, err := svc.IndexImage(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := res.Layers[1].Digest // data/a.bin, 2 MiB: more than one span
+	hs := httptest.NewServer(svc.Handler())
+	defer hs.Close()
+	src := indexsvc.HTTPSource{BaseURL: hs.URL}
+	n := newNode(t, t.TempDir(), func(o *node.Options) {
+		o.Indexes, o.Profiles = src, src
+		o.Mount.NoBackground = true
+		o.Mount.ProfileBytes = 1 << 20 // half of a.bin's spans
+	})
+	defer n.Close()
+	rfs, err := n.Stream(ctx, ref, node.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rfs.Release()
+	if _, err := os.ReadFile(filepath.Join(rfs.Lower[0], "data", "a.bin")); err != nil {
+		t.Fatal(err)
+	}
+	var lp *indexsvc.LayerProfile
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if lp, err = svc.Profile(ctx, data); !errors.Is(err, indexsvc.ErrNoProfile) {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("no profile of the data layer while the image is held: %v", err)
+	}
+	if len(lp.Spans) == 0 || len(lp.Spans) >= res.Layers[1].Spans || lp.Runs != 1 {
+		t.Fatalf("reported profile %v over %d runs, want some of the layer's %d spans, not all, over 1", lp.Spans, lp.Runs, res.Layers[1].Spans)
+	}
+	rfs.Release()
+	n.Close()
+	if lp, err = svc.Profile(ctx, data); err != nil || lp.Runs != 1 {
+		t.Errorf("after release: %v over %d runs (%v), want one report", lp.Spans, lp.Runs, err)
+	}
+}

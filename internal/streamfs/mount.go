@@ -115,8 +115,9 @@ type Options struct {
 	ProfileParallel int
 	// ProfileTime and ProfileBytes bound the recording of this mount's
 	// profile: spans first read later than ProfileTime after mounting, or
-	// past ProfileBytes of span data, are not recorded (defaults
-	// DefaultProfileTime and DefaultProfileBytes).
+	// from the first that would pass ProfileBytes of span data on, are
+	// not recorded (defaults DefaultProfileTime and DefaultProfileBytes;
+	// see ProfileDone).
 	ProfileTime  time.Duration
 	ProfileBytes int64
 	// Logger receives warnings (failed fetches). Nil discards them.
@@ -391,6 +392,7 @@ func (m *MountPoint) shutdown() {
 		m.cancel()
 		m.bg.Wait()
 		m.closeBackground()
+		m.profile.stop()
 	})
 }
 
