@@ -107,6 +107,17 @@ func fsmountOverlay(lower []string, upper, work, target string) error {
 			return fsconfigError(fd, kv[0], err)
 		}
 	}
+	// volatile: no sync of the upper filesystem, ever. The upper
+	// directory is the task's scratch and is removed with it, so nothing
+	// in it needs to outlive a crash; without it the unmount after the
+	// task syncs the whole filesystem holding the data directory, and a
+	// task that ended while a layer was being written waited for that
+	// layer to reach the disk (0.34 s after a cold read of the bench
+	// image, against 0.07 s for an idle disk). The mount(2) fallback
+	// leaves it out: its kernels may predate it (Linux 5.10).
+	if err := unix.FsconfigSetFlag(fd, "volatile"); err != nil {
+		return fsconfigError(fd, "volatile", err)
+	}
 	if err := unix.FsconfigCreate(fd); err != nil {
 		return fsconfigError(fd, "create", err)
 	}

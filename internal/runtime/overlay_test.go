@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -145,6 +146,34 @@ func TestOverlayLongLowerPath(t *testing.T) {
 	if data, err := os.ReadFile(filepath.Join(target, "f")); err != nil || string(data) != "deep\n" {
 		t.Errorf("read through the overlay: %q, %v", data, err)
 	}
+}
+
+// TestOverlayVolatile: a task's overlay is mounted volatile, so that its
+// unmount does not sync the filesystem holding the upper directory (and
+// the node's layer store and cache beside it).
+func TestOverlayVolatile(t *testing.T) {
+	testutil.RequiresRoot(t)
+	base := t.TempDir()
+	lower, upper, work, target := filepath.Join(base, "l"), filepath.Join(base, "u"), filepath.Join(base, "w"), filepath.Join(base, "m")
+	for _, d := range []string{lower, upper, work, target} {
+		must(t, os.Mkdir(d, 0o755))
+	}
+	must(t, mountOverlay([]string{lower}, upper, work, target))
+	t.Cleanup(func() { must(t, unmount(target)) })
+	info, err := os.ReadFile("/proc/self/mountinfo")
+	must(t, err)
+	for _, line := range strings.Split(string(info), "\n") {
+		fields := strings.Fields(line)
+		if len(fields) < 5 || fields[4] != target {
+			continue
+		}
+		// Linux 6.x shows it as fsync=volatile.
+		if super := strings.Split(fields[len(fields)-1], ","); !slices.Contains(super, "volatile") && !slices.Contains(super, "fsync=volatile") {
+			t.Errorf("overlay options %q, want volatile", super)
+		}
+		return
+	}
+	t.Fatalf("%s is not in mountinfo", target)
 }
 
 // TestLegacyOverlay checks the mount(2) fallback of kernels without
