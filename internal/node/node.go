@@ -630,9 +630,8 @@ func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image, s
 	closed := n.closed
 	if !closed {
 		n.mounts[img.Digest] = m
-		n.wg.Add(2)
+		n.wg.Add(1)
 		go n.settle(m)
-		go n.reportWhenRecorded(m)
 	}
 	n.mu.Unlock()
 	if closed {

@@ -88,21 +88,6 @@ func (n *Node) reportProfile(m *mount) {
 	})
 }
 
-// reportWhenRecorded reports m's startup profile once it is final
-// (streamfs.MountPoint.ProfileDone), while the task may still run, rather
-// than at its release: the index service builds the pack sooner, and
-// riffle run has nothing to report when its task ends. A cold read of the
-// bench image's every file spent the profile's bytes halfway through,
-// then waited 0.17 s after the task for the report.
-func (n *Node) reportWhenRecorded(m *mount) {
-	defer n.wg.Done()
-	select {
-	case <-m.mp.ProfileDone():
-		n.reportProfile(m)
-	case <-n.ctx.Done():
-	}
-}
-
 // ReportProfile reports the startup profile of a mount made by MountAt.
 func (n *Node) ReportProfile(mp *streamfs.MountPoint) {
 	n.reportProfile(&mount{mp: mp})

@@ -115,9 +115,8 @@ type Options struct {
 	ProfileParallel int
 	// ProfileTime and ProfileBytes bound the recording of this mount's
 	// profile: spans first read later than ProfileTime after mounting, or
-	// from the first that would pass ProfileBytes of span data on, are
-	// not recorded (defaults DefaultProfileTime and DefaultProfileBytes;
-	// see ProfileDone).
+	// past ProfileBytes of span data, are not recorded (defaults
+	// DefaultProfileTime and DefaultProfileBytes).
 	ProfileTime  time.Duration
 	ProfileBytes int64
 	// Logger receives warnings (failed fetches). Nil discards them.
@@ -392,7 +391,6 @@ func (m *MountPoint) shutdown() {
 		m.cancel()
 		m.bg.Wait()
 		m.closeBackground()
-		m.profile.stop()
 	})
 }
 

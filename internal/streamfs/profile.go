@@ -50,12 +50,6 @@ type recorder struct {
 	bytes int64     // span bytes recorded
 	state [][]uint8 // per layer, per span
 	order [][]int   // per layer, spans in order of first use
-
-	// done is closed once the recorder records nothing more: its time
-	// has passed, or a span did not fit in its bytes.
-	done     chan struct{}
-	stopOnce sync.Once
-	timer    *time.Timer
 }
 
 func newRecorder(m *MountPoint, opts Options) *recorder {
@@ -71,17 +65,7 @@ func newRecorder(m *MountPoint, opts Options) *recorder {
 	for i, sp := range m.spans {
 		r.state[i] = make([]uint8, len(sp))
 	}
-	r.done = make(chan struct{})
-	r.timer = time.AfterFunc(r.limit, r.stop)
 	return r
-}
-
-// stop ends the recording.
-func (r *recorder) stop() {
-	r.stopOnce.Do(func() {
-		r.timer.Stop()
-		close(r.done)
-	})
 }
 
 // recordSpan notes that a reader used span s of layer l.
@@ -93,14 +77,8 @@ func (r *recorder) recordSpan(l, s int) {
 		return
 	}
 	*st |= spanSeen
-	select {
-	case <-r.done:
-		return
-	default:
-	}
 	size := r.m.spans[l][s].Size
 	if time.Since(r.start) > r.limit || r.bytes+size > r.maxBytes {
-		r.stop()
 		return
 	}
 	r.bytes += size
@@ -155,13 +133,6 @@ func (m *MountPoint) Profile() Profile {
 	}
 	return p
 }
-
-// ProfileDone returns a channel closed once the mount's startup profile is
-// final: Options.ProfileTime has passed since the mount, or a span did not
-// fit in Options.ProfileBytes (recording stops at the first that does
-// not), or the image was unmounted. Profile then returns what it will
-// return at unmount, so it can be reported while the task runs.
-func (m *MountPoint) ProfileDone() <-chan struct{} { return m.profile.done }
 
 // profileJob is one span of the profile to fetch: span s of layer l.
 type profileJob struct{ l, s int }
