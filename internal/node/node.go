@@ -277,7 +277,6 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 	n.cancel()
 	n.wg.Wait()
-	n.reports.Wait()
 	n.mu.Lock()
 	mounts := make([]*mount, 0, len(n.mounts))
 	for _, m := range n.mounts {
@@ -289,13 +288,19 @@ func (n *Node) Close() error {
 	c, own := n.cache, n.ownCache
 	n.mu.Unlock()
 	var errs []error
-	// At once, so that shutdown waits one unmount grace, not one per mount.
+	// At once, so that shutdown waits one unmount grace, not one per
+	// mount; and the profile reports (the network) beside the unmounts
+	// (the disk: a mount waits for its layer streams, which may be
+	// syncing a layer they just completed). After a cold read of every
+	// file of the bench image, riffle run waited 66 ms for the report,
+	// then 390 ms to unmount.
 	var wg sync.WaitGroup
 	for _, m := range mounts {
-		n.reportProfile(m)
+		wg.Go(func() { n.reportProfile(m) })
 		wg.Go(func() { n.unmount(m) })
 	}
 	wg.Wait()
+	n.reports.Wait()
 	if own && c != nil {
 		errs = append(errs, c.Close())
 	}
