@@ -54,15 +54,17 @@
 // streams every layer whole in the background, a few layers at once, and
 // the store extracts it, checking the layer's diffID. A layer whose index
 // addresses its blob span by span (tar, gzip, zstd) streams in chunks: runs
-// of about 1 MiB of spans decoded by two workers at once from their
-// checkpoints (two cores on one big layer, verified against the span
-// digests), put back in order. The chunks' compressed bytes come from one
-// ranged GET per run of uncached spans, read as they arrive, so the link
-// does not idle a round trip per chunk; while the task is busy, chunks take
-// turns with a GET each instead. Spans already in the node
-// cache (read by the task, or from a pack) are copied from there instead,
-// so nothing is fetched or decoded twice and a warm node settles without
-// the registry. Chunk memory lives outside the Go heap and is reused.
+// of about 1 MiB of spans decoded by two workers (verified against the
+// span digests), put back in order. The chunks' compressed bytes come from
+// one ranged GET per run of uncached spans, read as they arrive, so the
+// link does not idle a round trip per chunk; a chunk read from the same
+// GET as the one before decodes after that one's output, so a detached
+// index needs no window for it. While the task is busy, chunks take turns
+// with a GET each instead, each from its checkpoint's window, leaving out
+// the spans at their ends that readers fetched meanwhile. Spans already
+// in the node cache (read by the task, or from a pack) are copied from
+// there instead, so nothing is fetched or decoded twice and a warm node
+// settles without the registry. Chunk memory lives outside the Go heap and is reused.
 // Other layers (or Options.SingleStream) stream with one GET each,
 // decompressed by klauspost/compress. Each regular file the store reports
 // is matched to the tree by layer and offset and checked against the
