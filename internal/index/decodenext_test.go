@@ -88,6 +88,29 @@ func TestDecodeAfter(t *testing.T) {
 			if !bytes.Equal(out, g.tar) {
 				t.Fatal("the runs decoded after each other are not the tar stream")
 			}
+			if name == "tar" || name == "zstd-frames" {
+				return
+			}
+			// The last run with history: exactly WindowSize bytes of it
+			// work; fewer are refused (not as corrupt); damaged bytes are
+			// refused before anything is decoded.
+			n := len(d.Spans) - 2
+			for n > 0 && d.Spans[n].Header {
+				n--
+			}
+			p, _ := d.PlanSpans(n, n+2)
+			fetched := append([]byte(nil), blob[p.Offset:p.Offset+p.Length]...)
+			start := d.Spans[n].UOffset
+			if _, err := d.DecodeAfter(p, g.tar[start-WindowSize:start], fetched, nil); err != nil {
+				t.Errorf("history of WindowSize bytes: %v", err)
+			}
+			if _, err := d.DecodeAfter(p, g.tar[start-WindowSize+1:start], fetched, nil); err == nil || errors.Is(err, ErrCorrupt) {
+				t.Errorf("history one byte short: %v, want an error that is not ErrCorrupt", err)
+			}
+			fetched[len(fetched)/2] ^= 1
+			if _, err := d.DecodeAfter(p, g.tar[:start], fetched, nil); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("corrupt span bytes: %v, want ErrCorrupt", err)
+			}
 		})
 	}
 }

@@ -87,6 +87,19 @@ func (s *Service) detached(d digest.Digest) (*detachedLayer, error) {
 	return v.(*detachedLayer), nil
 }
 
+// detachedSpans returns the number of spans of layer d's index when its
+// detached form is in s.detach, without loading it.
+func (s *Service) detachedSpans(d digest.Digest) (int, bool) {
+	c := &s.detach
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, ok := c.layers[d]
+	if !ok {
+		return 0, false
+	}
+	return l.spans, true
+}
+
 // loadDetached detaches layer d's stored index and keeps it in s.detach.
 func (s *Service) loadDetached(d digest.Digest) (*detachedLayer, error) {
 	c := &s.detach

@@ -79,12 +79,15 @@ func (s *Service) AddProfile(_ context.Context, repo string, d digest.Digest, sp
 	if err != nil {
 		return err
 	}
-	// The span count from the detached form kept for nodes: parsing the
-	// stored index for it took 60 ms for the bench image's big layer, and
-	// riffle run waits for its report before it exits.
+	// The span count from the detached form kept for nodes, when it is
+	// there (the node that reports read the layer through it): parsing
+	// the stored index for it took 60 ms for the bench image's big layer,
+	// and riffle run waits for its report before it exits.
 	limit := -1
-	if l, err := s.detached(d); err == nil {
-		limit = l.spans
+	if n, ok := s.detachedSpans(d); ok {
+		limit = n
+	} else if x, _, err := s.Get(d); err == nil {
+		limit = len(x.Spans)
 	}
 	seen := make(map[int]bool, len(spans))
 	for i, n := range spans {

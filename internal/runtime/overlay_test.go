@@ -153,6 +153,9 @@ func TestOverlayLongLowerPath(t *testing.T) {
 // the node's layer store and cache beside it).
 func TestOverlayVolatile(t *testing.T) {
 	testutil.RequiresRoot(t)
+	if !hasLowerdirAdd() {
+		t.Skip("the mount(2) fallback of kernels before 6.8 mounts without volatile")
+	}
 	base := t.TempDir()
 	lower, upper, work, target := filepath.Join(base, "l"), filepath.Join(base, "u"), filepath.Join(base, "w"), filepath.Join(base, "m")
 	for _, d := range []string{lower, upper, work, target} {

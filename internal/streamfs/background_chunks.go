@@ -68,6 +68,9 @@ type spanRunStreamer interface {
 	// DecodeSpansAfter is DecodeSpans with prev, the uncompressed bytes
 	// just before span first, for the window.
 	DecodeSpansAfter(first, end int, prev, wire, out []byte) ([][]byte, error)
+	// NeedsWindow reports whether decoding from span first needs a window
+	// fetched apart from the index (SpanWindow).
+	NeedsWindow(first int) bool
 }
 
 const (
@@ -343,10 +346,10 @@ func (c *chunkedLayer) read(rs spanRunStreamer, jobs <-chan *chunk, work chan<- 
 }
 
 // readRun reads chunk ch's compressed bytes from the open run, opening a
-// new run at ch when neither it nor the next run reaches it. When prev,
-// the chunk passed on before it, ends where ch starts, ch decodes after
-// it; else readRun starts fetching ch's window. Near the end of the open
-// run it opens the next.
+// new run at ch when neither it nor the next run reaches it. When ch needs
+// a window and prev, the chunk passed on before it, ends where ch starts,
+// ch decodes after prev; else readRun starts fetching ch's window. Near
+// the end of the open run it opens the next.
 //
 // A window costs a request to the index service and about 12 KB for a
 // gzip layer with a detached index: fetched for every chunk, they were
@@ -380,8 +383,10 @@ func (c *chunkedLayer) readRun(rs spanRunStreamer, rr *runs, ch, prev *chunk) er
 		}
 	}
 	ch.winDone = make(chan struct{})
-	if prev != nil {
-		ch.prev = prev
+	// Only a window to fetch is worth waiting for the chunk before: the
+	// workers then decode one chunk at a time.
+	chain := prev != nil && rs.NeedsWindow(ch.first)
+	if chain {
 		close(ch.winDone)
 	} else {
 		c.wg.Add(1)
@@ -410,6 +415,9 @@ func (c *chunkedLayer) readRun(rs spanRunStreamer, rr *runs, ch, prev *chunk) er
 	}
 	c.m.metrics.bgChunks.Inc()
 	ch.wire = wire
+	if chain {
+		ch.prev = prev
+	}
 	c.openNextRun(rs, rr)
 	return nil
 }

@@ -94,14 +94,16 @@ func TestDetachedIndexBadWindow(t *testing.T) {
 // A layer streamed in chunks through a detached index fetches a window
 // only where a request starts (a run, or a chunk fetched alone), not for
 // every chunk: a chunk read from the same run as the one before decodes
-// after that one's output. The layer completes with the full pull's tree.
+// after that one's output. The layer completes with the full pull's tree
+// (its content refers back across chunk boundaries: a wrong history would
+// fail the layer's diffID).
 func TestDetachedStreamDecodesChunksAfterEachOther(t *testing.T) {
 	testutil.RequiresRoot(t)
 	ctx := context.Background()
 	r := newTestRegistry(t)
 	spec := imagegen.Spec{Layers: []imagegen.Layer{{Entries: []imagegen.Entry{
 		{Type: imagegen.File, Name: "head.txt", Data: []byte("head\n")},
-		{Type: imagegen.File, Name: "big.bin", Size: 24 << 20, Seed: 7, Fill: imagegen.Random},
+		{Type: imagegen.File, Name: "big.bin", Size: 48 << 20, Seed: 7, Fill: imagegen.Mixed},
 	}}}}.Docker()
 	img, ref := r.push(t, spec, "test/detached-stream")
 	svc, err := indexsvc.New(t.TempDir(), r.client(), indexsvc.Options{SpanSize: 64 << 10})

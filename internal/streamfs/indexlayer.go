@@ -280,6 +280,10 @@ func (l *indexLayer) DecodeSpans(first, end int, window, wire, out []byte) ([][]
 	return l.decode(plan, window, wire, out)
 }
 
+// NeedsWindow reports whether decoding from span first needs a window
+// fetched apart from the index (a gzip span of a detached index).
+func (l *indexLayer) NeedsWindow(first int) bool { return l.x.NeedsWindow(first) }
+
 // DecodeSpansAfter is DecodeSpans for a reader that decoded the spans
 // before first: prev, the uncompressed bytes just before span first (at
 // least index.WindowSize of them, or all from the stream's start), stands
