@@ -41,12 +41,7 @@ func TestDecodeNext(t *testing.T) {
 				return
 			}
 			// A span with history needs WindowSize bytes of it.
-			n := len(x.Spans) - 1
-			for n > 0 && x.Spans[n].Header {
-				n--
-			}
-			p, _ := x.PlanSpans(n, n+1)
-			fetched := append([]byte(nil), blob[p.Offset:p.Offset+p.Length]...)
+			n, _, fetched := historyPlan(t, x, blob, 1)
 			if _, err := x.DecodeNext(n, make([]byte, WindowSize-1), fetched, nil); err == nil {
 				t.Error("a span decoded with too little history")
 			}
@@ -94,12 +89,7 @@ func TestDecodeAfter(t *testing.T) {
 			// The last run with history: exactly WindowSize bytes of it
 			// work; fewer are refused (not as corrupt); damaged bytes are
 			// refused before anything is decoded.
-			n := len(d.Spans) - 2
-			for n > 0 && d.Spans[n].Header {
-				n--
-			}
-			p, _ := d.PlanSpans(n, n+2)
-			fetched := append([]byte(nil), blob[p.Offset:p.Offset+p.Length]...)
+			n, p, fetched := historyPlan(t, d, blob, 2)
 			start := d.Spans[n].UOffset
 			if _, err := d.DecodeAfter(p, g.tar[start-WindowSize:start], fetched, nil); err != nil {
 				t.Errorf("history of WindowSize bytes: %v", err)
@@ -113,4 +103,20 @@ func TestDecodeAfter(t *testing.T) {
 			}
 		})
 	}
+}
+
+// historyPlan returns the last run of k spans of x whose first span takes
+// history (it does not start at a gzip member header), its plan, and a
+// copy of its bytes from blob.
+func historyPlan(t *testing.T, x *Index, blob []byte, k int) (int, Plan, []byte) {
+	t.Helper()
+	n := len(x.Spans) - k
+	for n > 0 && x.Spans[n].Header {
+		n--
+	}
+	p, err := x.PlanSpans(n, n+k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, p, append([]byte(nil), blob[p.Offset:p.Offset+p.Length]...)
 }

@@ -347,11 +347,8 @@ func (x *Index) DecodeInto(p Plan, fetched, buf []byte) ([][]byte, error) {
 // the output before them, so a plan needs one window however many spans
 // it covers.
 func (x *Index) DecodeWindow(p Plan, window, fetched, buf []byte) ([][]byte, error) {
-	if p.First < 0 || p.End > len(x.Spans) || p.First >= p.End {
-		return nil, fmt.Errorf("index: plan spans [%d, %d) are outside [0, %d)", p.First, p.End, len(x.Spans))
-	}
-	if int64(len(fetched)) != p.Length {
-		return nil, fmt.Errorf("%w: got %d bytes for a %d-byte plan", ErrCorrupt, len(fetched), p.Length)
+	if err := x.checkPlan(p, fetched); err != nil {
+		return nil, err
 	}
 	// Verify first: nothing untrusted reaches a decompressor.
 	if x.NeedsWindow(p.First) {
@@ -375,11 +372,8 @@ func (x *Index) DecodeWindow(p Plan, window, fetched, buf []byte) ([][]byte, err
 // window but the first one's. A short prev is an error that is not
 // ErrCorrupt: decode with the window instead.
 func (x *Index) DecodeAfter(p Plan, prev, fetched, buf []byte) ([][]byte, error) {
-	if p.First < 0 || p.End > len(x.Spans) || p.First >= p.End {
-		return nil, fmt.Errorf("index: plan spans [%d, %d) are outside [0, %d)", p.First, p.End, len(x.Spans))
-	}
-	if int64(len(fetched)) != p.Length {
-		return nil, fmt.Errorf("%w: got %d bytes for a %d-byte plan", ErrCorrupt, len(fetched), p.Length)
+	if err := x.checkPlan(p, fetched); err != nil {
+		return nil, err
 	}
 	s := &x.Spans[p.First]
 	if x.Kind != KindGzip || s.Header {
@@ -391,6 +385,18 @@ func (x *Index) DecodeAfter(p Plan, prev, fetched, buf []byte) ([][]byte, error)
 		return nil, fmt.Errorf("index: span %d needs %d bytes of history, got %d", p.First, need, len(prev))
 	}
 	return x.decodeVerified(p, nil, prev[int64(len(prev))-need:], fetched, buf)
+}
+
+// checkPlan checks that plan p lies in the index and that fetched holds
+// its bytes.
+func (x *Index) checkPlan(p Plan, fetched []byte) error {
+	if p.First < 0 || p.End > len(x.Spans) || p.First >= p.End {
+		return fmt.Errorf("index: plan spans [%d, %d) are outside [0, %d)", p.First, p.End, len(x.Spans))
+	}
+	if int64(len(fetched)) != p.Length {
+		return fmt.Errorf("%w: got %d bytes for a %d-byte plan", ErrCorrupt, len(fetched), p.Length)
+	}
+	return nil
 }
 
 // decodeVerified checks the span digests of plan p, then decodes it. The

@@ -268,8 +268,9 @@ func tailOf(spans [][]byte) []byte {
 	return tail
 }
 
-// decode decodes a chunk the run reader read: after the chunk before it,
-// when the reader read that one too, else from its window.
+// decode decodes a chunk the run reader read: after the chunk before it
+// when readRun chained them, else (or when that one failed or left too
+// little history) from its window.
 func (c *chunkedLayer) decode(rs spanRunStreamer, ch *chunk) error {
 	// SpanWindow ends with c.ctx: waiting for it even then keeps ch.win
 	// its own until it is done.
@@ -288,21 +289,22 @@ func (c *chunkedLayer) decode(rs spanRunStreamer, ch *chunk) error {
 		}
 		if p.err == nil {
 			ch.spans, err = rs.DecodeSpansAfter(ch.first, ch.end, p.tail, ch.wire, out)
-		}
-		if p.err != nil || err != nil && !errors.Is(err, ErrCorrupt) {
-			// The chunk before failed, or left too little history.
-			ch.win, ch.winErr = rs.SpanWindow(c.ctx, ch.first)
-			if ch.winErr != nil {
-				return ch.winErr
+			if err == nil || errors.Is(err, ErrCorrupt) {
+				return c.countCorrupt(err)
 			}
-			ch.spans, err = rs.DecodeSpans(ch.first, ch.end, ch.win, ch.wire, out)
 		}
-	} else {
-		if ch.winErr != nil {
-			return ch.winErr
-		}
-		ch.spans, err = rs.DecodeSpans(ch.first, ch.end, ch.win, ch.wire, out)
+		ch.win, ch.winErr = rs.SpanWindow(c.ctx, ch.first)
 	}
+	if ch.winErr != nil {
+		return ch.winErr
+	}
+	ch.spans, err = rs.DecodeSpans(ch.first, ch.end, ch.win, ch.wire, out)
+	return c.countCorrupt(err)
+}
+
+// countCorrupt counts err in the metrics when it is ErrCorrupt, and
+// returns it.
+func (c *chunkedLayer) countCorrupt(err error) error {
 	if errors.Is(err, ErrCorrupt) {
 		c.m.metrics.corrupt.Inc()
 	}
@@ -628,9 +630,7 @@ func (c *chunkedLayer) fetch(ch *chunk) error {
 		if err == nil || c.ctx.Err() != nil {
 			return err
 		}
-		if errors.Is(err, ErrCorrupt) {
-			c.m.metrics.corrupt.Inc()
-		}
+		c.countCorrupt(err)
 	}
 	return err
 }
