@@ -17,6 +17,7 @@ type metrics struct {
 
 	mu      sync.Mutex
 	dropped streamfs.Stats     // summed over unmounted mounts
+	warm    warmStats          // summed over warm-ups of images started from the layer store
 	starts  map[string]float64 // by RootFS.Method
 	descs   map[string]*prometheus.Desc
 }
@@ -37,6 +38,8 @@ func newMetrics(n *Node) *metrics {
 		"packBytes":    d("pack_bytes_total", "Uncompressed bytes prefetch packs delivered."),
 		"packWire":     d("pack_wire_bytes_total", "Compressed bytes read from prefetch packs."),
 		"spansRead":    d("streamed_spans_fetched_total", "Spans stream mounts fetched (profile prefetches included)."),
+		"warmFiles":    d("warmed_files_total", "Files of startup profiles read into the page cache from the layer store, for images started settled or pulled."),
+		"warmBytes":    d("warmed_bytes_total", "Bytes of startup profiles read into the page cache from the layer store (cached already or not)."),
 	}}
 }
 
@@ -44,6 +47,14 @@ func newMetrics(n *Node) *metrics {
 func (m *metrics) started(method string) {
 	m.mu.Lock()
 	m.starts[method]++
+	m.mu.Unlock()
+}
+
+// warmed adds a warm-up's counts to the totals.
+func (m *metrics) warmed(st warmStats) {
+	m.mu.Lock()
+	m.warm.files += st.files
+	m.warm.bytes += st.bytes
 	m.mu.Unlock()
 }
 
@@ -83,7 +94,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	m.n.mu.Unlock()
 	m.mu.Lock()
-	total := m.dropped
+	total, warm := m.dropped, m.warm
 	starts := make(map[string]float64, len(m.starts))
 	for k, v := range m.starts {
 		starts[k] = v
@@ -108,4 +119,6 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	c("packSpans", total.PackSpans)
 	c("packBytes", total.PackBytes)
 	c("packWire", total.PackWireBytes)
+	c("warmFiles", int64(warm.files))
+	c("warmBytes", warm.bytes)
 }

@@ -459,6 +459,7 @@ func (n *Node) pull(ctx context.Context, ref string, auth Auth) (*RootFS, error)
 	out := &RootFS{Lower: pull.LowerDirs(n.layers, img), Config: img.Config.Config, Digest: img.Digest, Method: MethodPulled, Release: func() {}}
 	if n.complete(img) {
 		out.Reused = true
+		n.warm(img)
 		return out, nil
 	}
 	flat := pull.Store(n.opts.Layout.Flat())
@@ -504,11 +505,13 @@ func (n *Node) complete(img *remote.Image) bool {
 
 // settled returns img as overlayfs over its extracted layers, when every
 // layer is in the store: a streamed image that has settled, or one pulled.
+// Layers from the store are warmed with the image's startup profile.
 func (n *Node) settled(img *remote.Image) *RootFS {
 	out := &RootFS{Config: img.Config.Config, Digest: img.Digest, Method: MethodSettled, Reused: true, Release: func() {}}
 	switch flat := pull.Store(n.opts.Layout.Flat()); {
 	case n.complete(img):
 		out.Lower = pull.LowerDirs(n.layers, img)
+		n.warm(img)
 	case flat.Has(img.Digest):
 		out.Lower = []string{flat.RootFS(img.Digest)}
 	default:
