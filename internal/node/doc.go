@@ -26,11 +26,12 @@
 // that lifetime, waits for the work, and only then unmounts, so no mount
 // is made after Close.
 //
-// A task started on an image from the layer store (settled or pulled)
-// gets the files of the image's startup profile read into the page cache
-// in the background, several at once, from the layers' indexes in the node
-// cache (warm.go): the data is local, but a task walking files reads them
-// one small synchronous read at a time.
+// A task started on an image from the layer store gets the files of the
+// image's startup profile read into the page cache in the background,
+// several at once, found through the layers' indexes in the node cache
+// (warm.go; an image pulled without ever being streamed here has none):
+// the data is local, but a task walking files reads them one small
+// synchronous read at a time.
 //
 // # Indexes
 //

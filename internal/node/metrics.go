@@ -38,8 +38,8 @@ func newMetrics(n *Node) *metrics {
 		"packBytes":    d("pack_bytes_total", "Uncompressed bytes prefetch packs delivered."),
 		"packWire":     d("pack_wire_bytes_total", "Compressed bytes read from prefetch packs."),
 		"spansRead":    d("streamed_spans_fetched_total", "Spans stream mounts fetched (profile prefetches included)."),
-		"warmFiles":    d("warmed_files_total", "Files of startup profiles read into the page cache from the layer store, for images started settled or pulled."),
-		"warmBytes":    d("warmed_bytes_total", "Bytes of startup profiles read into the page cache from the layer store (cached already or not)."),
+		"warmFiles":    d("warmed_files_total", "Files of startup profiles the kernel was asked to read into the page cache from the layer store, for images started from it (settled, or pulled after being streamed on this node)."),
+		"warmBytes":    d("warmed_bytes_total", "Bytes of startup profiles the kernel was asked to read into the page cache from the layer store (cached already or not)."),
 	}}
 }
 

@@ -169,6 +169,7 @@ type Node struct {
 	mu       sync.Mutex
 	clients  map[Auth]*remote.Client
 	mounts   map[digest.Digest]*mount
+	warmed   map[digest.Digest]time.Time // when each image was last warmed (warm.go)
 	cache    *cache.Cache
 	ownCache bool
 	closed   bool
@@ -223,7 +224,7 @@ func New(opts Options) (*Node, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
 		opts: opts, log: log, ctx: ctx, cancel: cancel, layers: layers,
-		clients: map[Auth]*remote.Client{}, mounts: map[digest.Digest]*mount{}, cache: opts.Cache,
+		clients: map[Auth]*remote.Client{}, mounts: map[digest.Digest]*mount{}, warmed: map[digest.Digest]time.Time{}, cache: opts.Cache,
 	}
 	if err := n.cleanup(); err != nil {
 		cancel()
