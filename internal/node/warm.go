@@ -14,6 +14,7 @@ import (
 	"github.com/riffle-dev/riffle/internal/index"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/remote"
+	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
 // warmParallel is how many files a warm-up has the kernel read at once. A
@@ -134,20 +135,7 @@ func (n *Node) warmImage(ctx context.Context, img *remote.Image) warmStats {
 		}
 		lists = append(lists, files)
 	}
-	var order []warmFile
-	for j := 0; ; j++ {
-		more := false
-		for _, l := range lists {
-			if j < len(l) {
-				order = append(order, l[j])
-				more = true
-			}
-		}
-		if !more {
-			break
-		}
-	}
-	st := warmFiles(ctx, order, warmParallel)
+	st := warmFiles(ctx, streamfs.Interleave(lists), warmParallel)
 	st.took = time.Since(start)
 	return st
 }

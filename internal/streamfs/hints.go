@@ -98,7 +98,7 @@ func (m *MountPoint) hintLists() []profileList {
 	var lists []profileList
 	for _, files := range perLayer {
 		if len(files) > 0 {
-			lists = append(lists, profileList{jobs: interleave(files)})
+			lists = append(lists, profileList{jobs: Interleave(files)})
 		}
 	}
 	return lists

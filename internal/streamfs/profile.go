@@ -184,15 +184,16 @@ func (m *MountPoint) profileLists() []profileList {
 	return lists
 }
 
-// interleave orders the lists' jobs round-robin, so every layer's first
-// spans come early.
-func interleave(lists [][]profileJob) []profileJob {
-	var queue []profileJob
+// Interleave orders the lists' items round-robin (the first of each list,
+// then the second of each...), so every list's first items come early: a
+// profile orders spans by first use within a layer, not across layers.
+func Interleave[T any](lists [][]T) []T {
+	var queue []T
 	for k := 0; ; k++ {
 		added := false
-		for _, js := range lists {
-			if k < len(js) {
-				queue = append(queue, js[k])
+		for _, l := range lists {
+			if k < len(l) {
+				queue = append(queue, l[k])
 				added = true
 			}
 		}
@@ -282,7 +283,7 @@ func (m *MountPoint) startProfile() {
 			for i, pl := range lists {
 				all[i] = pl.jobs
 			}
-			m.queueJobs(jobs, interleave(all))
+			m.queueJobs(jobs, Interleave(all))
 			return
 		}
 		var wg, packs sync.WaitGroup
