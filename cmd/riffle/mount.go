@@ -220,8 +220,8 @@ Needs root for ownership, devices and xattrs.`,
 				fmt.Fprintf(cmd.OutOrStdout(), "%s (%s) is already pulled: %d layers in %s\n", args[0], rfs.Digest, len(rfs.Lower), n.Layout().Layers())
 				return nil
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s, %d bytes fetched) into the node: %d layers in %s, in %v\n",
-				args[0], rfs.Digest, rfs.Fetched, len(rfs.Lower), n.Layout().Layers(), time.Since(start).Round(time.Millisecond))
+			fmt.Fprintf(cmd.OutOrStdout(), "pulled %s (%s; %d bytes compressed over the wire, %d uncompressed extracted) into the node: %d layers in %s, in %v\n",
+				args[0], rfs.Digest, rfs.Fetched, rfs.Extracted, len(rfs.Lower), n.Layout().Layers(), time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}
@@ -252,7 +252,7 @@ func pullImage(ctx context.Context, client *remote.Client, ref, dir string, para
 	}
 	defer os.RemoveAll(tmp)
 	show := func(done, total int, fetched int64) {
-		fmt.Fprintf(progress, "layer %d/%d applied (%d bytes fetched)\n", done, total, fetched)
+		fmt.Fprintf(progress, "layer %d/%d applied (%d bytes compressed over the wire so far)\n", done, total, fetched)
 	}
 	if _, err := pull.ImageProgress(ctx, client, img, dir, tmp, parallel, show); err != nil {
 		// A half-applied image is no image: leave DIR as it was found.

@@ -95,7 +95,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 			}
 			defer rfs.Release()
 			log.Info("image ready", "image", ref, "method", rfs.Method, "reused", rfs.Reused,
-				"fetched", rfs.Fetched, "after", time.Since(start).Round(time.Millisecond))
+				"compressed_fetched", rfs.Fetched, "uncompressed_extracted", rfs.Extracted, "after", time.Since(start).Round(time.Millisecond))
 
 			rt, err := runtime.New(runtime.Config{Root: n.Layout().Runtime(), Logger: log})
 			if err != nil {
@@ -120,7 +120,7 @@ docker run; --entrypoint replaces the ENTRYPOINT. Needs root.`,
 				// span reads by range, prefetch packs, and whole-layer
 				// background streams.
 				st := rfs.Stats()
-				log.Info("container exited", "code", code, "streamed bytes fetched", st.WireBytes,
+				log.Info("container exited", "code", code, "streamed bytes fetched", st.WireBytes, "uncompressed_available", st.UncompressedBytes,
 					"wire_range", st.SpanWireBytes, "wire_pack", st.PackWireBytes, "wire_background", st.BackgroundWireBytes,
 					"profile_spans", st.ProfileSpans, "profile_hits", st.ProfileHits, "hint_spans", st.HintSpans,
 					"span_misses", st.CacheMisses, "span_hits", st.CacheHits, "miss_runs", st.MissRuns, "stream_waits", st.StreamWaits, "background_pauses", st.BackgroundPauses,

@@ -90,7 +90,8 @@ func (l Layout) Flat() string { return filepath.Join(l.Root, "images", "flat") }
 // Mounts holds the mount points of streamed images.
 func (l Layout) Mounts() string { return filepath.Join(l.Root, "images", "mounts") }
 
-// Profiles holds startup profiles this node recorded.
+// Profiles holds the node's copies of layers' startup profiles, by layer
+// digest: the last fetched from the profile source, or recorded here.
 func (l Layout) Profiles() string { return filepath.Join(l.Root, "profiles") }
 
 // Registry is the embedded registry's storage (riffle serve).

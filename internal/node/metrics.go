@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/riffle-dev/riffle/internal/pull"
 	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
@@ -18,6 +19,7 @@ type metrics struct {
 	mu      sync.Mutex
 	dropped streamfs.Stats     // summed over unmounted mounts
 	warm    warmStats          // summed over warm-ups of images started from the layer store
+	pulls   pull.Bytes         // summed over pulls
 	starts  map[string]float64 // by RootFS.Method
 	descs   map[string]*prometheus.Desc
 }
@@ -39,6 +41,8 @@ func newMetrics(n *Node) *metrics {
 		"packWire":     d("pack_wire_bytes_total", "Compressed bytes read from prefetch packs."),
 		"spansRead":    d("streamed_spans_fetched_total", "Spans stream mounts fetched (profile prefetches included)."),
 		"warmFiles":    d("warmed_files_total", "Files of startup profiles the kernel was asked to read into the page cache from the layer store, for images started from it (settled, or pulled after being streamed on this node)."),
+		"pullWire":     d("pulled_wire_bytes_total", "Compressed bytes pulls fetched from registries (whole layers)."),
+		"pullBytes":    d("pulled_uncompressed_bytes_total", "Uncompressed bytes (layer tar streams) pulls extracted."),
 		"warmBytes":    d("warmed_bytes_total", "Bytes of startup profiles the kernel was asked to read into the page cache from the layer store (cached already or not)."),
 	}}
 }
@@ -55,6 +59,14 @@ func (m *metrics) warmed(st warmStats) {
 	m.mu.Lock()
 	m.warm.files += st.files
 	m.warm.bytes += st.bytes
+	m.mu.Unlock()
+}
+
+// pulled adds a pull's byte counts to the totals.
+func (m *metrics) pulled(b pull.Bytes) {
+	m.mu.Lock()
+	m.pulls.Wire += b.Wire
+	m.pulls.Uncompressed += b.Uncompressed
 	m.mu.Unlock()
 }
 
@@ -94,7 +106,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	}
 	m.n.mu.Unlock()
 	m.mu.Lock()
-	total, warm := m.dropped, m.warm
+	total, warm, pulls := m.dropped, m.warm, m.pulls
 	starts := make(map[string]float64, len(m.starts))
 	for k, v := range m.starts {
 		starts[k] = v
@@ -118,6 +130,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	c("packs", total.Packs)
 	c("packSpans", total.PackSpans)
 	c("packBytes", total.PackBytes)
+	c("pullWire", pulls.Wire)
+	c("pullBytes", pulls.Uncompressed)
 	c("packWire", total.PackWireBytes)
 	c("warmFiles", int64(warm.files))
 	c("warmBytes", warm.bytes)

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
@@ -63,6 +64,10 @@ type RootFS struct {
 	// Fetched is the compressed bytes downloaded to provide it (a stream:
 	// indexes built or fetched; a pull: the layers); 0 when Reused.
 	Fetched int64
+	// Extracted is the uncompressed bytes (layer tar streams) a pull
+	// extracted to provide it; 0 when Reused, and for a stream, whose
+	// uncompressed bytes arrive as it is read (Stats).
+	Extracted int64
 	// FetchedTotal, when set, returns the compressed bytes a streamed
 	// mount has fetched so far (it grows as the container reads).
 	FetchedTotal func() int64
@@ -186,6 +191,23 @@ type mount struct {
 	// settledCh is closed when settled is set.
 	settledCh chan struct{}
 	reported  sync.Once
+	// jobOff is set when the background stream is off only because the
+	// task that mounted it asked (WithoutBackground): a later task that
+	// wants it mounts the image anew once nobody uses this mount.
+	jobOff bool
+	// gone is closed when the mount is unmounted.
+	gone     chan struct{}
+	goneOnce sync.Once
+}
+
+// retire reports whether m should make way for a new mount of its image
+// for a task that wants what so says: m has no background stream only
+// because its task asked, this task wants one, and nobody uses m. Without
+// it, one task that switched the stream off would leave every later task
+// of the image on the node without it, and the image would never settle.
+// Called with Node.mu held.
+func (m *mount) retire(so streamOptions) bool {
+	return m.jobOff && !so.noBackground && m.users == 0
 }
 
 // New returns a Node. It unmounts stream mounts a previous process left
@@ -354,6 +376,7 @@ func (n *Node) unmount(m *mount) {
 		n.log.Warn("node: unmount", "image", m.img.Reference, "err", err)
 	}
 	_ = os.Remove(m.mp.Dir())
+	m.goneOnce.Do(func() { close(m.gone) })
 }
 
 // begin registers work that Close must wait for; it fails once Close has
@@ -418,9 +441,15 @@ func (n *Node) Cache() (*cache.Cache, error) {
 
 // shared runs fn once for key however many callers ask at once, under the
 // node's lifetime rather than any caller's context; a caller whose ctx
-// ends stops waiting (the work goes on for the others).
+// ends stops waiting (the work goes on for the others). shared reports
+// whether this caller joined work another caller led.
 func (n *Node) shared(ctx context.Context, key string, fn func(ctx context.Context) (any, error)) (v any, shared bool, err error) {
+	// Only the caller whose function runs leads; singleflight's Shared is
+	// set for the leader too when others joined, and the leader is the
+	// one whose task reports what the work fetched.
+	var led atomic.Bool
 	ch := n.sf.DoChan(key, func() (any, error) {
+		led.Store(true)
 		if err := n.begin(); err != nil {
 			return nil, err
 		}
@@ -429,7 +458,7 @@ func (n *Node) shared(ctx context.Context, key string, fn func(ctx context.Conte
 	})
 	select {
 	case r := <-ch:
-		return r.Val, r.Shared, r.Err
+		return r.Val, !led.Load(), r.Err
 	case <-ctx.Done():
 		return nil, false, ctx.Err()
 	}
@@ -469,16 +498,18 @@ func (n *Node) pull(ctx context.Context, ref string, auth Auth) (*RootFS, error)
 		return out, nil
 	}
 	v, shared, err := n.shared(ctx, "pull "+img.Digest.String(), func(ctx context.Context) (any, error) {
-		fetched, err := pull.Layers(ctx, c, img, n.layers, n.opts.Parallel)
+		b, err := pull.Layers(ctx, c, img, n.layers, n.opts.Parallel)
+		n.metrics.pulled(b)
 		if errors.Is(err, unpack.ErrCrossLayerLink) {
 			n.log.Info("node: a layer links into a lower one; pulling the image flat", "image", img.Reference, "err", err)
 			more, ferr := flat.Add(ctx, c, img, n.opts.Parallel)
-			return fetched + more, ferr
+			n.metrics.pulled(more)
+			return pull.Bytes{Wire: b.Wire + more.Wire, Uncompressed: b.Uncompressed + more.Uncompressed}, ferr
 		}
 		if err != nil {
 			return nil, fmt.Errorf("node: %w", err)
 		}
-		return fetched, nil
+		return b, nil
 	})
 	if err != nil {
 		return nil, err
@@ -489,7 +520,8 @@ func (n *Node) pull(ctx context.Context, ref string, auth Auth) (*RootFS, error)
 	if shared {
 		out.Reused = true
 	} else {
-		out.Fetched = v.(int64)
+		b := v.(pull.Bytes)
+		out.Fetched, out.Extracted = b.Wire, b.Uncompressed
 	}
 	return out, nil
 }
@@ -536,7 +568,9 @@ func (n *Node) Stream(ctx context.Context, ref string, auth Auth, opts ...Stream
 }
 
 // StreamOption changes how Stream mounts an image that is not mounted on
-// the node yet; a mount already there is shared as it is.
+// the node yet; a mount already in use is shared as it is. An idle mount
+// whose background stream a task switched off is mounted anew for a task
+// that wants it.
 type StreamOption func(*streamOptions)
 
 type streamOptions struct {
@@ -589,8 +623,10 @@ func (n *Node) stream(ctx context.Context, ref string, auth Auth, so streamOptio
 	}
 	n.mu.Lock()
 	m := n.mounts[img.Digest]
-	if m != nil {
+	if m != nil && !m.retire(so) {
 		m.users++
+	} else {
+		m = nil
 	}
 	n.mu.Unlock()
 	if m != nil {
@@ -603,9 +639,19 @@ func (n *Node) stream(ctx context.Context, ref string, auth Auth, so streamOptio
 	v, shared, err := n.shared(ctx, "stream "+img.Digest.String(), func(ctx context.Context) (any, error) {
 		n.mu.Lock()
 		m := n.mounts[img.Digest]
+		var old *mount
+		if m != nil && m.retire(so) {
+			n.forgetLocked(m)
+			old, m = m, nil
+		}
 		n.mu.Unlock()
 		if m != nil {
 			return result{m: m}, nil
+		}
+		if old != nil {
+			// Unmounted before the new mount takes its directory; new
+			// callers wait in this flight meanwhile.
+			n.unmount(old)
 		}
 		m, fetched, err := n.mount(ctx, c, img, so)
 		if err != nil {
@@ -634,7 +680,11 @@ func (n *Node) mount(ctx context.Context, c *remote.Client, img *remote.Image, s
 	if err != nil {
 		return nil, 0, err
 	}
-	m := &mount{mp: mp, config: img.Config.Config, img: img, spans: mp.SpanCounts(), settledCh: make(chan struct{})}
+	m := &mount{
+		mp: mp, config: img.Config.Config, img: img, spans: mp.SpanCounts(),
+		settledCh: make(chan struct{}), gone: make(chan struct{}),
+		jobOff: so.noBackground && !n.opts.Mount.NoBackground,
+	}
 	n.mu.Lock()
 	closed := n.closed
 	if !closed {

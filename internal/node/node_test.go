@@ -15,7 +15,9 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	ggcrremote "github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/imagegen"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
 	"github.com/riffle-dev/riffle/internal/node"
@@ -303,7 +305,8 @@ func TestPulledImageStreamsSettled(t *testing.T) {
 	tr := newRegistry(t)
 	ref := tr.push(t, "p/r/features", smallSpec())
 	root := t.TempDir()
-	n := newNode(t, root, nil)
+	reg := prometheus.NewRegistry()
+	n := newNode(t, root, func(o *node.Options) { o.Metrics = reg })
 	defer n.Close()
 	ctx := context.Background()
 	pulled, err := n.Pull(ctx, ref, node.Auth{})
@@ -312,6 +315,16 @@ func TestPulledImageStreamsSettled(t *testing.T) {
 	}
 	if pulled.Method != node.MethodPulled || pulled.Reused || pulled.Fetched == 0 || len(pulled.Lower) != 2 {
 		t.Fatalf("pull: %+v", pulled)
+	}
+	// The two files' data and their tar headers, uncompressed.
+	if min := int64(2<<20 + 300<<10); pulled.Extracted < min {
+		t.Errorf("pull extracted %d bytes, want at least %d", pulled.Extracted, min)
+	}
+	if v := counter(t, reg, "riffle_node_pulled_wire_bytes_total"); v != float64(pulled.Fetched) {
+		t.Errorf("riffle_node_pulled_wire_bytes_total = %v, want %d", v, pulled.Fetched)
+	}
+	if v := counter(t, reg, "riffle_node_pulled_uncompressed_bytes_total"); v != float64(pulled.Extracted) {
+		t.Errorf("riffle_node_pulled_uncompressed_bytes_total = %v, want %d", v, pulled.Extracted)
 	}
 	again, err := n.Pull(ctx, ref, node.Auth{})
 	if err != nil || !again.Reused {
@@ -459,7 +472,9 @@ func TestStreamWithoutBackground(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer rfs.Release()
+	if _, err := os.ReadFile(filepath.Join(rfs.Lower[0], "data", "a.bin")); err != nil {
+		t.Fatal(err)
+	}
 	st := rfs.Stats()
 	if st.BackgroundWireBytes != 0 {
 		t.Errorf("background streams fetched %d bytes", st.BackgroundWireBytes)
@@ -472,15 +487,80 @@ func TestStreamWithoutBackground(t *testing.T) {
 	if err := rfs.WaitSettled(ctx); !errors.Is(err, node.ErrNotSettling) {
 		t.Errorf("WaitSettled: %v, want ErrNotSettling", err)
 	}
+	cc, err := n.Cache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := cache.SpanKey(st.Layers[1].Digest, 0) // a.bin's first span
+	if !cc.Has(read) {
+		t.Fatalf("the span of a.bin read is not in the node cache")
+	}
 
-	n2 := newNode(t, t.TempDir(), nil)
-	defer n2.Close()
-	rfs2, err := n2.Stream(ctx, ref, node.Auth{})
+	// A task that shares the mount while it is in use gets it as it is.
+	shared, err := n.Stream(ctx, ref, node.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !shared.Reused {
+		t.Errorf("a mount in use was not shared")
+	}
+	shared.Release()
+	rfs.Release()
+
+	// Once nobody uses it, a task that wants the background stream (the
+	// default) gets a new mount, which settles, and the spans read
+	// before are dropped from the cache: their data is in the layer
+	// store now.
+	rfs2, err := n.Stream(ctx, ref, node.Auth{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rfs2.Release()
+	if rfs2.Reused {
+		t.Errorf("the idle mount without a background stream was reused by a task that wants one")
+	}
 	if err := rfs2.WaitSettled(ctx); err != nil {
-		t.Errorf("default mount: WaitSettled: %v", err)
+		t.Fatalf("new mount: WaitSettled: %v", err)
+	}
+	if cc.Has(read) {
+		t.Errorf("a.bin's span is still in the node cache after the image settled")
+	}
+	if b, err := os.ReadFile(filepath.Join(rfs2.Lower[0], "data", "a.bin")); err != nil || len(b) != 2<<20 {
+		t.Errorf("read through the new mount: %d bytes, %v", len(b), err)
+	}
+}
+
+// TestNodeTakesIndexesFromReferrers: a node told to look for index
+// artifacts beside images (Options.Referrers) streams an image whose
+// indexes only its registry has, as a referrer artifact, without building
+// them; the same node without Referrers finds none.
+func TestNodeTakesIndexesFromReferrers(t *testing.T) {
+	testutil.RequiresRoot(t)
+	tr := newRegistry(t)
+	ref := tr.push(t, "p/r/features", smallSpec())
+	ctx := context.Background()
+	if _, err := newIndexService(t).PushReferrer(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+
+	without := newNode(t, t.TempDir(), func(o *node.Options) { o.NoBuildIndexes = true })
+	defer without.Close()
+	if _, err := without.Stream(ctx, ref, node.Auth{}); !errors.Is(err, streamfs.ErrNotEligible) {
+		t.Fatalf("a node with no index source: %v, want the image not eligible", err)
+	}
+
+	n := newNode(t, t.TempDir(), func(o *node.Options) { o.NoBuildIndexes, o.Referrers = true, true })
+	defer n.Close()
+	rfs, err := n.Stream(ctx, ref, node.Auth{}, node.WithoutBackground())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rfs.Release()
+	if rfs.Method != node.MethodStreamed {
+		t.Fatalf("method %q, want streamed", rfs.Method)
+	}
+	b, err := os.ReadFile(filepath.Join(rfs.Lower[0], "data", "a.bin"))
+	if err != nil || len(b) != 2<<20 {
+		t.Fatalf("read a.bin: %d bytes, %v", len(b), err)
 	}
 }

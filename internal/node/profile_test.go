@@ -2,6 +2,7 @@ package node_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -200,4 +201,71 @@ func TestCloseWaitsForReport(t *testing.T) {
 		}
 	}
 	t.Fatal("Close returned before the released task's startup profile was reported")
+}
+
+// countedProfiles is the index service as a node's profile source,
+// counting Profile calls.
+type countedProfiles struct {
+	*indexsvc.Service
+	asked atomic.Int64
+}
+
+func (c *countedProfiles) Profile(ctx context.Context, d digest.Digest) (*indexsvc.LayerProfile, error) {
+	c.asked.Add(1)
+	return c.Service.Profile(ctx, d)
+}
+
+// TestWarmStartAsksNoProfile: a node keeps a copy of each layer's startup
+// profile (fetched, or recorded by its own task), so the image's next
+// start on it asks the profile source for nothing: a warm start costs the
+// manifest alone.
+func TestWarmStartAsksNoProfile(t *testing.T) {
+	testutil.RequiresRoot(t)
+	tr := newRegistry(t)
+	ref := tr.push(t, "p/r/features", smallSpec())
+	ctx := context.Background()
+	svc := &countedProfiles{Service: newIndexService(t)}
+	tune := func(o *node.Options) { o.Indexes, o.Profiles = svc.Service, svc }
+	root := t.TempDir()
+
+	n := newNode(t, root, tune)
+	rfs, err := n.Stream(ctx, ref, node.Auth{}, node.WithoutBackground())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.ReadFile(filepath.Join(rfs.Lower[0], "data", "a.bin")); err != nil {
+		t.Fatal(err)
+	}
+	layers := rfs.Stats().Layers
+	rfs.Release()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := svc.asked.Load(); got != int64(len(layers)) {
+		t.Errorf("a cold start asked for %d profiles, want one per layer (%d)", got, len(layers))
+	}
+	reported, err := svc.Service.Profile(ctx, layers[1].Digest)
+	if err != nil {
+		t.Fatalf("a.bin's layer has no reported profile: %v", err)
+	}
+	var kept indexsvc.LayerProfile
+	b, err := os.ReadFile(filepath.Join(root, "profiles", "sha256", layers[1].Digest.Encoded()+".json"))
+	if err == nil {
+		err = json.Unmarshal(b, &kept)
+	}
+	if err != nil || !slices.Equal(kept.Spans, reported.Spans) {
+		t.Errorf("the node's copy of the profile: %v %v, want the spans reported, %v", kept.Spans, err, reported.Spans)
+	}
+
+	before := svc.asked.Load()
+	n2 := newNode(t, root, tune)
+	defer n2.Close()
+	rfs2, err := n2.Stream(ctx, ref, node.Auth{}, node.WithoutBackground())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rfs2.Release()
+	if got := svc.asked.Load() - before; got != 0 {
+		t.Errorf("a warm start asked for %d profiles, want none", got)
+	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/opencontainers/go-digest"
 
 	"github.com/riffle-dev/riffle/internal/cache"
 	"github.com/riffle-dev/riffle/internal/indexsvc"
@@ -20,7 +21,8 @@ import (
 const profileTimeout = 2 * time.Second
 
 // profile returns the startup profile of img's layers, or nil when no
-// layer has one (or there is no profile source).
+// layer has one (or there is no profile source). A layer whose profile the
+// node has a fresh copy of (profileFresh) costs no request.
 func (n *Node) profile(ctx context.Context, img *remote.Image) *streamfs.Profile {
 	if n.opts.Profiles == nil {
 		return nil
@@ -31,27 +33,33 @@ func (n *Node) profile(ctx context.Context, img *remote.Image) *streamfs.Profile
 	// cost a round trip each before the mount (5 layers at 60 ms RTT kept
 	// a warm start waiting 0.15 s after its indexes were in).
 	layers := img.Manifest.Layers
-	found := make([]*indexsvc.LayerProfile, len(layers))
+	found := make([][]int, len(layers))
 	var wg sync.WaitGroup
 	for i, l := range layers {
+		if spans, ok := n.localProfile(l.Digest); ok {
+			found[i] = spans
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			lp, err := n.opts.Profiles.Profile(ctx, l.Digest)
-			if err != nil {
-				if !errors.Is(err, indexsvc.ErrNoProfile) {
-					n.log.Warn("node: startup profile unavailable", "layer", l.Digest, "err", err)
-				}
-				return
+			switch {
+			case errors.Is(err, indexsvc.ErrNoProfile):
+				n.keepProfile(l.Digest, nil)
+			case err != nil:
+				n.log.Warn("node: startup profile unavailable", "layer", l.Digest, "err", err)
+			default:
+				n.keepProfile(l.Digest, lp.Spans)
+				found[i] = lp.Spans
 			}
-			found[i] = lp
 		}()
 	}
 	wg.Wait()
 	var p streamfs.Profile
-	for i, lp := range found {
-		if lp != nil {
-			p.Layers = append(p.Layers, streamfs.ProfileLayer{Digest: layers[i].Digest, Spans: lp.Spans})
+	for i, spans := range found {
+		if len(spans) > 0 {
+			p.Layers = append(p.Layers, streamfs.ProfileLayer{Digest: layers[i].Digest, Spans: spans})
 		}
 	}
 	if len(p.Layers) == 0 {
@@ -74,7 +82,9 @@ func (n *Node) reportProfile(m *mount) {
 		// cost a round trip each, and riffle run waits for them before
 		// it exits (3 layers at 60 ms RTT took 0.22 s).
 		var wg sync.WaitGroup
-		for _, l := range m.mp.Profile().Layers {
+		recorded := m.mp.Profile().Layers
+		n.keepRecorded(m, recorded)
+		for _, l := range recorded {
 			if len(l.Spans) == 0 {
 				continue
 			}
@@ -86,6 +96,28 @@ func (n *Node) reportProfile(m *mount) {
 		}
 		wg.Wait()
 	})
+}
+
+// keepRecorded keeps what m's readers read first as the node's copy of
+// the profile of each layer that has no fresh copy with spans (one the
+// node fetched holds other runs too), and of the image's other layers as
+// having none, so the image's next start here asks for no profile.
+func (n *Node) keepRecorded(m *mount, recorded []streamfs.ProfileLayer) {
+	seen := map[digest.Digest]bool{}
+	for _, l := range recorded {
+		seen[l.Digest] = true
+		if spans, ok := n.localProfile(l.Digest); !ok || len(spans) == 0 {
+			n.keepProfile(l.Digest, l.Spans)
+		}
+	}
+	if m.img == nil {
+		return
+	}
+	for _, l := range m.img.Manifest.Layers {
+		if _, ok := n.localProfile(l.Digest); !ok && !seen[l.Digest] {
+			n.keepProfile(l.Digest, nil)
+		}
+	}
 }
 
 // ReportProfile reports the startup profile of a mount made by MountAt.
@@ -148,6 +180,8 @@ func (n *Node) settle(m *mount) {
 	defer n.wg.Done()
 	select {
 	case <-m.mp.Complete(): // nil (never) without a layer stream
+	case <-m.gone:
+		return
 	case <-n.ctx.Done():
 		return
 	}

@@ -30,19 +30,10 @@ func TestSettledStartWarmsProfile(t *testing.T) {
 	n := newNode(t, t.TempDir(), func(o *node.Options) { o.Indexes, o.Profiles, o.Metrics = svc, svc, reg })
 	defer n.Close()
 
-	// The image streams and settles. Its startup profile is a.bin, as if
-	// its first task had read that file alone (how a task's reads are
-	// recorded is streamfs's; here the profile is the input).
-	rfs, err := n.Stream(ctx, ref, node.Auth{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := rfs.WaitSettled(wctx); err != nil {
-		t.Fatal(err)
-	}
-	rfs.Release()
+	// The image's startup profile is a.bin, as if an earlier task had
+	// read that file alone (how a task's reads are recorded is
+	// streamfs's; here the profile is the input). Then the image streams
+	// and settles.
 	img, err := remote.New(remote.Options{}).Resolve(ctx, ref, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -70,6 +61,16 @@ func TestSettledStartWarmsProfile(t *testing.T) {
 	if err := svc.AddProfile(ctx, repo, img.Manifest.Layers[1].Digest, spans); err != nil {
 		t.Fatal(err)
 	}
+	rfs, err := n.Stream(ctx, ref, node.Auth{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := rfs.WaitSettled(wctx); err != nil {
+		t.Fatal(err)
+	}
+	rfs.Release()
 
 	// The image's files leave the page cache; the next task starts.
 	find := func(name string) string {

@@ -22,20 +22,20 @@ import (
 // streamed from the registry, decompressed and extracted in parallel (at
 // most parallel at once; 0: DefaultParallel), with no temporary file; each
 // blob's digest and each layer's diffID are checked before the layer is
-// marked complete. It returns the compressed bytes it fetched (also when it
-// fails); a layer another process extracts meanwhile costs nothing.
-func Layers(ctx context.Context, c *remote.Client, img *remote.Image, s *layerstore.Store, parallel int) (fetched int64, err error) {
+// marked complete. It returns the bytes it fetched and extracted (also when
+// it fails); a layer another process extracts meanwhile costs nothing.
+func Layers(ctx context.Context, c *remote.Client, img *remote.Image, s *layerstore.Store, parallel int) (Bytes, error) {
 	layers := img.Manifest.Layers
 	diffIDs := img.Config.RootFS.DiffIDs
 	if len(diffIDs) != len(layers) {
-		return 0, fmt.Errorf("pull %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", img.Reference, len(layers), len(diffIDs))
+		return Bytes{}, fmt.Errorf("pull %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", img.Reference, len(layers), len(diffIDs))
 	}
 	if parallel <= 0 {
 		parallel = DefaultParallel
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(parallel)
-	var n atomic.Int64
+	var wire, tar atomic.Int64
 	seen := map[digest.Digest]bool{}
 	for i, d := range layers {
 		diffID := diffIDs[i]
@@ -44,19 +44,28 @@ func Layers(ctx context.Context, c *remote.Client, img *remote.Image, s *layerst
 		}
 		seen[diffID] = true
 		g.Go(func() error {
-			err := layer(gctx, c, img, d, diffID, s, &n)
+			err := layer(gctx, c, img, d, diffID, s, &wire, &tar)
 			if err != nil {
 				return fmt.Errorf("pull %s: layer %d (%s): %w", img.Reference, i, d.Digest, err)
 			}
 			return nil
 		})
 	}
-	err = g.Wait()
-	return n.Load(), err
+	err := g.Wait()
+	return Bytes{Wire: wire.Load(), Uncompressed: tar.Load()}, err
 }
 
-// layer streams one blob into s, adding the compressed bytes read to n.
-func layer(ctx context.Context, c *remote.Client, img *remote.Image, d ocispec.Descriptor, diffID digest.Digest, s *layerstore.Store, n *atomic.Int64) error {
+// Bytes is what a pull moved.
+type Bytes struct {
+	// Wire is the compressed bytes read from the registry.
+	Wire int64
+	// Uncompressed is the bytes of the layers' tar streams extracted.
+	Uncompressed int64
+}
+
+// layer streams one blob into s, adding the compressed bytes read to wire
+// and the uncompressed bytes extracted to tar.
+func layer(ctx context.Context, c *remote.Client, img *remote.Image, d ocispec.Descriptor, diffID digest.Digest, s *layerstore.Store, wire, tar *atomic.Int64) error {
 	blob, err := c.RepositoryBlob(ctx, img.Repository, d.Digest, d.Size)
 	if err != nil {
 		return err
@@ -68,13 +77,13 @@ func layer(ctx context.Context, c *remote.Client, img *remote.Image, d ocispec.D
 	defer rc.Close()
 	// Large reads from the body; the decompressor reads bytes from the
 	// bufio.Reader without a second buffer of its own.
-	br := bufio.NewReaderSize(&countingReader{r: rc, n: n}, 256<<10)
+	br := bufio.NewReaderSize(&countingReader{r: rc, n: wire}, 256<<10)
 	u, err := unpack.Decompress(types.MediaType(d.MediaType), br)
 	if err != nil {
 		return err
 	}
 	defer u.Close()
-	return s.Extract(ctx, diffID, &blobChecked{u: u, blob: br}, nil)
+	return s.Extract(ctx, diffID, &blobChecked{u: &countingReader{r: u, n: tar}, blob: br}, nil)
 }
 
 // blobChecked ends the uncompressed stream only once the compressed blob

@@ -3,6 +3,7 @@ package pull_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/opencontainers/go-digest"
 	"golang.org/x/sys/unix"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/riffle-dev/riffle/internal/registry"
 	"github.com/riffle-dev/riffle/internal/remote"
 	"github.com/riffle-dev/riffle/internal/testutil"
+	"github.com/riffle-dev/riffle/internal/unpack"
 )
 
 // fixture is the embedded registry behind an httptest server holding one
@@ -101,7 +104,8 @@ func TestLayersOverlayMatchesImage(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t, standaloneFeatures())
 	merged := t.TempDir()
-	if _, err := pull.Image(ctx, f.c, f.img, merged, t.TempDir(), 0); err != nil {
+	whole, err := pull.Image(ctx, f.c, f.img, merged, t.TempDir(), 0)
+	if err != nil {
 		t.Fatal(err)
 	}
 	s := openStore(t)
@@ -109,17 +113,24 @@ func TestLayersOverlayMatchesImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Every distinct blob once (AllFeatures repeats one layer).
-	var want int64
+	// Every distinct blob once (AllFeatures repeats one layer); the
+	// merged pull applies every layer.
+	var want, wantTar, allTar int64
 	seen := map[digest.Digest]bool{}
 	for _, l := range f.img.Manifest.Layers {
+		n := tarSize(t, f, l.Digest)
+		allTar += n
 		if !seen[l.Digest] {
 			want += l.Size
+			wantTar += n
 		}
 		seen[l.Digest] = true
 	}
-	if fetched != want {
-		t.Errorf("fetched %d bytes, want %d (each distinct blob once)", fetched, want)
+	if fetched.Wire != want || fetched.Uncompressed != wantTar {
+		t.Errorf("fetched %d bytes and extracted %d, want %d and %d (each distinct blob once)", fetched.Wire, fetched.Uncompressed, want, wantTar)
+	}
+	if whole.Uncompressed != allTar {
+		t.Errorf("pull.Image extracted %d bytes, want %d", whole.Uncompressed, allTar)
 	}
 	lowers := pull.LowerDirs(s, f.img)
 	if len(lowers) != len(seen) {
@@ -147,9 +158,41 @@ func TestLayersOverlayMatchesImage(t *testing.T) {
 
 	gets := f.blobGets.Load()
 	again, err := pull.Layers(ctx, f.c, f.img, s, 0)
-	if err != nil || again != 0 || f.blobGets.Load() != gets {
-		t.Errorf("second pull: fetched %d bytes with %d blob GETs (%v), want nothing", again, f.blobGets.Load()-gets, err)
+	if err != nil || again != (pull.Bytes{}) || f.blobGets.Load() != gets {
+		t.Errorf("second pull: %+v with %d blob GETs (%v), want nothing", again, f.blobGets.Load()-gets, err)
 	}
+}
+
+// tarSize returns the length of the uncompressed stream of f's blob d.
+func tarSize(t *testing.T, f *fixture, d digest.Digest) int64 {
+	t.Helper()
+	ctx := context.Background()
+	var mt string
+	var size int64
+	for _, l := range f.img.Manifest.Layers {
+		if l.Digest == d {
+			mt, size = l.MediaType, l.Size
+		}
+	}
+	b, err := f.c.RepositoryBlob(ctx, f.img.Repository, d, size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := b.Open(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	u, err := unpack.Decompress(types.MediaType(mt), rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	n, err := io.Copy(io.Discard, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // A blob whose bytes do not match its digest fails the pull and leaves no

@@ -23,6 +23,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -37,25 +38,26 @@ const DefaultParallel = 4
 
 // Image extracts img into dir, downloading into temporary files under
 // tmpDir (removed as each layer is applied). parallel bounds concurrent
-// downloads (0: DefaultParallel). It returns the compressed bytes fetched.
-func Image(ctx context.Context, c *remote.Client, img *remote.Image, dir, tmpDir string, parallel int) (int64, error) {
+// downloads (0: DefaultParallel). It returns the bytes fetched and
+// extracted.
+func Image(ctx context.Context, c *remote.Client, img *remote.Image, dir, tmpDir string, parallel int) (Bytes, error) {
 	return ImageProgress(ctx, c, img, dir, tmpDir, parallel, nil)
 }
 
 // ImageProgress is Image, calling progress (when not nil) after each
 // layer is applied with how many of the image's layers are done and the
 // compressed bytes fetched so far: riffle pull shows it.
-func ImageProgress(ctx context.Context, c *remote.Client, img *remote.Image, dir, tmpDir string, parallel int, progress func(done, total int, fetched int64)) (int64, error) {
+func ImageProgress(ctx context.Context, c *remote.Client, img *remote.Image, dir, tmpDir string, parallel int, progress func(done, total int, fetched int64)) (Bytes, error) {
 	layers := img.Manifest.Layers
 	diffIDs := img.Config.RootFS.DiffIDs
 	if len(diffIDs) != len(layers) {
-		return 0, fmt.Errorf("pull %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", img.Reference, len(layers), len(diffIDs))
+		return Bytes{}, fmt.Errorf("pull %s: the manifest has %d layers but the config %d diff_ids; the image is malformed, rebuild it", img.Reference, len(layers), len(diffIDs))
 	}
 	if parallel <= 0 {
 		parallel = DefaultParallel
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, fmt.Errorf("pull: %w", err)
+		return Bytes{}, fmt.Errorf("pull: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -74,7 +76,7 @@ func ImageProgress(ctx context.Context, c *remote.Client, img *remote.Image, dir
 		}
 	}()
 	defer g.Wait()
-	var fetched int64
+	var b Bytes
 	for i, d := range layers {
 		var err error
 		select {
@@ -82,20 +84,22 @@ func ImageProgress(ctx context.Context, c *remote.Client, img *remote.Image, dir
 		case <-ctx.Done():
 			err = ctx.Err()
 		}
+		var tar int64
 		if err == nil {
-			err = apply(ctx, dir, filepath.Join(tmpDir, fmt.Sprint(i)), types.MediaType(d.MediaType), diffIDs[i].String())
+			tar, err = apply(ctx, dir, filepath.Join(tmpDir, fmt.Sprint(i)), types.MediaType(d.MediaType), diffIDs[i].String())
 		}
 		if err != nil {
 			cancel()
-			return 0, fmt.Errorf("pull %s: layer %d (%s): %w", img.Reference, i, d.Digest, err)
+			return Bytes{}, fmt.Errorf("pull %s: layer %d (%s): %w", img.Reference, i, d.Digest, err)
 		}
-		fetched += d.Size
+		b.Wire += d.Size
+		b.Uncompressed += tar
 		_ = os.Remove(filepath.Join(tmpDir, fmt.Sprint(i)))
 		if progress != nil {
-			progress(i+1, len(layers), fetched)
+			progress(i+1, len(layers), b.Wire)
 		}
 	}
-	return fetched, nil
+	return b, nil
 }
 
 func download(ctx context.Context, c *remote.Client, img *remote.Image, d ocispec.Descriptor, path string) error {
@@ -119,23 +123,26 @@ func download(ctx context.Context, c *remote.Client, img *remote.Image, d ocispe
 	return f.Close()
 }
 
-func apply(ctx context.Context, dir, path string, mt types.MediaType, diffID string) error {
+// apply extracts the layer blob at path into dir and returns the bytes of
+// its tar stream.
+func apply(ctx context.Context, dir, path string, mt types.MediaType, diffID string) (int64, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Close()
 	r, err := unpack.Decompress(mt, f)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer r.Close()
 	h := sha256.New()
-	if err := unpack.Apply(ctx, dir, io.TeeReader(r, h)); err != nil {
-		return err
+	var n atomic.Int64
+	if err := unpack.Apply(ctx, dir, io.TeeReader(&countingReader{r: r, n: &n}, h)); err != nil {
+		return 0, err
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != diffID {
-		return fmt.Errorf("%w: got %s, config says %s", unpack.ErrDiffIDMismatch, got, diffID)
+		return 0, fmt.Errorf("%w: got %s, config says %s", unpack.ErrDiffIDMismatch, got, diffID)
 	}
-	return nil
+	return n.Load(), nil
 }

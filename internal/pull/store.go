@@ -35,33 +35,34 @@ func (s Store) Has(d digest.Digest) bool {
 }
 
 // Add pulls img into s unless it is there already, and returns the
-// compressed bytes it fetched (0 when another process added it first).
-func (s Store) Add(ctx context.Context, c *remote.Client, img *remote.Image, parallel int) (int64, error) {
+// bytes it fetched and extracted (none when another process added it
+// first).
+func (s Store) Add(ctx context.Context, c *remote.Client, img *remote.Image, parallel int) (Bytes, error) {
 	if s.Has(img.Digest) {
-		return 0, nil
+		return Bytes{}, nil
 	}
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
 	tmp := filepath.Join(string(s), ".tmp-"+img.Digest.Encoded()+"-"+hex.EncodeToString(rnd[:]))
 	rootfs := filepath.Join(tmp, "rootfs")
 	if err := os.MkdirAll(rootfs, 0o755); err != nil {
-		return 0, fmt.Errorf("pull: %w", err)
+		return Bytes{}, fmt.Errorf("pull: %w", err)
 	}
 	defer os.RemoveAll(tmp) // a no-op once renamed
-	fetched, err := Image(ctx, c, img, rootfs, tmp, parallel)
+	b, err := Image(ctx, c, img, rootfs, tmp, parallel)
 	if err != nil {
-		return 0, err
+		return Bytes{}, err
 	}
 	// The image's root is the container's "/": world-traversable.
 	_ = os.Chmod(rootfs, 0o755)
 	if err := os.WriteFile(filepath.Join(tmp, "complete"), []byte(img.Digest.String()+"\n"), 0o644); err != nil {
-		return 0, fmt.Errorf("pull: %w", err)
+		return Bytes{}, fmt.Errorf("pull: %w", err)
 	}
 	if err := os.Rename(tmp, filepath.Join(string(s), img.Digest.Encoded())); err != nil {
 		if s.Has(img.Digest) {
-			return 0, nil // another process won
+			return Bytes{}, nil // another process won
 		}
-		return 0, fmt.Errorf("pull: %w", err)
+		return Bytes{}, fmt.Errorf("pull: %w", err)
 	}
-	return fetched, nil
+	return b, nil
 }

@@ -17,6 +17,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/riffle-dev/riffle/internal/node"
+	"github.com/riffle-dev/riffle/internal/streamfs"
 )
 
 // DefaultListen is where `riffle serve` listens unless told otherwise. When
@@ -133,6 +134,12 @@ type StreamConfig struct {
 	// NoProfiles turns off startup profiles: mounts neither prefetch nor
 	// report them. Default: false.
 	NoProfiles bool `json:"noProfiles,omitempty"`
+	// ProfileSeconds and ProfileBytes bound what a streamed image's first
+	// task records as its startup profile: spans first read later than
+	// this many seconds after the mount, or past this many bytes of span
+	// data (uncompressed), are left out. Defaults: 30 s and 512 MiB.
+	ProfileSeconds int   `json:"profileSeconds,omitempty"`
+	ProfileBytes   int64 `json:"profileBytes,omitempty"`
 	// UnreachableAfterSeconds: once a registry has answered no request
 	// for this long, reads of image data not yet on the node fail at once
 	// (the task fails, and its events say the registry is unreachable)
@@ -210,7 +217,7 @@ func LoadConfig(path string) (Config, error) {
 
 // sizeKeys are the keys that hold a number of bytes, which may also be
 // written as a size such as "10GiB".
-var sizeKeys = []string{"registry.maxBlobBytes", "cache.maxBytes", "layers.maxBytes"}
+var sizeKeys = []string{"registry.maxBlobBytes", "cache.maxBytes", "layers.maxBytes", "stream.maxBackgroundBytes", "stream.profileBytes"}
 
 // parseSizes replaces sizes written as strings in raw with their number of
 // bytes.
@@ -336,6 +343,12 @@ func (c Config) Validate() error {
 	}
 	if c.Stream.UnreachableAfterSeconds < -1 {
 		return fmt.Errorf("config: stream.unreachableAfterSeconds %d: give seconds, or -1 for never", c.Stream.UnreachableAfterSeconds)
+	}
+	if c.Stream.ProfileSeconds < 0 {
+		return fmt.Errorf("config: stream.profileSeconds %d: give seconds (0: the default, %v)", c.Stream.ProfileSeconds, streamfs.DefaultProfileTime)
+	}
+	if c.Stream.ProfileBytes < 0 {
+		return fmt.Errorf("config: stream.profileBytes %d: give bytes (0: the default, %d)", c.Stream.ProfileBytes, streamfs.DefaultProfileBytes)
 	}
 	if c.Stream.MaxBackgroundBytes < 0 {
 		return fmt.Errorf("config: stream.maxBackgroundBytes %d: must be positive (0: no limit)", c.Stream.MaxBackgroundBytes)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
 	"github.com/riffle-dev/riffle/internal/batch/logs"
 	"github.com/riffle-dev/riffle/internal/batch/scheduler"
@@ -48,6 +49,8 @@ func (s *Server) startScheduler(cfg Config, log *slog.Logger) error {
 	}
 	nopts.Mount.NoBackground = cfg.Stream.NoBackground
 	nopts.Mount.MaxBackgroundBytes = cfg.Stream.MaxBackgroundBytes
+	nopts.Mount.ProfileTime = time.Duration(cfg.Stream.ProfileSeconds) * time.Second
+	nopts.Mount.ProfileBytes = cfg.Stream.ProfileBytes
 	n, err := node.New(nopts)
 	if err != nil {
 		return err

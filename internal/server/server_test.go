@@ -48,6 +48,20 @@ func TestLoadConfig(t *testing.T) {
 	if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "log.level") {
 		t.Fatalf("bad level: %v", err)
 	}
+
+	budget := filepath.Join(dir, "budget.yaml")
+	os.WriteFile(budget, []byte("stream:\n  profileSeconds: 10\n  profileBytes: 64MiB\n  maxBackgroundBytes: 2GiB\n"), 0o644)
+	if c, err := server.LoadConfig(budget); err != nil || c.Stream.ProfileSeconds != 10 || c.Stream.ProfileBytes != 64<<20 || c.Stream.MaxBackgroundBytes != 2<<30 {
+		t.Fatalf("stream budgets: %+v, %v", c.Stream, err)
+	}
+	for _, bad := range []server.Config{
+		{Stream: server.StreamConfig{ProfileSeconds: -1}},
+		{Stream: server.StreamConfig{ProfileBytes: -1}},
+	} {
+		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), "stream.profile") {
+			t.Errorf("%+v: err = %v, want one naming the key", bad.Stream, err)
+		}
+	}
 }
 
 func TestServeHealthMetricsShutdown(t *testing.T) {

@@ -304,6 +304,58 @@ func TestNoBackground(t *testing.T) {
 	}
 }
 
+// An image larger than MaxBackgroundBytes (uncompressed) gets no
+// background stream: reads come from spans, and it never completes.
+func TestMaxBackgroundBytes(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, want := bgImage(t, r)
+	m, dir := mount(t, simg, streamfs.Options{Cache: newCache(t), Layers: newStore(t), MaxBackgroundBytes: 1})
+	for _, d := range fstree.Diff(want, scan(t, dir)) {
+		t.Error(d)
+	}
+	st := m.Stats()
+	if st.BackgroundWireBytes != 0 || r.streamBytes.Load() != 0 {
+		t.Errorf("an image over MaxBackgroundBytes streamed: stats %+v, %d bytes streamed", st, r.streamBytes.Load())
+	}
+	for _, l := range st.Layers {
+		if l.State != streamfs.LayerOff {
+			t.Errorf("layer %+v, want %q", l, streamfs.LayerOff)
+		}
+	}
+}
+
+// The startup profile records only what its budgets allow: spans first
+// read within ProfileTime of the mount and within ProfileBytes of span
+// data.
+func TestProfileBudgets(t *testing.T) {
+	testutil.RequiresRoot(t)
+	r := newTestRegistry(t)
+	simg, _ := bgImage(t, r)
+	for _, tc := range []struct {
+		name string
+		opts streamfs.Options
+	}{
+		{"bytes", streamfs.Options{ProfileBytes: 1}},
+		{"time", streamfs.Options{ProfileTime: time.Nanosecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := tc.opts
+			o.Cache, o.NoPrefetch = newCache(t), true
+			m, dir := mount(t, simg, o)
+			if _, err := os.ReadFile(filepath.Join(dir, "data/big.bin")); err != nil {
+				t.Fatal(err)
+			}
+			if m.Stats().FetchedSpans == 0 {
+				t.Fatal("the read fetched no span")
+			}
+			if p := m.Profile(); len(p.Layers) != 0 {
+				t.Errorf("profile past its budget: %+v", p)
+			}
+		})
+	}
+}
+
 // Without a stream a layer never settles, so a file read whole is stored
 // whole in the cache, as on a mount without a layer store: also when the
 // mount is unmounted as soon as the read ends (riffle run, its container

@@ -89,8 +89,9 @@ const (
 // job's streamed images without whole-layer background streams: only what
 // its tasks read (and the image's startup profile) is fetched, and the
 // image does not settle. It applies when the node mounts an image for this
-// job; a mount already on the node is shared as it is. "on" is the
-// default; the node's stream.noBackground config switches the streams off
+// job; a mount other tasks are using is shared as it is, and an idle mount
+// made without the streams is mounted anew for a job that wants them. "on"
+// is the default; the node's stream.noBackground config switches the streams off
 // for every job.
 const BackgroundStreamLabel = "riffle-background-stream"
 

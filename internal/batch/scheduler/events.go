@@ -101,6 +101,8 @@ func imageReadyEvent(ri int, imageURI string, rfs *RootFS, ready, started time.D
 		detail = "already pulled, nothing fetched"
 	case rfs.Fetched == 0:
 		detail = "nothing fetched over the wire to make it ready"
+	case rfs.Method == node.MethodPulled:
+		detail = fmt.Sprintf("%s compressed over the wire and %s uncompressed extracted to make it ready", byteSize(rfs.Fetched), byteSize(rfs.Extracted))
 	default:
 		detail = fmt.Sprintf("%s compressed over the wire to make it ready", byteSize(rfs.Fetched))
 	}

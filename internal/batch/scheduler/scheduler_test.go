@@ -355,10 +355,18 @@ func TestPullFallback(t *testing.T) {
 	r.GetContainer().EnableImageStreaming = true
 	j := e.submit("fallback", newJob(2, 2, r))
 	e.waitState(j.Name, batchpb.JobStatus_SUCCEEDED, time.Minute)
-	sawFallback := false
+	sawFallback, sawBytes := false, false
 	defer func() {
 		if !sawFallback {
 			t.Error("the first task did not fall back to a pull with a reason")
+		}
+		// The task whose node pulled the image (the other shared its
+		// pull, or found it settled) says what the pull moved.
+		if !sawBytes {
+			t.Error("no task's IMAGE_PULLED event names the compressed and uncompressed bytes of its pull")
+			for i, tk := range e.tasks(j.Name) {
+				t.Logf("task %d:\n%s", i, events(tk.GetStatus().GetStatusEvents()))
+			}
 		}
 	}()
 	for i, tk := range e.tasks(j.Name) {
@@ -372,6 +380,7 @@ func TestPullFallback(t *testing.T) {
 		if i == 0 {
 			sawFallback = sawFallback || fellBack
 		}
+		sawBytes = sawBytes || (hasEvent(tevs, "IMAGE_PULLED", "compressed over the wire and") && !hasEvent(tevs, "IMAGE_PULLED", "and 0 bytes uncompressed"))
 		if out := e.logs(j.Name, int64(i)); out != "hello from a streamed image\n" {
 			t.Errorf("task %d logs %q", i, out)
 		}
