@@ -143,9 +143,10 @@ type gzipBuilder struct {
 	enc   *zstd.Encoder
 	win   []byte
 	lastU int64
+	avoid func(int64) bool
 }
 
-func buildGzip(x *Index, r *bufio.Reader) error {
+func buildGzip(x *Index, r *bufio.Reader, avoid func(int64) bool) error {
 	in := flate.NewInput(r, 256<<10, 0)
 	h := newBlobHasher()
 	in.Hook = func(p []byte) { h.Write(p) }
@@ -154,7 +155,7 @@ func buildGzip(x *Index, r *bufio.Reader) error {
 		return err
 	}
 	defer enc.Close()
-	b := &gzipBuilder{x: x, h: h, enc: enc, win: make([]byte, 0, WindowSize)}
+	b := &gzipBuilder{x: x, h: h, enc: enc, win: make([]byte, 0, WindowSize), avoid: avoid}
 	b.g = &gzipStream{in: in, f: flate.NewReader(in), sums: newSpanSums()}
 	b.g.f.OnBlock = b.onBlock
 	x.Spans = []Span{{Header: true}}
@@ -178,6 +179,9 @@ func buildGzip(x *Index, r *bufio.Reader) error {
 func (b *gzipBuilder) onBlock(bit, out int64, final bool) {
 	u := b.g.ubase + out
 	if final || u-b.lastU < b.x.SpanSize {
+		return
+	}
+	if b.avoid != nil && u-b.lastU < 2*b.x.SpanSize && b.avoid(u) {
 		return
 	}
 	in := b.g.in
