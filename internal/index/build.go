@@ -22,11 +22,6 @@ type Options struct {
 	// the span length of an uncompressed tar. Zero means DefaultSpanSize;
 	// otherwise it must lie in [MinSpanSize, MaxSpanSize].
 	SpanSize int64
-	// Avoid, when set, is asked about each gzip checkpoint a span of
-	// SpanSize bytes would end at (its offset in the uncompressed tar):
-	// where it says true, the span goes on to the next deflate block
-	// boundary instead, up to twice SpanSize.
-	Avoid func(off int64) bool
 }
 
 func (o Options) spanSize() (int64, error) {
@@ -63,7 +58,7 @@ func Build(r io.Reader, mediaType string, opts Options) (*Index, error) {
 	switch ocilayer.Detect(magic) {
 	case ocilayer.Gzip:
 		x.Kind = KindGzip
-		err = buildGzip(x, br, opts.Avoid)
+		err = buildGzip(x, br)
 	case ocilayer.Zstd:
 		x.Kind = KindZstd
 		err = buildZstd(x, br)

@@ -143,10 +143,9 @@ type gzipBuilder struct {
 	enc   *zstd.Encoder
 	win   []byte
 	lastU int64
-	avoid func(int64) bool
 }
 
-func buildGzip(x *Index, r *bufio.Reader, avoid func(int64) bool) error {
+func buildGzip(x *Index, r *bufio.Reader) error {
 	in := flate.NewInput(r, 256<<10, 0)
 	h := newBlobHasher()
 	in.Hook = func(p []byte) { h.Write(p) }
@@ -155,7 +154,7 @@ func buildGzip(x *Index, r *bufio.Reader, avoid func(int64) bool) error {
 		return err
 	}
 	defer enc.Close()
-	b := &gzipBuilder{x: x, h: h, enc: enc, win: make([]byte, 0, WindowSize), avoid: avoid}
+	b := &gzipBuilder{x: x, h: h, enc: enc, win: make([]byte, 0, WindowSize)}
 	b.g = &gzipStream{in: in, f: flate.NewReader(in), sums: newSpanSums()}
 	b.g.f.OnBlock = b.onBlock
 	x.Spans = []Span{{Header: true}}
@@ -179,9 +178,6 @@ func buildGzip(x *Index, r *bufio.Reader, avoid func(int64) bool) error {
 func (b *gzipBuilder) onBlock(bit, out int64, final bool) {
 	u := b.g.ubase + out
 	if final || u-b.lastU < b.x.SpanSize {
-		return
-	}
-	if b.avoid != nil && u-b.lastU < 2*b.x.SpanSize && b.avoid(u) {
 		return
 	}
 	in := b.g.in

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
@@ -26,10 +25,6 @@ import (
 type Options struct {
 	// SpanSize is passed to index.Build (0: index.DefaultSpanSize).
 	SpanSize int64
-	// AlignSmallFiles, when positive, builds each gzip index twice, the
-	// second time with no span boundary inside a file smaller than this
-	// (an experiment: see index/FORMAT.md).
-	AlignSmallFiles int64
 	// Workers bounds images indexed at once from the push queue (default 2).
 	Workers int
 	// Parallel bounds layers of one image built at once (default 3).
@@ -268,17 +263,6 @@ func (s *Service) build(ctx context.Context, img *remote.Image, desc ocispec.Des
 	if x.BlobDigest != desc.Digest {
 		return nil, nil, fmt.Errorf("indexsvc: layer %s: the registry served a blob with digest %s", desc.Digest, x.BlobDigest)
 	}
-	if s.opts.AlignSmallFiles > 0 && x.Kind == index.KindGzip {
-		avoid := insideSmallFile(x, s.opts.AlignSmallFiles)
-		rc2, err := blob.Open(ctx)
-		if err != nil {
-			return nil, nil, err
-		}
-		defer rc2.Close()
-		if x, err = index.Build(rc2, desc.MediaType, index.Options{SpanSize: s.opts.SpanSize, Avoid: avoid}); err != nil {
-			return nil, nil, fmt.Errorf("indexsvc: layer %s: %w", desc.Digest, err)
-		}
-	}
 	return s.store(desc.Digest, x)
 }
 
@@ -378,20 +362,4 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.c.Add(float64(n))
 	return n, err
-}
-
-// insideSmallFile reports whether an offset of x's tar stream falls
-// inside the data of a regular file smaller than small.
-func insideSmallFile(x *index.Index, small int64) func(int64) bool {
-	var files [][2]int64
-	for _, f := range x.Files {
-		if f.IsRegular() && f.Size > 0 && f.Size < small {
-			files = append(files, [2]int64{f.Offset, f.Offset + f.Size})
-		}
-	}
-	sort.Slice(files, func(i, j int) bool { return files[i][0] < files[j][0] })
-	return func(off int64) bool {
-		i := sort.Search(len(files), func(i int) bool { return files[i][1] > off })
-		return i < len(files) && files[i][0] < off
-	}
 }

@@ -89,22 +89,21 @@ import (
 
 // flags are the command line.
 type flags struct {
-	imageKind  string
-	links      string
-	runs       int
-	cases      string
-	workloads  string
-	quick      bool
-	hold       bool
-	riffleBin  string
-	riffleRun  bool
-	fixtures   string
-	work       string
-	spanSize   int64
-	alignSmall int64
-	timeout    time.Duration
-	tasks      int
-	results    string
+	imageKind string
+	links     string
+	runs      int
+	cases     string
+	workloads string
+	quick     bool
+	hold      bool
+	riffleBin string
+	riffleRun bool
+	fixtures  string
+	work      string
+	spanSize  int64
+	timeout   time.Duration
+	tasks     int
+	results   string
 	// cachedRead is the size of the file read from a warm node cache
 	// (0: skip that measurement).
 	cachedRead int64
@@ -124,7 +123,6 @@ func parseFlags() flags {
 	flag.StringVar(&f.fixtures, "fixtures", "/var/cache/riffle-test", "where built images are cached")
 	flag.StringVar(&f.work, "work", "", "scratch directory (default: a new directory in /var/tmp, removed at the end; a given one is kept, with the cached-read node and tree)")
 	flag.Int64Var(&f.spanSize, "span-size", 0, "uncompressed bytes per index span (0: the index default)")
-	flag.Int64Var(&f.alignSmall, "align-small-files", 0, "no index span boundary inside a file smaller than this (0: boundaries anywhere; an experiment)")
 	flag.DurationVar(&f.timeout, "timeout", 10*time.Minute, "limit for one timed run")
 	flag.IntVar(&f.tasks, "tasks", 50, "tasks of the concurrent Batch job through riffle serve (0: skip it)")
 	flag.BoolVar(&f.hold, "hold", false, "for experiments by hand: set up the image, registry, index service and first link, print their addresses, and wait for Ctrl-C (no case is run)")

@@ -61,7 +61,7 @@ func setup(ctx context.Context, f flags, dir string) (*setupState, error) {
 	if f.riffleRun && s.runHelp == "" {
 		return nil, fmt.Errorf("startbench: --riffle-run: %s has no `run` command; build it from a tree that has it, or leave the flag off", s.bin)
 	}
-	if err := s.startRegistry(ctx, f.spanSize, f.alignSmall); err != nil {
+	if err := s.startRegistry(ctx, f.spanSize); err != nil {
 		return nil, err
 	}
 	direct := s.regAddr + "/" + s.repo + ":v1"
@@ -151,13 +151,13 @@ func buildImage(ctx context.Context, kind, cacheDir string) (v1.Image, error) {
 
 // startRegistry serves the registry and the index service on loopback; the
 // cases reach both only through the link.
-func (s *setupState) startRegistry(ctx context.Context, spanSize, alignSmall int64) error {
+func (s *setupState) startRegistry(ctx context.Context, spanSize int64) error {
 	reg, err := registry.New(ctx, registry.Options{RootDir: filepath.Join(s.dir, "registry")})
 	if err != nil {
 		return err
 	}
 	s.indexDir = filepath.Join(s.dir, "indexes")
-	s.svc, err = indexsvc.New(s.indexDir, remote.New(remote.Options{}), indexsvc.Options{SpanSize: spanSize, AlignSmallFiles: alignSmall})
+	s.svc, err = indexsvc.New(s.indexDir, remote.New(remote.Options{}), indexsvc.Options{SpanSize: spanSize})
 	if err != nil {
 		return err
 	}
